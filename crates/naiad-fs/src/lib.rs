@@ -1,0 +1,9 @@
+//! The Naiad read path: reading files out of an image ([`unpack`]), verifying a whole image
+//! ([`check`]), and mounting a bootstrap with the kernel's EROFS ([`kernel`]).
+
+pub mod check;
+mod error;
+pub mod kernel;
+pub mod unpack;
+
+pub use error::{FsError, Result};

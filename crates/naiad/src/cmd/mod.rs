@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod build;
+pub mod check;
+pub mod inspect;
+pub mod mount;
+pub mod umount;
+pub mod unpack;

@@ -1,0 +1,47 @@
+//! `naiad`: build, check, inspect, unpack and mount lazily loaded container images.
+
+mod cmd;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "naiad", version, about = "Lazily loaded container images: build, check, inspect, unpack and mount", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Build(cmd::build::Args),
+    Check(cmd::check::Args),
+    Inspect(cmd::inspect::Args),
+    Unpack(cmd::unpack::Args),
+    Mount(cmd::mount::Args),
+    Umount(cmd::umount::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NAIAD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Build(a) => cmd::build::run(a),
+        Cmd::Check(a) => cmd::check::run(a),
+        Cmd::Inspect(a) => cmd::inspect::run(a),
+        Cmd::Unpack(a) => cmd::unpack::run(a),
+        Cmd::Mount(a) => cmd::mount::run(a),
+        Cmd::Umount(a) => cmd::umount::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("naiad: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Shared bits of command output and argument parsing.
+
+use anyhow::{bail, Context, Result};
+use naiad_format::bootstrap::Bootstrap;
+use std::path::Path;
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Reads and opens a bootstrap, verifying its digest.
+pub fn open_bootstrap(path: &Path) -> Result<Bootstrap> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Bootstrap::open(bytes).with_context(|| format!("bootstrap {} is not valid (run `naiad check` for details)", path.display()))
+}
+
+/// Parses sizes such as `4096`, `4K`, `4KiB`, `1M`, `16MiB`.
+pub fn parse_size(s: &str) -> Result<u32> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
+    let mul = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => bail!("bad size unit in {s:?} (use K, M or G)"),
+    };
+    u32::try_from(n * mul).with_context(|| format!("size {s:?} is too large"))
+}
+
+/// Human-readable byte count.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("16m").unwrap(), 16 << 20);
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("").is_err());
+    }
+}
