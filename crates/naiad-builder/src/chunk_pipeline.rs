@@ -32,6 +32,8 @@ use crate::temp_path::TempPath;
 
 /// Chunk bytes gathered before a batch is handed to the processing thread.
 pub const BATCH_BYTES: usize = 16 << 20;
+/// Chunks gathered before a batch is handed on, whatever their size.
+pub const BATCH_CHUNKS: usize = 8192;
 /// Provisional blob ids at or above this name a blob of the chunk dictionary.
 pub const DICT_BLOB_BASE: u32 = 1 << 30;
 
@@ -40,15 +42,38 @@ pub const DICT_BLOB_BASE: u32 = 1 << 30;
 pub struct ChunkJob {
     pub node: NodeId,
     pub index: u64,
-    pub data: Vec<u8>,
+    pub data: ChunkData,
+}
+
+/// The bytes of a chunk.
+#[derive(Debug)]
+pub enum ChunkData {
+    Bytes(Vec<u8>),
+    /// This many zero bytes (a hole of a sparse source, never read).
+    Zeros(u32),
+}
+
+impl ChunkData {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            ChunkData::Bytes(b) => b.len(),
+            ChunkData::Zeros(n) => *n as usize,
+        }
+    }
+
+    /// Whether the chunk is empty (never true for a chunk of a file).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What the pipeline decided for every chunk, and the blobs it wrote.
 #[derive(Debug, Default)]
 pub struct PipelineOutput {
-    /// `(node, chunk index, address)`; `None` is a hole. Blob ids are provisional:
+    /// `(node, chunk index, address)`. Blob ids are provisional:
     /// `0..` new blobs in creation order, [`DICT_BLOB_BASE`]`+i` the dictionary's blob `i`.
-    pub assignments: Vec<(NodeId, u64, Option<ChunkAddr>)>,
+    pub assignments: Vec<(NodeId, u64, ChunkAddr)>,
     /// Sealed new blobs by provisional id; `None` where a blob ended up with no chunk.
     pub blobs: Vec<Option<SealedBlob>>,
     /// Dictionary chunks referenced, by dictionary blob index and view offset.
@@ -59,12 +84,13 @@ pub struct PipelineOutput {
 /// Counts of what happened to chunks.
 #[derive(Clone, Debug, Default)]
 pub struct ChunkStats {
-    /// Chunks of file data seen (holes included).
+    /// Chunks of file data seen (zero chunks included).
     pub chunks: u64,
     /// Bytes of file data seen.
     pub bytes: u64,
-    /// All-zero chunks stored as holes.
-    pub holes: u64,
+    /// All-zero chunks (holes of sparse files among them): they all reference one stored
+    /// zero chunk per length.
+    pub zero_chunks: u64,
     /// Chunks identical to one already stored in this image.
     pub dedup_hits: u64,
     /// Chunks found in the chunk dictionary.
@@ -119,9 +145,11 @@ impl Pipeline {
 
     /// Queues a chunk.
     pub fn push(&mut self, job: ChunkJob) -> Result<()> {
-        self.batch_bytes += job.data.len();
+        if let ChunkData::Bytes(b) = &job.data {
+            self.batch_bytes += b.len();
+        }
         self.batch.push(job);
-        if self.batch_bytes >= BATCH_BYTES {
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_CHUNKS {
             self.flush()?;
         }
         Ok(())
@@ -178,13 +206,15 @@ impl Drop for Pipeline {
 struct State {
     cfg: PipelineConfig,
     seen: HashMap<Digest32, ChunkAddr>,
+    /// Digest of a chunk of N zero bytes, by N.
+    zero_digests: HashMap<u32, Digest32>,
     current: BlobWriter,
     out: PipelineOutput,
 }
 
 fn process(cfg: PipelineConfig, rx: Receiver<Msg>) -> Result<PipelineOutput> {
     let current = BlobWriter::create(&cfg.out_dir, &cfg)?;
-    let mut st = State { cfg, seen: HashMap::new(), current, out: PipelineOutput::default() };
+    let mut st = State { cfg, seen: HashMap::new(), zero_digests: HashMap::new(), current, out: PipelineOutput::default() };
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Batch(batch) => st.batch(batch)?,
@@ -205,36 +235,51 @@ fn process(cfg: PipelineConfig, rx: Receiver<Msg>) -> Result<PipelineOutput> {
 }
 
 impl State {
+    /// Decides every chunk of a batch. Zero chunks are not special in the image: they are
+    /// ordinary chunks that deduplicate to one stored zero chunk per length, so every EROFS
+    /// reader sees zeros (erofs-utils 1.5 mis-extracts `NULL_ADDR` holes) while `unpack`
+    /// still recreates holes. Their digests are computed once per length.
     fn batch(&mut self, batch: Vec<ChunkJob>) -> Result<()> {
         let digester = self.cfg.digester;
-        let digests: Vec<Option<Digest32>> =
-            batch.par_iter().map(|j| if is_zero(&j.data) { None } else { Some(digester.digest(&j.data)) }).collect();
+        let digests: Vec<Option<Digest32>> = batch
+            .par_iter()
+            .map(|j| match &j.data {
+                ChunkData::Bytes(b) if !is_zero(b) => Some(digester.digest(b)),
+                _ => None,
+            })
+            .collect();
         for (job, d) in batch.into_iter().zip(digests) {
+            let len = job.data.len();
             let stats = &mut self.out.stats;
             stats.chunks += 1;
-            stats.bytes += job.data.len() as u64;
-            let addr = match d {
+            stats.bytes += len as u64;
+            let d = match d {
+                Some(d) => d,
                 None => {
-                    stats.holes += 1;
-                    None
+                    stats.zero_chunks += 1;
+                    *self.zero_digests.entry(len as u32).or_insert_with(|| digester.digest(&vec![0u8; len]))
                 }
-                Some(d) => Some(if let Some(a) = self.seen.get(&d) {
-                    stats.dedup_hits += 1;
-                    *a
+            };
+            let addr = if let Some(a) = self.seen.get(&d) {
+                stats.dedup_hits += 1;
+                *a
+            } else {
+                let a = if let Some(rec) = self.cfg.dict.as_ref().and_then(|dict| dict.get(&d)) {
+                    stats.dict_hits += 1;
+                    self.out.dict_used.entry(rec.blob_index).or_default().insert(rec.view_offset, *rec);
+                    ChunkAddr { blob: DICT_BLOB_BASE + rec.blob_index, view_offset: rec.view_offset }
                 } else {
-                    let a = if let Some(rec) = self.cfg.dict.as_ref().and_then(|dict| dict.get(&d)) {
-                        stats.dict_hits += 1;
-                        self.out.dict_used.entry(rec.blob_index).or_default().insert(rec.view_offset, *rec);
-                        ChunkAddr { blob: DICT_BLOB_BASE + rec.blob_index, view_offset: rec.view_offset }
-                    } else {
-                        stats.stored_chunks += 1;
-                        stats.stored_bytes += job.data.len() as u64;
-                        let view_offset = self.current.add(job.data, d);
-                        ChunkAddr { blob: self.out.blobs.len() as u32, view_offset }
+                    stats.stored_chunks += 1;
+                    stats.stored_bytes += len as u64;
+                    let bytes = match job.data {
+                        ChunkData::Bytes(b) => b,
+                        ChunkData::Zeros(n) => vec![0; n as usize],
                     };
-                    self.seen.insert(d, a);
-                    a
-                }),
+                    let view_offset = self.current.add(bytes, d);
+                    ChunkAddr { blob: self.out.blobs.len() as u32, view_offset }
+                };
+                self.seen.insert(d, a);
+                a
             };
             self.out.assignments.push((job.node, job.index, addr));
         }
@@ -366,7 +411,7 @@ impl BlobWriter {
     fn finish_with(mut self, toc: Toc) -> Result<SealedBlob> {
         let tail = toc.encode_tail(self.written);
         self.write(&tail)?;
-        let file = self.file.into_inner().map_err(|e| BuildError::Io { path: self.tmp.path.clone(), source: e.into_error() })?;
+        let file = self.file.into_inner().map_err(|e| BuildError::Io { path: self.tmp.path.clone(), cause: e.into_error() })?;
         file.sync_data().map_err(BuildError::io(&self.tmp.path))?;
         let digest: Digest32 = self.hasher.finalize().into();
         let name = self.tmp.path.with_file_name(digest::to_hex(&digest));

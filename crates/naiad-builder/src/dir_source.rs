@@ -1,8 +1,8 @@
 //! Walks a directory tree: every entry type, ownership, mode, nanosecond mtime, xattrs,
 //! hardlinks (by device and inode number), and sparse files (holes are found with
-//! `SEEK_DATA` and never read).
+//! `SEEK_DATA` and never read: a chunk wholly in a hole becomes a zero chunk).
 
-use crate::chunk_pipeline::{ChunkJob, Pipeline};
+use crate::chunk_pipeline::{ChunkData, ChunkJob, Pipeline};
 use crate::tree_builder::{file_node, TreeBuilder};
 use crate::{BuildError, Result};
 use naiad_format::tree::{Meta, Node, NodeId, NodeKind, Xattr};
@@ -80,27 +80,29 @@ fn entry_err(path: &Path, detail: String) -> BuildError {
     BuildError::Entry { source_name: "directory".into(), entry: path.display().to_string(), detail }
 }
 
-/// Reads a regular file chunk by chunk into the pipeline, skipping chunks that lie wholly in
-/// a hole of a sparse file.
+/// Reads a regular file chunk by chunk into the pipeline; chunks that lie wholly in a hole
+/// of a sparse file are passed on as zeros without being read.
 fn push_file(path: &Path, md: &Metadata, node: NodeId, chunk_size: u32, pipe: &mut Pipeline) -> Result<()> {
     let file = File::open(path).map_err(BuildError::io(path))?;
     let size = md.len();
     let sparse = md.blocks() * 512 < size;
     let cs = u64::from(chunk_size);
     let mut index = 0u64;
+    let mut next_data = 0u64;
     while index * cs < size {
         let off = index * cs;
         let len = cs.min(size - off);
-        if sparse {
-            match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(off)) {
-                Ok(data) if data >= off + len => {
-                    index = data / cs;
-                    continue;
-                }
-                Ok(_) => {}
-                Err(rustix::io::Errno::NXIO) => break,
-                Err(e) => return Err(BuildError::Io { path: path.into(), source: e.into() }),
-            }
+        if sparse && next_data < off + len {
+            next_data = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(off)) {
+                Ok(data) => data,
+                Err(rustix::io::Errno::NXIO) => u64::MAX,
+                Err(e) => return Err(BuildError::Io { path: path.into(), cause: e.into() }),
+            };
+        }
+        if sparse && next_data >= off + len {
+            pipe.push(ChunkJob { node, index, data: ChunkData::Zeros(len as u32) })?;
+            index += 1;
+            continue;
         }
         let mut buf = vec![0u8; len as usize];
         file.read_exact_at(&mut buf, off).map_err(|e| {
@@ -109,9 +111,9 @@ fn push_file(path: &Path, md: &Metadata, node: NodeId, chunk_size: u32, pipe: &m
             } else {
                 e
             };
-            BuildError::Io { path: path.into(), source }
+            BuildError::Io { path: path.into(), cause: source }
         })?;
-        pipe.push(ChunkJob { node, index, data: buf })?;
+        pipe.push(ChunkJob { node, index, data: ChunkData::Bytes(buf) })?;
         index += 1;
     }
     Ok(())
@@ -123,7 +125,7 @@ fn meta_of(path: &Path, md: &Metadata, warnings: &mut Vec<String>) -> Result<Met
     let names = match xattr::list(path) {
         Ok(n) => n.collect::<Vec<_>>(),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => Vec::new(),
-        Err(e) => return Err(BuildError::Io { path: path.into(), source: e }),
+        Err(e) => return Err(BuildError::Io { path: path.into(), cause: e }),
     };
     for name in names {
         let nb = name.as_bytes().to_vec();

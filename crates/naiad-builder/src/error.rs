@@ -11,11 +11,10 @@ pub type Result<T, E = BuildError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// Reading a source file or writing an output failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A tar layer could not be read (bad header checksum, truncated stream, ...).
     #[error("layer {layer}: {detail}")]
@@ -39,6 +38,6 @@ pub enum BuildError {
 impl BuildError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BuildError {
         let path = path.into();
-        move |source| BuildError::Io { path, source }
+        move |cause| BuildError::Io { path, cause }
     }
 }

@@ -37,7 +37,8 @@ pub struct BuildSummary {
     /// Bytes of regular file data in the tree (hardlinked data once).
     pub file_bytes: u64,
     pub chunks: u64,
-    pub hole_chunks: u64,
+    /// All-zero chunks (sparse holes among them), stored once per length.
+    pub zero_chunks: u64,
     pub dedup_chunks: u64,
     pub dict_chunks: u64,
     pub stored_chunks: u64,
@@ -144,8 +145,8 @@ pub fn build(source: &Source, mut opts: BuildOptions, out_dir: &Path) -> Result<
             f.chunks = vec![None; f.size.div_ceil(cs) as usize];
         }
     }
-    for (node, index, addr) in out.assignments {
-        let addr = addr.map(|a| ChunkAddr { blob: final_id[&a.blob], view_offset: a.view_offset });
+    for (node, index, a) in out.assignments {
+        let addr = Some(ChunkAddr { blob: final_id[&a.blob], view_offset: a.view_offset });
         if let NodeKind::File(f) = &mut tree.nodes[node].kind {
             f.chunks[index as usize] = addr;
         }
@@ -180,7 +181,7 @@ pub fn build(source: &Source, mut opts: BuildOptions, out_dir: &Path) -> Result<
         other_entries: counts.3,
         file_bytes: counts.4,
         chunks: s.chunks,
-        hole_chunks: s.holes,
+        zero_chunks: s.zero_chunks,
         dedup_chunks: s.dedup_hits,
         dict_chunks: s.dict_hits,
         stored_chunks: s.stored_chunks,

@@ -2,7 +2,7 @@
 //! entry type, PAX and GNU long names, PAX nanosecond mtimes, `SCHILY.xattr.*` xattrs, and
 //! the OCI whiteouts. Every path is checked by the [`TreeBuilder`].
 
-use crate::chunk_pipeline::{ChunkJob, Pipeline};
+use crate::chunk_pipeline::{ChunkData, ChunkJob, Pipeline};
 use crate::tree_builder::{file_node, TreeBuilder, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::{BuildError, Result};
 use naiad_format::tree::{Meta, Node, NodeKind, Xattr};
@@ -35,6 +35,16 @@ pub fn add_layer(reader: impl Read, layer_name: &str, tb: &mut TreeBuilder, pipe
     let mut archive = tar::Archive::new(reader);
     let layer_err = |detail: String| BuildError::Layer { layer: layer_name.into(), detail };
     let entries = archive.entries().map_err(|e| layer_err(e.to_string()))?;
+    add_entries(entries, layer_name, tb, pipe, chunk_size, warnings)?;
+    // Read to the end so that the decompressor checks its trailer (gzip CRC and length,
+    // zstd checksum): a layer cut short after its last entry is still an error.
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
+        .map_err(|e| layer_err(format!("layer stream is damaged after its last entry: {e}")))?;
+    Ok(())
+}
+
+fn add_entries<R: Read>(entries: tar::Entries<'_, R>, layer_name: &str, tb: &mut TreeBuilder, pipe: &mut Pipeline, chunk_size: u32, warnings: &mut Vec<String>) -> Result<()> {
+    let layer_err = |detail: String| BuildError::Layer { layer: layer_name.into(), detail };
     for entry in entries {
         let mut entry = entry.map_err(|e| layer_err(format!("unreadable tar header: {e}")))?;
         let raw_path = entry.path_bytes().into_owned();
@@ -60,6 +70,7 @@ pub fn add_layer(reader: impl Read, layer_name: &str, tb: &mut TreeBuilder, pipe
                 continue;
             }
         }
+        check_size_field(entry.header()).map_err(&bad)?;
         let meta = entry_meta(&mut entry).map_err(&bad)?;
         let header = entry.header();
         let dev = || -> Result<(u32, u32), String> {
@@ -106,9 +117,24 @@ pub fn add_layer(reader: impl Read, layer_name: &str, tb: &mut TreeBuilder, pipe
         let id = tb.insert(&comps, node).map_err(&bad)?;
         if is_file {
             push_stream(&mut entry, size, id, chunk_size, pipe).map_err(|e| match e {
-                BuildError::Io { source, .. } => bad(format!("data unreadable: {source}")),
+                BuildError::Io { cause, .. } => bad(format!("data unreadable: {cause}")),
                 e => e,
             })?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses size fields the tar crate would misread: base-256 numbers that are negative or
+/// wider than 64 bits (it keeps only the low 8 bytes and drops the sign).
+fn check_size_field(h: &tar::Header) -> Result<(), String> {
+    let raw = &h.as_old().size;
+    if raw[0] & 0x80 != 0 {
+        if raw[0] & 0x40 != 0 {
+            return Err("negative size in the tar header".into());
+        }
+        if raw[0] & 0x3f != 0 || raw[1..4].iter().any(|&b| b != 0) {
+            return Err("size in the tar header does not fit 64 bits".into());
         }
     }
     Ok(())
@@ -129,14 +155,14 @@ fn push_stream(r: &mut impl Read, size: u64, node: usize, chunk_size: u32, pipe:
                         std::io::ErrorKind::UnexpectedEof,
                         format!("layer ends after {} of the {size} bytes the entry claims", index * cs + got as u64),
                     );
-                    return Err(BuildError::Io { path: "".into(), source: e });
+                    return Err(BuildError::Io { path: "".into(), cause: e });
                 }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(BuildError::Io { path: "".into(), source: e }),
+                Err(e) => return Err(BuildError::Io { path: "".into(), cause: e }),
             }
         }
-        pipe.push(ChunkJob { node, index, data: buf })?;
+        pipe.push(ChunkJob { node, index, data: ChunkData::Bytes(buf) })?;
         index += 1;
     }
     Ok(())

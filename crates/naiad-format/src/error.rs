@@ -36,18 +36,16 @@ pub enum FormatError {
     #[error("decompression of {what} failed: {detail}")]
     Decompress { what: String, detail: String },
     /// An error found while looking at one entry of the tree.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     AtPath {
         path: String,
-        #[source]
-        source: Box<FormatError>,
+        cause: Box<FormatError>,
     },
     /// An I/O error from a `Read`/`Write` the caller handed in.
-    #[error("i/o error while {context}: {source}")]
+    #[error("i/o error while {context}: {cause}")]
     Io {
         context: &'static str,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -70,7 +68,7 @@ impl FormatError {
     pub fn at_path(self, path: &[u8]) -> Self {
         match self {
             e @ FormatError::AtPath { .. } => e,
-            e => FormatError::AtPath { path: String::from_utf8_lossy(path).into_owned(), source: Box::new(e) },
+            e => FormatError::AtPath { path: String::from_utf8_lossy(path).into_owned(), cause: Box::new(e) },
         }
     }
 
@@ -79,7 +77,7 @@ impl FormatError {
     pub fn to_errno(&self) -> i32 {
         match self {
             FormatError::Unsupported { .. } => 95, // EOPNOTSUPP
-            FormatError::AtPath { source, .. } => source.to_errno(),
+            FormatError::AtPath { cause, .. } => cause.to_errno(),
             _ => 5,                                // EIO
         }
     }

@@ -6,7 +6,6 @@
 
 use crate::unpack::chunk_reader;
 use naiad_format::bootstrap::{Bootstrap, ChunkSlot};
-use naiad_format::digest::to_hex;
 use naiad_format::extension;
 use naiad_format::BLOCK_SIZE_BYTES;
 use naiad_storage::blob_store::BlobDirs;
@@ -36,17 +35,20 @@ impl CheckReport {
 pub fn check(bytes: Vec<u8>, blobs: Option<&BlobDirs>) -> CheckReport {
     let mut report = CheckReport::default();
     let sealed = extension::verify_seal(&bytes);
-    if let Err(e) = &sealed {
-        report.problems.push(format!("bootstrap: {e}"));
-    }
     let bs = match Bootstrap::open_unverified(bytes) {
         Ok(bs) => bs,
         Err(e) => {
             report.problems.push(format!("bootstrap: {e}"));
+            if let Err(seal) = sealed {
+                if seal.to_string() != e.to_string() {
+                    report.problems.push(format!("bootstrap: {seal}"));
+                }
+            }
             return report;
         }
     };
-    if sealed.is_err() {
+    if let Err(e) = sealed {
+        report.problems.push(format!("bootstrap: {e}"));
         locate_damage(&bs, &mut report);
     }
     let walked = bs.walk(|path, _ty, ino| {
@@ -109,7 +111,8 @@ fn check_blobs(bs: &Bootstrap, dirs: &BlobDirs, report: &mut CheckReport) {
                 report.blobs_checked += 1;
                 report.chunks_verified += c.chunks;
             }
-            Err(e) => report.problems.push(format!("blob {}: {e}", to_hex(&b.digest))),
+            // Storage errors name the blob already.
+            Err(e) => report.problems.push(e.to_string()),
         }
     }
 }

@@ -13,31 +13,29 @@ pub enum FsError {
     Format(#[from] naiad_format::FormatError),
     #[error(transparent)]
     Storage(#[from] naiad_storage::StorageError),
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Invalid(String),
     /// An error while handling one entry of the image.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Entry {
         path: String,
-        #[source]
-        source: Box<FsError>,
+        cause: Box<FsError>,
     },
 }
 
 impl FsError {
     /// Adds the image path (`/usr/bin/x`) of the entry being handled.
     pub fn at(self, rel: &[u8]) -> Self {
-        FsError::Entry { path: String::from_utf8_lossy(rel).into_owned(), source: Box::new(self) }
+        FsError::Entry { path: String::from_utf8_lossy(rel).into_owned(), cause: Box::new(self) }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> FsError {
         let path = path.into();
-        move |source| FsError::Io { path, source }
+        move |cause| FsError::Io { path, cause }
     }
 }

@@ -43,5 +43,5 @@ pub fn mount_erofs(bootstrap: &Path, devices: &[PathBuf], mountpoint: &Path) -> 
 
 /// Unmounts `mountpoint`.
 pub fn umount(mountpoint: &Path) -> Result<()> {
-    unmount(mountpoint, UnmountFlags::empty()).map_err(|e| FsError::Io { path: mountpoint.into(), source: e.into() })
+    unmount(mountpoint, UnmountFlags::empty()).map_err(|e| FsError::Io { path: mountpoint.into(), cause: e.into() })
 }

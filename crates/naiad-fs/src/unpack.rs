@@ -84,7 +84,7 @@ pub fn unpack_to_dir(bs: &Bootstrap, dirs: &BlobDirs, out: &Path) -> Result<Unpa
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(out).map_err(FsError::io(out))?,
-        Err(e) => return Err(FsError::Io { path: out.into(), source: e }),
+        Err(e) => return Err(FsError::Io { path: out.into(), cause: e }),
     }
     let mut reader = chunk_reader(bs, dirs)?;
     let mut first_path: HashMap<u64, PathBuf> = HashMap::new();
@@ -131,7 +131,7 @@ pub fn unpack_to_dir(bs: &Bootstrap, dirs: &BlobDirs, out: &Path) -> Result<Unpa
                 let (major, minor) = ino.rdev();
                 let dev = if matches!(ft, FileType::CharacterDevice | FileType::BlockDevice) { rustix::fs::makedev(major, minor) } else { 0 };
                 rustix::fs::mknodat(CWD, &path, ft, Mode::from_raw_mode(0o600), dev)
-                    .map_err(|e| FsError::Io { path: path.clone(), source: e.into() })?;
+                    .map_err(|e| FsError::Io { path: path.clone(), cause: e.into() })?;
             }
         }
         apply_meta(bs, &path, ino)?;
@@ -161,7 +161,7 @@ impl NoFollow for std::fs::OpenOptions {
 /// Ownership, then permissions (chown clears setuid), then xattrs (chown clears
 /// `security.capability`), then the mtime; never following a symlink.
 fn apply_meta(bs: &Bootstrap, path: &Path, ino: &Inode) -> Result<()> {
-    let io = |e: rustix::io::Errno| FsError::Io { path: path.into(), source: e.into() };
+    let io = |e: rustix::io::Errno| FsError::Io { path: path.into(), cause: e.into() };
     rustix::fs::chownat(
         CWD,
         path,
@@ -189,7 +189,7 @@ pub fn unpack_to_tar(bs: &Bootstrap, dirs: &BlobDirs, w: impl Write) -> Result<U
     tar.follow_symlinks(false);
     let mut first_path: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut sum = UnpackSummary::default();
-    let tio = |e: std::io::Error| FsError::Io { path: "tar output".into(), source: e };
+    let tio = |e: std::io::Error| FsError::Io { path: "tar output".into(), cause: e };
     bs.walk(|rel, _ty, ino| -> Result<()> {
         sum.entries += 1;
         let mut name = if rel.is_empty() { b".".to_vec() } else { [b".", rel].concat() };
@@ -248,7 +248,7 @@ pub fn unpack_to_tar(bs: &Bootstrap, dirs: &BlobDirs, w: impl Write) -> Result<U
             h.set_size(ino.size);
             let mut data = FileData { bs, reader: &mut reader, ino, pos: 0, chunk: Vec::new(), chunk_start: 0 };
             tar.append_data(&mut h, path, &mut data).map_err(|e| match data_error(&e) {
-                Some(msg) => FsError::Invalid(msg),
+                Some(msg) => FsError::Invalid(msg).at(rel),
                 None => tio(e),
             })?;
         } else {

@@ -32,7 +32,7 @@ impl BlobDirs {
                     return Ok(BlobFile { file, path: p, digest: *digest, len });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StorageError::Io { path: p, source: e }),
+                Err(e) => return Err(StorageError::Io { path: p, cause: e }),
             }
         }
         Err(StorageError::BlobMissing {
@@ -76,16 +76,14 @@ impl BlobFile {
     /// Reads `len` bytes at `offset`; a short file is an error.
     pub fn read_at(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
         out.resize(len, 0);
-        self.file.read_exact_at(out, offset).map_err(|e| StorageError::ChunkCorrupt {
-            blob: self.hex(),
-            view_offset: offset,
-            detail: format!("cannot read {len} bytes at blob offset {offset}: {e}"),
-        })
+        self.file
+            .read_exact_at(out, offset)
+            .map_err(|cause| StorageError::BlobRead { blob: self.hex(), offset, len, cause })
     }
 
     /// Reads and validates the blob's TOC (trailer, TOC digest, structure).
     pub fn toc(&self) -> Result<Toc> {
-        let fmt = |source| StorageError::Format { blob: self.hex(), source };
+        let fmt = |cause| StorageError::Format { blob: self.hex(), cause };
         if self.len < BLOB_TRAILER_SIZE_BYTES {
             return Err(fmt(naiad_format::FormatError::Truncated {
                 what: "blob trailer",
@@ -105,7 +103,8 @@ impl BlobFile {
     /// caller can keep it for the next chunk of the same frame) and returning the chunk's
     /// range in it.
     pub fn read_chunk(&self, rec: &ChunkRecord, digester: Digester, scratch: &mut Vec<u8>, frame: &mut Vec<u8>) -> Result<std::ops::Range<usize>> {
-        self.read_at(rec.compressed_offset, rec.compressed_size as usize, scratch)?;
+        self.read_at(rec.compressed_offset, rec.compressed_size as usize, scratch)
+            .map_err(|e| self.corrupt(rec.view_offset, format!("frame unreadable (blob truncated?): {e}")))?;
         decompress_into(rec.compressor, scratch, rec.frame_size, frame, || format!("frame at blob offset {}", rec.compressed_offset))
             .map_err(|e| self.corrupt(rec.view_offset, e.to_string()))?;
         self.check_chunk(rec, digester, frame)

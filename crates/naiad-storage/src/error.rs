@@ -9,12 +9,14 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// What went wrong reading or caching blob data.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    /// The blob file is shorter than a structure in it says, or cannot be read.
+    #[error("blob {blob}: cannot read {len} bytes at offset {offset}: {cause}")]
+    BlobRead { blob: String, offset: u64, len: usize, cause: std::io::Error },
     /// No blob directory holds this blob.
     #[error("blob {digest} not found in {dirs}")]
     BlobMissing { digest: String, dirs: String },
@@ -27,18 +29,17 @@ pub enum StorageError {
     /// The blob's TOC disagrees with what the bootstrap says about it.
     #[error("blob {blob}: {detail}")]
     Mismatch { blob: String, detail: String },
-    #[error("blob {blob}: {source}")]
+    #[error("blob {blob}: {cause}")]
     Format {
         blob: String,
-        #[source]
-        source: naiad_format::FormatError,
+        cause: naiad_format::FormatError,
     },
 }
 
 impl StorageError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StorageError {
         let path = path.into();
-        move |source| StorageError::Io { path, source }
+        move |cause| StorageError::Io { path, cause }
     }
 
     /// errno for a filesystem: every storage failure reads as `EIO`.

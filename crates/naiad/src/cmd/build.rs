@@ -95,8 +95,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             human(summary.file_bytes)
         );
         println!(
-            "chunks: {} total, {} stored, {} deduplicated, {} from the dictionary, {} holes",
-            summary.chunks, summary.stored_chunks, summary.dedup_chunks, summary.dict_chunks, summary.hole_chunks
+            "chunks: {} total, {} stored, {} deduplicated, {} from the dictionary, {} all zeros",
+            summary.chunks, summary.stored_chunks, summary.dedup_chunks, summary.dict_chunks, summary.zero_chunks
         );
         for b in &summary.blobs {
             println!(

@@ -1,0 +1,213 @@
+//! Helpers shared by the end-to-end tests: running the CLI and snapshotting trees.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs `naiad ARGS` and returns its output.
+pub fn naiad(args: &[&OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_naiad")).args(args).output().expect("running naiad")
+}
+
+/// Runs `naiad ARGS`, panicking with its stderr when it fails.
+pub fn naiad_ok(args: &[&OsStr]) -> String {
+    let out = naiad(args);
+    assert!(
+        out.status.success(),
+        "naiad {:?} failed: {}\n{}",
+        args,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Shorthand to build an argument list of mixed strings and paths.
+#[macro_export]
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { &[$(std::ffi::OsStr::new(&$a)),*] };
+}
+
+/// What a test knows about one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub size: u64,
+    /// blake3 of the contents (files), the target (symlinks).
+    pub content: String,
+    pub rdev: (u32, u32),
+    pub nlink: u64,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// First path (in sorted order) that shares this entry's inode, if any other does.
+    pub link_group: Option<Vec<u8>>,
+}
+
+/// Snapshot options: which differences a tree is allowed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Skip {
+    /// Don't compare xattrs (for a tree extracted by a tool that does not restore them).
+    pub xattrs: bool,
+    /// Don't compare the mtime of directories.
+    pub dir_mtime: bool,
+    /// Don't compare setuid/setgid bits.
+    pub suid_bits: bool,
+    /// Don't expect sockets.
+    pub sockets: bool,
+    /// Don't compare link counts and hardlink groups.
+    pub hardlinks: bool,
+}
+
+/// Walks `root` (without following symlinks) into a map of relative path -> entry.
+pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let full = if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(&rel) };
+        let md = std::fs::symlink_metadata(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()));
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_file() {
+            "file"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_char_device() {
+            "chardev"
+        } else if ft.is_block_device() {
+            "blockdev"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else {
+            "socket"
+        };
+        let content = if ft.is_file() {
+            hash_file(&full)
+        } else if ft.is_symlink() {
+            String::from_utf8_lossy(std::fs::read_link(&full).unwrap().as_os_str().as_bytes()).into_owned()
+        } else {
+            String::new()
+        };
+        let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattr::list(&full)
+            .unwrap()
+            .map(|n| {
+                let v = xattr::get(&full, &n).unwrap().unwrap_or_default();
+                (n.as_bytes().to_vec(), v)
+            })
+            .collect();
+        xattrs.sort();
+        let key = rel.as_os_str().as_bytes().to_vec();
+        if !ft.is_dir() && md.nlink() > 1 {
+            inodes.entry((md.dev(), md.ino())).or_default().push(key.clone());
+        }
+        out.insert(
+            key,
+            Entry {
+                kind,
+                perm: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: (md.mtime(), md.mtime_nsec()),
+                size: if ft.is_dir() { 0 } else { md.size() },
+                content,
+                rdev: (rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev())),
+                nlink: if ft.is_dir() { 0 } else { md.nlink() },
+                xattrs,
+                link_group: None,
+            },
+        );
+        if ft.is_dir() {
+            let mut names: Vec<_> = std::fs::read_dir(&full).unwrap().map(|e| e.unwrap().file_name()).collect();
+            names.sort();
+            for n in names {
+                stack.push(rel.join(n));
+            }
+        }
+    }
+    for paths in inodes.values() {
+        let first = paths.iter().min().unwrap().clone();
+        for p in paths {
+            out.get_mut(p).unwrap().link_group = Some(first.clone());
+        }
+    }
+    out
+}
+
+/// blake3 of a file's contents.
+pub fn hash_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Asserts two snapshots are equal (up to `skip`), listing every difference.
+pub fn assert_same_tree(what: &str, expected: &BTreeMap<Vec<u8>, Entry>, actual: &BTreeMap<Vec<u8>, Entry>, skip: Skip) {
+    let mut diffs = Vec::new();
+    for (path, e) in expected {
+        let shown = String::from_utf8_lossy(path);
+        if skip.sockets && e.kind == "socket" {
+            continue;
+        }
+        let Some(a) = actual.get(path) else {
+            diffs.push(format!("{shown}: missing"));
+            continue;
+        };
+        let mut e = e.clone();
+        let mut a = a.clone();
+        if skip.xattrs {
+            e.xattrs.clear();
+            a.xattrs.clear();
+        }
+        if skip.dir_mtime && e.kind == "dir" {
+            a.mtime = e.mtime;
+        }
+        if skip.hardlinks {
+            (e.nlink, e.link_group) = (0, None);
+            (a.nlink, a.link_group) = (0, None);
+        }
+        if skip.suid_bits {
+            e.perm &= !0o6000;
+            a.perm &= !0o6000;
+        }
+        if e != a {
+            diffs.push(format!("{shown}:\n  expected {e:?}\n  actual   {a:?}"));
+        }
+    }
+    for path in actual.keys() {
+        if !expected.contains_key(path) {
+            diffs.push(format!("{}: unexpected", String::from_utf8_lossy(path)));
+        }
+    }
+    assert!(diffs.is_empty(), "{what}: {} differences:\n{}", diffs.len(), diffs.join("\n"));
+}
+
+/// Unmounts on drop, so a failing test does not leave a mount behind.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// Whether this process may mount filesystems and create devices (root).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
