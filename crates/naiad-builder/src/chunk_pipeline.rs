@@ -1,15 +1,16 @@
 //! Chunk processing: hashing, dedup, frame packing, compression and blob writing.
 //!
-//! A source pushes [`ChunkJob`]s; they are batched and handed to a processing thread, so the
-//! source keeps reading while a batch is processed. For each batch the processing thread
-//! hashes every chunk in parallel (rayon), then decides *in order* what each chunk becomes
-//! (a hole if it is all zeros, a reference to an identical chunk already stored or in the
-//! chunk dictionary, or a new chunk of the current blob), then compresses the frames that
-//! are complete in parallel and appends them to the blob in order. Decisions are sequential
-//! so the output is the same for the same input whatever the thread timing.
+//! Three stages, each on its own thread, so reading, hashing and compressing overlap:
+//! 1. the source (the caller's thread) pushes [`ChunkJob`]s, which are batched;
+//! 2. the *decider* hashes a batch in parallel (rayon), then decides *in order* what each
+//!    chunk becomes: a reference to an identical chunk already stored or in the chunk
+//!    dictionary, or a new chunk of the current blob, packed into a frame;
+//! 3. the *writer* compresses finished frames in parallel (rayon) and appends them to the
+//!    blob file in order, then seals the blob (TOC, trailer, sha256 name).
 //!
-//! Memory is bounded: at most two batches ([`BATCH_BYTES`] each) are in flight, plus the
-//! frames being compressed.
+//! Decisions are sequential, so the output is byte-identical for the same input whatever the
+//! thread timing. Memory is bounded: each channel holds at most one batch (about
+//! [`BATCH_BYTES`]) of chunks or frames.
 
 use crate::chunk_dict::ChunkDict;
 use crate::{BuildError, Result};
@@ -74,8 +75,8 @@ pub struct PipelineOutput {
     /// `(node, chunk index, address)`. Blob ids are provisional:
     /// `0..` new blobs in creation order, [`DICT_BLOB_BASE`]`+i` the dictionary's blob `i`.
     pub assignments: Vec<(NodeId, u64, ChunkAddr)>,
-    /// Sealed new blobs by provisional id; `None` where a blob ended up with no chunk.
-    pub blobs: Vec<Option<SealedBlob>>,
+    /// Sealed new blobs by provisional id (a blob that would hold no chunk is never written).
+    pub blobs: Vec<SealedBlob>,
     /// Dictionary chunks referenced, by dictionary blob index and view offset.
     pub dict_used: BTreeMap<u32, BTreeMap<u64, ChunkRecord>>,
     pub stats: ChunkStats,
@@ -115,6 +116,14 @@ enum Msg {
     StartBlob,
 }
 
+/// What the decider hands the writer.
+enum WriteMsg {
+    /// Finished frames of the current blob, in order.
+    Frames(Vec<Vec<u8>>),
+    /// The current blob is complete: write its TOC with these chunks.
+    Seal { chunks: Vec<BlobChunk>, view_size: u64 },
+}
+
 /// The running pipeline.
 pub struct Pipeline {
     tx: Option<SyncSender<Msg>>,
@@ -133,12 +142,12 @@ pub struct PipelineConfig {
 }
 
 impl Pipeline {
-    /// Starts the processing thread. The first blob is started at once.
+    /// Starts the decider and writer threads.
     pub fn start(cfg: PipelineConfig) -> Self {
         let (tx, rx) = sync_channel(1);
         let handle = std::thread::Builder::new()
-            .name("naiad-chunks".into())
-            .spawn(move || process(cfg, rx))
+            .name("naiad-decide".into())
+            .spawn(move || decide(cfg, rx))
             .expect("spawning a thread");
         Pipeline { tx: Some(tx), handle: Some(handle), batch: Vec::new(), batch_bytes: 0 }
     }
@@ -173,7 +182,7 @@ impl Pipeline {
     fn send(&mut self, msg: Msg) -> Result<()> {
         let tx = self.tx.as_ref().expect("pipeline is running");
         if tx.send(msg).is_err() {
-            // The processing thread stopped early: its error says why.
+            // The decider stopped early: its error says why.
             return Err(self.join().err().unwrap_or_else(|| BuildError::Invalid("chunk pipeline stopped".into())));
         }
         Ok(())
@@ -197,44 +206,130 @@ impl Pipeline {
 impl Drop for Pipeline {
     fn drop(&mut self) {
         if self.handle.is_some() {
-            // Abandoned (an error elsewhere): stop the thread; its temporary blob is removed.
+            // Abandoned (an error elsewhere): stop the threads; temporary files are removed.
             let _ = self.join();
         }
     }
 }
 
-struct State {
+/// The decider's state.
+struct Decider {
     cfg: PipelineConfig,
     seen: HashMap<Digest32, ChunkAddr>,
     /// Digest of a chunk of N zero bytes, by N.
     zero_digests: HashMap<u32, Digest32>,
-    current: BlobWriter,
     out: PipelineOutput,
+    /// Provisional id of the blob being filled (= blobs sealed so far).
+    blob_id: u32,
+    blob: BlobLayout,
+    writer: Option<(SyncSender<WriteMsg>, JoinHandle<Result<Vec<SealedBlob>>>)>,
 }
 
-fn process(cfg: PipelineConfig, rx: Receiver<Msg>) -> Result<PipelineOutput> {
-    let current = BlobWriter::create(&cfg.out_dir, &cfg)?;
-    let mut st = State { cfg, seen: HashMap::new(), zero_digests: HashMap::new(), current, out: PipelineOutput::default() };
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            Msg::Batch(batch) => st.batch(batch)?,
-            Msg::StartBlob => {
-                if !st.current.chunks.is_empty() {
-                    let next = BlobWriter::create(&st.cfg.out_dir, &st.cfg)?;
-                    let done = std::mem::replace(&mut st.current, next);
-                    st.out.blobs.push(done.seal()?);
-                }
+/// Chunks and frames of the blob being filled, as decided (nothing compressed yet).
+#[derive(Default)]
+struct BlobLayout {
+    chunks: Vec<BlobChunk>,
+    view_size: u64,
+    frames_closed: u32,
+    open: Vec<u8>,
+    open_chunks: Vec<usize>,
+    ready: Vec<Vec<u8>>,
+}
+
+impl BlobLayout {
+    /// Adds a new chunk; returns its offset in the uncompressed view.
+    fn add(&mut self, data: Vec<u8>, digest: Digest32, frame_size: u32) -> u64 {
+        let view_offset = self.view_size;
+        let size = data.len() as u32;
+        self.view_size += block_align(u64::from(size));
+        let mut chunk = BlobChunk { digest, view_offset, frame_index: 0, frame_offset: 0, size };
+        if size >= frame_size {
+            self.close_open();
+            chunk.frame_index = self.frames_closed;
+            self.frames_closed += 1;
+            self.ready.push(data);
+        } else {
+            if self.open.len() + data.len() > frame_size as usize {
+                self.close_open();
             }
+            chunk.frame_offset = self.open.len() as u32;
+            self.open.extend_from_slice(&data);
+            self.open_chunks.push(self.chunks.len());
+        }
+        self.chunks.push(chunk);
+        view_offset
+    }
+
+    fn close_open(&mut self) {
+        if !self.open.is_empty() {
+            for &i in &self.open_chunks {
+                self.chunks[i].frame_index = self.frames_closed;
+            }
+            self.frames_closed += 1;
+            self.open_chunks.clear();
+            self.ready.push(std::mem::take(&mut self.open));
         }
     }
-    let last = st.current.seal()?;
-    if last.is_some() || st.out.blobs.is_empty() {
-        st.out.blobs.push(last);
-    }
-    Ok(st.out)
 }
 
-impl State {
+fn decide(cfg: PipelineConfig, rx: Receiver<Msg>) -> Result<PipelineOutput> {
+    let (wtx, wrx) = sync_channel(1);
+    let (out_dir, compressor, digester) = (cfg.out_dir.clone(), cfg.compressor, cfg.digester);
+    let writer = std::thread::Builder::new()
+        .name("naiad-write".into())
+        .spawn(move || write_blobs(&out_dir, compressor, digester, wrx))
+        .expect("spawning a thread");
+    let mut d = Decider {
+        cfg,
+        seen: HashMap::new(),
+        zero_digests: HashMap::new(),
+        out: PipelineOutput::default(),
+        blob_id: 0,
+        blob: BlobLayout::default(),
+        writer: Some((wtx, writer)),
+    };
+    let result = (|| {
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                Msg::Batch(batch) => d.batch(batch)?,
+                Msg::StartBlob => d.seal()?,
+            }
+        }
+        d.seal()
+    })();
+    // Stop the writer and collect its blobs (or its error, which explains ours).
+    let (wtx, handle) = d.writer.take().expect("writer running");
+    drop(wtx);
+    let sealed = match handle.join() {
+        Ok(r) => r,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    let sealed = sealed?;
+    result?;
+    d.out.blobs = sealed;
+    Ok(d.out)
+}
+
+impl Decider {
+    fn send(&mut self, msg: WriteMsg) -> Result<()> {
+        let (tx, _) = self.writer.as_ref().expect("writer running");
+        // If the writer stopped, its error is returned when it is joined.
+        tx.send(msg).map_err(|_| BuildError::Invalid("blob writer stopped".into()))
+    }
+
+    /// Sends the current blob's remaining frames and its TOC, if it holds any chunk.
+    fn seal(&mut self) -> Result<()> {
+        if self.blob.chunks.is_empty() {
+            return Ok(());
+        }
+        self.blob.close_open();
+        let mut blob = std::mem::take(&mut self.blob);
+        self.send(WriteMsg::Frames(std::mem::take(&mut blob.ready)))?;
+        self.send(WriteMsg::Seal { chunks: blob.chunks, view_size: blob.view_size })?;
+        self.blob_id += 1;
+        Ok(())
+    }
+
     /// Decides every chunk of a batch. Zero chunks are not special in the image: they are
     /// ordinary chunks that deduplicate to one stored zero chunk per length, so every EROFS
     /// reader sees zeros (erofs-utils 1.5 mis-extracts `NULL_ADDR` holes) while `unpack`
@@ -275,15 +370,19 @@ impl State {
                         ChunkData::Bytes(b) => b,
                         ChunkData::Zeros(n) => vec![0; n as usize],
                     };
-                    let view_offset = self.current.add(bytes, d);
-                    ChunkAddr { blob: self.out.blobs.len() as u32, view_offset }
+                    let view_offset = self.blob.add(bytes, d, self.cfg.frame_size);
+                    ChunkAddr { blob: self.blob_id, view_offset }
                 };
                 self.seen.insert(d, a);
                 a
             };
             self.out.assignments.push((job.node, job.index, addr));
         }
-        self.current.write_ready()
+        let ready = std::mem::take(&mut self.blob.ready);
+        if ready.is_empty() {
+            return Ok(());
+        }
+        self.send(WriteMsg::Frames(ready))
     }
 }
 
@@ -293,87 +392,50 @@ fn is_zero(data: &[u8]) -> bool {
     data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
+/// The writer thread: compresses frames and writes blobs, one after the other.
+fn write_blobs(dir: &Path, compressor: Compressor, digester: Digester, rx: Receiver<WriteMsg>) -> Result<Vec<SealedBlob>> {
+    let mut sealed = Vec::new();
+    let mut current: Option<BlobFile> = None;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            WriteMsg::Frames(frames) => {
+                if current.is_none() {
+                    current = Some(BlobFile::create(dir)?);
+                }
+                current.as_mut().expect("created").append(frames, compressor)?;
+            }
+            WriteMsg::Seal { chunks, view_size } => {
+                let blob = match current.take() {
+                    Some(b) => b,
+                    None => BlobFile::create(dir)?,
+                };
+                sealed.push(blob.seal(Toc { digester, frames: Vec::new(), chunks, view_size }, compressor)?);
+            }
+        }
+    }
+    Ok(sealed)
+}
+
 /// One blob being written to a temporary file in the output directory.
-struct BlobWriter {
+struct BlobFile {
     tmp: TempPath,
     file: BufWriter<File>,
     hasher: sha2::Sha256,
     written: u64,
-    compressor: Compressor,
-    digester: Digester,
-    frame_size: u32,
     frames: Vec<Frame>,
-    chunks: Vec<BlobChunk>,
-    view_size: u64,
-    open: Vec<u8>,
-    open_chunks: Vec<usize>,
-    ready: Vec<(Vec<u8>, Vec<usize>)>,
 }
 
-impl BlobWriter {
-    fn create(dir: &Path, cfg: &PipelineConfig) -> Result<Self> {
+impl BlobFile {
+    fn create(dir: &Path) -> Result<Self> {
         let tmp = TempPath::new(dir)?;
         let file = File::create(&tmp.path).map_err(BuildError::io(&tmp.path))?;
-        Ok(BlobWriter {
-            tmp,
-            file: BufWriter::with_capacity(1 << 20, file),
-            hasher: sha2::Sha256::new(),
-            written: 0,
-            compressor: cfg.compressor,
-            digester: cfg.digester,
-            frame_size: cfg.frame_size,
-            frames: Vec::new(),
-            chunks: Vec::new(),
-            view_size: 0,
-            open: Vec::new(),
-            open_chunks: Vec::new(),
-            ready: Vec::new(),
-        })
+        Ok(BlobFile { tmp, file: BufWriter::with_capacity(1 << 20, file), hasher: sha2::Sha256::new(), written: 0, frames: Vec::new() })
     }
 
-    /// Adds a new chunk; returns its offset in the uncompressed view.
-    fn add(&mut self, data: Vec<u8>, digest: Digest32) -> u64 {
-        let view_offset = self.view_size;
-        let size = data.len() as u32;
-        self.view_size += block_align(u64::from(size));
-        let idx = self.chunks.len();
-        let mut chunk = BlobChunk { digest, view_offset, frame_index: 0, frame_offset: 0, size };
-        if size >= self.frame_size {
-            self.close_open();
-            self.ready.push((data, vec![idx]));
-        } else {
-            if self.open.len() + data.len() > self.frame_size as usize {
-                self.close_open();
-            }
-            chunk.frame_offset = self.open.len() as u32;
-            self.open.extend_from_slice(&data);
-            self.open_chunks.push(idx);
-        }
-        self.chunks.push(chunk);
-        view_offset
-    }
-
-    fn close_open(&mut self) {
-        if !self.open.is_empty() {
-            let data = std::mem::take(&mut self.open);
-            let chunks = std::mem::take(&mut self.open_chunks);
-            self.ready.push((data, chunks));
-        }
-    }
-
-    /// Compresses complete frames in parallel and appends them in order.
-    fn write_ready(&mut self) -> Result<()> {
-        if self.ready.is_empty() {
-            return Ok(());
-        }
-        let ready = std::mem::take(&mut self.ready);
-        let compressor = self.compressor;
-        let packed: Vec<Option<Vec<u8>>> = ready.par_iter().map(|(data, _)| compress_frame(compressor, data)).collect();
-        for ((data, chunk_ids), comp) in ready.into_iter().zip(packed) {
-            let frame_index = self.frames.len() as u32;
-            for id in chunk_ids {
-                self.chunks[id].frame_index = frame_index;
-            }
+    /// Compresses frames in parallel and appends them in order.
+    fn append(&mut self, frames: Vec<Vec<u8>>, compressor: Compressor) -> Result<()> {
+        let packed: Vec<Option<Vec<u8>>> = frames.par_iter().map(|data| compress_frame(compressor, data)).collect();
+        for (data, comp) in frames.iter().zip(packed) {
             let (bytes, used) = match &comp {
                 Some(c) => (c.as_slice(), compressor),
                 None => (data.as_slice(), Compressor::None),
@@ -396,19 +458,9 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Writes the TOC, names the file by its sha256 and returns it; `None` (and no file) if
-    /// the blob holds no chunk.
-    fn seal(mut self) -> Result<Option<SealedBlob>> {
-        self.close_open();
-        self.write_ready()?;
-        if self.chunks.is_empty() {
-            return Ok(None);
-        }
-        let toc = Toc { digester: self.digester, frames: std::mem::take(&mut self.frames), chunks: std::mem::take(&mut self.chunks), view_size: self.view_size };
-        Ok(Some(self.finish_with(toc)?))
-    }
-
-    fn finish_with(mut self, toc: Toc) -> Result<SealedBlob> {
+    /// Writes the TOC and trailer, syncs, and names the file by its sha256.
+    fn seal(mut self, mut toc: Toc, compressor: Compressor) -> Result<SealedBlob> {
+        toc.frames = std::mem::take(&mut self.frames);
         let tail = toc.encode_tail(self.written);
         self.write(&tail)?;
         let file = self.file.into_inner().map_err(|e| BuildError::Io { path: self.tmp.path.clone(), cause: e.into_error() })?;
@@ -416,7 +468,7 @@ impl BlobWriter {
         let digest: Digest32 = self.hasher.finalize().into();
         let name = self.tmp.path.with_file_name(digest::to_hex(&digest));
         self.tmp.persist(&name)?;
-        Ok(SealedBlob { digest, compressed_size: self.written, toc, compressor: self.compressor })
+        Ok(SealedBlob { digest, compressed_size: self.written, toc, compressor })
     }
 }
 

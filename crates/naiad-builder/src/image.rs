@@ -101,7 +101,6 @@ pub fn build(source: &Source, mut opts: BuildOptions, out_dir: &Path) -> Result<
     let mut final_id: HashMap<u32, u32> = HashMap::new();
     let mut summaries = Vec::new();
     for (prov, sealed) in out.blobs.iter().enumerate() {
-        let Some(sealed) = sealed else { continue };
         let idx = blobs.len() as u32;
         final_id.insert(prov as u32, idx);
         chunks.extend(records_of(sealed, idx));

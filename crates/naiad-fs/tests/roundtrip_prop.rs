@@ -599,14 +599,14 @@ fn roundtrip(case: &Case) -> R<()> {
     let b = snapshot(&out)?;
     let diffs = compare(&a, &b);
     eprintln!(
-        "case: chunk {} {:?} {:?}: {} entries ({:?}); chunks {} holes {} dedup {} stored {}",
+        "case: chunk {} {:?} {:?}: {} entries ({:?}); chunks {} zero chunks {} dedup {} stored {}",
         case.chunk_size,
         case.compressor,
         case.digester,
         a.len(),
         made,
         summary.chunks,
-        summary.hole_chunks,
+        summary.zero_chunks,
         summary.dedup_chunks,
         summary.stored_chunks,
     );
