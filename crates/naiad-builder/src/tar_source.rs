@@ -174,6 +174,9 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, String> {
     let mode = h.mode().map_err(|e| format!("bad mode: {e}"))?;
     let uid = u32::try_from(h.uid().map_err(|e| format!("bad uid: {e}"))?).map_err(|_| "uid does not fit 32 bits".to_string())?;
     let gid = u32::try_from(h.gid().map_err(|e| format!("bad gid: {e}"))?).map_err(|_| "gid does not fit 32 bits".to_string())?;
+    if uid == u32::MAX || gid == u32::MAX {
+        return Err("uid or gid 4294967295 is not a valid id".into());
+    }
     let mut mtime = i64::try_from(h.mtime().map_err(|e| format!("bad mtime: {e}"))?).map_err(|_| "mtime out of range".to_string())?;
     let mut mtime_nsec = 0;
     let mut xattrs = Vec::new();

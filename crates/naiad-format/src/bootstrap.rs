@@ -159,7 +159,7 @@ impl Bootstrap {
             return Err(FormatError::unsupported("EROFS features", format!("{:#x}", incompat & !known)));
         }
         let erofs_len = u64::from(sb.blocks.get()) * BS;
-        if erofs_len > trailer.ext_offset || erofs_len < 2 * BS.min(SUPER_OFFSET_BYTES + 128) {
+        if erofs_len > trailer.ext_offset || erofs_len < BS {
             return Err(FormatError::invalid("superblock", format!("{} blocks do not fit before the extension", sb.blocks.get())));
         }
         let meta_base = u64::from(sb.meta_blkaddr.get()) * BS;
@@ -274,6 +274,9 @@ impl Bootstrap {
         }
         if ino.mtime_nsec >= 1_000_000_000 {
             return Err(bad("mtime nanoseconds out of range".into()));
+        }
+        if ino.uid == u32::MAX || ino.gid == u32::MAX {
+            return Err(bad("uid or gid 4294967295 is not a valid id".into()));
         }
         let ty = ino.type_bits();
         match (ty, layout) {
