@@ -212,6 +212,9 @@ impl Drop for Pipeline {
     }
 }
 
+/// The writer thread: its input and its result.
+type WriterThread = (SyncSender<WriteMsg>, JoinHandle<Result<Vec<SealedBlob>>>);
+
 /// The decider's state.
 struct Decider {
     cfg: PipelineConfig,
@@ -222,7 +225,7 @@ struct Decider {
     /// Provisional id of the blob being filled (= blobs sealed so far).
     blob_id: u32,
     blob: BlobLayout,
-    writer: Option<(SyncSender<WriteMsg>, JoinHandle<Result<Vec<SealedBlob>>>)>,
+    writer: Option<WriterThread>,
 }
 
 /// Chunks and frames of the blob being filled, as decided (nothing compressed yet).

@@ -194,20 +194,7 @@ pub fn build(source: &Source, mut opts: BuildOptions, out_dir: &Path) -> Result<
 
 /// Bootstrap chunk records of a new blob: each chunk with its frame's place in the blob.
 fn records_of(sealed: &SealedBlob, blob_index: u32) -> impl Iterator<Item = ChunkRecord> + '_ {
-    sealed.toc.chunks.iter().map(move |c| {
-        let f = &sealed.toc.frames[c.frame_index as usize];
-        ChunkRecord {
-            blob_index,
-            view_offset: c.view_offset,
-            size: c.size,
-            compressed_offset: f.compressed_offset,
-            compressed_size: f.compressed_size,
-            frame_size: f.size,
-            frame_offset: c.frame_offset,
-            compressor: f.compressor,
-            digest: c.digest,
-        }
-    })
+    (0..sealed.toc.chunks.len()).map(move |i| sealed.toc.record(i, blob_index))
 }
 
 fn lookup(tree: &Tree, comps: &[&[u8]]) -> Option<()> {

@@ -13,6 +13,7 @@
 use crate::compression::Compressor;
 use crate::digest::{Digest32, Digester};
 use crate::error::slice;
+use crate::extension::ChunkRecord;
 use crate::{block_align, FormatError, Result, BLOCK_SIZE_BYTES, MAX_CHUNK_SIZE_BYTES, MAX_FRAME_SIZE_BYTES};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -219,7 +220,7 @@ impl Toc {
             if chunk.size == 0
                 || chunk.size > MAX_CHUNK_SIZE_BYTES
                 || u64::from(chunk.frame_offset) + u64::from(chunk.size) > u64::from(frame.size)
-                || chunk.view_offset % BLOCK_SIZE_BYTES != 0
+                || !chunk.view_offset.is_multiple_of(BLOCK_SIZE_BYTES)
                 || chunk.view_offset < view_end
             {
                 return Err(bad(format!("chunk {i} lies outside its frame or overlaps the previous chunk")));
@@ -232,6 +233,26 @@ impl Toc {
             return Err(bad("view size does not cover the chunks".into()));
         }
         Ok(Toc { digester, frames, chunks, view_size })
+    }
+}
+
+impl Toc {
+    /// The bootstrap record of chunk `index` of this TOC, for a blob at `blob_index` of an
+    /// image. Panics if `index` is out of range (TOCs are validated on decode).
+    pub fn record(&self, index: usize, blob_index: u32) -> ChunkRecord {
+        let c = &self.chunks[index];
+        let f = &self.frames[c.frame_index as usize];
+        ChunkRecord {
+            blob_index,
+            view_offset: c.view_offset,
+            size: c.size,
+            compressed_offset: f.compressed_offset,
+            compressed_size: f.compressed_size,
+            frame_size: f.size,
+            frame_offset: c.frame_offset,
+            compressor: f.compressor,
+            digest: c.digest,
+        }
     }
 }
 

@@ -296,7 +296,7 @@ impl Extension {
 
 fn validate_chunk(c: &ChunkRecord, blobs: &[BlobEntry]) -> std::result::Result<(), String> {
     let blob = blobs.get(c.blob_index as usize).ok_or_else(|| format!("blob index {} out of range", c.blob_index))?;
-    if c.view_offset % BLOCK_SIZE_BYTES != 0 {
+    if !c.view_offset.is_multiple_of(BLOCK_SIZE_BYTES) {
         return Err("view offset not block aligned".into());
     }
     if c.size == 0 || c.size > MAX_CHUNK_SIZE_BYTES {

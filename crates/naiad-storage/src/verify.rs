@@ -58,20 +58,9 @@ pub fn for_each_verified_chunk(blob: &BlobFile, toc: &Toc, mut each: impl FnMut(
             detail: e.to_string(),
         })?;
         for &ci in &by_frame[fi] {
-            let c = &toc.chunks[ci];
-            let rec = ChunkRecord {
-                blob_index: 0,
-                view_offset: c.view_offset,
-                size: c.size,
-                compressed_offset: f.compressed_offset,
-                compressed_size: f.compressed_size,
-                frame_size: f.size,
-                frame_offset: c.frame_offset,
-                compressor: f.compressor,
-                digest: c.digest,
-            };
+            let rec = toc.record(ci, 0);
             let range = blob.check_chunk(&rec, toc.digester, &frame)?;
-            each(c.view_offset, &frame[range])?;
+            each(rec.view_offset, &frame[range])?;
         }
     }
     check.view_bytes = toc.view_size;

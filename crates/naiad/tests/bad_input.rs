@@ -5,6 +5,9 @@
 //! Tar layers are crafted by hand (ustar headers with correct checksums, gzip with stored
 //! deflate blocks) so that each test controls every byte of the hostile field.
 
+mod common;
+
+use common::noise;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -253,18 +256,6 @@ fn gzip_stored(data: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Deterministic pseudo-random bytes (xorshift), incompressible enough for the tests.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Control: the hand-made formats are valid, so the failures below come from the damage alone

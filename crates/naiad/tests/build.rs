@@ -8,17 +8,6 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn build_json(args: &[&std::ffi::OsStr]) -> Value {
     let mut all = args.to_vec();
@@ -117,7 +106,7 @@ fn identical_chunks_are_stored_once() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
-    let data = random(3 << 20, 7);
+    let data = noise(3 << 20, 7);
     for i in 0..10 {
         fs::write(src.join(format!("copy{i}")), &data).unwrap();
     }
@@ -136,12 +125,12 @@ fn identical_chunks_are_stored_once() {
 
 fn tree_with(dir: &Path, extra: bool) {
     fs::create_dir_all(dir.join("sub")).unwrap();
-    fs::write(dir.join("big"), random(5 << 20, 1)).unwrap();
+    fs::write(dir.join("big"), noise(5 << 20, 1)).unwrap();
     for i in 0..50 {
-        fs::write(dir.join("sub").join(format!("small{i}")), random(1000 + i * 37, i as u64 + 2)).unwrap();
+        fs::write(dir.join("sub").join(format!("small{i}")), noise(1000 + i * 37, i as u64 + 2)).unwrap();
     }
     if extra {
-        fs::write(dir.join("new"), random(2 << 20, 99)).unwrap();
+        fs::write(dir.join("new"), noise(2 << 20, 99)).unwrap();
     }
 }
 

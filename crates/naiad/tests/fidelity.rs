@@ -20,17 +20,6 @@ fn set_mtime(path: &Path, secs: i64, nsec: i64) {
         .unwrap();
 }
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// Makes the source tree and returns the paths whose directory mtimes were set last.
 fn make_tree(root: &Path) {
@@ -38,15 +27,15 @@ fn make_tree(root: &Path) {
     fs::create_dir_all(p("files")).unwrap();
     fs::write(p("files/empty"), b"").unwrap();
     fs::write(p("files/tiny"), b"x").unwrap();
-    fs::write(p("files/one_chunk"), pseudo_random(MIB as usize, 1)).unwrap();
-    fs::write(p("files/multi_chunk"), pseudo_random(3 * MIB as usize + 12345, 2)).unwrap();
+    fs::write(p("files/one_chunk"), noise(MIB as usize, 1)).unwrap();
+    fs::write(p("files/multi_chunk"), noise(3 * MIB as usize + 12345, 2)).unwrap();
     fs::write(p("files/text"), "hello naiad\n".repeat(50_000)).unwrap();
     // Over 4 GiB, sparse: data at the start, in the middle of a chunk, and at the end.
     let big = fs::File::create(p("files/huge_sparse")).unwrap();
     big.set_len(4 * 1024 * MIB + 3 * MIB + 17).unwrap();
     use std::os::unix::fs::FileExt;
     big.write_all_at(b"start", 0).unwrap();
-    big.write_all_at(&pseudo_random(10_000, 3), 2 * 1024 * MIB + 4096 * 3).unwrap();
+    big.write_all_at(&noise(10_000, 3), 2 * 1024 * MIB + 4096 * 3).unwrap();
     big.write_all_at(b"the end", 4 * 1024 * MIB + 3 * MIB + 10).unwrap();
     // Sparse with a hole inside a chunk.
     let holey = fs::File::create(p("files/holey")).unwrap();
@@ -54,7 +43,7 @@ fn make_tree(root: &Path) {
     holey.write_all_at(&[9u8; 100], 512 * 1024).unwrap();
     holey.set_len(2 * MIB).unwrap();
     // Duplicates and hardlinks.
-    fs::write(p("files/dup"), pseudo_random(MIB as usize, 1)).unwrap();
+    fs::write(p("files/dup"), noise(MIB as usize, 1)).unwrap();
     fs::hard_link(p("files/text"), p("files/text_link")).unwrap();
     fs::create_dir(p("links")).unwrap();
     fs::hard_link(p("files/tiny"), p("links/tiny_again")).unwrap();
@@ -70,15 +59,15 @@ fn make_tree(root: &Path) {
     symlink("../files/tiny", p("special/rel_link")).unwrap();
     symlink("/etc/passwd", p("special/abs_link")).unwrap();
     symlink("x".repeat(1000), p("special/long_link")).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &p("special/null"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::from_raw_mode(0o666), rustix::fs::makedev(1, 3)).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &p("special/blk"), rustix::fs::FileType::BlockDevice, rustix::fs::Mode::from_raw_mode(0o660), rustix::fs::makedev(259, 70000)).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &p("special/fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o644), 0).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, p("special/null"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::from_raw_mode(0o666), rustix::fs::makedev(1, 3)).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, p("special/blk"), rustix::fs::FileType::BlockDevice, rustix::fs::Mode::from_raw_mode(0o660), rustix::fs::makedev(259, 70000)).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, p("special/fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o644), 0).unwrap();
     drop(std::os::unix::net::UnixListener::bind(p("special/socket")).unwrap());
 
     // Ownership and mode bits.
     fs::create_dir(p("perms")).unwrap();
     fs::write(p("perms/setuid"), b"#!/bin/sh\n").unwrap();
-    rustix::fs::chown(&p("perms/setuid"), Some(rustix::fs::Uid::from_raw(100_000)), Some(rustix::fs::Gid::from_raw(200_000))).unwrap();
+    rustix::fs::chown(p("perms/setuid"), Some(rustix::fs::Uid::from_raw(100_000)), Some(rustix::fs::Gid::from_raw(200_000))).unwrap();
     fs::set_permissions(p("perms/setuid"), fs::Permissions::from_mode(0o4755)).unwrap();
     fs::write(p("perms/setgid"), b"").unwrap();
     fs::set_permissions(p("perms/setgid"), fs::Permissions::from_mode(0o2711)).unwrap();
@@ -86,7 +75,7 @@ fn make_tree(root: &Path) {
     fs::set_permissions(p("perms/sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::write(p("perms/none"), b"secret").unwrap();
     fs::set_permissions(p("perms/none"), fs::Permissions::from_mode(0o000)).unwrap();
-    rustix::fs::chownat(rustix::fs::CWD, &p("special/abs_link"), Some(rustix::fs::Uid::from_raw(4_000_000)), Some(rustix::fs::Gid::from_raw(65_536)), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    rustix::fs::chownat(rustix::fs::CWD, p("special/abs_link"), Some(rustix::fs::Uid::from_raw(4_000_000)), Some(rustix::fs::Gid::from_raw(65_536)), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
 
     // Xattrs, including file capabilities and an overlay opaque marker.
     fs::create_dir(p("xattrs")).unwrap();

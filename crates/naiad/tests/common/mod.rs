@@ -9,6 +9,19 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Deterministic pseudo-random bytes (xorshift): incompressible test data.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// Runs `naiad ARGS` and returns its output.
 pub fn naiad(args: &[&OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_naiad")).args(args).output().expect("running naiad")
