@@ -8,6 +8,15 @@ command -v fsck.erofs >/dev/null || need+=(erofs-utils)
 command -v zstd >/dev/null || need+=(zstd)
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v cc >/dev/null || need+=(gcc)
+# End-to-end tests of `naiad convert` (tests/common/registry.rs): a local registry, skopeo to push,
+# umoci/debootstrap/busybox to build images, htpasswd for registry auth.
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v umoci >/dev/null || need+=(umoci)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+# The test images need a static /bin/busybox (Debian's `busybox` package is dynamically linked).
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

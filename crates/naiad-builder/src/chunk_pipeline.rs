@@ -28,6 +28,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use crate::temp_path::TempPath;
 
@@ -138,7 +139,7 @@ pub struct PipelineConfig {
     pub compressor: Compressor,
     pub frame_size: u32,
     pub out_dir: PathBuf,
-    pub dict: Option<ChunkDict>,
+    pub dict: Option<Arc<ChunkDict>>,
 }
 
 impl Pipeline {

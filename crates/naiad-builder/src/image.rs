@@ -17,12 +17,13 @@ use std::time::Instant;
 pub const BOOTSTRAP_FILE_NAME: &str = "bootstrap";
 
 /// What to build from.
-#[derive(Clone, Debug)]
 pub enum Source {
     /// A directory tree.
     Dir(PathBuf),
     /// One or more layer tars, lowest first, merged with OCI whiteout rules.
     Layers(Vec<PathBuf>),
+    /// One layer tar read from a stream (already decompressed), named `name` in messages.
+    Stream { reader: Box<dyn std::io::Read + Send>, name: String },
 }
 
 /// What a build produced, for `--json` and the human summary.
@@ -63,7 +64,7 @@ pub struct BlobSummary {
 
 /// Builds `source` into `out_dir` (created if missing): one blob per layer (or one for a
 /// directory) named by its sha256, and `out_dir/bootstrap`.
-pub fn build(source: &Source, mut opts: BuildOptions, out_dir: &Path) -> Result<BuildSummary> {
+pub fn build(source: Source, mut opts: BuildOptions, out_dir: &Path) -> Result<BuildSummary> {
     let started = Instant::now();
     opts.validate()?;
     std::fs::create_dir_all(out_dir).map_err(BuildError::io(out_dir))?;
@@ -78,8 +79,10 @@ pub fn build(source: &Source, mut opts: BuildOptions, out_dir: &Path) -> Result<
     });
     let mut tb = TreeBuilder::new();
     let mut warnings = Vec::new();
+    let layer_opts = tar_source::LayerOptions { chunk_size: opts.chunk_size, keep_whiteouts: opts.keep_whiteouts };
     match source {
-        Source::Dir(dir) => dir_source::add_dir(dir, &mut tb, &mut pipe, opts.chunk_size, &mut warnings)?,
+        Source::Dir(dir) => dir_source::add_dir(&dir, &mut tb, &mut pipe, opts.chunk_size, &mut warnings)?,
+        Source::Stream { reader, name } => tar_source::add_layer(reader, &name, &mut tb, &mut pipe, &layer_opts, &mut warnings)?,
         Source::Layers(layers) => {
             for (i, layer) in layers.iter().enumerate() {
                 if i > 0 {
@@ -88,7 +91,7 @@ pub fn build(source: &Source, mut opts: BuildOptions, out_dir: &Path) -> Result<
                 }
                 let reader = tar_source::open_layer(layer)?;
                 let name = layer.display().to_string();
-                tar_source::add_layer(reader, &name, &mut tb, &mut pipe, opts.chunk_size, &mut warnings)?;
+                tar_source::add_layer(reader, &name, &mut tb, &mut pipe, &layer_opts, &mut warnings)?;
             }
         }
     }
@@ -151,18 +154,7 @@ pub fn build(source: &Source, mut opts: BuildOptions, out_dir: &Path) -> Result<
         }
     }
 
-    let mut prefetch = Vec::new();
-    for p in &opts.prefetch {
-        let comps = TreeBuilder::split_path(p.strip_prefix(b"/").unwrap_or(p)).ok();
-        match comps.and_then(|c| lookup(&tree, &c)) {
-            Some(()) => {
-                let mut abs = b"/".to_vec();
-                abs.extend_from_slice(p.strip_prefix(b"/").unwrap_or(p));
-                prefetch.push(abs);
-            }
-            None => warnings.push(format!("prefetch path {:?} is not in the image; skipped", String::from_utf8_lossy(p))),
-        }
-    }
+    let prefetch = resolve_prefetch(&tree, &opts.prefetch, &mut warnings);
 
     let ext = Extension { digester: opts.digester, chunk_size: opts.chunk_size, blobs, chunks, prefetch, block_checksums: Vec::new() };
     let bytes = naiad_format::writer::write_bootstrap(&tree, &ext)?;
@@ -195,6 +187,19 @@ pub fn build(source: &Source, mut opts: BuildOptions, out_dir: &Path) -> Result<
 /// Bootstrap chunk records of a new blob: each chunk with its frame's place in the blob.
 fn records_of(sealed: &SealedBlob, blob_index: u32) -> impl Iterator<Item = ChunkRecord> + '_ {
     (0..sealed.toc.chunks.len()).map(move |i| sealed.toc.record(i, blob_index))
+}
+
+/// The prefetch paths that exist in `tree`, made absolute; the others become warnings.
+pub(crate) fn resolve_prefetch(tree: &Tree, paths: &[Vec<u8>], warnings: &mut Vec<String>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let rel = p.strip_prefix(b"/").unwrap_or(p);
+        match TreeBuilder::split_path(rel).ok().and_then(|c| lookup(tree, &c)) {
+            Some(()) => out.push([b"/", rel].concat()),
+            None => warnings.push(format!("prefetch path {:?} is not in the image; skipped", String::from_utf8_lossy(p))),
+        }
+    }
+    out
 }
 
 fn lookup(tree: &Tree, comps: &[&[u8]]) -> Option<()> {

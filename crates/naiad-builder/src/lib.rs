@@ -16,6 +16,7 @@ pub mod dir_source;
 mod error;
 mod temp_path;
 pub mod image;
+pub mod merge;
 pub mod options;
 pub mod tar_source;
 pub mod tree_builder;

@@ -1,6 +1,7 @@
 //! Build options.
 
 use crate::chunk_dict::ChunkDict;
+use std::sync::Arc;
 use naiad_format::compression::Compressor;
 use naiad_format::digest::Digester;
 
@@ -20,7 +21,10 @@ pub struct BuildOptions {
     /// Upper bound of a packed frame.
     pub frame_size: u32,
     /// Chunks found here are referenced, not stored again.
-    pub chunk_dict: Option<ChunkDict>,
+    pub chunk_dict: Option<Arc<ChunkDict>>,
+    /// Keep OCI whiteout entries as plain empty files instead of applying them: for a
+    /// per-layer image that [`crate::merge`] later combines with the layers below it.
+    pub keep_whiteouts: bool,
     /// Paths to prefetch first (absolute, as bytes).
     pub prefetch: Vec<Vec<u8>>,
 }
@@ -33,6 +37,7 @@ impl Default for BuildOptions {
             digester: Digester::Blake3,
             frame_size: DEFAULT_FRAME_SIZE_BYTES,
             chunk_dict: None,
+            keep_whiteouts: false,
             prefetch: Vec::new(),
         }
     }

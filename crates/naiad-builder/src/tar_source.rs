@@ -18,24 +18,29 @@ pub const MAX_SPARSE_FILE_BYTES: u64 = 64 << 30;
 /// Opens a layer file and undoes its compression.
 pub fn open_layer(path: &Path) -> Result<Box<dyn Read + Send>> {
     let file = std::fs::File::open(path).map_err(BuildError::io(path))?;
-    let mut r = BufReader::with_capacity(1 << 20, file);
-    let head = r.fill_buf().map_err(BuildError::io(path))?;
-    let layer = |detail: &str| BuildError::Layer { layer: path.display().to_string(), detail: detail.into() };
+    decompress_layer(Box::new(file), &path.display().to_string())
+}
+
+/// Undoes a layer stream's compression (gzip, zstd or none), told from its first bytes.
+pub fn decompress_layer(reader: Box<dyn Read + Send>, name: &str) -> Result<Box<dyn Read + Send>> {
+    let mut r = BufReader::with_capacity(1 << 20, reader);
+    let layer = |detail: String| BuildError::Layer { layer: name.into(), detail };
+    let head = r.fill_buf().map_err(|e| layer(format!("unreadable: {e}")))?;
     Ok(match head {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(BuildError::io(path))?),
-        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => return Err(layer("xz-compressed layers cannot be read; use gzip, zstd or plain tar")),
-        [b'B', b'Z', b'h', ..] => return Err(layer("bzip2-compressed layers cannot be read; use gzip, zstd or plain tar")),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(|e| layer(e.to_string()))?),
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => return Err(layer("xz-compressed layers cannot be read; use gzip, zstd or plain tar".into())),
+        [b'B', b'Z', b'h', ..] => return Err(layer("bzip2-compressed layers cannot be read; use gzip, zstd or plain tar".into())),
         _ => Box::new(r),
     })
 }
 
 /// Adds every entry of one layer.
-pub fn add_layer(reader: impl Read, layer_name: &str, tb: &mut TreeBuilder, pipe: &mut Pipeline, chunk_size: u32, warnings: &mut Vec<String>) -> Result<()> {
+pub fn add_layer(reader: impl Read, layer_name: &str, tb: &mut TreeBuilder, pipe: &mut Pipeline, opts: &LayerOptions, warnings: &mut Vec<String>) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     let layer_err = |detail: String| BuildError::Layer { layer: layer_name.into(), detail };
     let entries = archive.entries().map_err(|e| layer_err(e.to_string()))?;
-    add_entries(entries, layer_name, tb, pipe, chunk_size, warnings)?;
+    add_entries(entries, layer_name, tb, pipe, opts, warnings)?;
     // Read to the end so that the decompressor checks its trailer (gzip CRC and length,
     // zstd checksum): a layer cut short after its last entry is still an error.
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
@@ -43,7 +48,16 @@ pub fn add_layer(reader: impl Read, layer_name: &str, tb: &mut TreeBuilder, pipe
     Ok(())
 }
 
-fn add_entries<R: Read>(entries: tar::Entries<'_, R>, layer_name: &str, tb: &mut TreeBuilder, pipe: &mut Pipeline, chunk_size: u32, warnings: &mut Vec<String>) -> Result<()> {
+/// How entries of a layer are taken.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerOptions {
+    pub chunk_size: u32,
+    /// Store whiteouts as empty files rather than applying them.
+    pub keep_whiteouts: bool,
+}
+
+fn add_entries<R: Read>(entries: tar::Entries<'_, R>, layer_name: &str, tb: &mut TreeBuilder, pipe: &mut Pipeline, opts: &LayerOptions, warnings: &mut Vec<String>) -> Result<()> {
+    let chunk_size = opts.chunk_size;
     let layer_err = |detail: String| BuildError::Layer { layer: layer_name.into(), detail };
     for entry in entries {
         let mut entry = entry.map_err(|e| layer_err(format!("unreadable tar header: {e}")))?;
@@ -56,7 +70,7 @@ fn add_entries<R: Read>(entries: tar::Entries<'_, R>, layer_name: &str, tb: &mut
         }
         let comps = TreeBuilder::split_path(&raw_path).map_err(&bad)?;
         // Whiteouts.
-        if let Some((last, dirs)) = comps.split_last() {
+        if let Some((last, dirs)) = comps.split_last().filter(|_| !opts.keep_whiteouts) {
             if *last == OPAQUE_MARKER {
                 tb.opaque(dirs).map_err(&bad)?;
                 continue;

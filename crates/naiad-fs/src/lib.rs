@@ -2,6 +2,7 @@
 //! ([`check`]), and mounting a bootstrap with the kernel's EROFS ([`kernel`]).
 
 pub mod check;
+pub mod compare;
 mod error;
 pub mod kernel;
 pub mod unpack;

@@ -36,7 +36,7 @@ fn image() -> &'static Image {
         xattr::set(src.join("d/f2"), "user.k", b"value").unwrap();
         let out = dir.path().join("out");
         let opts = BuildOptions { chunk_size: 64 << 10, ..BuildOptions::default() };
-        build(&Source::Dir(src), opts, &out).unwrap();
+        build(Source::Dir(src), opts, &out).unwrap();
         let bootstrap = std::fs::read(out.join("bootstrap")).unwrap();
         let blob_path = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap() != "bootstrap").unwrap();
         Image {

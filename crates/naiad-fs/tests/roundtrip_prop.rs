@@ -581,7 +581,7 @@ fn roundtrip(case: &Case) -> R<()> {
     let made = materialize(case, &src)?;
 
     let opts = BuildOptions { chunk_size: case.chunk_size, compressor: case.compressor, digester: case.digester, ..BuildOptions::default() };
-    let summary = ctx(build(&Source::Dir(src.clone()), opts, &img), || "build".into())?;
+    let summary = ctx(build(Source::Dir(src.clone()), opts, &img), || "build".into())?;
     if !summary.warnings.is_empty() {
         return Err(format!("build warned: {:?}", summary.warnings));
     }

@@ -17,6 +17,7 @@ struct Cli {
 enum Cmd {
     Build(cmd::build::Args),
     Check(cmd::check::Args),
+    Convert(cmd::convert::Args),
     Inspect(cmd::inspect::Args),
     Unpack(cmd::unpack::Args),
     Mount(cmd::mount::Args),
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Build(a) => cmd::build::run(a),
         Cmd::Check(a) => cmd::check::run(a),
+        Cmd::Convert(a) => cmd::convert::run(a),
         Cmd::Inspect(a) => cmd::inspect::run(a),
         Cmd::Unpack(a) => cmd::unpack::run(a),
         Cmd::Mount(a) => cmd::mount::run(a),

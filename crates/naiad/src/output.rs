@@ -16,6 +16,17 @@ pub fn open_bootstrap(path: &Path) -> Result<Bootstrap> {
     Bootstrap::open(bytes).with_context(|| format!("bootstrap {} is not valid (run `naiad check` for details)", path.display()))
 }
 
+/// Reads a list of paths, one per line; blank lines and `#` comments are skipped.
+pub fn read_path_list(path: &Path) -> Result<Vec<Vec<u8>>> {
+    Ok(std::fs::read(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
 /// Parses sizes such as `4096`, `4K`, `4KiB`, `1M`, `16MiB`.
 pub fn parse_size(s: &str) -> Result<u32> {
     let t = s.trim();

@@ -56,18 +56,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let chunk_dict = match &a.chunk_dict {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading chunk dictionary {}", p.display()))?;
-            Some(ChunkDict::from_bootstrap(bytes).with_context(|| format!("chunk dictionary {}", p.display()))?)
+            Some(std::sync::Arc::new(ChunkDict::from_bootstrap(bytes).with_context(|| format!("chunk dictionary {}", p.display()))?))
         }
         None => None,
     };
     let prefetch = match &a.prefetch_list {
-        Some(p) => std::fs::read(p)
-            .with_context(|| format!("reading prefetch list {}", p.display()))?
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
-            .map(<[u8]>::to_vec)
-            .collect(),
+        Some(p) => crate::output::read_path_list(p)?,
         None => Vec::new(),
     };
     let opts = BuildOptions {
@@ -78,7 +72,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         prefetch,
         ..BuildOptions::default()
     };
-    let summary = naiad_builder::build(&source, opts, &a.output)?;
+    let summary = naiad_builder::build(source, opts, &a.output)?;
     if a.json {
         print_json(&summary)?;
     } else {

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod check;
+pub mod convert;
 pub mod inspect;
 pub mod mount;
 pub mod umount;

@@ -224,3 +224,5 @@ impl Drop for MountGuard {
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+pub mod registry;

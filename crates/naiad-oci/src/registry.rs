@@ -1,0 +1,208 @@
+//! A repository in an OCI registry, through `oci-client`: anonymous, basic or bearer-token
+//! auth (credentials from the docker config), plain HTTP only with `insecure`, and bounded
+//! retries with backoff for transient failures (5xx, 429, connection errors).
+
+use crate::manifest::Descriptor;
+use crate::{OciError, Result};
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use std::time::Duration;
+
+/// Attempts per request (the first try included).
+pub const ATTEMPTS: u32 = 4;
+/// First backoff delay; doubled after each failure.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// One repository of one registry.
+pub struct Repo {
+    client: Client,
+    auth: RegistryAuth,
+    registry: String,
+    repository: String,
+}
+
+impl Repo {
+    /// Connects (lazily) to `registry/repository`.
+    pub fn new(registry: &str, repository: &str, insecure: bool) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let protocol = if insecure { ClientProtocol::HttpsExcept(vec![registry.to_string()]) } else { ClientProtocol::Https };
+        let client = Client::new(ClientConfig { protocol, ..ClientConfig::default() });
+        Repo { client, auth: crate::auth::credentials_for(registry), registry: registry.into(), repository: repository.into() }
+    }
+
+    /// Whether both are on the same registry host.
+    pub fn same_registry(&self, other: &Repo) -> bool {
+        self.registry == other.registry
+    }
+
+    /// The repository name.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// `docker://registry/repository`.
+    pub fn name(&self) -> String {
+        format!("docker://{}/{}", self.registry, self.repository)
+    }
+
+    fn reference(&self, tag_or_digest: &str) -> Reference {
+        if tag_or_digest.starts_with("sha256:") {
+            Reference::with_digest(self.registry.clone(), self.repository.clone(), tag_or_digest.to_string())
+        } else {
+            Reference::with_tag(self.registry.clone(), self.repository.clone(), tag_or_digest.to_string())
+        }
+    }
+
+    fn map_err(&self, what: &str, e: OciDistributionError) -> OciError {
+        let image = self.name();
+        match e {
+            OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+                OciError::Auth { image, detail: format!("{what}: the registry refused the credentials (docker config) or requires some") }
+            }
+            OciDistributionError::ImageManifestNotFoundError(_) => OciError::NotFound { what: what.into(), image },
+            OciDistributionError::ServerError { code: 404, .. } => OciError::NotFound { what: what.into(), image },
+            OciDistributionError::ServerError { code: 401 | 403, .. } => OciError::Auth { image, detail: format!("{what}: access denied") },
+            OciDistributionError::RegistryError { ref envelope, .. }
+                if envelope.errors.iter().any(|e| matches!(format!("{:?}", e.code).as_str(), "ManifestUnknown" | "BlobUnknown" | "NameUnknown")) =>
+            {
+                OciError::NotFound { what: what.into(), image }
+            }
+            OciDistributionError::RegistryError { ref envelope, .. }
+                if envelope.errors.iter().any(|e| matches!(format!("{:?}", e.code).as_str(), "Unauthorized" | "Denied")) =>
+            {
+                OciError::Auth { image, detail: format!("{what}: access denied") }
+            }
+            other => OciError::Registry { image, detail: format!("{what}: {other}") },
+        }
+    }
+
+    /// Runs `op` with retries on transient errors.
+    async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        let mut delay = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let err = self.map_err(what, e);
+                    if attempt >= ATTEMPTS || !err.is_transient() {
+                        return Err(err);
+                    }
+                    tracing::warn!(%err, attempt, "retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Authenticates for pulling (or pushing) once, so later calls carry the token.
+    pub async fn login(&self, push: bool) -> Result<()> {
+        let op = if push { RegistryOperation::Push } else { RegistryOperation::Pull };
+        let r = self.reference("latest");
+        self.retry("authenticate", || self.client.auth(&r, &self.auth, op)).await.map(|_| ())
+    }
+
+    /// A manifest or index by tag or digest: bytes, media type, digest.
+    pub async fn manifest(&self, reference: &str) -> Result<(Vec<u8>, String, String)> {
+        let r = self.reference(reference);
+        let accepted = [crate::media::OCI_MANIFEST, crate::media::OCI_INDEX, crate::media::DOCKER_MANIFEST, crate::media::DOCKER_LIST];
+        let (bytes, digest) = self.retry(&format!("manifest {reference}"), || self.client.pull_manifest_raw(&r, &self.auth, &accepted)).await?;
+        if bytes.len() > crate::manifest::MAX_MANIFEST_BYTES {
+            return Err(OciError::invalid(self.name(), "manifest is larger than 4 MiB"));
+        }
+        let actual = crate::manifest::sha256_digest(&bytes);
+        if reference.starts_with("sha256:") && actual != reference {
+            return Err(OciError::Digest { what: format!("manifest of {}", self.name()), expected: reference.into(), actual });
+        }
+        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(String::from))
+            .unwrap_or_else(|| if bytes.windows(11).any(|w| w == b"\"manifests\"") { crate::media::OCI_INDEX.into() } else { crate::media::OCI_MANIFEST.into() });
+        let _ = digest;
+        Ok((bytes.to_vec(), media_type, actual))
+    }
+
+    /// Streams a blob: each item is a piece of its bytes (not yet verified).
+    pub async fn blob_stream(&self, desc: &Descriptor) -> Result<futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>> {
+        let r = self.reference("latest");
+        self.client.store_auth_if_needed(&self.registry, &self.auth).await;
+        let digest = desc.digest.as_str();
+        let s = self.retry(&format!("blob {digest}"), || self.client.pull_blob_stream(&r, digest)).await?;
+        Ok(s.stream.boxed())
+    }
+
+    /// Whether a blob exists (HEAD).
+    pub async fn has_blob(&self, digest: &str) -> Result<bool> {
+        let r = self.reference("latest");
+        self.retry(&format!("blob {digest}"), || self.client.blob_exists(&r, digest)).await
+    }
+
+    /// Mounts a blob from another repository of the same registry; false if the registry
+    /// did not mount it (the caller then uploads it).
+    pub async fn mount_from(&self, from_repository: &str, digest: &str) -> bool {
+        let r = self.reference("latest");
+        let src = Reference::with_tag(self.registry.clone(), from_repository.to_string(), "latest".into());
+        self.client.mount_blob(&r, &src, digest).await.is_ok() && self.has_blob(digest).await.unwrap_or(false)
+    }
+
+    /// Uploads a file as a blob (streamed, 8 MiB pieces).
+    pub async fn put_blob_file(&self, path: &std::path::Path, digest: &str, size: u64) -> Result<()> {
+        let r = self.reference("latest");
+        let mut delay = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            let file = tokio::fs::File::open(path).await.map_err(OciError::io(path.display()))?;
+            let stream = futures_util::stream::unfold(file, |mut f| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 8 << 20];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok(bytes::Bytes::from(buf)), f))
+                    }
+                    Err(e) => Some((Err(OciDistributionError::GenericError(Some(e.to_string()))), f)),
+                }
+            });
+            match self.client.push_blob_stream(&r, stream, digest, Some(size)).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let err = self.map_err(&format!("upload of blob {digest}"), e);
+                    if attempt == ATTEMPTS || !err.is_transient() {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Uploads bytes as a blob.
+    pub async fn put_blob_bytes(&self, bytes: Vec<u8>, digest: &str) -> Result<()> {
+        let r = self.reference("latest");
+        let data = bytes::Bytes::from(bytes);
+        self.retry(&format!("upload of blob {digest}"), || self.client.push_blob(&r, data.clone(), digest)).await.map(|_| ())
+    }
+
+    /// Uploads a manifest or index under a tag (or by digest).
+    pub async fn put_manifest(&self, bytes: &[u8], media_type: &str, reference: &str) -> Result<()> {
+        let r = self.reference(reference);
+        let body = bytes::Bytes::copy_from_slice(bytes);
+        let ct = reqwest_header(media_type);
+        self.retry(&format!("upload of manifest {reference}"), || self.client.push_manifest_raw(&r, body.clone(), ct.clone())).await.map(|_| ())
+    }
+}
+
+fn reqwest_header(v: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(v).expect("media types are valid header values")
+}
