@@ -4,6 +4,29 @@ use anyhow::{bail, Context, Result};
 use naiad_format::bootstrap::Bootstrap;
 use std::path::Path;
 
+/// The chunking options `build` and `convert` share.
+#[derive(clap::Args)]
+pub struct ChunkArgs {
+    /// Chunk size: a power of two from 4K to 16M.
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    pub chunk_size: u32,
+    /// Compression of the data: zstd, lz4 or none.
+    #[arg(long, default_value = "zstd", value_parser = ["zstd", "lz4", "none"])]
+    compressor: String,
+    /// Chunk digest: blake3 or sha256.
+    #[arg(long, default_value = "blake3", value_parser = ["blake3", "sha256"])]
+    digester: String,
+}
+
+impl ChunkArgs {
+    pub fn compressor(&self) -> naiad_format::compression::Compressor {
+        naiad_format::compression::Compressor::from_name(&self.compressor).expect("clap checked the name")
+    }
+    pub fn digester(&self) -> naiad_format::digest::Digester {
+        naiad_format::digest::Digester::from_name(&self.digester).expect("clap checked the name")
+    }
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);

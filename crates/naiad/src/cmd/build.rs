@@ -1,11 +1,9 @@
 //! `naiad build`: a directory, a layer tar or several layers into a bootstrap and blobs.
 
-use crate::output::{human, parse_size, print_json};
+use crate::output::{human, print_json, ChunkArgs};
 use anyhow::{bail, Context, Result};
 use naiad_builder::chunk_dict::ChunkDict;
 use naiad_builder::{BuildOptions, Source};
-use naiad_format::compression::Compressor;
-use naiad_format::digest::Digester;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,15 +18,8 @@ pub struct Args {
     /// Output directory: `bootstrap` plus one file per blob named by its sha256.
     #[arg(short, long)]
     output: PathBuf,
-    /// Chunk size: a power of two from 4K to 16M.
-    #[arg(long, default_value = "1M", value_parser = parse_size)]
-    chunk_size: u32,
-    /// Compression of the data: zstd, lz4 or none.
-    #[arg(long, default_value = "zstd", value_parser = ["zstd", "lz4", "none"])]
-    compressor: String,
-    /// Chunk digest: blake3 or sha256.
-    #[arg(long, default_value = "blake3", value_parser = ["blake3", "sha256"])]
-    digester: String,
+    #[command(flatten)]
+    chunking: ChunkArgs,
     /// Bootstrap of another image whose chunks are referenced instead of stored again.
     #[arg(long)]
     chunk_dict: Option<PathBuf>,
@@ -65,9 +56,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         None => Vec::new(),
     };
     let opts = BuildOptions {
-        chunk_size: a.chunk_size,
-        compressor: Compressor::from_name(&a.compressor).expect("clap checked"),
-        digester: Digester::from_name(&a.digester).expect("clap checked"),
+        chunk_size: a.chunking.chunk_size,
+        compressor: a.chunking.compressor(),
+        digester: a.chunking.digester(),
         chunk_dict,
         prefetch,
         ..BuildOptions::default()

@@ -1,10 +1,8 @@
 //! `naiad convert`: an OCI image into a Naiad image, registry or OCI layout on either side.
 
-use crate::output::{human, parse_size, print_json};
+use crate::output::{human, print_json, ChunkArgs};
 use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use naiad_format::compression::Compressor;
-use naiad_format::digest::Digester;
 use naiad_oci::convert::{ConvertOptions, Progress, Quiet};
 use naiad_oci::reference::ImageRef;
 use std::collections::HashMap;
@@ -21,15 +19,8 @@ use std::sync::{Arc, Mutex};
 pub struct Args {
     source: String,
     destination: String,
-    /// Chunk size: a power of two from 4K to 16M.
-    #[arg(long, default_value = "1M", value_parser = parse_size)]
-    chunk_size: u32,
-    /// Compression of the data: zstd, lz4 or none.
-    #[arg(long, default_value = "zstd", value_parser = ["zstd", "lz4", "none"])]
-    compressor: String,
-    /// Chunk digest: blake3 or sha256.
-    #[arg(long, default_value = "blake3", value_parser = ["blake3", "sha256"])]
-    digester: String,
+    #[command(flatten)]
+    chunking: ChunkArgs,
     /// Convert only this platform (os/arch[/variant]); the result is a single manifest.
     #[arg(long)]
     platform: Option<String>,
@@ -64,9 +55,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         None => Vec::new(),
     };
     let opts = ConvertOptions {
-        chunk_size: a.chunk_size,
-        compressor: Compressor::from_name(&a.compressor).expect("clap checked"),
-        digester: Digester::from_name(&a.digester).expect("clap checked"),
+        chunk_size: a.chunking.chunk_size,
+        compressor: a.chunking.compressor(),
+        digester: a.chunking.digester(),
         platform: a.platform.clone(),
         chunk_dict: a.chunk_dict.as_deref().map(ImageRef::parse).transpose()?,
         prefetch,
