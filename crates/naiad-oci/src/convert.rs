@@ -165,11 +165,10 @@ pub async fn convert(src: &ImageRef, dst: &ImageRef, opts: &ConvertOptions, prog
             (serde_json::to_vec(&out).expect("index serializes"), OCI_INDEX.to_string())
         }
     } else if is_manifest(&media_type) {
-        let (desc, summary) = convert_image(&cx, &bytes, &digest, None, &src_name).await?;
+        let platform = if opts.merge_platform { Some(platform_of(&cx, &Manifest::parse(&bytes, &src_name)?).await?) } else { None };
+        let (desc, summary) = convert_image(&cx, &bytes, &digest, platform.clone(), &src_name).await?;
         images.push(summary);
-        if opts.merge_platform {
-            let m = Manifest::parse(&bytes, &src_name)?;
-            let platform = platform_of(&cx, &m).await?;
+        if let Some(platform) = platform {
             let orig = Descriptor { media_type: media_type.clone(), digest: digest.clone(), size: bytes.len() as u64, annotations: None, platform: Some(platform), urls: None };
             copy_manifest(&cx, &orig).await?;
             let out = Index { schema_version: 2, media_type: Some(OCI_INDEX.into()), manifests: vec![orig, desc], annotations: None };
@@ -301,7 +300,7 @@ async fn convert_layer(cx: &Context<'_>, index: usize, layer: &Descriptor, image
     })
     .await
     .map_err(|e| OciError::invalid(image, format!("layer conversion task failed: {e}")))?
-    .map_err(|cause| match digest_error(&cause) {
+    .map_err(|cause| match digest_error(&cause, layer, image) {
         Some(e) => e,
         None => OciError::Build { layer: layer.digest.clone(), cause },
     })?;
@@ -313,13 +312,11 @@ async fn convert_layer(cx: &Context<'_>, index: usize, layer: &Descriptor, image
 }
 
 /// The builder wraps read errors; a digest mismatch of the source layer is reported as such.
-fn digest_error(e: &naiad_builder::BuildError) -> Option<OciError> {
+fn digest_error(e: &naiad_builder::BuildError, layer: &Descriptor, image: &str) -> Option<OciError> {
     let text = e.to_string();
-    text.contains("does not match its descriptor").then(|| OciError::Digest {
-        what: "source layer".into(),
-        expected: "the digest in the manifest".into(),
-        actual: text,
-    })
+    let detail = text.split_once("does not match its descriptor: expected ")?.1;
+    let (expected, actual) = detail.split_once(", got ")?;
+    Some(OciError::Digest { what: format!("layer {} of {image}", layer.digest), expected: expected.into(), actual: actual.into() })
 }
 
 /// Copies a converted layer into the build cache (hardlinks; atomic rename of the directory).
@@ -355,7 +352,9 @@ async fn build_layers(cx: &Context<'_>, m: &Manifest, image: &str) -> Result<(Ve
             convert_layer(cx, i, l, image).await
         }
     });
-    let layers: Vec<LayerOut> = futures_util::future::try_join_all(futures).await?;
+    // Wait for every layer even when one fails: a layer build cannot be cancelled, and it
+    // must not write into the work directory after that is removed.
+    let layers: Vec<LayerOut> = futures_util::future::join_all(futures).await.into_iter().collect::<Result<_>>()?;
     let seconds_convert = t0.elapsed().as_secs_f64();
     cx.progress.stage("merging layers");
     let mut bootstraps = Vec::new();

@@ -61,13 +61,34 @@ impl Layout {
     /// Finds the descriptor for a tag or digest (or the only entry when `None`).
     pub fn resolve(&self, reference: Option<&str>) -> Result<Descriptor> {
         let index = self.index()?;
-        let found = match reference {
+        let found: Option<&Descriptor> = match reference {
             Some(r) if r.starts_with("sha256:") => index.manifests.iter().find(|d| d.digest == r),
             Some(tag) => index.manifests.iter().find(|d| d.annotations.as_ref().and_then(|a| a.get(ANN_REF_NAME)).is_some_and(|t| t == tag)),
             None if index.manifests.len() == 1 => index.manifests.first(),
             None => return Err(OciError::invalid(self.name(), "the layout holds several images: name one with :TAG")),
         };
-        found.cloned().ok_or_else(|| OciError::NotFound { what: format!("tag {}", reference.unwrap_or("")), image: self.name() })
+        if let Some(d) = found {
+            return Ok(d.clone());
+        }
+        match reference {
+            // A manifest that only an index in the layout names (a platform's manifest).
+            Some(digest) if digest.starts_with("sha256:") => {
+                let path = self.blob_path(digest)?;
+                let bytes = match std::fs::metadata(&path) {
+                    Ok(md) if md.len() <= crate::manifest::MAX_MANIFEST_BYTES as u64 => std::fs::read(&path).map_err(OciError::io(path.display()))?,
+                    Ok(_) => return Err(OciError::invalid(self.name(), format!("{digest} is too large to be a manifest"))),
+                    Err(_) => return Err(OciError::NotFound { what: format!("manifest {digest}"), image: self.name() }),
+                };
+                let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| OciError::invalid(self.name(), format!("{digest} is not a manifest: {e}")))?;
+                let media_type = match v.get("mediaType").and_then(|m| m.as_str()) {
+                    Some(m) => m.to_string(),
+                    None if v.get("manifests").is_some() => OCI_INDEX.to_string(),
+                    None => crate::media::OCI_MANIFEST.to_string(),
+                };
+                Ok(Descriptor { media_type, digest: digest.to_string(), size: bytes.len() as u64, annotations: None, platform: None, urls: None })
+            }
+            _ => Err(OciError::NotFound { what: format!("tag {}", reference.unwrap_or("")), image: self.name() }),
+        }
     }
 
     /// Whether a blob is present.
