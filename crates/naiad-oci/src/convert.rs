@@ -51,6 +51,8 @@ pub struct ConvertOptions {
 
 /// Progress reports (the CLI draws bars from them; the library never prints).
 pub trait Progress: Send + Sync {
+    /// An image of `bytes` compressed layer bytes starts converting.
+    fn image_start(&self, _bytes: u64) {}
     fn layer_start(&self, _layer: &str, _bytes: u64) {}
     fn layer_bytes(&self, _layer: &str, _n: u64) {}
     fn layer_done(&self, _layer: &str, _cached: bool) {}
@@ -270,6 +272,7 @@ async fn convert_layer(cx: &Context<'_>, index: usize, layer: &Descriptor, image
     let cached = cx.opts.build_cache.as_ref().map(|c| c.join(cache_key(layer, cx.opts, dict_digest)));
     if let Some(dir) = &cached {
         if dir.join(naiad_builder::image::BOOTSTRAP_FILE_NAME).is_file() {
+            cx.progress.layer_bytes(&label, layer.size);
             cx.progress.layer_done(&label, true);
             return Ok(LayerOut { dir: dir.clone(), summary: None });
         }
@@ -344,6 +347,7 @@ fn store_in_cache(from: &Path, to: &Path) -> Result<()> {
 async fn build_layers(cx: &Context<'_>, m: &Manifest, image: &str) -> Result<(Vec<LayerOut>, naiad_builder::merge::Merged, HashMap<String, PathBuf>, f64)> {
     let t0 = Instant::now();
     cx.progress.stage("converting layers");
+    cx.progress.image_start(m.layers.iter().map(|l| l.size).sum());
     let sem = tokio::sync::Semaphore::new(cx.opts.jobs.max(1));
     let futures = m.layers.iter().enumerate().map(|(i, l)| {
         let sem = &sem;

@@ -5,6 +5,8 @@
 //! fails is an error naming the blob and offset, never data.
 
 pub mod blob_store;
+pub mod chunk_cache;
+pub mod fetcher;
 mod error;
 pub mod verify;
 pub mod view_cache;

@@ -99,6 +99,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
 struct Bars {
     multi: MultiProgress,
     stage: ProgressBar,
+    overall: ProgressBar,
     layers: Mutex<HashMap<String, ProgressBar>>,
 }
 
@@ -106,11 +107,17 @@ impl Bars {
     fn new() -> Self {
         let multi = MultiProgress::new();
         let stage = multi.add(ProgressBar::new_spinner());
-        Bars { multi, stage, layers: Mutex::new(HashMap::new()) }
+        let overall = multi.add(ProgressBar::new(0));
+        overall.set_style(ProgressStyle::with_template("{prefix:>16} [{bar:30}] {bytes}/{total_bytes} {elapsed}").expect("valid template").progress_chars("## "));
+        overall.set_prefix("all layers");
+        Bars { multi, stage, overall, layers: Mutex::new(HashMap::new()) }
     }
 }
 
 impl Progress for Bars {
+    fn image_start(&self, bytes: u64) {
+        self.overall.inc_length(bytes);
+    }
     fn layer_start(&self, layer: &str, bytes: u64) {
         let bar = self.multi.add(ProgressBar::new(bytes));
         bar.set_style(ProgressStyle::with_template("{prefix:>16} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}").expect("valid template").progress_chars("=> "));
@@ -121,6 +128,7 @@ impl Progress for Bars {
         if let Some(b) = self.layers.lock().expect("bars lock").get(layer) {
             b.inc(n);
         }
+        self.overall.inc(n);
     }
     fn layer_done(&self, layer: &str, cached: bool) {
         if let Some(b) = self.layers.lock().expect("bars lock").remove(layer) {

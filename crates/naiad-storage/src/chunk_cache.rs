@@ -1,0 +1,297 @@
+//! The lazy chunk cache: per blob, a sparse file in uncompressed-view layout and a presence
+//! bitmap.
+//!
+//! * `<dir>/<digest>.data` is exactly the blob's uncompressed view, filled as chunks arrive:
+//!   it is the file the kernel can use as the blob's EROFS device.
+//! * `<dir>/<digest>.map` holds one bit per 4 KiB block of the view; a set bit means the
+//!   block is filled with verified data. The bitmap is the only truth about what is filled:
+//!   a hole is never read as data.
+//!
+//! Crash safety: a fill writes the data, makes it durable (`fdatasync`), and only then sets
+//! the bits and writes the bitmap. Bits only ever go from 0 to 1, so even a torn bitmap
+//! write can only lose bits (those chunks are fetched again), never claim data that is not
+//! on disk. Callers hand [`CachedBlob::fill`] verified data only.
+
+use crate::{Result, StorageError};
+use naiad_format::digest::{to_hex, Digest32};
+use naiad_format::{block_align, BLOCK_SIZE_BYTES};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// Suffix of a blob's data file.
+pub const DATA_SUFFIX: &str = ".data";
+/// Suffix of a blob's presence bitmap.
+pub const MAP_SUFFIX: &str = ".map";
+
+/// A directory of cached blobs.
+#[derive(Debug)]
+pub struct ChunkCache {
+    dir: PathBuf,
+    open: Mutex<HashMap<Digest32, Weak<CachedBlob>>>,
+}
+
+/// One cached blob. Cheap presence checks (atomic words, no lock); fills serialize only on
+/// the bitmap write of their own blob.
+#[derive(Debug)]
+pub struct CachedBlob {
+    digest: Digest32,
+    data_path: PathBuf,
+    data: File,
+    map: File,
+    view_size: u64,
+    bits: Vec<AtomicU64>,
+    map_lock: Mutex<()>,
+}
+
+fn map_len(view_size: u64) -> u64 {
+    let blocks = view_size / BLOCK_SIZE_BYTES;
+    blocks.div_ceil(64) * 8
+}
+
+impl ChunkCache {
+    /// Uses (and creates) `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(StorageError::io(dir))?;
+        Ok(ChunkCache { dir: dir.to_path_buf(), open: Mutex::new(HashMap::new()) })
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Opens the cache entry of a blob whose view is `view_size` bytes, creating it empty if
+    /// missing. An entry whose files have the wrong sizes is discarded and recreated.
+    pub fn blob(&self, digest: &Digest32, view_size: u64) -> Result<Arc<CachedBlob>> {
+        let mut open = self.open.lock().expect("cache lock");
+        if let Some(b) = open.get(digest).and_then(Weak::upgrade) {
+            if b.view_size != view_size {
+                return Err(StorageError::Mismatch { blob: to_hex(digest), detail: format!("view size {view_size} differs from the cached {}", b.view_size) });
+            }
+            return Ok(b);
+        }
+        let hex = to_hex(digest);
+        let data_path = self.dir.join(format!("{hex}{DATA_SUFFIX}"));
+        let map_path = self.dir.join(format!("{hex}{MAP_SUFFIX}"));
+        let sizes_ok = std::fs::metadata(&data_path).is_ok_and(|m| m.len() == view_size)
+            && std::fs::metadata(&map_path).is_ok_and(|m| m.len() == map_len(view_size));
+        if !sizes_ok {
+            // New, or left inconsistent: start over (the map first, so no bit survives).
+            let _ = std::fs::remove_file(&map_path);
+            let _ = std::fs::remove_file(&data_path);
+        }
+        let opts = || {
+            let mut o = OpenOptions::new();
+            o.read(true).write(true).create(true).truncate(false);
+            o
+        };
+        let data = opts().open(&data_path).map_err(StorageError::io(&data_path))?;
+        data.set_len(view_size).map_err(StorageError::io(&data_path))?;
+        let map = opts().open(&map_path).map_err(StorageError::io(&map_path))?;
+        map.set_len(map_len(view_size)).map_err(StorageError::io(&map_path))?;
+        let mut raw = vec![0u8; map_len(view_size) as usize];
+        map.read_exact_at(&mut raw, 0).map_err(StorageError::io(&map_path))?;
+        let bits = raw.chunks_exact(8).map(|w| AtomicU64::new(u64::from_le_bytes(w.try_into().expect("8 bytes")))).collect();
+        let blob = Arc::new(CachedBlob { digest: *digest, data_path, data, map, view_size, bits, map_lock: Mutex::new(()) });
+        open.insert(*digest, Arc::downgrade(&blob));
+        Ok(blob)
+    }
+
+    /// Digests of the blobs with an entry, and their bytes filled / view sizes.
+    pub fn list(&self) -> Result<Vec<CacheEntry>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir).map_err(StorageError::io(&self.dir))? {
+            let e = e.map_err(StorageError::io(&self.dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.strip_suffix(DATA_SUFFIX) else { continue };
+            let Some(digest) = naiad_format::digest::from_hex(hex) else { continue };
+            let view_size = e.metadata().map_err(StorageError::io(e.path()))?.len();
+            let blob = self.blob(&digest, view_size)?;
+            let md = e.metadata().map_err(StorageError::io(e.path()))?;
+            use std::os::unix::fs::MetadataExt;
+            out.push(CacheEntry {
+                digest,
+                view_size,
+                present_bytes: blob.present_bytes(),
+                disk_bytes: md.blocks() * 512,
+                in_use: Arc::strong_count(&blob) > 1,
+            });
+        }
+        out.sort_by_key(|e| e.digest);
+        Ok(out)
+    }
+
+    /// Removes a blob's entry (refused while it is open elsewhere).
+    pub fn remove(&self, digest: &Digest32) -> Result<bool> {
+        let open = self.open.lock().expect("cache lock");
+        if open.get(digest).and_then(Weak::upgrade).is_some() {
+            return Ok(false);
+        }
+        let hex = to_hex(digest);
+        for suffix in [MAP_SUFFIX, DATA_SUFFIX] {
+            let p = self.dir.join(format!("{hex}{suffix}"));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::Io { path: p, cause: e }),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// What `cache ls` shows of one blob.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CacheEntry {
+    #[serde(serialize_with = "hex_digest")]
+    pub digest: Digest32,
+    pub view_size: u64,
+    pub present_bytes: u64,
+    pub disk_bytes: u64,
+    pub in_use: bool,
+}
+
+fn hex_digest<S: serde::Serializer>(d: &Digest32, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("sha256:{}", to_hex(d)))
+}
+
+impl CachedBlob {
+    /// The blob's digest.
+    pub fn digest(&self) -> &Digest32 {
+        &self.digest
+    }
+    /// Size of the view.
+    pub fn view_size(&self) -> u64 {
+        self.view_size
+    }
+    /// The data file (a valid EROFS device once the blocks read are present).
+    pub fn data_path(&self) -> &Path {
+        &self.data_path
+    }
+
+    fn block_range(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
+        let end = offset.saturating_add(len).min(self.view_size);
+        offset / BLOCK_SIZE_BYTES..end.div_ceil(BLOCK_SIZE_BYTES)
+    }
+
+    fn bit(&self, block: u64) -> bool {
+        self.bits[(block / 64) as usize].load(Ordering::Acquire) & (1 << (block % 64)) != 0
+    }
+
+    /// Whether every block of `[offset, offset+len)` is filled.
+    pub fn is_present(&self, offset: u64, len: u64) -> bool {
+        self.block_range(offset, len).all(|b| self.bit(b))
+    }
+
+    /// Bytes of the view filled.
+    pub fn present_bytes(&self) -> u64 {
+        self.bits.iter().map(|w| u64::from(w.load(Ordering::Relaxed).count_ones())).sum::<u64>() * BLOCK_SIZE_BYTES
+    }
+
+    /// Whether the whole view is filled.
+    pub fn is_complete(&self) -> bool {
+        self.is_present(0, self.view_size)
+    }
+
+    /// Reads filled bytes; an error if any block of the range is not filled.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.view_size) || !self.is_present(offset, buf.len() as u64) {
+            return Err(StorageError::Mismatch { blob: to_hex(&self.digest), detail: format!("range {offset}+{} is not in the cache", buf.len()) });
+        }
+        self.data.read_exact_at(buf, offset).map_err(StorageError::io(&self.data_path))
+    }
+
+    /// Stores verified chunks (`(view offset, bytes)`, offsets block aligned) and marks
+    /// their blocks present, data first and durably, bitmap second.
+    pub fn fill(&self, chunks: &[(u64, &[u8])]) -> Result<()> {
+        let mut touched = Vec::new();
+        for &(off, bytes) in chunks {
+            if off % BLOCK_SIZE_BYTES != 0 || off.checked_add(bytes.len() as u64).is_none_or(|e| e > self.view_size) {
+                return Err(StorageError::Mismatch { blob: to_hex(&self.digest), detail: format!("chunk at {off} does not fit the view") });
+            }
+            self.data.write_all_at(bytes, off).map_err(StorageError::io(&self.data_path))?;
+            touched.push(self.block_range(off, block_align(bytes.len() as u64)));
+        }
+        self.data.sync_data().map_err(StorageError::io(&self.data_path))?;
+        let _guard = self.map_lock.lock().expect("map lock");
+        let mut words: Vec<usize> = Vec::new();
+        for r in touched {
+            for b in r {
+                let w = (b / 64) as usize;
+                self.bits[w].fetch_or(1 << (b % 64), Ordering::Release);
+                if words.last() != Some(&w) {
+                    words.push(w);
+                }
+            }
+        }
+        words.sort_unstable();
+        words.dedup();
+        for w in words {
+            let v = self.bits[w].load(Ordering::Acquire).to_le_bytes();
+            self.map.write_all_at(&v, w as u64 * 8).map_err(|e| StorageError::Io { path: self.data_path.with_extension("map"), cause: e })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_survives_reopening_and_holes_are_never_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = [7u8; 32];
+        let view = 64 * 4096;
+        {
+            let cache = ChunkCache::open(dir.path()).unwrap();
+            let b = cache.blob(&d, view).unwrap();
+            assert!(!b.is_present(0, 1));
+            b.fill(&[(8192, &[1u8; 5000][..]), (40960, &[2u8; 4096][..])]).unwrap();
+            assert!(b.is_present(8192, 8192) && b.is_present(40960, 4096));
+            assert!(!b.is_present(0, 8193));
+            let mut buf = [0u8; 4096];
+            assert!(b.read_at(&mut buf, 0).is_err(), "a hole must not read as data");
+            b.read_at(&mut buf, 8192).unwrap();
+            assert_eq!(buf, [1u8; 4096]);
+            assert_eq!(b.present_bytes(), 3 * 4096);
+        }
+        let cache = ChunkCache::open(dir.path()).unwrap();
+        let b = cache.blob(&d, view).unwrap();
+        assert!(b.is_present(8192, 8192) && b.is_present(40960, 4096) && !b.is_present(0, 4096));
+        let list = cache.list().unwrap();
+        assert_eq!(list.len(), 1);
+        assert!(list[0].in_use);
+        assert!(!cache.remove(&d).unwrap(), "an open blob is not removed");
+        drop(b);
+        assert!(cache.remove(&d).unwrap());
+        assert!(cache.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn data_without_bits_is_not_present() {
+        // A crash between the data write and the bitmap write leaves data but no bit.
+        let dir = tempfile::tempdir().unwrap();
+        let d = [9u8; 32];
+        let cache = ChunkCache::open(dir.path()).unwrap();
+        let b = cache.blob(&d, 8 * 4096).unwrap();
+        b.data.write_all_at(&[5u8; 4096], 0).unwrap();
+        drop(b);
+        let b = ChunkCache::open(dir.path()).unwrap().blob(&d, 8 * 4096).unwrap();
+        assert!(!b.is_present(0, 4096));
+    }
+
+    #[test]
+    fn fills_outside_the_view_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path()).unwrap();
+        let b = cache.blob(&[1u8; 32], 4096).unwrap();
+        assert!(b.fill(&[(4096, &[0u8; 10][..])]).is_err());
+        assert!(b.fill(&[(100, &[0u8; 10][..])]).is_err());
+        assert!(!b.is_present(0, 4096));
+    }
+}

@@ -1,0 +1,204 @@
+//! Filling the chunk cache from a backend: only the chunks asked for, each verified, adjacent
+//! frames merged into one request, and one fetch in flight per chunk (other readers of the
+//! same chunk wait for it rather than fetch it again).
+
+use crate::blob_store::BlobDirs;
+use crate::chunk_cache::CachedBlob;
+use crate::{Result, StorageError};
+use naiad_format::compression::decompress_into;
+use naiad_format::digest::{to_hex, Digest32, Digester};
+use naiad_format::extension::ChunkRecord;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Default upper bound of one merged request.
+pub const DEFAULT_MERGE_LIMIT_BYTES: u64 = 4 << 20;
+
+/// Where blob bytes come from. Implementations bound their own retries and timeouts, so a
+/// dead backend turns into an error, never a hang.
+pub trait Backend: Send + Sync {
+    /// `len` bytes at `offset` of blob `digest` (exactly that many, or an error).
+    fn read(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// A name for logs and metrics.
+    fn name(&self) -> String;
+}
+
+/// Blobs in local directories.
+pub struct LocalBackend {
+    dirs: BlobDirs,
+}
+
+impl LocalBackend {
+    pub fn new(dirs: BlobDirs) -> Self {
+        LocalBackend { dirs }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn read(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let f = self.dirs.open(digest)?;
+        let mut out = Vec::new();
+        f.read_at(offset, len as usize, &mut out)?;
+        Ok(out)
+    }
+    fn name(&self) -> String {
+        format!("local:{}", self.dirs.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(","))
+    }
+}
+
+/// Counters of a fetcher (exported as metrics).
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    pub requests: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub chunks_fetched: AtomicU64,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub verify_failures: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+#[derive(Default)]
+struct Flight {
+    done: Mutex<Option<std::result::Result<(), String>>>,
+    cv: Condvar,
+}
+
+impl Flight {
+    fn finish(&self, r: std::result::Result<(), String>) {
+        *self.done.lock().expect("flight lock") = Some(r);
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) -> std::result::Result<(), String> {
+        let mut g = self.done.lock().expect("flight lock");
+        while g.is_none() {
+            g = self.cv.wait(g).expect("flight lock");
+        }
+        g.clone().expect("set")
+    }
+}
+
+/// Fetches chunks into the cache.
+pub struct Fetcher {
+    backend: Arc<dyn Backend>,
+    digester: Digester,
+    merge_limit: u64,
+    inflight: Mutex<HashMap<(Digest32, u64), Arc<Flight>>>,
+    pub stats: FetchStats,
+}
+
+impl Fetcher {
+    /// A fetcher reading from `backend`; chunk digests use `digester`.
+    pub fn new(backend: Arc<dyn Backend>, digester: Digester, merge_limit: u64) -> Self {
+        Fetcher { backend, digester, merge_limit: merge_limit.max(1), inflight: Mutex::new(HashMap::new()), stats: FetchStats::default() }
+    }
+
+    /// Makes every chunk of `chunks` (all of `blob`) present in the cache.
+    pub fn ensure(&self, blob: &CachedBlob, chunks: &[ChunkRecord]) -> Result<()> {
+        let digest = *blob.digest();
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        {
+            let mut inflight = self.inflight.lock().expect("inflight lock");
+            for c in chunks {
+                if blob.is_present(c.view_offset, u64::from(c.size)) {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                match inflight.entry((digest, c.view_offset)) {
+                    Entry::Occupied(e) => theirs.push(e.get().clone()),
+                    Entry::Vacant(v) => {
+                        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                        v.insert(Arc::new(Flight::default()));
+                        mine.push(*c);
+                    }
+                }
+            }
+        }
+        // A fill may have finished between the presence check and the claim.
+        let todo: Vec<ChunkRecord> = mine.iter().filter(|c| !blob.is_present(c.view_offset, u64::from(c.size))).copied().collect();
+        let result = self.fetch(blob, &todo);
+        if result.is_err() {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        {
+            let mut inflight = self.inflight.lock().expect("inflight lock");
+            let shared = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            for c in &mine {
+                if let Some(f) = inflight.remove(&(digest, c.view_offset)) {
+                    f.finish(shared.clone());
+                }
+            }
+        }
+        result?;
+        for f in theirs {
+            f.wait().map_err(|detail| StorageError::Mismatch { blob: to_hex(&digest), detail: format!("a concurrent fetch failed: {detail}") })?;
+        }
+        Ok(())
+    }
+
+    /// Fetches `chunks` (none present), frames merged into runs of adjacent byte ranges.
+    fn fetch(&self, blob: &CachedBlob, chunks: &[ChunkRecord]) -> Result<()> {
+        // Frames by compressed offset, each with the chunks wanted from it.
+        let mut frames: BTreeMap<u64, (ChunkRecord, Vec<ChunkRecord>)> = BTreeMap::new();
+        for c in chunks {
+            frames.entry(c.compressed_offset).or_insert_with(|| (*c, Vec::new())).1.push(*c);
+        }
+        let mut runs: Vec<Vec<(ChunkRecord, Vec<ChunkRecord>)>> = Vec::new();
+        let mut run_end = 0u64;
+        let mut run_start = 0u64;
+        for (off, f) in frames {
+            let end = off + u64::from(f.0.compressed_size);
+            match runs.last_mut() {
+                Some(run) if off == run_end && end - run_start <= self.merge_limit => run.push(f),
+                _ => {
+                    run_start = off;
+                    runs.push(vec![f]);
+                }
+            }
+            run_end = end;
+        }
+        let mut frame = Vec::new();
+        for run in runs {
+            let start = run[0].0.compressed_offset;
+            let last = &run[run.len() - 1].0;
+            let len = last.compressed_offset + u64::from(last.compressed_size) - start;
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let bytes = self.backend.read(blob.digest(), start, len)?;
+            if bytes.len() as u64 != len {
+                return Err(StorageError::Mismatch { blob: to_hex(blob.digest()), detail: format!("backend {} returned {} bytes, asked {len}", self.backend.name(), bytes.len()) });
+            }
+            self.stats.bytes_fetched.fetch_add(len, Ordering::Relaxed);
+            let mut verified: Vec<(u64, Vec<u8>)> = Vec::new();
+            for (head, wanted) in &run {
+                let at = (head.compressed_offset - start) as usize;
+                let input = &bytes[at..at + head.compressed_size as usize];
+                decompress_into(head.compressor, input, head.frame_size, &mut frame, || format!("frame at blob offset {}", head.compressed_offset))
+                    .map_err(|e| self.corrupt(blob, head.view_offset, e.to_string()))?;
+                for c in wanted {
+                    let data = frame
+                        .get(c.frame_offset as usize..c.frame_offset as usize + c.size as usize)
+                        .ok_or_else(|| self.corrupt(blob, c.view_offset, "chunk lies outside its frame".into()))?;
+                    let actual = self.digester.digest(data);
+                    if actual != c.digest {
+                        return Err(self.corrupt(blob, c.view_offset, format!("digest mismatch: expected {}, computed {}", to_hex(&c.digest), to_hex(&actual))));
+                    }
+                    verified.push((c.view_offset, data.to_vec()));
+                }
+            }
+            let refs: Vec<(u64, &[u8])> = verified.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+            blob.fill(&refs)?;
+            self.stats.chunks_fetched.fetch_add(verified.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn corrupt(&self, blob: &CachedBlob, view_offset: u64, detail: String) -> StorageError {
+        self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(blob = %to_hex(blob.digest()), view_offset, %detail, backend = %self.backend.name(), "chunk failed verification; not cached");
+        StorageError::ChunkCorrupt { blob: to_hex(blob.digest()), view_offset, detail }
+    }
+}
