@@ -8,7 +8,6 @@
 //!   layers so that runtimes that check them agree;
 //! * annotations: the source digest, the format version and the build options.
 
-pub mod auth;
 pub mod bootstrap_layer;
 pub mod check;
 pub mod convert;

@@ -30,7 +30,12 @@ impl Repo {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let protocol = if insecure { ClientProtocol::HttpsExcept(vec![registry.to_string()]) } else { ClientProtocol::Https };
         let client = Client::new(ClientConfig { protocol, ..ClientConfig::default() });
-        Repo { client, auth: crate::auth::credentials_for(registry), registry: registry.into(), repository: repository.into() }
+        let auth = match naiad_storage::credentials::credentials_for(registry) {
+            naiad_storage::credentials::RegistryAuth::Anonymous => RegistryAuth::Anonymous,
+            naiad_storage::credentials::RegistryAuth::Basic(u, p) => RegistryAuth::Basic(u, p),
+            naiad_storage::credentials::RegistryAuth::Bearer(t) => RegistryAuth::Bearer(t),
+        };
+        Repo { client, auth, registry: registry.into(), repository: repository.into() }
     }
 
     /// Whether both are on the same registry host.

@@ -17,6 +17,9 @@ pub enum StorageError {
     /// The blob file is shorter than a structure in it says, or cannot be read.
     #[error("blob {blob}: cannot read {len} bytes at offset {offset}: {cause}")]
     BlobRead { blob: String, offset: u64, len: usize, cause: std::io::Error },
+    /// A remote backend failed (after its retries), or refused us.
+    #[error("{backend}: {detail}")]
+    Backend { backend: String, detail: String },
     /// No blob directory holds this blob.
     #[error("blob {digest} not found in {dirs}")]
     BlobMissing { digest: String, dirs: String },

@@ -2,7 +2,7 @@
 //! frames merged into one request, and one fetch in flight per chunk (other readers of the
 //! same chunk wait for it rather than fetch it again).
 
-use crate::blob_store::BlobDirs;
+use crate::backend::Backend;
 use crate::chunk_cache::CachedBlob;
 use crate::{Result, StorageError};
 use naiad_format::compression::decompress_into;
@@ -15,38 +15,6 @@ use std::sync::{Arc, Condvar, Mutex};
 
 /// Default upper bound of one merged request.
 pub const DEFAULT_MERGE_LIMIT_BYTES: u64 = 4 << 20;
-
-/// Where blob bytes come from. Implementations bound their own retries and timeouts, so a
-/// dead backend turns into an error, never a hang.
-pub trait Backend: Send + Sync {
-    /// `len` bytes at `offset` of blob `digest` (exactly that many, or an error).
-    fn read(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>>;
-    /// A name for logs and metrics.
-    fn name(&self) -> String;
-}
-
-/// Blobs in local directories.
-pub struct LocalBackend {
-    dirs: BlobDirs,
-}
-
-impl LocalBackend {
-    pub fn new(dirs: BlobDirs) -> Self {
-        LocalBackend { dirs }
-    }
-}
-
-impl Backend for LocalBackend {
-    fn read(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let f = self.dirs.open(digest)?;
-        let mut out = Vec::new();
-        f.read_at(offset, len as usize, &mut out)?;
-        Ok(out)
-    }
-    fn name(&self) -> String {
-        format!("local:{}", self.dirs.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(","))
-    }
-}
 
 /// Counters of a fetcher (exported as metrics).
 #[derive(Debug, Default)]

@@ -4,8 +4,10 @@
 //! Every chunk that leaves this crate has been checked against its digest; a chunk that
 //! fails is an error naming the blob and offset, never data.
 
+pub mod backend;
 pub mod blob_store;
 pub mod chunk_cache;
+pub mod credentials;
 pub mod fetcher;
 mod error;
 pub mod verify;

@@ -4,8 +4,27 @@
 //! error messages.
 
 use base64::Engine as _;
-use oci_client::secrets::RegistryAuth;
 use std::path::PathBuf;
+
+/// How to authenticate to a registry.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RegistryAuth {
+    Anonymous,
+    Basic(String, String),
+    /// An identity token, sent as a bearer token.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        match self {
+            RegistryAuth::Anonymous => write!(f, "Anonymous"),
+            RegistryAuth::Basic(user, _) => write!(f, "Basic({user}, <redacted>)"),
+            RegistryAuth::Bearer(_) => write!(f, "Bearer(<redacted>)"),
+        }
+    }
+}
 
 /// The docker config file in use.
 pub fn docker_config_path() -> Option<PathBuf> {

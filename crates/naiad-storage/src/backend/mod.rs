@@ -1,0 +1,20 @@
+//! Where blob bytes come from: a local directory, an OCI registry (Range GETs). Every
+//! backend bounds its retries and timeouts, so a dead backend turns into an error within the
+//! configured time, never a hang.
+
+mod local;
+mod registry;
+
+pub use local::LocalBackend;
+pub use registry::{RegistryBackend, RegistryOptions};
+
+use crate::Result;
+use naiad_format::digest::Digest32;
+
+/// A source of blob bytes.
+pub trait Backend: Send + Sync {
+    /// `len` bytes at `offset` of blob `digest` (exactly that many, or an error).
+    fn read(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// A name for logs and metrics (never holds credentials).
+    fn name(&self) -> String;
+}

@@ -1,0 +1,296 @@
+//! Blobs in an OCI registry, read with HTTP Range requests.
+//!
+//! * Auth: anonymous, basic, or bearer; a `401` with a `Bearer` challenge fetches a pull
+//!   token from the realm it names (with basic credentials when configured) and retries.
+//! * Redirects (registries that serve blobs from object storage) are followed, and the final
+//!   URL is remembered per blob so later reads go there directly; a remembered URL that
+//!   stops working is dropped and the registry asked again. Credentials are never sent to
+//!   another host.
+//! * Plain HTTP only when `insecure` is set.
+//! * Every attempt has a timeout; transient failures (connection errors, timeouts, 5xx,
+//!   429) are retried with backoff a bounded number of times, so a dead registry yields an
+//!   error within about `attempts * timeout`.
+
+use super::Backend;
+use crate::credentials::RegistryAuth;
+use crate::{Result, StorageError};
+use naiad_format::digest::{to_hex, Digest32};
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+/// How to reach a registry.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// `host[:port]`.
+    pub registry: String,
+    pub repository: String,
+    pub auth: RegistryAuth,
+    pub insecure: bool,
+    /// Timeout of one request, connection included.
+    pub timeout: Duration,
+    /// Attempts per read (the first included).
+    pub attempts: u32,
+}
+
+impl RegistryOptions {
+    /// Defaults: credentials from the docker config, 10 s per request, 3 attempts.
+    pub fn new(registry: &str, repository: &str) -> Self {
+        RegistryOptions {
+            registry: registry.into(),
+            repository: repository.into(),
+            auth: crate::credentials::credentials_for(registry),
+            insecure: false,
+            timeout: Duration::from_secs(10),
+            attempts: 3,
+        }
+    }
+}
+
+/// An OCI registry repository as a blob backend.
+pub struct RegistryBackend {
+    opts: RegistryOptions,
+    client: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+    token: RwLock<Option<String>>,
+    redirects: Mutex<HashMap<Digest32, reqwest::Url>>,
+}
+
+enum Attempt {
+    Done(Vec<u8>),
+    /// Try again (after a backoff) with this reason.
+    Retry(String),
+    /// The registry asked for a token: get one and try again at once.
+    Auth(String),
+    Fail(StorageError),
+}
+
+impl RegistryBackend {
+    /// A backend for one repository.
+    pub fn new(opts: RegistryOptions) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(opts.timeout)
+            .connect_timeout(opts.timeout)
+            .build()
+            .map_err(|e| StorageError::Backend { backend: format!("registry {}", opts.registry), detail: e.to_string() })?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("naiad-registry")
+            .enable_all()
+            .build()
+            .map_err(|e| StorageError::Backend { backend: format!("registry {}", opts.registry), detail: e.to_string() })?;
+        Ok(RegistryBackend { opts, client, rt, token: RwLock::new(None), redirects: Mutex::new(HashMap::new()) })
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.opts.insecure {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    fn blob_url(&self, digest: &Digest32) -> String {
+        format!("{}://{}/v2/{}/blobs/sha256:{}", self.scheme(), self.opts.registry, self.opts.repository, to_hex(digest))
+    }
+
+    fn fail(&self, detail: impl Into<String>) -> StorageError {
+        StorageError::Backend { backend: self.name(), detail: detail.into() }
+    }
+
+    async fn attempt(&self, digest: &Digest32, offset: u64, len: u64) -> Attempt {
+        let remembered = self.redirects.lock().expect("redirects lock").get(digest).cloned();
+        let direct = remembered.is_some();
+        let url = match &remembered {
+            Some(u) => u.clone(),
+            None => match reqwest::Url::parse(&self.blob_url(digest)) {
+                Ok(u) => u,
+                Err(e) => return Attempt::Fail(self.fail(e.to_string())),
+            },
+        };
+        let mut req = self.client.get(url.clone()).header("Range", format!("bytes={}-{}", offset, offset + len - 1));
+        if !direct {
+            req = match (&*self.token.read().expect("token lock"), &self.opts.auth) {
+                (Some(t), _) => req.bearer_auth(t),
+                (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+                (None, RegistryAuth::Bearer(t)) => req.bearer_auth(t),
+                (None, RegistryAuth::Anonymous) => req,
+            };
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if direct => {
+                self.redirects.lock().expect("redirects lock").remove(digest);
+                return Attempt::Retry(format!("redirected URL failed: {e}"));
+            }
+            Err(e) => return Attempt::Retry(error_text(&e)),
+        };
+        let status = resp.status().as_u16();
+        if !direct && resp.url().host_str() != url.host_str() || (!direct && resp.url().path() != url.path()) {
+            self.redirects.lock().expect("redirects lock").insert(*digest, resp.url().clone());
+        }
+        match status {
+            206 | 200 => {
+                let body = match resp.bytes().await {
+                    Ok(b) => b,
+                    Err(e) => return Attempt::Retry(format!("body: {}", error_text(&e))),
+                };
+                let slice = if status == 206 {
+                    &body[..]
+                } else if body.len() as u64 >= offset + len {
+                    // The server ignored the Range header: take our part of the whole blob.
+                    &body[offset as usize..(offset + len) as usize]
+                } else {
+                    return Attempt::Retry(format!("short body: {} bytes", body.len()));
+                };
+                if slice.len() as u64 != len {
+                    return Attempt::Retry(format!("got {} bytes, asked {len}", slice.len()));
+                }
+                Attempt::Done(slice.to_vec())
+            }
+            401 if !direct => {
+                let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                if self.token.read().expect("token lock").is_some() || !challenge.to_ascii_lowercase().starts_with("bearer") {
+                    return Attempt::Fail(self.fail("authentication failed (credentials from the docker config or the config file)"));
+                }
+                Attempt::Auth(challenge)
+            }
+            401 | 403 if direct => {
+                self.redirects.lock().expect("redirects lock").remove(digest);
+                Attempt::Retry(format!("redirected URL answered {status}"))
+            }
+            401 | 403 => Attempt::Fail(self.fail(format!("access denied ({status})"))),
+            404 => Attempt::Fail(StorageError::BlobMissing { digest: to_hex(digest), dirs: self.name() }),
+            429 | 500..=599 => Attempt::Retry(format!("HTTP {status}")),
+            other => Attempt::Fail(self.fail(format!("unexpected HTTP {other}"))),
+        }
+    }
+
+    /// Gets a pull token from the challenge's realm.
+    async fn fetch_token(&self, challenge: &str) -> Result<()> {
+        let params = parse_challenge(challenge);
+        let realm = params.get("realm").ok_or_else(|| self.fail("bearer challenge without a realm"))?;
+        let mut url = reqwest::Url::parse(realm).map_err(|e| self.fail(format!("bad token realm: {e}")))?;
+        if url.scheme() == "http" && !self.opts.insecure {
+            return Err(self.fail("the token realm is plain HTTP; allow it with --insecure"));
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = params.get("service") {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", &format!("repository:{}:pull", self.opts.repository));
+        }
+        let mut req = self.client.get(url);
+        if let RegistryAuth::Basic(u, p) = &self.opts.auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req.send().await.map_err(|e| self.fail(format!("token request: {}", error_text(&e))))?;
+        if !resp.status().is_success() {
+            return Err(self.fail(format!("token request answered {}", resp.status().as_u16())));
+        }
+        let body: serde_json::Value = resp.json().await.map_err(|e| self.fail(format!("token response: {e}")))?;
+        let token = body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str()).ok_or_else(|| self.fail("token response without a token"))?;
+        *self.token.write().expect("token lock") = Some(token.to_string());
+        Ok(())
+    }
+
+    async fn read_async(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut delay = Duration::from_millis(200);
+        let mut last = String::new();
+        let mut authed = false;
+        let mut attempt = 0;
+        while attempt < self.opts.attempts {
+            match self.attempt(digest, offset, len).await {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Auth(challenge) if !authed => {
+                    authed = true;
+                    self.fetch_token(&challenge).await?;
+                    continue;
+                }
+                Attempt::Auth(_) => return Err(self.fail("authentication failed")),
+                Attempt::Retry(why) => {
+                    tracing::warn!(backend = %self.name(), blob = %to_hex(digest), offset, %why, "retrying");
+                    last = why;
+                    attempt += 1;
+                    if attempt < self.opts.attempts {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+            }
+        }
+        Err(self.fail(format!("blob {} at {offset}+{len}: gave up after {} attempts: {last}", to_hex(digest), self.opts.attempts)))
+    }
+}
+
+impl Backend for RegistryBackend {
+    fn read(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        self.rt.block_on(self.read_async(digest, offset, len))
+    }
+
+    fn name(&self) -> String {
+        format!("registry {}/{}", self.opts.registry, self.opts.repository)
+    }
+}
+
+/// The message of a reqwest error, with its cause (timeouts and refused connections say so).
+fn error_text(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    if e.is_timeout() {
+        s.push_str(" (timed out)");
+    }
+    s
+}
+
+/// Parses `Bearer realm="...",service="...",scope="..."`.
+fn parse_challenge(h: &str) -> HashMap<String, String> {
+    let rest = h.split_once(' ').map(|x| x.1).unwrap_or("");
+    let mut out = HashMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim().trim_start_matches(',').trim().to_string();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c == '"' {
+                    break;
+                }
+                value.push(c);
+            }
+            while chars.peek().is_some_and(|c| *c != ',') {
+                chars.next();
+            }
+        } else {
+            value = chars.by_ref().take_while(|c| *c != ',').collect();
+        }
+        out.insert(key.to_ascii_lowercase(), value);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bearer_challenges_parse() {
+        let p = super::parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#);
+        assert_eq!(p["realm"], "https://auth.example/token");
+        assert_eq!(p["service"], "registry.example");
+        assert_eq!(p["scope"], "repository:a/b:pull");
+    }
+}
