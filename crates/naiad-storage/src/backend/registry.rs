@@ -127,7 +127,7 @@ impl RegistryBackend {
             Err(e) => return Attempt::Retry(error_text(&e)),
         };
         let status = resp.status().as_u16();
-        if !direct && resp.url().host_str() != url.host_str() || (!direct && resp.url().path() != url.path()) {
+        if !direct && resp.url() != &url {
             self.redirects.lock().expect("redirects lock").insert(*digest, resp.url().clone());
         }
         match status {
