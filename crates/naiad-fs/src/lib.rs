@@ -4,7 +4,9 @@
 pub mod check;
 pub mod compare;
 mod error;
+pub mod blob_view_fs;
 pub mod kernel;
+pub mod lazy;
 pub mod unpack;
 
 pub use error::{FsError, Result};

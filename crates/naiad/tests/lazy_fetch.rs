@@ -100,3 +100,32 @@ fn missing_blobs_and_dead_registries_are_errors_in_bounded_time() {
     assert!(err.contains("gave up after 2 attempts"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }
+
+#[test]
+fn kernel_mode_mount_fetches_only_what_is_read() {
+    assert!(is_root(), "mounting needs root");
+    let reg = Registry::start(None);
+    let (dir, bs) = naiad_image(&reg, None);
+    let boot_path = dir.path().join("bootstrap");
+    std::fs::write(&boot_path, bs.bytes()).unwrap();
+    let backend = Arc::new(RegistryBackend::new(options(&reg, RegistryAuth::Anonymous)).unwrap());
+    let cache = ChunkCache::open(&dir.path().join("cache")).unwrap();
+    let fetcher = Arc::new(Fetcher::new(backend, bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES));
+    let mnt = dir.path().join("mnt");
+    let m = naiad_fs::lazy::mount_kernel_mode(&boot_path, &bs, &cache, fetcher.clone(), &dir.path().join("views"), &mnt).unwrap();
+    let _guard = MountGuard(mnt.clone());
+    // Metadata needs no data fetch at all.
+    let names: Vec<_> = std::fs::read_dir(mnt.join("bin")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.iter().any(|n| n == "busybox"), "{names:?}");
+    assert_eq!(fetcher.stats.requests.load(std::sync::atomic::Ordering::SeqCst), 0, "a directory listing fetched data");
+    // One small file: only its frame comes over.
+    assert!(std::fs::read_to_string(mnt.join("data/hello.txt")).unwrap().starts_with("hello"));
+    let fetched = fetcher.stats.bytes_fetched.load(std::sync::atomic::Ordering::SeqCst);
+    let total: u64 = bs.extension().blobs.iter().map(|b| b.compressed_size).sum();
+    assert!(fetched > 0 && fetched * 10 < total, "fetched {fetched} of {total} bytes for one small file");
+    // The big file, byte-exact, through the kernel.
+    assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    assert!(!mnt.join("etc/hostname").exists(), "whiteout applied");
+    m.unmount().unwrap();
+    assert!(std::fs::read_dir(&mnt).unwrap().next().is_none(), "unmounted");
+}

@@ -190,7 +190,8 @@ impl RegistryBackend {
         if !resp.status().is_success() {
             return Err(self.fail(format!("token request answered {}", resp.status().as_u16())));
         }
-        let body: serde_json::Value = resp.json().await.map_err(|e| self.fail(format!("token response: {e}")))?;
+        let bytes = resp.bytes().await.map_err(|e| self.fail(format!("token response: {}", error_text(&e))))?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("token response: {e}")))?;
         let token = body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str()).ok_or_else(|| self.fail("token response without a token"))?;
         *self.token.write().expect("token lock") = Some(token.to_string());
         Ok(())
