@@ -11,7 +11,7 @@ use naiad_format::digest::to_hex;
 use naiad_format::extension::ChunkRecord;
 use naiad_format::{block_align, BLOCK_SIZE_BYTES};
 use naiad_storage::chunk_cache::CachedBlob;
-use naiad_storage::fetcher::Fetcher;
+use naiad_storage::fetcher::{Fetcher, FrameIndex};
 use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request};
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -25,6 +25,17 @@ pub struct ViewFile {
     pub blob: Arc<CachedBlob>,
     /// The image's chunks of this blob, sorted by view offset.
     pub chunks: Vec<ChunkRecord>,
+    /// The same chunks by frame.
+    pub frames: FrameIndex,
+}
+
+impl ViewFile {
+    /// A view file for `blob` with the image's chunks of it.
+    pub fn new(blob: Arc<CachedBlob>, mut chunks: Vec<ChunkRecord>) -> Self {
+        chunks.sort_by_key(|c| c.view_offset);
+        let frames = FrameIndex::new(chunks.clone());
+        ViewFile { blob, chunks, frames }
+    }
 }
 
 /// The filesystem: inode 1 is the directory, inode `2 + i` is blob `i`.
@@ -92,7 +103,7 @@ impl BlobViewFs {
             tracing::warn!(blob = %to_hex(f.blob.digest()), offset, size, "read of view blocks no chunk covers");
             return Err(Errno::EIO);
         }
-        if let Err(e) = self.fetcher.ensure(&f.blob, &wanted) {
+        if let Err(e) = self.fetcher.ensure_with(&f.blob, &wanted, Some(&f.frames)) {
             tracing::warn!(blob = %to_hex(f.blob.digest()), offset, size, error = %e, "read failed");
             return Err(Errno::EIO);
         }

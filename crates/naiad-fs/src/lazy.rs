@@ -28,7 +28,7 @@ pub fn mount_kernel_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCac
     for (i, b) in ext.blobs.iter().enumerate() {
         let blob = cache.blob(&b.digest, b.view_size)?;
         let chunks = ext.chunks.iter().filter(|c| c.blob_index as usize == i).copied().collect();
-        files.push(ViewFile { blob, chunks });
+        files.push(ViewFile::new(blob, chunks));
     }
     std::fs::create_dir_all(views_dir).map_err(FsError::io(views_dir))?;
     let fs = BlobViewFs::new(files, fetcher.clone());

@@ -5,6 +5,7 @@ pub mod check;
 pub mod compare;
 mod error;
 pub mod blob_view_fs;
+pub mod image_fs;
 pub mod kernel;
 pub mod lazy;
 pub mod unpack;

@@ -16,6 +16,29 @@ use std::sync::{Arc, Condvar, Mutex};
 /// Default upper bound of one merged request.
 pub const DEFAULT_MERGE_LIMIT_BYTES: u64 = 4 << 20;
 
+/// The chunks of one blob grouped by frame, so that a fetched frame fills every chunk it
+/// holds (small files share frames: without this, each would fetch the frame again).
+#[derive(Debug, Default)]
+pub struct FrameIndex {
+    /// Sorted by (compressed offset, offset in frame).
+    chunks: Vec<ChunkRecord>,
+}
+
+impl FrameIndex {
+    /// Indexes the chunk records of one blob.
+    pub fn new(mut chunks: Vec<ChunkRecord>) -> Self {
+        chunks.sort_by_key(|c| (c.compressed_offset, c.frame_offset));
+        FrameIndex { chunks }
+    }
+
+    /// Every chunk of the frame at `compressed_offset`.
+    pub fn frame(&self, compressed_offset: u64) -> &[ChunkRecord] {
+        let start = self.chunks.partition_point(|c| c.compressed_offset < compressed_offset);
+        let end = self.chunks.partition_point(|c| c.compressed_offset <= compressed_offset);
+        &self.chunks[start..end]
+    }
+}
+
 /// Counters of a fetcher (exported as metrics).
 #[derive(Debug, Default)]
 pub struct FetchStats {
@@ -64,8 +87,14 @@ impl Fetcher {
         Fetcher { backend, digester, merge_limit: merge_limit.max(1), inflight: Mutex::new(HashMap::new()), stats: FetchStats::default() }
     }
 
-    /// Makes every chunk of `chunks` (all of `blob`) present in the cache.
+    /// Makes every chunk of `chunks` (all of `blob`) present in the cache. With `frames`,
+    /// the other chunks of each fetched frame are filled too.
     pub fn ensure(&self, blob: &CachedBlob, chunks: &[ChunkRecord]) -> Result<()> {
+        self.ensure_with(blob, chunks, None)
+    }
+
+    /// [`Fetcher::ensure`], filling whole frames using `frames`.
+    pub fn ensure_with(&self, blob: &CachedBlob, chunks: &[ChunkRecord], frames: Option<&FrameIndex>) -> Result<()> {
         let digest = *blob.digest();
         let mut mine = Vec::new();
         let mut theirs = Vec::new();
@@ -88,7 +117,7 @@ impl Fetcher {
         }
         // A fill may have finished between the presence check and the claim.
         let todo: Vec<ChunkRecord> = mine.iter().filter(|c| !blob.is_present(c.view_offset, u64::from(c.size))).copied().collect();
-        let result = self.fetch(blob, &todo);
+        let result = self.fetch(blob, &todo, frames);
         if result.is_err() {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -109,11 +138,19 @@ impl Fetcher {
     }
 
     /// Fetches `chunks` (none present), frames merged into runs of adjacent byte ranges.
-    fn fetch(&self, blob: &CachedBlob, chunks: &[ChunkRecord]) -> Result<()> {
+    fn fetch(&self, blob: &CachedBlob, chunks: &[ChunkRecord], index: Option<&FrameIndex>) -> Result<()> {
         // Frames by compressed offset, each with the chunks wanted from it.
         let mut frames: BTreeMap<u64, (ChunkRecord, Vec<ChunkRecord>)> = BTreeMap::new();
         for c in chunks {
             frames.entry(c.compressed_offset).or_insert_with(|| (*c, Vec::new())).1.push(*c);
+        }
+        if let Some(index) = index {
+            for (off, (_, wanted)) in frames.iter_mut() {
+                let all = index.frame(*off);
+                if all.len() > wanted.len() {
+                    *wanted = all.iter().filter(|c| !blob.is_present(c.view_offset, u64::from(c.size))).copied().collect();
+                }
+            }
         }
         let mut runs: Vec<Vec<(ChunkRecord, Vec<ChunkRecord>)>> = Vec::new();
         let mut run_end = 0u64;

@@ -9,7 +9,7 @@ use naiad_format::extension::ChunkRecord;
 use naiad_storage::blob_store::BlobDirs;
 use naiad_storage::chunk_cache::ChunkCache;
 use naiad_storage::backend::{Backend, LocalBackend};
-use naiad_storage::fetcher::{Fetcher, DEFAULT_MERGE_LIMIT_BYTES};
+use naiad_storage::fetcher::{Fetcher, FrameIndex, DEFAULT_MERGE_LIMIT_BYTES};
 use naiad_storage::Result;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,6 +101,22 @@ fn only_requested_chunks_are_fetched_verified_and_kept() {
     let before = backend.requests.load(Ordering::SeqCst);
     fetcher.ensure(&blob, &small).unwrap();
     assert_eq!(backend.requests.load(Ordering::SeqCst) - before, 1, "40 small files share one frame");
+}
+
+#[test]
+fn a_fetched_frame_fills_all_its_chunks() {
+    let (_dir, bs, _big, backend, cache) = setup(false);
+    let ext = bs.extension();
+    let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
+    let fetcher = Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES);
+    let index = FrameIndex::new(ext.chunks.clone());
+    let first = records(&bs, b"/small/f00");
+    fetcher.ensure_with(&blob, &first, Some(&index)).unwrap();
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
+    for i in 1..40 {
+        fetcher.ensure_with(&blob, &records(&bs, format!("/small/f{i:02}").as_bytes()), Some(&index)).unwrap();
+    }
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 1, "the other 39 small files came with the first frame");
 }
 
 #[test]

@@ -225,4 +225,5 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+pub mod tree;
 pub mod registry;

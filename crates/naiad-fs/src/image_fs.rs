@@ -1,0 +1,285 @@
+//! The fuse mode: the whole filesystem of an image served from user space, straight from
+//! the bootstrap, with file data fetched on demand through the fetcher. For kernels without
+//! file-backed EROFS, unprivileged use, or debugging. Same tree and same bytes as the
+//! kernel mode.
+//!
+//! FUSE inode numbers are EROFS nids plus 2 (0 and 1 are reserved), the root being 1.
+
+use naiad_format::bootstrap::{Bootstrap, ChunkSlot, DirEntry, Inode};
+use naiad_format::erofs::file_type;
+use naiad_format::BLOCK_SIZE_BYTES;
+use naiad_storage::chunk_cache::CachedBlob;
+use naiad_storage::fetcher::{Fetcher, FrameIndex};
+use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Directories kept parsed.
+const DIR_CACHE_ENTRIES: usize = 1024;
+
+/// The image never changes: attributes and entries may be cached for long.
+const TTL: Duration = Duration::from_secs(3600);
+
+/// A read-only filesystem over one image.
+pub struct ImageFs {
+    bs: Arc<Bootstrap>,
+    /// Parsed directories, by nid (bounded: cleared when it grows past `DIR_CACHE_ENTRIES`).
+    dirs: RwLock<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Cache entry and frame index of each blob, by blob index.
+    blobs: Vec<(Arc<CachedBlob>, FrameIndex)>,
+    fetcher: Arc<Fetcher>,
+}
+
+impl ImageFs {
+    pub fn new(bs: Arc<Bootstrap>, blobs: Vec<Arc<CachedBlob>>, fetcher: Arc<Fetcher>) -> Self {
+        let blobs = blobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| (b, FrameIndex::new(bs.extension().chunks.iter().filter(|c| c.blob_index as usize == i).copied().collect())))
+            .collect();
+        ImageFs { bs, dirs: RwLock::new(HashMap::new()), blobs, fetcher }
+    }
+
+    /// A directory's entries, parsed once and kept (lookups in big directories would
+    /// otherwise parse the whole directory each time).
+    fn entries(&self, dir: &Inode) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        if let Some(e) = self.dirs.read().expect("dir cache lock").get(&dir.nid) {
+            return Ok(e.clone());
+        }
+        let parsed = Arc::new(self.bs.dir_entries(dir).map_err(|e| {
+            tracing::warn!(nid = dir.nid, error = %e, "bad directory");
+            Errno::EIO
+        })?);
+        let mut cache = self.dirs.write().expect("dir cache lock");
+        if cache.len() >= DIR_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(dir.nid, parsed.clone());
+        Ok(parsed)
+    }
+
+    fn nid(&self, ino: INodeNo) -> u64 {
+        if ino.0 == 1 {
+            self.bs.root_nid()
+        } else {
+            ino.0 - 2
+        }
+    }
+
+    fn ino(&self, nid: u64) -> u64 {
+        if nid == self.bs.root_nid() {
+            1
+        } else {
+            nid + 2
+        }
+    }
+
+    fn inode(&self, ino: INodeNo) -> Result<Inode, Errno> {
+        self.bs.inode(self.nid(ino)).map_err(|e| {
+            tracing::warn!(ino = ino.0, error = %e, "bad inode");
+            Errno::EIO
+        })
+    }
+
+    fn attr(&self, ino: &Inode) -> FileAttr {
+        let kind = kind_of(file_type_of(ino.mode));
+        let mtime = if ino.mtime >= 0 {
+            UNIX_EPOCH + Duration::new(ino.mtime as u64, ino.mtime_nsec)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(ino.mtime.unsigned_abs()) + Duration::from_nanos(u64::from(ino.mtime_nsec))
+        };
+        let rdev = if matches!(kind, FileType::CharDevice | FileType::BlockDevice) {
+            let (ma, mi) = ino.rdev();
+            naiad_format::erofs::encode_dev(ma, mi)
+        } else {
+            0
+        };
+        FileAttr {
+            ino: INodeNo(self.ino(ino.nid)),
+            size: if ino.is_dir() { BLOCK_SIZE_BYTES } else { ino.size },
+            blocks: ino.size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm: (ino.mode & 0o7777) as u16,
+            nlink: ino.nlink,
+            uid: ino.uid,
+            gid: ino.gid,
+            rdev,
+            blksize: BLOCK_SIZE_BYTES as u32,
+            flags: 0,
+        }
+    }
+
+    /// Bytes `[offset, offset+size)` of a regular file.
+    fn read_file(&self, ino: &Inode, offset: u64, size: u64) -> Result<Vec<u8>, Errno> {
+        let end = offset.saturating_add(size).min(ino.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let cs = ino.chunk_size();
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let eio = |e: &dyn std::fmt::Display| {
+            tracing::warn!(nid = ino.nid, offset, error = %e, "read failed");
+            Errno::EIO
+        };
+        for idx in offset / cs..end.div_ceil(cs) {
+            let chunk_start = idx * cs;
+            let from = offset.max(chunk_start) - chunk_start;
+            let to = end.min(chunk_start + cs) - chunk_start;
+            match self.bs.chunk(ino, idx).map_err(|e| eio(&e))? {
+                ChunkSlot::Hole => out.resize(out.len() + (to - from) as usize, 0),
+                ChunkSlot::Data(rec) => {
+                    let (blob, frames) = self.blobs.get(rec.blob_index as usize).ok_or(Errno::EIO)?;
+                    self.fetcher.ensure_with(blob, std::slice::from_ref(rec), Some(frames)).map_err(|e| eio(&e))?;
+                    let at = out.len();
+                    out.resize(at + (to - from) as usize, 0);
+                    blob.read_at(&mut out[at..], rec.view_offset + from).map_err(|e| eio(&e))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn file_type_of(mode: u32) -> u8 {
+    naiad_format::erofs::file_type_of_mode(mode)
+}
+
+fn kind_of(t: u8) -> FileType {
+    match t {
+        file_type::DIR => FileType::Directory,
+        file_type::SYMLINK => FileType::Symlink,
+        file_type::CHRDEV => FileType::CharDevice,
+        file_type::BLKDEV => FileType::BlockDevice,
+        file_type::FIFO => FileType::NamedPipe,
+        file_type::SOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() <= size as usize {
+        reply.data(data);
+    } else {
+        reply.error(Errno::ERANGE);
+    }
+}
+
+impl fuser::Filesystem for ImageFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let dir = match self.inode(parent) {
+            Ok(d) if d.is_dir() => d,
+            Ok(_) => return reply.error(Errno::ENOTDIR),
+            Err(e) => return reply.error(e),
+        };
+        let entries = match self.entries(&dir) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let Ok(i) = entries.binary_search_by(|e| e.name.as_slice().cmp(name.as_bytes())) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.bs.inode(entries[i].nid) {
+            Ok(child) => reply.entry(&TTL, &self.attr(&child), Generation(0)),
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inode(ino) {
+            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.inode(ino).and_then(|i| self.bs.symlink_target(&i).map_err(|_| Errno::EIO)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & (rustix::fs::OFlags::WRONLY.bits() as i32 | rustix::fs::OFlags::RDWR.bits() as i32) != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        match self.inode(ino) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<fuser::LockOwner>, reply: ReplyData) {
+        let res = self.inode(ino).and_then(|i| if i.is_reg() { self.read_file(&i, offset, u64::from(size)) } else { Err(Errno::EISDIR) });
+        match res {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.inode(ino).and_then(|d| self.entries(&d)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(self.ino(e.nid)), i as u64 + 1, kind_of(e.file_type), OsStr::from_bytes(&e.name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let blocks = self.bs.extension().blobs.iter().map(|b| b.view_size).sum::<u64>() / BLOCK_SIZE_BYTES;
+        reply.statfs(blocks, 0, 0, 0, 0, BLOCK_SIZE_BYTES as u32, 255, BLOCK_SIZE_BYTES as u32);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let xattrs = match self.inode(ino).and_then(|i| self.bs.xattrs(&i).map_err(|_| Errno::EIO)) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        match xattrs.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) {
+            Some((_, v)) => xattr_reply(v, size, reply),
+            None => reply.error(Errno::NO_XATTR),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let xattrs = match self.inode(ino).and_then(|i| self.bs.xattrs(&i).map_err(|_| Errno::EIO)) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let mut names = Vec::new();
+        for (k, _) in &xattrs {
+            names.extend_from_slice(k);
+            names.push(0);
+        }
+        xattr_reply(&names, size, reply);
+    }
+}
+
+/// Mounts an image in fuse mode at `mountpoint`; the session ends (and unmounts) on drop.
+pub fn mount_fuse_mode(fs: ImageFs, mountpoint: &std::path::Path) -> std::io::Result<fuser::BackgroundSession> {
+    std::fs::create_dir_all(mountpoint)?;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName("naiad".into()),
+        fuser::MountOption::Subtype("naiad".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::Suid,
+        fuser::MountOption::Dev,
+    ];
+    config.n_threads = Some(crate::lazy::FUSE_THREADS);
+    fuser::spawn_mount(fs, mountpoint, &config)
+}

@@ -1,0 +1,65 @@
+//! Both lazy read paths show exactly the source tree: kernel mode (EROFS over the blob-view
+//! FUSE files) and fuse mode (the whole filesystem in user space), data fetched on demand
+//! through the chunk cache. Needs root.
+
+mod common;
+
+use common::tree::make_tree;
+use common::*;
+use naiad_format::bootstrap::Bootstrap;
+use naiad_storage::backend::LocalBackend;
+use naiad_storage::blob_store::BlobDirs;
+use naiad_storage::chunk_cache::ChunkCache;
+use naiad_storage::fetcher::{Fetcher, DEFAULT_MERGE_LIMIT_BYTES};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+struct Image {
+    dir: tempfile::TempDir,
+    bs: Arc<Bootstrap>,
+}
+
+fn image() -> Image {
+    let dir = tempfile::tempdir().unwrap();
+    make_tree(&dir.path().join("src"), false);
+    naiad_ok(args!["build", dir.path().join("src"), "-o", dir.path().join("out")]);
+    let bs = Arc::new(Bootstrap::open(std::fs::read(dir.path().join("out/bootstrap")).unwrap()).unwrap());
+    Image { dir, bs }
+}
+
+fn fetcher(img: &Image) -> Arc<Fetcher> {
+    let backend = Arc::new(LocalBackend::new(BlobDirs::new(vec![img.dir.path().join("out")])));
+    Arc::new(Fetcher::new(backend, img.bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES))
+}
+
+#[test]
+fn kernel_mode_shows_the_source_tree() {
+    assert!(is_root(), "mounting needs root");
+    let img = image();
+    let cache = ChunkCache::open(&img.dir.path().join("cache")).unwrap();
+    let f = fetcher(&img);
+    let mnt = img.dir.path().join("mnt");
+    let m = naiad_fs::lazy::mount_kernel_mode(&img.dir.path().join("out/bootstrap"), &img.bs, &cache, f.clone(), &img.dir.path().join("views"), &mnt).unwrap();
+    let _g = MountGuard(mnt.clone());
+    assert_same_tree("kernel mode", &snapshot(&img.dir.path().join("src")), &snapshot(&mnt), Skip::default());
+    assert!(f.stats.verify_failures.load(Ordering::SeqCst) == 0);
+    m.unmount().unwrap();
+}
+
+#[test]
+fn fuse_mode_shows_the_source_tree() {
+    assert!(is_root(), "mounting needs root");
+    let img = image();
+    let cache = ChunkCache::open(&img.dir.path().join("cache")).unwrap();
+    let blobs = img.bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap()).collect();
+    let f = fetcher(&img);
+    let mnt = img.dir.path().join("mnt");
+    let fs = naiad_fs::image_fs::ImageFs::new(img.bs.clone(), blobs, f.clone());
+    let session = naiad_fs::image_fs::mount_fuse_mode(fs, &mnt).unwrap();
+    let _g = MountGuard(mnt.clone());
+    // Nothing is fetched to list the tree.
+    let _ = std::fs::read_dir(mnt.join("many")).unwrap().count();
+    assert_eq!(f.stats.requests.load(Ordering::SeqCst), 0);
+    assert_same_tree("fuse mode", &snapshot(&img.dir.path().join("src")), &snapshot(&mnt), Skip::default());
+    session.umount_and_join().unwrap();
+}
