@@ -90,3 +90,24 @@ pub async fn fetch_naiad(r: &ImageRef, insecure: bool, dir: &Path) -> Result<Vec
     }
     Ok(out)
 }
+
+/// The bootstrap of a Naiad image, without its blobs (for a lazy mount). In an index, the
+/// Naiad manifest for `platform` (`os/arch`) is used.
+pub async fn fetch_bootstrap(r: &ImageRef, insecure: bool, platform: &str) -> Result<Vec<u8>> {
+    let store = Store::open(r, insecure, false)?;
+    let (bytes, mt, _) = store.manifest(r.reference()).await?;
+    let bytes = if is_index(&mt) {
+        let index = Index::parse(&bytes, &r.to_string())?;
+        let naiad = |d: &&crate::manifest::Descriptor| {
+            d.platform.as_ref().is_some_and(|p| p.matches(platform) && p.os_features.as_ref().is_some_and(|f| f.iter().any(|x| x == crate::media::NAIAD_OS_FEATURE)))
+        };
+        let d = index.manifests.iter().find(naiad).ok_or_else(|| OciError::NotFound { what: format!("a Naiad image for {platform}"), image: r.to_string() })?;
+        store.manifest(Some(&d.digest)).await?.0
+    } else {
+        bytes
+    };
+    let m = Manifest::parse(&bytes, &r.to_string())?;
+    let boot = m.bootstrap_layer().ok_or_else(|| OciError::invalid(r, "not a Naiad image: no bootstrap layer"))?;
+    let wrapped = store.blob_bytes(boot, bootstrap_layer::MAX_BOOTSTRAP_BYTES).await?;
+    bootstrap_layer::unwrap(&wrapped, &r.to_string())
+}

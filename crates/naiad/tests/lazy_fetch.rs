@@ -129,3 +129,66 @@ fn kernel_mode_mount_fetches_only_what_is_read() {
     m.unmount().unwrap();
     assert!(std::fs::read_dir(&mnt).unwrap().next().is_none(), "unmounted");
 }
+
+/// Runs `naiad mount IMAGE MNT` in the background and waits until the mount serves files.
+fn spawn_mount(image: &str, mnt: &std::path::Path, work: &std::path::Path, mode: &str) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+        .args(["mount", image])
+        .arg(mnt)
+        .args(["--insecure", "--mode", mode, "--cache-dir"])
+        .arg(work.join("cache"))
+        .arg("--runtime-dir")
+        .arg(work.join("run"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !mnt.join("data/hello.txt").exists() {
+        assert!(started.elapsed() < Duration::from_secs(20), "mount did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn wait_exit(mut child: std::process::Child) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "naiad mount did not exit after the unmount");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn naiad_mount_serves_an_image_lazily_in_both_modes() {
+    assert!(is_root(), "mounting needs root");
+    let reg = Registry::start(None);
+    let (dir, _bs) = naiad_image(&reg, None);
+    let image = reg.docker_ref("naiad/bb:1");
+    for mode in ["kernel", "fuse"] {
+        let work = dir.path().join(mode);
+        let mnt = work.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let child = spawn_mount(&image, &mnt, &work, mode);
+        let _g = MountGuard(mnt.clone());
+        assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap(), "{mode}");
+        assert!(!mnt.join("etc/hostname").exists());
+        naiad_ok(args!["umount", mnt]);
+        assert!(wait_exit(child).success(), "{mode}: the mount process failed");
+        assert!(std::fs::read_dir(&mnt).unwrap().next().is_none(), "{mode}: still mounted");
+    }
+    // SIGTERM unmounts too; the cache keeps what was fetched.
+    let work = dir.path().join("term");
+    let mnt = work.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let child = spawn_mount(&image, &mnt, &work, "kernel");
+    let _g = MountGuard(mnt.clone());
+    let _ = std::fs::read(mnt.join("bin/busybox")).unwrap();
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
+    assert!(wait_exit(child).success());
+    assert!(std::fs::read_dir(&mnt).unwrap().next().is_none(), "SIGTERM left the mount");
+    let cached = ChunkCache::open(&work.join("cache")).unwrap().list().unwrap();
+    assert!(cached.iter().any(|e| e.present_bytes > 0), "{cached:?}");
+}
