@@ -91,8 +91,14 @@ impl ChunkCache {
         };
         let data = opts().open(&data_path).map_err(StorageError::io(&data_path))?;
         data.set_len(view_size).map_err(StorageError::io(&data_path))?;
+        // A shared lock for as long as the entry is open marks it in use for other
+        // processes (`gc` takes the lock exclusively before removing an entry).
+        rustix::fs::flock(&data, rustix::fs::FlockOperation::LockShared).map_err(|e| StorageError::Io { path: data_path.clone(), cause: e.into() })?;
         let map = opts().open(&map_path).map_err(StorageError::io(&map_path))?;
         map.set_len(map_len(view_size)).map_err(StorageError::io(&map_path))?;
+        // The map's mtime is the entry's last use, for LRU eviction.
+        let now = rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW };
+        let _ = rustix::fs::futimens(&map, &rustix::fs::Timestamps { last_access: now, last_modification: now });
         let mut raw = vec![0u8; map_len(view_size) as usize];
         map.read_exact_at(&mut raw, 0).map_err(StorageError::io(&map_path))?;
         let bits = raw.chunks_exact(8).map(|w| AtomicU64::new(u64::from_le_bytes(w.try_into().expect("8 bytes")))).collect();
@@ -101,37 +107,64 @@ impl ChunkCache {
         Ok(blob)
     }
 
-    /// Digests of the blobs with an entry, and their bytes filled / view sizes.
+    /// Every entry of the cache: digest, sizes, last use, and whether a process has it open.
     pub fn list(&self) -> Result<Vec<CacheEntry>> {
+        use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.dir).map_err(StorageError::io(&self.dir))? {
             let e = e.map_err(StorageError::io(&self.dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(hex) = name.strip_suffix(DATA_SUFFIX) else { continue };
             let Some(digest) = naiad_format::digest::from_hex(hex) else { continue };
-            let view_size = e.metadata().map_err(StorageError::io(e.path()))?.len();
-            let blob = self.blob(&digest, view_size)?;
-            let md = e.metadata().map_err(StorageError::io(e.path()))?;
-            use std::os::unix::fs::MetadataExt;
+            let data_md = e.metadata().map_err(StorageError::io(e.path()))?;
+            let map_path = self.dir.join(format!("{hex}{MAP_SUFFIX}"));
+            let (present_bytes, last_used) = match std::fs::read(&map_path) {
+                Ok(bits) => {
+                    let md = std::fs::metadata(&map_path).map_err(StorageError::io(&map_path))?;
+                    (bits.iter().map(|b| u64::from(b.count_ones())).sum::<u64>() * BLOCK_SIZE_BYTES, md.mtime())
+                }
+                Err(_) => (0, data_md.mtime()),
+            };
             out.push(CacheEntry {
                 digest,
-                view_size,
-                present_bytes: blob.present_bytes(),
-                disk_bytes: md.blocks() * 512,
-                in_use: Arc::strong_count(&blob) > 1,
+                view_size: data_md.len(),
+                present_bytes,
+                disk_bytes: data_md.blocks() * 512,
+                last_used,
+                in_use: self.in_use(&digest, &e.path()),
             });
         }
         out.sort_by_key(|e| e.digest);
         Ok(out)
     }
 
-    /// Removes a blob's entry (refused while it is open elsewhere).
+    /// Whether this process or another holds the entry open.
+    fn in_use(&self, digest: &Digest32, data_path: &Path) -> bool {
+        if self.open.lock().expect("cache lock").get(digest).and_then(Weak::upgrade).is_some() {
+            return true;
+        }
+        let Ok(f) = File::open(data_path) else { return false };
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
+    }
+
+    /// Removes a blob's entry unless it is in use (here or in another process).
     pub fn remove(&self, digest: &Digest32) -> Result<bool> {
         let open = self.open.lock().expect("cache lock");
         if open.get(digest).and_then(Weak::upgrade).is_some() {
             return Ok(false);
         }
         let hex = to_hex(digest);
+        let data_path = self.dir.join(format!("{hex}{DATA_SUFFIX}"));
+        // Hold the exclusive lock while removing, so no process opens it meanwhile.
+        let _lock = match File::open(&data_path) {
+            Ok(f) => {
+                if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+                    return Ok(false);
+                }
+                Some(f)
+            }
+            Err(_) => None,
+        };
         for suffix in [MAP_SUFFIX, DATA_SUFFIX] {
             let p = self.dir.join(format!("{hex}{suffix}"));
             match std::fs::remove_file(&p) {
@@ -141,6 +174,25 @@ impl ChunkCache {
             }
         }
         Ok(true)
+    }
+
+    /// Evicts whole entries not in use, least recently used first, until the cache takes at
+    /// most `max_bytes` of disk (all unused entries with `None`). Returns what was removed.
+    pub fn gc(&self, max_bytes: Option<u64>) -> Result<Vec<CacheEntry>> {
+        let mut entries = self.list()?;
+        entries.sort_by_key(|e| (e.last_used, e.digest));
+        let mut total: u64 = entries.iter().map(|e| e.disk_bytes).sum();
+        let mut removed = Vec::new();
+        for e in entries {
+            if max_bytes.is_some_and(|m| total <= m) {
+                break;
+            }
+            if !e.in_use && self.remove(&e.digest)? {
+                total -= e.disk_bytes;
+                removed.push(e);
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -152,6 +204,8 @@ pub struct CacheEntry {
     pub view_size: u64,
     pub present_bytes: u64,
     pub disk_bytes: u64,
+    /// Last use (seconds since the epoch).
+    pub last_used: i64,
     pub in_use: bool,
 }
 
@@ -270,6 +324,27 @@ mod tests {
         drop(b);
         assert!(cache.remove(&d).unwrap());
         assert!(cache.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn gc_evicts_unused_entries_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path()).unwrap();
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        for d in [&a, &b, &c] {
+            let blob = cache.blob(d, 16 * 4096).unwrap();
+            blob.fill(&[(0, &[9u8; 8192][..])]).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct mtimes
+        }
+        let held = cache.blob(&a, 16 * 4096).unwrap(); // oldest, but in use (and now recent)
+        let total: u64 = cache.list().unwrap().iter().map(|e| e.disk_bytes).sum();
+        let removed = cache.gc(Some(total - 1)).unwrap();
+        assert_eq!(removed.iter().map(|e| e.digest).collect::<Vec<_>>(), vec![b], "least recently used unused entry first");
+        assert!(cache.gc(Some(u64::MAX)).unwrap().is_empty());
+        let removed = cache.gc(None).unwrap();
+        assert_eq!(removed.iter().map(|e| e.digest).collect::<Vec<_>>(), vec![c]);
+        assert!(held.is_present(0, 8192));
+        assert_eq!(cache.list().unwrap().len(), 1);
     }
 
     #[test]

@@ -16,6 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     Build(cmd::build::Args),
+    Cache(cmd::cache::Args),
     Check(cmd::check::Args),
     Convert(cmd::convert::Args),
     Inspect(cmd::inspect::Args),
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Build(a) => cmd::build::run(a),
+        Cmd::Cache(a) => cmd::cache::run(a),
         Cmd::Check(a) => cmd::check::run(a),
         Cmd::Convert(a) => cmd::convert::run(a),
         Cmd::Inspect(a) => cmd::inspect::run(a),

@@ -186,9 +186,19 @@ fn naiad_mount_serves_an_image_lazily_in_both_modes() {
     let child = spawn_mount(&image, &mnt, &work, "kernel");
     let _g = MountGuard(mnt.clone());
     let _ = std::fs::read(mnt.join("bin/busybox")).unwrap();
+    // While mounted, the cache entries are in use and gc leaves them.
+    let cache_dir = work.join("cache");
+    let ls: serde_json::Value = serde_json::from_str(&naiad_ok(args!["cache", "ls", "--cache-dir", cache_dir, "--json"])).unwrap();
+    assert!(ls.as_array().unwrap().iter().all(|e| e["in_use"] == true), "{ls}");
+    let gc: serde_json::Value = serde_json::from_str(&naiad_ok(args!["cache", "gc", "--cache-dir", cache_dir, "--json"])).unwrap();
+    assert_eq!(gc.as_array().unwrap().len(), 0, "gc evicted a blob in use: {gc}");
     rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
     assert!(wait_exit(child).success());
     assert!(std::fs::read_dir(&mnt).unwrap().next().is_none(), "SIGTERM left the mount");
     let cached = ChunkCache::open(&work.join("cache")).unwrap().list().unwrap();
     assert!(cached.iter().any(|e| e.present_bytes > 0), "{cached:?}");
+    assert!(cached.iter().all(|e| !e.in_use));
+    let gc: serde_json::Value = serde_json::from_str(&naiad_ok(args!["cache", "gc", "--cache-dir", cache_dir, "--json"])).unwrap();
+    assert_eq!(gc.as_array().unwrap().len(), cached.len(), "{gc}");
+    assert!(ChunkCache::open(&cache_dir).unwrap().list().unwrap().is_empty());
 }
