@@ -202,3 +202,90 @@ fn naiad_mount_serves_an_image_lazily_in_both_modes() {
     assert_eq!(gc.as_array().unwrap().len(), cached.len(), "{gc}");
     assert!(ChunkCache::open(&cache_dir).unwrap().list().unwrap().is_empty());
 }
+
+#[test]
+fn a_dead_registry_gives_eio_in_bounded_time_and_reads_recover() {
+    assert!(is_root(), "mounting needs root");
+    let mut reg = Registry::start(None);
+    let (dir, bs) = naiad_image(&reg, None);
+    let boot_path = dir.path().join("bootstrap");
+    std::fs::write(&boot_path, bs.bytes()).unwrap();
+    let opts = RegistryOptions { timeout: Duration::from_secs(1), attempts: 2, ..options(&reg, RegistryAuth::Anonymous) };
+    let backend = Arc::new(RegistryBackend::new(opts).unwrap());
+    let cache = ChunkCache::open(&dir.path().join("cache")).unwrap();
+    let fetcher = Arc::new(Fetcher::new(backend, bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES));
+    let mnt = dir.path().join("mnt");
+    let m = naiad_fs::lazy::mount_kernel_mode(&boot_path, &bs, &cache, fetcher.clone(), &dir.path().join("views"), &mnt).unwrap();
+    let _guard = MountGuard(mnt.clone());
+    reg.kill();
+    let started = Instant::now();
+    let err = std::fs::read(mnt.join("bin/busybox")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "expected EIO, got {err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "EIO took {:?}", started.elapsed());
+    assert!(fetcher.stats.errors.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    reg.restart();
+    // The kernel does not cache the failed pages: the same read now succeeds.
+    assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    m.unmount().unwrap();
+}
+
+/// A TCP relay to the registry that flips one byte of every response body.
+fn flipping_proxy(upstream: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { return };
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let Ok(mut server) = std::net::TcpStream::connect(&upstream) else { return };
+                let mut c2 = client.try_clone().unwrap();
+                let mut s2 = server.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                });
+                let mut buf = vec![0u8; 1 << 16];
+                let mut seen_headers = Vec::new();
+                let mut flipped = false;
+                loop {
+                    let n = match server.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if !flipped {
+                        seen_headers.extend_from_slice(&buf[..n]);
+                        if let Some(end) = seen_headers.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let body_start_in_buf = end + 4 - (seen_headers.len() - n);
+                            if body_start_in_buf + 100 < n {
+                                buf[body_start_in_buf + 100] ^= 0x01;
+                                flipped = true;
+                            }
+                        }
+                    }
+                    if client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn flipped_bytes_are_caught_and_never_cached() {
+    let reg = Registry::start(None);
+    let (dir, bs) = naiad_image(&reg, None);
+    let proxy = flipping_proxy(reg.addr.clone());
+    let opts = RegistryOptions { insecure: true, timeout: Duration::from_secs(2), attempts: 1, ..RegistryOptions::new(&proxy, "naiad/bb") };
+    let fetcher = Fetcher::new(Arc::new(RegistryBackend::new(opts).unwrap()), bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES);
+    let cache = ChunkCache::open(&dir.path().join("cache")).unwrap();
+    let rec = busybox_chunks(&bs)[0];
+    let b = &bs.extension().blobs[rec.blob_index as usize];
+    let blob = cache.blob(&b.digest, b.view_size).unwrap();
+    let err = fetcher.ensure(&blob, &[rec]).unwrap_err().to_string();
+    assert!(err.contains("digest mismatch") || err.contains("decompression"), "{err}");
+    assert_eq!(fetcher.stats.verify_failures.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(!blob.is_present(rec.view_offset, 1), "corrupt data was cached");
+}

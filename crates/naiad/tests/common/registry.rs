@@ -162,6 +162,27 @@ impl Registry {
         format!("docker://{}/{repo_and_tag}", self.addr)
     }
 
+    /// Kills the registry process (as a crash would); [`Registry::restart`] brings it back.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the registry again on the same address and storage, waiting until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = fs::OpenOptions::new().append(true).open(&self.log_path).unwrap();
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(self.dir.path().join("config.yml")).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        self.child = cmd.spawn().expect("restarting docker-registry");
+        let want = if self.auth.is_some() { 401 } else { 200 };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while http_status(&self.addr, "/v2/").ok() != Some(want) {
+            assert!(Instant::now() < deadline, "docker-registry did not come back on {}; log:\n{}", self.addr, self.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Where the registry stores blobs and manifests.
     pub fn storage_dir(&self) -> PathBuf {
         self.dir.path().join("data")
