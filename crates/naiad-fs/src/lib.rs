@@ -8,6 +8,7 @@ pub mod blob_view_fs;
 pub mod image_fs;
 pub mod kernel;
 pub mod lazy;
+pub mod prefetch;
 pub mod unpack;
 
 pub use error::{FsError, Result};

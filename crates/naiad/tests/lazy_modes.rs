@@ -63,3 +63,48 @@ fn fuse_mode_shows_the_source_tree() {
     assert_same_tree("fuse mode", &snapshot(&img.dir.path().join("src")), &snapshot(&mnt), Skip::default());
     session.umount_and_join().unwrap();
 }
+
+#[test]
+fn the_prefetch_list_is_fetched_before_any_read() {
+    assert!(is_root(), "mounting needs root");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("app")).unwrap();
+    std::fs::write(src.join("app/hot"), noise(3 << 20, 1)).unwrap();
+    std::fs::write(src.join("cold"), noise(5 << 20, 2)).unwrap();
+    let list = dir.path().join("prefetch.txt");
+    std::fs::write(&list, "/app\n").unwrap();
+    let out = dir.path().join("out");
+    naiad_ok(args!["build", src, "-o", out, "--prefetch-list", list]);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let cache = dir.path().join("cache");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+        .args(["mount"])
+        .arg(out.join("bootstrap"))
+        .arg(&mnt)
+        .arg("--blob-dir")
+        .arg(&out)
+        .args(["--mode", "kernel", "--cache-dir"])
+        .arg(&cache)
+        .arg("--runtime-dir")
+        .arg(dir.path().join("run"))
+        .spawn()
+        .unwrap();
+    let _g = MountGuard(mnt.clone());
+    // Without reading anything, the hot file's 3 MiB arrive; the cold file's 5 MiB do not.
+    let started = std::time::Instant::now();
+    let present = loop {
+        let ls: serde_json::Value = serde_json::from_str(&naiad_ok(args!["cache", "ls", "--cache-dir", cache, "--json"])).unwrap();
+        let present: u64 = ls.as_array().unwrap().iter().map(|e| e["present_bytes"].as_u64().unwrap()).sum();
+        if present >= 3 << 20 || started.elapsed() > std::time::Duration::from_secs(20) {
+            break present;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(present >= 3 << 20 && present < 5 << 20, "present after prefetch: {present}");
+    assert_eq!(std::fs::read(mnt.join("app/hot")).unwrap(), noise(3 << 20, 1));
+    naiad_ok(args!["umount", mnt]);
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+}

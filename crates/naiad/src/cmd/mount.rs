@@ -61,6 +61,15 @@ pub struct Args {
     /// Seconds one registry request may take before it is retried or fails.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Lazy modes: do not fetch the image's prefetch list ahead of reads.
+    #[arg(long)]
+    no_prefetch: bool,
+    /// Lazy modes: after the prefetch list, fetch the whole image in the background.
+    #[arg(long)]
+    prefetch_all: bool,
+    /// Bandwidth limit of background prefetch, e.g. 20M (bytes per second).
+    #[arg(long, value_parser = crate::output::parse_size)]
+    prefetch_rate: Option<u32>,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -129,6 +138,7 @@ fn mount_local(bs: &Bootstrap, bootstrap_path: &Path, a: &Args) -> Result<ExitCo
 fn mount_lazy(bs: Arc<Bootstrap>, bootstrap_path: &Path, backend: Arc<dyn Backend>, mode: Mode, a: &Args) -> Result<ExitCode> {
     let cache = ChunkCache::open(&a.cache_dir)?;
     let fetcher = Arc::new(Fetcher::new(backend, bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES));
+    let prefetch_fetcher = fetcher.clone();
     let mountpoint = std::path::absolute(&a.mountpoint)?;
     let fs_type = match mode {
         Mode::Kernel => "erofs",
@@ -146,6 +156,12 @@ fn mount_lazy(bs: Arc<Bootstrap>, bootstrap_path: &Path, backend: Arc<dyn Backen
             Box::new(naiad_fs::image_fs::mount_fuse_mode(fs, &mountpoint).with_context(|| format!("mounting FUSE at {}", mountpoint.display()))?)
         }
     };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if !a.no_prefetch || a.prefetch_all {
+        let blobs = bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let plan = naiad_fs::prefetch::PrefetchPlan { everything: a.prefetch_all, rate_bytes_per_sec: a.prefetch_rate.map(u64::from) };
+        let _progress = naiad_fs::prefetch::spawn(bs.clone(), blobs, prefetch_fetcher.clone(), plan, stop.clone());
+    }
     eprintln!("naiad: {} mounted at {} ({mode:?} mode); serving until unmounted", a.source, mountpoint.display());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -163,6 +179,7 @@ fn mount_lazy(bs: Arc<Bootstrap>, bootstrap_path: &Path, backend: Arc<dyn Backen
         }
         Ok::<(), std::io::Error>(())
     })?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(ExitCode::SUCCESS)
 }
 
