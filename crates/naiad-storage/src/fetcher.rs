@@ -39,9 +39,16 @@ impl FrameIndex {
     }
 }
 
+/// Upper bounds (seconds) of the fetch latency histogram's buckets.
+pub const LATENCY_BUCKETS_SECS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
 /// Counters of a fetcher (exported as metrics).
 #[derive(Debug, Default)]
 pub struct FetchStats {
+    /// Backend requests by latency bucket (the last counts everything slower).
+    pub latency: [AtomicU64; LATENCY_BUCKETS_SECS.len() + 1],
+    /// Sum of backend request latencies, in microseconds.
+    pub latency_sum_micros: AtomicU64,
     pub requests: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub chunks_fetched: AtomicU64,
@@ -172,7 +179,13 @@ impl Fetcher {
             let last = &run[run.len() - 1].0;
             let len = last.compressed_offset + u64::from(last.compressed_size) - start;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let bytes = self.backend.read(blob.digest(), start, len)?;
+            let t = std::time::Instant::now();
+            let read = self.backend.read(blob.digest(), start, len);
+            let secs = t.elapsed().as_secs_f64();
+            let bucket = LATENCY_BUCKETS_SECS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS_SECS.len());
+            self.stats.latency[bucket].fetch_add(1, Ordering::Relaxed);
+            self.stats.latency_sum_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+            let bytes = read?;
             if bytes.len() as u64 != len {
                 return Err(StorageError::Mismatch { blob: to_hex(blob.digest()), detail: format!("backend {} returned {} bytes, asked {len}", self.backend.name(), bytes.len()) });
             }

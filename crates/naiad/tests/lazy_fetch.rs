@@ -289,3 +289,67 @@ fn flipped_bytes_are_caught_and_never_cached() {
     assert_eq!(fetcher.stats.verify_failures.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert!(!blob.is_present(rec.view_offset, 1), "corrupt data was cached");
 }
+
+#[test]
+fn the_daemon_serves_mounts_api_and_metrics() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(is_root(), "mounting needs root");
+    let reg = Registry::start(None);
+    let (dir, _bs) = naiad_image(&reg, None);
+    let sock = dir.path().join("run/api.sock");
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+        .args(["daemon", "--api"])
+        .arg(&sock)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("--runtime-dir")
+        .arg(dir.path().join("run"))
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !sock.exists() {
+        assert!(started.elapsed() < Duration::from_secs(10), "daemon socket did not appear");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let md = std::fs::metadata(&sock).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o600, "the API socket is private");
+    assert_eq!(md.uid(), rustix::process::geteuid().as_raw());
+    let ctl = |args: &[&str]| naiad_ok(&[&["ctl", "--api", sock.to_str().unwrap()][..], args].concat().iter().map(std::ffi::OsStr::new).collect::<Vec<_>>());
+    let image = reg.docker_ref("naiad/bb:1");
+    let mnt = dir.path().join("mnt");
+    let mnt_s = mnt.to_str().unwrap().to_string();
+    let mounted: serde_json::Value = serde_json::from_str(&ctl(&["mount", &image, &mnt_s, "--insecure", "--no-prefetch"])).unwrap();
+    assert_eq!(mounted["mountpoint"], mnt_s);
+    let _g = MountGuard(mnt.clone());
+    assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    let list: serde_json::Value = serde_json::from_str(&ctl(&["list"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(list[0]["bytes_fetched"].as_u64().unwrap() > 0 && list[0]["cache_misses"].as_u64().unwrap() > 0, "{list}");
+    let metrics = ctl(&["metrics"]);
+    for m in ["naiad_backend_bytes_total{", "naiad_cache_misses_total{", "naiad_fetch_duration_seconds_bucket{", "naiad_verify_failures_total{", "naiad_prefetch_chunks{", "naiad_mounts 1"] {
+        assert!(metrics.contains(m), "metrics lack {m}:\n{metrics}");
+    }
+    // Prefetch the rest; it completes.
+    ctl(&["prefetch", &mnt_s, "--all"]);
+    let started = Instant::now();
+    loop {
+        let list: serde_json::Value = serde_json::from_str(&ctl(&["list"])).unwrap();
+        let (done, total) = (list[0]["prefetch_done"].as_u64().unwrap(), list[0]["prefetch_total"].as_u64().unwrap());
+        if total > 0 && done == total {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "prefetch did not finish: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ctl(&["umount", &mnt_s]);
+    assert!(std::fs::read_dir(&mnt).unwrap().next().is_none(), "still mounted");
+    let out = naiad(args!["ctl", "--api", sock, "umount", mnt]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nothing is mounted"));
+    // A fuse-mode mount goes away with the daemon.
+    ctl(&["mount", &image, &mnt_s, "--insecure", "--mode", "fuse"]);
+    assert!(mnt.join("data/hello.txt").exists());
+    rustix::process::kill_process(rustix::process::Pid::from_child(&daemon), rustix::process::Signal::TERM).unwrap();
+    assert!(daemon.wait().unwrap().success());
+    assert!(!sock.exists(), "socket left behind");
+    assert!(std::fs::read_dir(&mnt).unwrap().next().is_none(), "the daemon's mount survived it");
+}

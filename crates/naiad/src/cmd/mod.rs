@@ -4,6 +4,8 @@ pub mod build;
 pub mod cache;
 pub mod check;
 pub mod convert;
+pub mod ctl;
+pub mod daemon;
 pub mod inspect;
 pub mod mount;
 pub mod umount;

@@ -1,0 +1,175 @@
+//! The admin API: JSON over a unix socket (mode 0600, owned by the daemon's user).
+//!
+//! | method and path | body | does |
+//! |---|---|---|
+//! | `GET /v1/status` | | daemon facts |
+//! | `GET /v1/mounts` | | every mount with its counters |
+//! | `POST /v1/mounts` | [`MountSpec`] | mounts lazily |
+//! | `DELETE /v1/mounts` | `{"mountpoint": ...}` | unmounts |
+//! | `POST /v1/prefetch` | `{"mountpoint": ..., "all": bool, "rate": bytes/s}` | starts a prefetch |
+//! | `GET /metrics` | | Prometheus text |
+
+use crate::mounts::{MountSpec, Mounts};
+use crate::{DaemonError, Result};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use naiad_storage::chunk_cache::ChunkCache;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Shared daemon state.
+pub struct Daemon {
+    pub mounts: Mounts,
+    pub cache: Arc<ChunkCache>,
+    pub runtime_dir: PathBuf,
+}
+
+/// One mount as the API shows it.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct MountInfo {
+    pub mountpoint: PathBuf,
+    pub source: String,
+    pub mode: crate::mounts::Mode,
+    pub backend: String,
+    pub requests: u64,
+    pub bytes_fetched: u64,
+    pub chunks_fetched: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub verify_failures: u64,
+    pub fetch_errors: u64,
+    pub prefetch_done: u64,
+    pub prefetch_total: u64,
+}
+
+fn info(m: &crate::mounts::ActiveMount) -> MountInfo {
+    let s = &m.fetcher.stats;
+    let p = m.prefetch.lock().expect("prefetch lock").clone();
+    MountInfo {
+        mountpoint: m.spec.mountpoint.clone(),
+        source: m.spec.source.clone(),
+        mode: m.spec.mode,
+        backend: m.backend.clone(),
+        requests: s.requests.load(Ordering::Relaxed),
+        bytes_fetched: s.bytes_fetched.load(Ordering::Relaxed),
+        chunks_fetched: s.chunks_fetched.load(Ordering::Relaxed),
+        cache_hits: s.hits.load(Ordering::Relaxed),
+        cache_misses: s.misses.load(Ordering::Relaxed),
+        verify_failures: s.verify_failures.load(Ordering::Relaxed),
+        fetch_errors: s.errors.load(Ordering::Relaxed),
+        prefetch_done: p.as_ref().map_or(0, |p| p.chunks_done.load(Ordering::Relaxed)),
+        prefetch_total: p.as_ref().map_or(0, |p| p.chunks_total.load(Ordering::Relaxed)),
+    }
+}
+
+/// Body of `DELETE /v1/mounts`.
+#[derive(Serialize, Deserialize)]
+pub struct UnmountRequest {
+    pub mountpoint: PathBuf,
+}
+
+/// Body of `POST /v1/prefetch`.
+#[derive(Serialize, Deserialize)]
+pub struct PrefetchRequest {
+    pub mountpoint: PathBuf,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub rate: Option<u64>,
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<DaemonError> for ApiError {
+    fn from(e: DaemonError) -> Self {
+        let code = match e {
+            DaemonError::NotMounted(_) => StatusCode::NOT_FOUND,
+            DaemonError::Invalid(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+fn absolute(p: &Path) -> std::result::Result<PathBuf, ApiError> {
+    std::path::absolute(p).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn status(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
+    d.mounts.reap();
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "mounts": d.mounts.all().len(),
+        "cache_dir": d.cache.dir(),
+    }))
+}
+
+async fn list(State(d): State<Arc<Daemon>>) -> Json<Vec<MountInfo>> {
+    d.mounts.reap();
+    Json(d.mounts.all().iter().map(|m| info(m)).collect())
+}
+
+async fn do_mount(State(d): State<Arc<Daemon>>, Json(spec): Json<MountSpec>) -> std::result::Result<(StatusCode, Json<MountInfo>), ApiError> {
+    let spec = MountSpec { mountpoint: absolute(&spec.mountpoint)?, ..spec };
+    if d.mounts.get(&spec.mountpoint).is_some() {
+        return Err(DaemonError::Invalid(format!("{} is already mounted", spec.mountpoint.display())).into());
+    }
+    let m = crate::mounts::mount(spec, d.cache.clone(), &d.runtime_dir).await?;
+    let m = d.mounts.insert(m)?;
+    Ok((StatusCode::CREATED, Json(info(&m))))
+}
+
+async fn do_umount(State(d): State<Arc<Daemon>>, Json(req): Json<UnmountRequest>) -> std::result::Result<StatusCode, ApiError> {
+    let mp = absolute(&req.mountpoint)?;
+    tokio::task::spawn_blocking(move || d.mounts.remove(&mp)).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(StatusCode::OK)
+}
+
+async fn prefetch(State(d): State<Arc<Daemon>>, Json(req): Json<PrefetchRequest>) -> std::result::Result<StatusCode, ApiError> {
+    let mp = absolute(&req.mountpoint)?;
+    let m = d.mounts.get(&mp).ok_or_else(|| DaemonError::NotMounted(mp.display().to_string()))?;
+    m.start_prefetch(naiad_fs::prefetch::PrefetchPlan { everything: req.all, rate_bytes_per_sec: req.rate })?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render(&d.mounts))
+}
+
+/// The API's routes.
+pub fn router(d: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/mounts", get(list).post(do_mount).delete(do_umount))
+        .route("/v1/prefetch", post(prefetch))
+        .route("/metrics", get(metrics))
+        .with_state(d)
+}
+
+/// Serves the API on `socket` until `shutdown` completes, then unmounts everything.
+pub async fn serve(d: Arc<Daemon>, socket: &Path, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(DaemonError::io(dir.display()))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket).map_err(DaemonError::io(socket.display()))?;
+    rustix::fs::chmod(socket, rustix::fs::Mode::from_raw_mode(0o600)).map_err(|e| DaemonError::Io { path: socket.display().to_string(), cause: e.into() })?;
+    let app = router(d.clone());
+    let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let _ = std::fs::remove_file(socket);
+    let mounts = d.clone();
+    let _ = tokio::task::spawn_blocking(move || mounts.mounts.clear()).await;
+    r.map_err(DaemonError::io(socket.display()))
+}

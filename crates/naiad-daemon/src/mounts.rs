@@ -1,0 +1,243 @@
+//! Lazy mounts: resolving a source (image reference, or bootstrap and blob directories) to
+//! a bootstrap and a backend, mounting it in kernel or fuse mode, prefetch, and the table of
+//! active mounts.
+
+use crate::{DaemonError, Result};
+use naiad_format::bootstrap::Bootstrap;
+use naiad_fs::prefetch::{PrefetchPlan, PrefetchProgress};
+use naiad_oci::reference::ImageRef;
+use naiad_storage::backend::{Backend, LocalBackend, RegistryBackend, RegistryOptions};
+use naiad_storage::blob_store::BlobDirs;
+use naiad_storage::chunk_cache::ChunkCache;
+use naiad_storage::fetcher::{Fetcher, DEFAULT_MERGE_LIMIT_BYTES};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The lazy read paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// EROFS in the kernel over FUSE blob-view files.
+    Kernel,
+    /// The whole filesystem in user space.
+    Fuse,
+}
+
+/// What to mount and how.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// An image reference (`docker://`, `oci:`) or a bootstrap path.
+    pub source: String,
+    pub mountpoint: PathBuf,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// Blob directories, for a bootstrap source.
+    #[serde(default)]
+    pub blob_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub insecure: bool,
+    /// Seconds per registry request.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Fetch the prefetch list ahead of reads.
+    #[serde(default = "yes")]
+    pub prefetch: bool,
+    /// Then fetch everything in the background.
+    #[serde(default)]
+    pub prefetch_all: bool,
+    /// Background prefetch limit in bytes per second.
+    #[serde(default)]
+    pub prefetch_rate: Option<u64>,
+}
+
+fn default_mode() -> Mode {
+    Mode::Kernel
+}
+fn default_timeout() -> u64 {
+    10
+}
+fn yes() -> bool {
+    true
+}
+
+/// One active mount.
+pub struct ActiveMount {
+    pub spec: MountSpec,
+    pub backend: String,
+    pub bootstrap: Arc<Bootstrap>,
+    pub fetcher: Arc<Fetcher>,
+    pub prefetch: Mutex<Option<Arc<PrefetchProgress>>>,
+    stop: Arc<AtomicBool>,
+    cache: Arc<ChunkCache>,
+    /// The FUSE session / kernel mount; dropping it unmounts.
+    handle: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+fn host_platform() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "linux/arm64",
+        _ => "linux/amd64",
+    }
+}
+
+/// Resolves the source, mounts it, and starts the prefetch.
+pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path) -> Result<ActiveMount> {
+    let image = (spec.source.starts_with("docker://") || spec.source.starts_with("oci:")).then(|| ImageRef::parse(&spec.source)).transpose()?;
+    let (bootstrap_path, bytes, backend): (PathBuf, Vec<u8>, Arc<dyn Backend>) = match &image {
+        None => {
+            if spec.blob_dirs.is_empty() {
+                return Err(DaemonError::Invalid("a bootstrap source needs blob directories".into()));
+            }
+            let path = PathBuf::from(&spec.source);
+            let bytes = std::fs::read(&path).map_err(DaemonError::io(path.display()))?;
+            (path, bytes, Arc::new(LocalBackend::new(BlobDirs::new(spec.blob_dirs.clone()))))
+        }
+        Some(r) => {
+            let bytes = naiad_oci::check::fetch_bootstrap(r, spec.insecure, host_platform()).await?;
+            let backend: Arc<dyn Backend> = match r {
+                ImageRef::Registry { registry, repository, .. } => {
+                    let opts = RegistryOptions { insecure: spec.insecure, timeout: Duration::from_secs(spec.timeout_secs.max(1)), ..RegistryOptions::new(registry, repository) };
+                    Arc::new(tokio::task::spawn_blocking(move || RegistryBackend::new(opts)).await.map_err(|e| DaemonError::Invalid(e.to_string()))??)
+                }
+                ImageRef::Layout { dir, .. } => Arc::new(LocalBackend::new(BlobDirs::new(vec![dir.join("blobs/sha256")]))),
+            };
+            let dir = runtime_dir.join("bootstraps");
+            std::fs::create_dir_all(&dir).map_err(DaemonError::io(dir.display()))?;
+            let path = dir.join(format!("{}.boot", hex::encode(naiad_format::digest::sha256(&bytes))));
+            std::fs::write(&path, &bytes).map_err(DaemonError::io(path.display()))?;
+            (path, bytes, backend)
+        }
+    };
+    let bs = Arc::new(Bootstrap::open(bytes)?);
+    let backend_name = backend.name();
+    let fetcher = Arc::new(Fetcher::new(backend, bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES));
+    let mountpoint = std::path::absolute(&spec.mountpoint).map_err(DaemonError::io(spec.mountpoint.display()))?;
+    let blobs = bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let handle: Box<dyn std::any::Any + Send> = match spec.mode {
+        Mode::Kernel => {
+            let views = runtime_dir.join(format!("views-{}", hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8])));
+            Box::new(naiad_fs::lazy::mount_kernel_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &views, &mountpoint)?)
+        }
+        Mode::Fuse => {
+            let fs = naiad_fs::image_fs::ImageFs::new(bs.clone(), blobs.clone(), fetcher.clone());
+            Box::new(naiad_fs::image_fs::mount_fuse_mode(fs, &mountpoint).map_err(DaemonError::io(mountpoint.display()))?)
+        }
+    };
+    let m = ActiveMount {
+        spec: MountSpec { mountpoint, ..spec },
+        backend: backend_name,
+        bootstrap: bs,
+        fetcher,
+        prefetch: Mutex::new(None),
+        stop: Arc::new(AtomicBool::new(false)),
+        cache,
+        handle: Mutex::new(Some(handle)),
+    };
+    if m.spec.prefetch || m.spec.prefetch_all {
+        m.start_prefetch(PrefetchPlan { everything: m.spec.prefetch_all, rate_bytes_per_sec: m.spec.prefetch_rate })?;
+    }
+    Ok(m)
+}
+
+impl ActiveMount {
+    /// Starts (or restarts) a background prefetch.
+    pub fn start_prefetch(&self, plan: PrefetchPlan) -> Result<()> {
+        let blobs = self.bootstrap.extension().blobs.iter().map(|b| self.cache.blob(&b.digest, b.view_size)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let p = naiad_fs::prefetch::spawn(self.bootstrap.clone(), blobs, self.fetcher.clone(), plan, self.stop.clone());
+        *self.prefetch.lock().expect("prefetch lock") = Some(p);
+        Ok(())
+    }
+
+    /// Stops prefetching and unmounts.
+    pub fn unmount(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        drop(self.handle.lock().expect("handle lock").take());
+    }
+
+    /// Whether the kernel still has the mount (an external `umount` ends it).
+    pub fn is_mounted(&self) -> bool {
+        let fs_type = match self.spec.mode {
+            Mode::Kernel => "erofs",
+            Mode::Fuse => "fuse.naiad",
+        };
+        is_mounted(&self.spec.mountpoint, fs_type)
+    }
+}
+
+impl Drop for ActiveMount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// Whether `mountpoint` carries a mount of `fs_type` (from /proc/self/mountinfo).
+pub fn is_mounted(mountpoint: &Path, fs_type: &str) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = mountpoint.to_string_lossy();
+    info.lines().any(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-");
+        fields.get(4).is_some_and(|m| unescape(m) == want) && sep.and_then(|s| fields.get(s + 1)).is_some_and(|t| *t == fs_type)
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// The daemon's table of mounts, by mount point.
+#[derive(Default)]
+pub struct Mounts {
+    table: Mutex<BTreeMap<PathBuf, Arc<ActiveMount>>>,
+}
+
+impl Mounts {
+    /// Adds a mount (refused if the mount point is taken).
+    pub fn insert(&self, m: ActiveMount) -> Result<Arc<ActiveMount>> {
+        let mut t = self.table.lock().expect("mounts lock");
+        if t.contains_key(&m.spec.mountpoint) {
+            return Err(DaemonError::Invalid(format!("{} is already mounted", m.spec.mountpoint.display())));
+        }
+        let m = Arc::new(m);
+        t.insert(m.spec.mountpoint.clone(), m.clone());
+        Ok(m)
+    }
+
+    /// Removes and unmounts.
+    pub fn remove(&self, mountpoint: &Path) -> Result<()> {
+        let m = self.table.lock().expect("mounts lock").remove(mountpoint).ok_or_else(|| DaemonError::NotMounted(mountpoint.display().to_string()))?;
+        m.unmount();
+        Ok(())
+    }
+
+    /// A mount by mount point.
+    pub fn get(&self, mountpoint: &Path) -> Option<Arc<ActiveMount>> {
+        self.table.lock().expect("mounts lock").get(mountpoint).cloned()
+    }
+
+    /// Every mount.
+    pub fn all(&self) -> Vec<Arc<ActiveMount>> {
+        self.table.lock().expect("mounts lock").values().cloned().collect()
+    }
+
+    /// Drops the mounts whose kernel mount went away (an external `umount`).
+    pub fn reap(&self) {
+        let gone: Vec<PathBuf> = self.all().into_iter().filter(|m| !m.is_mounted()).map(|m| m.spec.mountpoint.clone()).collect();
+        for p in gone {
+            let _ = self.remove(&p);
+        }
+    }
+
+    /// Unmounts everything (daemon shutdown).
+    pub fn clear(&self) {
+        let all: Vec<_> = std::mem::take(&mut *self.table.lock().expect("mounts lock")).into_values().collect();
+        for m in all {
+            m.unmount();
+        }
+    }
+}

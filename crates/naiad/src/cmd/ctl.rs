@@ -1,0 +1,96 @@
+//! `naiad ctl`: talk to a running `naiad daemon`.
+
+use anyhow::{bail, Result};
+use naiad_daemon::client::request;
+use naiad_daemon::mounts::{Mode, MountSpec};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Control a running daemon.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The daemon's admin API socket.
+    #[arg(long, default_value = crate::cmd::daemon::DEFAULT_API_SOCKET, global = true)]
+    api: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Mount an image lazily in the daemon.
+    Mount {
+        source: String,
+        mountpoint: PathBuf,
+        #[arg(long, value_enum, default_value = "kernel")]
+        mode: CtlMode,
+        #[arg(long = "blob-dir")]
+        blob_dirs: Vec<PathBuf>,
+        #[arg(long)]
+        insecure: bool,
+        #[arg(long)]
+        no_prefetch: bool,
+    },
+    /// Unmount.
+    Umount { mountpoint: PathBuf },
+    /// List mounts with their counters (JSON).
+    List,
+    /// Daemon facts (JSON).
+    Status,
+    /// Prometheus metrics.
+    Metrics,
+    /// Prefetch a mount: its prefetch list, or everything with --all.
+    Prefetch {
+        mountpoint: PathBuf,
+        #[arg(long)]
+        all: bool,
+        /// Bytes per second at most, e.g. 20M.
+        #[arg(long, value_parser = crate::output::parse_size)]
+        rate: Option<u32>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CtlMode {
+    Kernel,
+    Fuse,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    let (method, path, body) = match &a.cmd {
+        Cmd::Mount { source, mountpoint, mode, blob_dirs, insecure, no_prefetch } => {
+            let spec = MountSpec {
+                source: source.clone(),
+                mountpoint: abs(mountpoint),
+                mode: match mode {
+                    CtlMode::Kernel => Mode::Kernel,
+                    CtlMode::Fuse => Mode::Fuse,
+                },
+                blob_dirs: blob_dirs.iter().map(abs).collect(),
+                insecure: *insecure,
+                timeout_secs: 10,
+                prefetch: !no_prefetch,
+                prefetch_all: false,
+                prefetch_rate: None,
+            };
+            ("POST", "/v1/mounts", Some(serde_json::to_value(spec)?))
+        }
+        Cmd::Umount { mountpoint } => ("DELETE", "/v1/mounts", Some(serde_json::json!({ "mountpoint": abs(mountpoint) }))),
+        Cmd::List => ("GET", "/v1/mounts", None),
+        Cmd::Status => ("GET", "/v1/status", None),
+        Cmd::Metrics => ("GET", "/metrics", None),
+        Cmd::Prefetch { mountpoint, all, rate } => {
+            ("POST", "/v1/prefetch", Some(serde_json::json!({ "mountpoint": abs(mountpoint), "all": all, "rate": rate })))
+        }
+    };
+    let (code, text) = request(&a.api, method, path, body.as_ref())?;
+    if !(200..300).contains(&code) {
+        let msg = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["error"].as_str().map(String::from)).unwrap_or(text);
+        bail!("the daemon answered {code}: {msg}");
+    }
+    if !text.is_empty() {
+        println!("{}", text.trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,45 @@
+//! `naiad daemon`: serve many lazy mounts and the admin API.
+
+use anyhow::{Context, Result};
+use naiad_daemon::api::Daemon;
+use naiad_daemon::mounts::Mounts;
+use naiad_storage::chunk_cache::ChunkCache;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Default admin API socket.
+pub const DEFAULT_API_SOCKET: &str = "/run/naiad/api.sock";
+
+/// Run the daemon: lazy mounts managed over the admin API (`naiad ctl`), Prometheus metrics
+/// at /metrics on the same socket. SIGINT/SIGTERM unmount everything and stop it.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Admin API socket (created with mode 0600).
+    #[arg(long, default_value = DEFAULT_API_SOCKET)]
+    api: PathBuf,
+    /// Where blob data is cached.
+    #[arg(long, default_value = crate::cmd::mount::DEFAULT_CACHE_DIR)]
+    cache_dir: PathBuf,
+    /// Runtime state (bootstraps, blob-view mounts).
+    #[arg(long, default_value = crate::cmd::mount::DEFAULT_RUNTIME_DIR)]
+    runtime_dir: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let cache = Arc::new(ChunkCache::open(&a.cache_dir)?);
+    let d = Arc::new(Daemon { mounts: Mounts::default(), cache, runtime_dir: a.runtime_dir.clone() });
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(async {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        eprintln!("naiad: daemon serving {}", a.api.display());
+        naiad_daemon::api::serve(d, &a.api, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
