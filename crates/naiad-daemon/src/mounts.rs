@@ -6,7 +6,7 @@ use crate::{DaemonError, Result};
 use naiad_format::bootstrap::Bootstrap;
 use naiad_fs::prefetch::{PrefetchPlan, PrefetchProgress};
 use naiad_oci::reference::ImageRef;
-use naiad_storage::backend::{Backend, LocalBackend, RegistryBackend, RegistryOptions};
+use naiad_storage::backend::{Backend, LocalBackend, MirroredBackend, RegistryBackend, RegistryOptions};
 use naiad_storage::blob_store::BlobDirs;
 use naiad_storage::chunk_cache::ChunkCache;
 use naiad_storage::fetcher::{Fetcher, DEFAULT_MERGE_LIMIT_BYTES};
@@ -52,6 +52,9 @@ pub struct MountSpec {
     /// Background prefetch limit in bytes per second.
     #[serde(default)]
     pub prefetch_rate: Option<u64>,
+    /// Registry mirrors (`host[:port]`, same repository), tried in order before the origin.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
 }
 
 fn default_mode() -> Mode {
@@ -100,8 +103,16 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path) 
             let bytes = naiad_oci::check::fetch_bootstrap(r, spec.insecure, host_platform()).await?;
             let backend: Arc<dyn Backend> = match r {
                 ImageRef::Registry { registry, repository, .. } => {
-                    let opts = RegistryOptions { insecure: spec.insecure, timeout: Duration::from_secs(spec.timeout_secs.max(1)), ..RegistryOptions::new(registry, repository) };
-                    Arc::new(tokio::task::spawn_blocking(move || RegistryBackend::new(opts)).await.map_err(|e| DaemonError::Invalid(e.to_string()))??)
+                    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+                    for host in spec.mirrors.iter().chain(std::iter::once(registry)) {
+                        let opts = RegistryOptions { insecure: spec.insecure, timeout: Duration::from_secs(spec.timeout_secs.max(1)), ..RegistryOptions::new(host, repository) };
+                        backends.push(Arc::new(tokio::task::spawn_blocking(move || RegistryBackend::new(opts)).await.map_err(|e| DaemonError::Invalid(e.to_string()))??));
+                    }
+                    if backends.len() == 1 {
+                        backends.remove(0)
+                    } else {
+                        Arc::new(MirroredBackend::new(backends))
+                    }
                 }
                 ImageRef::Layout { dir, .. } => Arc::new(LocalBackend::new(BlobDirs::new(vec![dir.join("blobs/sha256")]))),
             };

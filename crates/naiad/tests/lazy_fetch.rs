@@ -304,6 +304,7 @@ fn the_daemon_serves_mounts_api_and_metrics() {
         .arg(dir.path().join("cache"))
         .arg("--runtime-dir")
         .arg(dir.path().join("run"))
+        .args(["--cache-limit", "1", "--gc-interval", "1"])
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -345,6 +346,13 @@ fn the_daemon_serves_mounts_api_and_metrics() {
     assert!(std::fs::read_dir(&mnt).unwrap().next().is_none(), "still mounted");
     let out = naiad(args!["ctl", "--api", sock, "umount", mnt]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nothing is mounted"));
+    // With the mount gone its blobs are unused: the 1-byte cache limit evicts them.
+    let cache_dir = dir.path().join("cache");
+    let started = Instant::now();
+    while !ChunkCache::open(&cache_dir).unwrap().list().unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the cache limit was not enforced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // A fuse-mode mount goes away with the daemon.
     ctl(&["mount", &image, &mnt_s, "--insecure", "--mode", "fuse"]);
     assert!(mnt.join("data/hello.txt").exists());
@@ -352,4 +360,35 @@ fn the_daemon_serves_mounts_api_and_metrics() {
     assert!(daemon.wait().unwrap().success());
     assert!(!sock.exists(), "socket left behind");
     assert!(std::fs::read_dir(&mnt).unwrap().next().is_none(), "the daemon's mount survived it");
+}
+
+#[test]
+fn mirrors_are_tried_in_order_before_the_origin() {
+    assert!(is_root(), "mounting needs root");
+    let mut origin = Registry::start(None);
+    let mirror = Registry::start(None);
+    let (dir, _bs) = naiad_image(&origin, None);
+    // The mirror holds the same image.
+    skopeo_copy(&origin.docker_ref("naiad/bb:1"), &mirror.docker_ref("naiad/bb:1"), None);
+    let spec = naiad_daemon::mounts::MountSpec {
+        source: origin.docker_ref("naiad/bb:1"),
+        mountpoint: dir.path().join("mnt"),
+        mode: naiad_daemon::mounts::Mode::Kernel,
+        blob_dirs: Vec::new(),
+        insecure: true,
+        timeout_secs: 2,
+        prefetch: false,
+        prefetch_all: false,
+        prefetch_rate: None,
+        // A dead mirror first: it must be skipped.
+        mirrors: vec!["127.0.0.1:9".into(), mirror.addr.clone()],
+    };
+    let cache = Arc::new(ChunkCache::open(&dir.path().join("cache")).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = rt.block_on(naiad_daemon::mounts::mount(spec, cache, &dir.path().join("run"))).unwrap();
+    let _g = MountGuard(dir.path().join("mnt"));
+    assert!(m.backend.contains(&mirror.addr), "{}", m.backend);
+    origin.kill(); // only the mirror can serve data now
+    assert_eq!(std::fs::read(dir.path().join("mnt/bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    m.unmount();
 }

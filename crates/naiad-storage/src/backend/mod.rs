@@ -3,9 +3,11 @@
 //! configured time, never a hang.
 
 mod local;
+mod mirrors;
 mod registry;
 
 pub use local::LocalBackend;
+pub use mirrors::MirroredBackend;
 pub use registry::{RegistryBackend, RegistryOptions};
 
 use crate::Result;

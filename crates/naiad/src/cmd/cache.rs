@@ -36,7 +36,7 @@ enum Cmd {
     },
 }
 
-fn parse_size_u64(s: &str) -> Result<u64> {
+pub fn parse_size_u64(s: &str) -> Result<u64> {
     let t = s.trim();
     let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("bad size {s:?}"))?;

@@ -30,6 +30,9 @@ enum Cmd {
         insecure: bool,
         #[arg(long)]
         no_prefetch: bool,
+        /// Registry mirrors tried before the origin (repeat).
+        #[arg(long = "mirror")]
+        mirrors: Vec<String>,
     },
     /// Unmount.
     Umount { mountpoint: PathBuf },
@@ -59,7 +62,7 @@ enum CtlMode {
 pub fn run(a: Args) -> Result<ExitCode> {
     let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let (method, path, body) = match &a.cmd {
-        Cmd::Mount { source, mountpoint, mode, blob_dirs, insecure, no_prefetch } => {
+        Cmd::Mount { source, mountpoint, mode, blob_dirs, insecure, no_prefetch, mirrors } => {
             let spec = MountSpec {
                 source: source.clone(),
                 mountpoint: abs(mountpoint),
@@ -73,6 +76,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 prefetch: !no_prefetch,
                 prefetch_all: false,
                 prefetch_rate: None,
+                mirrors: mirrors.clone(),
             };
             ("POST", "/v1/mounts", Some(serde_json::to_value(spec)?))
         }

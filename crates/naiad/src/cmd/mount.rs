@@ -68,6 +68,10 @@ pub struct Args {
     /// Bandwidth limit of background prefetch, e.g. 20M (bytes per second).
     #[arg(long, value_parser = crate::output::parse_size)]
     prefetch_rate: Option<u32>,
+    /// A registry mirror (host[:port], same repository) tried before the origin; repeat for
+    /// several, in order.
+    #[arg(long = "mirror")]
+    mirrors: Vec<String>,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -112,6 +116,7 @@ fn mount_lazy(mode: Mode, a: &Args) -> Result<ExitCode> {
         prefetch: !a.no_prefetch,
         prefetch_all: a.prefetch_all,
         prefetch_rate: a.prefetch_rate.map(u64::from),
+        mirrors: a.mirrors.clone(),
     };
     let cache = Arc::new(ChunkCache::open(&a.cache_dir)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
