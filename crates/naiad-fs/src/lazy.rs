@@ -30,6 +30,9 @@ pub fn mount_kernel_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCac
         let chunks = ext.chunks.iter().filter(|c| c.blob_index as usize == i).copied().collect();
         files.push(ViewFile::new(blob, chunks));
     }
+    // A server killed without unmounting leaves its views mount behind, disconnected:
+    // detach it so this mount can take its place.
+    let _ = rustix::mount::unmount(views_dir, rustix::mount::UnmountFlags::DETACH);
     std::fs::create_dir_all(views_dir).map_err(FsError::io(views_dir))?;
     let fs = BlobViewFs::new(files, fetcher.clone());
     let devices: Vec<PathBuf> = (0..ext.blobs.len()).map(|i| views_dir.join(fs.file_name(i))).collect();

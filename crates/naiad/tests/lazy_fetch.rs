@@ -392,3 +392,26 @@ fn mirrors_are_tried_in_order_before_the_origin() {
     assert_eq!(std::fs::read(dir.path().join("mnt/bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
     m.unmount();
 }
+
+#[test]
+fn a_killed_mount_process_can_be_unmounted_and_mounted_again() {
+    assert!(is_root(), "mounting needs root");
+    let reg = Registry::start(None);
+    let (dir, _bs) = naiad_image(&reg, None);
+    let image = reg.docker_ref("naiad/bb:1");
+    let work = dir.path().join("k");
+    let mnt = work.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut child = spawn_mount(&image, &mnt, &work, "kernel");
+    let _g = MountGuard(mnt.clone());
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::KILL).unwrap();
+    let _ = child.wait();
+    // Data not cached yet cannot be served now: an error, not zeros and not a hang.
+    let err = std::fs::read(mnt.join("bin/busybox")).unwrap_err();
+    assert!(matches!(err.raw_os_error(), Some(5) | Some(107)), "{err}");
+    naiad_ok(args!["umount", mnt]);
+    let child = spawn_mount(&image, &mnt, &work, "kernel");
+    assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    naiad_ok(args!["umount", mnt]);
+    assert!(wait_exit(child).success());
+}
