@@ -415,3 +415,27 @@ fn a_killed_mount_process_can_be_unmounted_and_mounted_again() {
     naiad_ok(args!["umount", mnt]);
     assert!(wait_exit(child).success());
 }
+
+#[test]
+fn naiad_mount_daemon_detaches_and_umount_stops_the_server() {
+    assert!(is_root(), "mounting needs root");
+    let reg = Registry::start(None);
+    let (dir, _bs) = naiad_image(&reg, None);
+    let mnt = dir.path().join("mnt");
+    let run = dir.path().join("run");
+    let started = Instant::now();
+    naiad_ok(args!["mount", reg.docker_ref("naiad/bb:1"), mnt, "--insecure", "--daemon", "--cache-dir", dir.path().join("cache"), "--runtime-dir", run]);
+    let _g = MountGuard(mnt.clone());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The command returned with the mount up, served by a background process.
+    assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    let log = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "log")).expect("a server log");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("serving until unmounted"));
+    naiad_ok(args!["umount", mnt]);
+    // The server notices and exits: its views mount goes away.
+    let started = Instant::now();
+    while std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(run.to_str().unwrap()) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the background server did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

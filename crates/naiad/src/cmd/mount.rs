@@ -72,6 +72,10 @@ pub struct Args {
     /// several, in order.
     #[arg(long = "mirror")]
     mirrors: Vec<String>,
+    /// Lazy modes: detach once mounted; the server keeps running in the background (its log
+    /// goes to RUNTIME_DIR/mount-*.log) until `naiad umount`.
+    #[arg(long)]
+    daemon: bool,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -79,6 +83,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mode = a.mode.unwrap_or(if image { Mode::Kernel } else { Mode::Local });
     match mode {
         Mode::Local if image => bail!("--mode local needs a bootstrap and --blob-dir; an image reference mounts lazily (kernel or fuse)"),
+        Mode::Local if a.daemon => bail!("--daemon is for the lazy modes; a local mount needs no process"),
         Mode::Local => mount_local(&a),
         Mode::Kernel | Mode::Fuse => mount_lazy(mode, &a),
     }
@@ -105,7 +110,47 @@ fn mount_local(a: &Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Starts this same command without `--daemon` in its own process group, its output in a
+/// log file, and returns once the mount is up (or the server failed).
+fn detach(mode: Mode, a: &Args) -> Result<ExitCode> {
+    std::fs::create_dir_all(&a.runtime_dir).with_context(|| format!("creating {}", a.runtime_dir.display()))?;
+    let mountpoint = std::path::absolute(&a.mountpoint)?;
+    let tag = hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8]);
+    let log_path = a.runtime_dir.join(format!("mount-{tag}.log"));
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).filter(|x| x != "--daemon").collect();
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the mount server")?;
+    let fs_type = if mode == Mode::Fuse { "fuse.naiad" } else { "erofs" };
+    let started = std::time::Instant::now();
+    loop {
+        if naiad_daemon::mounts::is_mounted(&mountpoint, fs_type) {
+            eprintln!("naiad: {} mounted at {} (server pid {}, log {})", a.source, mountpoint.display(), child.id(), log_path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the mount server exited ({status}):\n{}", log.trim_end());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            bail!("the mount did not come up within 120 s (log: {})", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn mount_lazy(mode: Mode, a: &Args) -> Result<ExitCode> {
+    if a.daemon {
+        return detach(mode, a);
+    }
     let spec = MountSpec {
         source: a.source.clone(),
         mountpoint: a.mountpoint.clone(),
