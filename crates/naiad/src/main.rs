@@ -1,6 +1,7 @@
 //! `naiad`: build, check, inspect, unpack and mount lazily loaded container images.
 
 mod cmd;
+mod config;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -9,6 +10,9 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "naiad", version, about = "Lazily loaded container images: build, check, inspect, unpack and mount", propagate_version = true)]
 struct Cli {
+    /// Configuration file (default /etc/naiad/config.toml, if it exists).
+    #[arg(long, global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -33,16 +37,23 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let cfg = match config::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("naiad: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.cmd {
         Cmd::Build(a) => cmd::build::run(a),
-        Cmd::Cache(a) => cmd::cache::run(a),
+        Cmd::Cache(a) => cmd::cache::run(a, &cfg),
         Cmd::Check(a) => cmd::check::run(a),
-        Cmd::Convert(a) => cmd::convert::run(a),
-        Cmd::Daemon(a) => cmd::daemon::run(a),
-        Cmd::Ctl(a) => cmd::ctl::run(a),
+        Cmd::Convert(a) => cmd::convert::run(a, &cfg),
+        Cmd::Daemon(a) => cmd::daemon::run(a, &cfg),
+        Cmd::Ctl(a) => cmd::ctl::run(a, &cfg),
         Cmd::Inspect(a) => cmd::inspect::run(a),
         Cmd::Unpack(a) => cmd::unpack::run(a),
-        Cmd::Mount(a) => cmd::mount::run(a),
+        Cmd::Mount(a) => cmd::mount::run(a, &cfg),
         Cmd::Umount(a) => cmd::umount::run(a),
     };
     match result {

@@ -439,3 +439,39 @@ fn naiad_mount_daemon_detaches_and_umount_stops_the_server() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn the_config_file_supplies_dirs_insecure_registries_and_mirrors() {
+    assert!(is_root(), "mounting needs root");
+    let mut origin = Registry::start(None);
+    let mirror = Registry::start(None);
+    let (dir, _bs) = naiad_image(&origin, None);
+    skopeo_copy(&origin.docker_ref("naiad/bb:1"), &mirror.docker_ref("naiad/bb:1"), None);
+    let cache = dir.path().join("cfg-cache");
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "cache_dir = {:?}\nruntime_dir = {:?}\ntimeout_secs = 2\n[registries.\"{}\"]\ninsecure = true\nmirrors = [\"{}\"]\n[registries.\"{}\"]\ninsecure = true\n",
+            cache.display().to_string(),
+            dir.path().join("cfg-run").display().to_string(),
+            origin.addr,
+            mirror.addr,
+            mirror.addr
+        ),
+    )
+    .unwrap();
+    let mnt = dir.path().join("mnt");
+    // No --insecure, no dirs, no mirror on the command line: all from the file.
+    naiad_ok(args!["--config", cfg, "mount", origin.docker_ref("naiad/bb:1"), mnt, "--daemon"]);
+    let _g = MountGuard(mnt.clone());
+    origin.kill();
+    assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap(), "served by the mirror");
+    let ls: serde_json::Value = serde_json::from_str(&naiad_ok(args!["--config", cfg, "cache", "ls", "--json"])).unwrap();
+    assert!(!ls.as_array().unwrap().is_empty(), "the cache dir came from the config file");
+    naiad_ok(args!["umount", mnt]);
+    // A typo in the file is an error naming the key.
+    std::fs::write(&cfg, "cache_dri = \"/tmp\"\n").unwrap();
+    let out = naiad(args!["--config", cfg, "cache", "ls"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cache_dri"));
+}

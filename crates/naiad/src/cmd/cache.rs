@@ -18,16 +18,18 @@ pub struct Args {
 enum Cmd {
     /// List cached blobs: size, bytes present, disk use, last use, whether in use.
     Ls {
-        #[arg(long, default_value = crate::cmd::mount::DEFAULT_CACHE_DIR)]
-        cache_dir: PathBuf,
+        /// [default: config cache_dir, else /var/lib/naiad/cache]
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
     /// Evict blobs no mount uses, least recently used first, until the cache is at most
     /// --max-size (every unused blob without it).
     Gc {
-        #[arg(long, default_value = crate::cmd::mount::DEFAULT_CACHE_DIR)]
-        cache_dir: PathBuf,
+        /// [default: config cache_dir, else /var/lib/naiad/cache]
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
         /// Target disk use, e.g. 10G.
         #[arg(long, value_parser = parse_size_u64)]
         max_size: Option<u64>,
@@ -51,10 +53,11 @@ pub fn parse_size_u64(s: &str) -> Result<u64> {
     n.checked_mul(mul).ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
+    let dir = |d: Option<PathBuf>| d.or(cfg.cache_dir.clone()).unwrap_or_else(|| crate::cmd::mount::DEFAULT_CACHE_DIR.into());
     match a.cmd {
         Cmd::Ls { cache_dir, json } => {
-            let entries = ChunkCache::open(&cache_dir)?.list()?;
+            let entries = ChunkCache::open(&dir(cache_dir))?.list()?;
             if json {
                 print_json(&entries)?;
             } else {
@@ -72,7 +75,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             }
         }
         Cmd::Gc { cache_dir, max_size, json } => {
-            let removed = ChunkCache::open(&cache_dir)?.gc(max_size)?;
+            let removed = ChunkCache::open(&dir(cache_dir))?.gc(max_size)?;
             if json {
                 print_json(&removed)?;
             } else {

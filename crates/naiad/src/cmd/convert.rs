@@ -47,7 +47,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
     let src = ImageRef::parse(&a.source)?;
     let dst = ImageRef::parse(&a.destination)?;
     let prefetch = match &a.prefetch_patterns {
@@ -63,7 +63,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         prefetch,
         build_cache: a.build_cache.clone(),
         merge_platform: a.merge_platform,
-        insecure: a.insecure,
+        insecure: a.insecure
+            || [Some(a.source.as_str()), Some(a.destination.as_str()), a.chunk_dict.as_deref()]
+                .into_iter()
+                .flatten()
+                .filter_map(crate::config::registry_of)
+                .any(|h| cfg.insecure(h)),
         jobs: a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
     };
     let progress: Arc<dyn Progress> = if !a.json && std::io::stderr().is_terminal() { Arc::new(Bars::new()) } else { Arc::new(Quiet) };

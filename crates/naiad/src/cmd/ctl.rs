@@ -9,9 +9,9 @@ use std::process::ExitCode;
 /// Control a running daemon.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The daemon's admin API socket.
-    #[arg(long, default_value = crate::cmd::daemon::DEFAULT_API_SOCKET, global = true)]
-    api: PathBuf,
+    /// The daemon's admin API socket [default: config api, else /run/naiad/api.sock].
+    #[arg(long, global = true)]
+    api: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -59,7 +59,8 @@ enum CtlMode {
     Fuse,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
+    let api = a.api.clone().or(cfg.api.clone()).unwrap_or_else(|| crate::cmd::daemon::DEFAULT_API_SOCKET.into());
     let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let (method, path, body) = match &a.cmd {
         Cmd::Mount { source, mountpoint, mode, blob_dirs, insecure, no_prefetch, mirrors } => {
@@ -88,7 +89,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ("POST", "/v1/prefetch", Some(serde_json::json!({ "mountpoint": abs(mountpoint), "all": all, "rate": rate })))
         }
     };
-    let (code, text) = request(&a.api, method, path, body.as_ref())?;
+    let (code, text) = request(&api, method, path, body.as_ref())?;
     if !(200..300).contains(&code) {
         let msg = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["error"].as_str().map(String::from)).unwrap_or(text);
         bail!("the daemon answered {code}: {msg}");

@@ -15,15 +15,15 @@ pub const DEFAULT_API_SOCKET: &str = "/run/naiad/api.sock";
 /// at /metrics on the same socket. SIGINT/SIGTERM unmount everything and stop it.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Admin API socket (created with mode 0600).
-    #[arg(long, default_value = DEFAULT_API_SOCKET)]
-    api: PathBuf,
-    /// Where blob data is cached.
-    #[arg(long, default_value = crate::cmd::mount::DEFAULT_CACHE_DIR)]
-    cache_dir: PathBuf,
-    /// Runtime state (bootstraps, blob-view mounts).
-    #[arg(long, default_value = crate::cmd::mount::DEFAULT_RUNTIME_DIR)]
-    runtime_dir: PathBuf,
+    /// Admin API socket, created with mode 0600 [default: config api, else /run/naiad/api.sock].
+    #[arg(long)]
+    api: Option<PathBuf>,
+    /// Where blob data is cached [default: config cache_dir, else /var/lib/naiad/cache].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Runtime state: bootstraps, blob-view mounts [default: config runtime_dir, else /run/naiad].
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
     /// Keep the cache at most this big (e.g. 20G): blobs no mount uses are evicted, least
     /// recently used first. Blobs in use are never evicted, so it can be exceeded meanwhile.
     #[arg(long, value_parser = parse_size_u64)]
@@ -37,12 +37,20 @@ fn parse_size_u64(s: &str) -> Result<u64> {
     crate::cmd::cache::parse_size_u64(s)
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
-    let cache = Arc::new(ChunkCache::open(&a.cache_dir)?);
-    let d = Arc::new(Daemon { mounts: Mounts::default(), cache, runtime_dir: a.runtime_dir.clone() });
+pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
+    let api = a.api.clone().or(cfg.api.clone()).unwrap_or_else(|| DEFAULT_API_SOCKET.into());
+    let cache_dir = a.cache_dir.clone().or(cfg.cache_dir.clone()).unwrap_or_else(|| crate::cmd::mount::DEFAULT_CACHE_DIR.into());
+    let runtime_dir = a.runtime_dir.clone().or(cfg.runtime_dir.clone()).unwrap_or_else(|| crate::cmd::mount::DEFAULT_RUNTIME_DIR.into());
+    let cache_limit = match (a.cache_limit, &cfg.cache_limit) {
+        (Some(l), _) => Some(l),
+        (None, Some(s)) => Some(parse_size_u64(s).context("config cache_limit")?),
+        (None, None) => None,
+    };
+    let cache = Arc::new(ChunkCache::open(&cache_dir)?);
+    let d = Arc::new(Daemon { mounts: Mounts::default(), cache, runtime_dir });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async {
-        if let Some(limit) = a.cache_limit {
+        if let Some(limit) = cache_limit {
             let cache = d.cache.clone();
             let every = std::time::Duration::from_secs(a.gc_interval.max(1));
             tokio::spawn(async move {
@@ -64,8 +72,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 _ = term.recv() => {}
             }
         };
-        eprintln!("naiad: daemon serving {}", a.api.display());
-        naiad_daemon::api::serve(d.clone(), &a.api, shutdown).await
+        eprintln!("naiad: daemon serving {}", api.display());
+        naiad_daemon::api::serve(d.clone(), &api, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

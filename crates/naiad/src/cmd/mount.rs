@@ -1,6 +1,7 @@
 //! `naiad mount`: mount an image with the kernel's EROFS, its blobs either local (copied
 //! into the cache once) or fetched lazily, chunk by chunk, as files are read.
 
+use crate::config::{registry_of, Config};
 use anyhow::{bail, Context, Result};
 use naiad_daemon::mounts::{Mode as LazyMode, MountSpec};
 use naiad_format::bootstrap::Bootstrap;
@@ -47,18 +48,19 @@ pub struct Args {
     /// local, kernel or fuse (default: local for a bootstrap file, kernel for an image).
     #[arg(long, value_enum)]
     mode: Option<Mode>,
-    /// Where blob data is cached.
-    #[arg(long, default_value = DEFAULT_CACHE_DIR)]
-    cache_dir: PathBuf,
-    /// Where the kernel mode mounts its blob views.
-    #[arg(long, default_value = DEFAULT_RUNTIME_DIR)]
-    runtime_dir: PathBuf,
+    /// Where blob data is cached [default: config cache_dir, else /var/lib/naiad/cache].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Where the kernel mode mounts its blob views [default: config runtime_dir, else /run/naiad].
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
     /// Allow plain HTTP to the registry.
     #[arg(long)]
     insecure: bool,
-    /// Seconds one registry request may take before it is retried or fails.
-    #[arg(long, default_value_t = 10)]
-    timeout: u64,
+    /// Seconds one registry request may take before it is retried or fails [default: config
+    /// timeout_secs, else 10].
+    #[arg(long)]
+    timeout: Option<u64>,
     /// Lazy modes: do not fetch the image's prefetch list ahead of reads.
     #[arg(long)]
     no_prefetch: bool,
@@ -78,7 +80,17 @@ pub struct Args {
     daemon: bool,
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(mut a: Args, cfg: &Config) -> Result<ExitCode> {
+    // Flags win over the config file, the file over the defaults.
+    a.cache_dir = Some(a.cache_dir.clone().or(cfg.cache_dir.clone()).unwrap_or_else(|| DEFAULT_CACHE_DIR.into()));
+    a.runtime_dir = Some(a.runtime_dir.clone().or(cfg.runtime_dir.clone()).unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into()));
+    a.timeout = Some(a.timeout.or(cfg.timeout_secs).unwrap_or(10));
+    if let Some(host) = registry_of(&a.source) {
+        a.insecure |= cfg.insecure(host);
+        if a.mirrors.is_empty() {
+            a.mirrors = cfg.registry(host).map(|r| r.mirrors.clone()).unwrap_or_default();
+        }
+    }
     let image = a.source.starts_with("docker://") || a.source.starts_with("oci:");
     let mode = a.mode.unwrap_or(if image { Mode::Kernel } else { Mode::Local });
     match mode {
@@ -97,7 +109,7 @@ fn mount_local(a: &Args) -> Result<ExitCode> {
     let bytes = std::fs::read(&bootstrap_path).with_context(|| format!("reading {}", bootstrap_path.display()))?;
     let bs = Bootstrap::open(bytes).with_context(|| format!("bootstrap {} is not valid", a.source))?;
     let dirs = BlobDirs::new(a.blob_dirs.clone());
-    let cache = ViewCache::new(&a.cache_dir)?;
+    let cache = ViewCache::new(a.cache_dir())?;
     let mut devices = Vec::new();
     for b in &bs.extension().blobs {
         let blob = dirs.open(&b.digest)?;
@@ -110,13 +122,22 @@ fn mount_local(a: &Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+impl Args {
+    fn cache_dir(&self) -> &std::path::Path {
+        self.cache_dir.as_deref().expect("resolved in run")
+    }
+    fn runtime_dir(&self) -> &std::path::Path {
+        self.runtime_dir.as_deref().expect("resolved in run")
+    }
+}
+
 /// Starts this same command without `--daemon` in its own process group, its output in a
 /// log file, and returns once the mount is up (or the server failed).
 fn detach(mode: Mode, a: &Args) -> Result<ExitCode> {
-    std::fs::create_dir_all(&a.runtime_dir).with_context(|| format!("creating {}", a.runtime_dir.display()))?;
+    std::fs::create_dir_all(a.runtime_dir()).with_context(|| format!("creating {}", a.runtime_dir().display()))?;
     let mountpoint = std::path::absolute(&a.mountpoint)?;
     let tag = hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8]);
-    let log_path = a.runtime_dir.join(format!("mount-{tag}.log"));
+    let log_path = a.runtime_dir().join(format!("mount-{tag}.log"));
     let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).filter(|x| x != "--daemon").collect();
     use std::os::unix::process::CommandExt;
@@ -157,15 +178,15 @@ fn mount_lazy(mode: Mode, a: &Args) -> Result<ExitCode> {
         mode: if mode == Mode::Fuse { LazyMode::Fuse } else { LazyMode::Kernel },
         blob_dirs: a.blob_dirs.clone(),
         insecure: a.insecure,
-        timeout_secs: a.timeout,
+        timeout_secs: a.timeout.unwrap_or(10),
         prefetch: !a.no_prefetch,
         prefetch_all: a.prefetch_all,
         prefetch_rate: a.prefetch_rate.map(u64::from),
         mirrors: a.mirrors.clone(),
     };
-    let cache = Arc::new(ChunkCache::open(&a.cache_dir)?);
+    let cache = Arc::new(ChunkCache::open(a.cache_dir())?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let m = rt.block_on(naiad_daemon::mounts::mount(spec, cache, &a.runtime_dir))?;
+    let m = rt.block_on(naiad_daemon::mounts::mount(spec, cache, a.runtime_dir()))?;
     eprintln!("naiad: {} mounted at {} ({mode:?} mode); serving until unmounted", a.source, m.spec.mountpoint.display());
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
