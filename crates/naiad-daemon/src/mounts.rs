@@ -171,11 +171,7 @@ impl ActiveMount {
 
     /// Whether the kernel still has the mount (an external `umount` ends it).
     pub fn is_mounted(&self) -> bool {
-        let fs_type = match self.spec.mode {
-            Mode::Kernel => "erofs",
-            Mode::Fuse => "fuse.naiad",
-        };
-        is_mounted(&self.spec.mountpoint, fs_type)
+        is_mounted(&self.spec.mountpoint, self.spec.mode)
     }
 }
 
@@ -185,14 +181,23 @@ impl Drop for ActiveMount {
     }
 }
 
-/// Whether `mountpoint` carries a mount of `fs_type` (from /proc/self/mountinfo).
-pub fn is_mounted(mountpoint: &Path, fs_type: &str) -> bool {
+/// Whether `mountpoint` carries the mount a lazy mount of `mode` makes: EROFS, or FUSE (whose
+/// type reads `fuse` when root mounts it directly and `fuse.naiad` through `fusermount3`).
+pub fn is_mounted(mountpoint: &Path, mode: Mode) -> bool {
+    match mode {
+        Mode::Kernel => has_mount(mountpoint, &["erofs"]),
+        Mode::Fuse => has_mount(mountpoint, &["fuse", "fuse.naiad"]),
+    }
+}
+
+/// Whether `mountpoint` carries a mount of one of `fs_types` (from /proc/self/mountinfo).
+fn has_mount(mountpoint: &Path, fs_types: &[&str]) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
     let want = mountpoint.to_string_lossy();
     info.lines().any(|l| {
         let fields: Vec<&str> = l.split(' ').collect();
         let sep = fields.iter().position(|f| *f == "-");
-        fields.get(4).is_some_and(|m| unescape(m) == want) && sep.and_then(|s| fields.get(s + 1)).is_some_and(|t| *t == fs_type)
+        fields.get(4).is_some_and(|m| unescape(m) == want) && sep.and_then(|s| fields.get(s + 1)).is_some_and(|t| fs_types.contains(t))
     })
 }
 

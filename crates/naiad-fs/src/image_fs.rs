@@ -238,6 +238,10 @@ impl fuser::Filesystem for ImageFs {
         reply.ok();
     }
 
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock: fuser::LockOwner, reply: fuser::ReplyEmpty) {
+        reply.ok();
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let blocks = self.bs.extension().blobs.iter().map(|b| b.view_size).sum::<u64>() / BLOCK_SIZE_BYTES;
         reply.statfs(blocks, 0, 0, 0, 0, BLOCK_SIZE_BYTES as u32, 255, BLOCK_SIZE_BYTES as u32);

@@ -150,6 +150,10 @@ fn spawn_mount(image: &str, mnt: &std::path::Path, work: &std::path::Path, mode:
     child
 }
 
+fn child_running(child: &std::process::Child) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", child.id())).is_ok_and(|s| !s.contains(") Z "))
+}
+
 fn wait_exit(mut child: std::process::Child) -> std::process::ExitStatus {
     let started = Instant::now();
     loop {
@@ -173,6 +177,9 @@ fn naiad_mount_serves_an_image_lazily_in_both_modes() {
         std::fs::create_dir_all(&mnt).unwrap();
         let child = spawn_mount(&image, &mnt, &work, mode);
         let _g = MountGuard(mnt.clone());
+        // The server checks its mount every 250 ms: it must still be serving well after that.
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(child_running(&child), "{mode}: the server stopped on its own");
         assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap(), "{mode}");
         assert!(!mnt.join("etc/hostname").exists());
         naiad_ok(args!["umount", mnt]);

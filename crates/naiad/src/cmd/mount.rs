@@ -149,10 +149,10 @@ fn detach(mode: Mode, a: &Args) -> Result<ExitCode> {
         .process_group(0)
         .spawn()
         .context("starting the mount server")?;
-    let fs_type = if mode == Mode::Fuse { "fuse.naiad" } else { "erofs" };
+    let lazy_mode = if mode == Mode::Fuse { LazyMode::Fuse } else { LazyMode::Kernel };
     let started = std::time::Instant::now();
     loop {
-        if naiad_daemon::mounts::is_mounted(&mountpoint, fs_type) {
+        if naiad_daemon::mounts::is_mounted(&mountpoint, lazy_mode) {
             eprintln!("naiad: {} mounted at {} (server pid {}, log {})", a.source, mountpoint.display(), child.id(), log_path.display());
             return Ok(ExitCode::SUCCESS);
         }
