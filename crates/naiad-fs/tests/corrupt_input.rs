@@ -25,7 +25,8 @@ struct Image {
 fn image() -> &'static Image {
     static IMAGE: OnceLock<Image> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        // Statics are never dropped: keep the image under the target dir, not in /tmp.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir_all(src.join("d/e")).unwrap();
         for i in 0..30u32 {

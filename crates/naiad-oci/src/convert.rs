@@ -401,7 +401,7 @@ pub async fn build_local(src: &ImageRef, platform: Option<&str>, opts: &ConvertO
     let tmp = tempfile::Builder::new().prefix("naiad-src-").tempdir_in(work).map_err(OciError::io(work.display()))?;
     let cx = Context {
         src: store,
-        dst: Store::Layout(crate::layout::Layout::create(&tmp.path().join("unused"))?),
+        dst: Store::Layout(crate::layout::Layout::deferred(&tmp.path().join("unused"))),
         dict: None,
         opts,
         progress: Arc::new(Quiet),

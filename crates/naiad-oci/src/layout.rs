@@ -27,14 +27,24 @@ impl Layout {
 
     /// Opens a layout, creating an empty one if the directory has none.
     pub fn create(dir: &Path) -> Result<Self> {
-        if dir.join("oci-layout").is_file() {
-            return Ok(Layout { dir: dir.to_path_buf() });
-        }
-        std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(OciError::io(dir.display()))?;
-        let l = Layout { dir: dir.to_path_buf() };
-        l.write_atomic(&dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        l.write_index(&Index { schema_version: 2, media_type: Some(OCI_INDEX.into()), manifests: Vec::new(), annotations: None })?;
+        let l = Layout::deferred(dir);
+        l.ensure_created()?;
         Ok(l)
+    }
+
+    /// A layout that is created on disk only when something is first written to it, so a
+    /// conversion that fails early leaves nothing behind.
+    pub fn deferred(dir: &Path) -> Self {
+        Layout { dir: dir.to_path_buf() }
+    }
+
+    fn ensure_created(&self) -> Result<()> {
+        if self.dir.join("oci-layout").is_file() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.dir.join("blobs/sha256")).map_err(OciError::io(self.dir.display()))?;
+        self.write_atomic(&self.dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        self.write_index(&Index { schema_version: 2, media_type: Some(OCI_INDEX.into()), manifests: Vec::new(), annotations: None })
     }
 
     fn name(&self) -> String {
@@ -98,6 +108,7 @@ impl Layout {
 
     /// Stores bytes as a blob (their digest must be `digest`).
     pub fn put_blob_bytes(&self, bytes: &[u8], digest: &str) -> Result<()> {
+        self.ensure_created()?;
         let actual = sha256_digest(bytes);
         if actual != digest {
             return Err(OciError::Digest { what: format!("blob for {}", self.name()), expected: digest.into(), actual });
@@ -111,6 +122,7 @@ impl Layout {
 
     /// Stores a file as a blob, by hardlink when possible, else by copy.
     pub fn put_blob_file(&self, src: &Path, digest: &str) -> Result<()> {
+        self.ensure_created()?;
         let path = self.blob_path(digest)?;
         if path.is_file() {
             return Ok(());
@@ -124,6 +136,7 @@ impl Layout {
 
     /// Stores a manifest or index and, with a tag, points the tag at it.
     pub fn put_manifest(&self, bytes: &[u8], media_type: &str, tag: Option<&str>) -> Result<Descriptor> {
+        self.ensure_created()?;
         let digest = sha256_digest(bytes);
         self.put_blob_bytes(bytes, &digest)?;
         let mut desc = Descriptor { media_type: media_type.into(), digest: digest.clone(), size: bytes.len() as u64, annotations: None, platform: None, urls: None };

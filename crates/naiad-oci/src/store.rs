@@ -27,7 +27,7 @@ impl Store {
     pub fn open(r: &ImageRef, insecure: bool, create: bool) -> Result<Self> {
         Ok(match r {
             ImageRef::Registry { registry, repository, .. } => Store::Registry(Repo::new(registry, repository, insecure)),
-            ImageRef::Layout { dir, .. } if create => Store::Layout(Layout::create(dir)?),
+            ImageRef::Layout { dir, .. } if create => Store::Layout(Layout::deferred(dir)),
             ImageRef::Layout { dir, .. } => Store::Layout(Layout::open(dir)?),
         })
     }

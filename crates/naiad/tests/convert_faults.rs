@@ -78,11 +78,13 @@ fn a_registry_that_keeps_failing_gives_a_clear_error() {
     let _src = source_image(&reg);
     let proxy = FlakyProxy::start(reg.addr.clone(), usize::MAX);
     let src = format!("docker://{}/src/bb:1", proxy.addr);
-    let dst = format!("oci:{}:x", tempfile::tempdir().unwrap().path().join("out").display());
+    let out_dir = tempfile::tempdir().unwrap();
+    let dst = format!("oci:{}:x", out_dir.path().join("out").display());
     let started = std::time::Instant::now();
     let out = naiad(args!["convert", src, dst, "--insecure"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("503") && !err.contains("panicked"), "{err}");
     assert!(started.elapsed().as_secs() < 30, "gave up only after {:?}", started.elapsed());
+    assert!(!out_dir.path().join("out").exists(), "a failed conversion left a layout behind");
 }

@@ -477,6 +477,13 @@ fn the_config_file_supplies_dirs_insecure_registries_and_mirrors() {
     let ls: serde_json::Value = serde_json::from_str(&naiad_ok(args!["--config", cfg, "cache", "ls", "--json"])).unwrap();
     assert!(!ls.as_array().unwrap().is_empty(), "the cache dir came from the config file");
     naiad_ok(args!["umount", mnt]);
+    // The background server stops (its views mount goes) before the test's directory goes.
+    let run = dir.path().join("cfg-run");
+    let started = Instant::now();
+    while std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(run.to_str().unwrap()) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the background server did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // A typo in the file is an error naming the key.
     std::fs::write(&cfg, "cache_dri = \"/tmp\"\n").unwrap();
     let out = naiad(args!["--config", cfg, "cache", "ls"]);
