@@ -140,6 +140,13 @@ impl Extension {
             .map(|i| &self.chunks[i])
     }
 
+    /// The chunks of one blob (a slice: the table is sorted by blob, then view offset).
+    pub fn blob_chunks(&self, blob_index: u32) -> &[ChunkRecord] {
+        let start = self.chunks.partition_point(|c| c.blob_index < blob_index);
+        let end = self.chunks.partition_point(|c| c.blob_index <= blob_index);
+        &self.chunks[start..end]
+    }
+
     /// Encodes the extension.
     pub fn encode(&self) -> Vec<u8> {
         let prefetch_bytes: usize = self.prefetch.iter().map(|p| 2 + p.len()).sum();

@@ -135,7 +135,7 @@ impl fuser::Filesystem for BlobViewFs {
         if ino.0 < 2 || self.attr(ino.0).is_none() {
             return reply.error(Errno::ENOENT);
         }
-        if flags.0 & (libc_o_wronly() | libc_o_rdwr()) != 0 {
+        if opens_for_writing(flags) {
             return reply.error(Errno::EROFS);
         }
         reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
@@ -166,10 +166,7 @@ impl fuser::Filesystem for BlobViewFs {
     }
 }
 
-fn libc_o_wronly() -> i32 {
-    rustix::fs::OFlags::WRONLY.bits() as i32
-}
-
-fn libc_o_rdwr() -> i32 {
-    rustix::fs::OFlags::RDWR.bits() as i32
+/// Whether an open asks for write access (both filesystems are read-only).
+pub(crate) fn opens_for_writing(flags: OpenFlags) -> bool {
+    flags.0 & (rustix::fs::OFlags::WRONLY.bits() | rustix::fs::OFlags::RDWR.bits()) as i32 != 0
 }

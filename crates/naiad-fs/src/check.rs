@@ -95,15 +95,11 @@ pub fn check(bytes: Vec<u8>, blobs: Option<&BlobDirs>) -> CheckReport {
 
 fn check_blobs(bs: &Bootstrap, dirs: &BlobDirs, report: &mut CheckReport) {
     let ext = bs.extension();
-    let mut by_blob: HashMap<u32, Vec<extension::ChunkRecord>> = HashMap::new();
-    for c in &ext.chunks {
-        by_blob.entry(c.blob_index).or_default().push(*c);
-    }
     for (i, b) in ext.blobs.iter().enumerate() {
         let result = (|| {
             let file = dirs.open(&b.digest)?;
             let toc = file.toc()?;
-            verify::cross_check(&file, &toc, by_blob.get(&(i as u32)).map(Vec::as_slice).unwrap_or(&[]), b.view_size)?;
+            verify::cross_check(&file, &toc, ext.blob_chunks(i as u32), b.view_size)?;
             verify::for_each_verified_chunk(&file, &toc, |_, _| Ok(()))
         })();
         match result {

@@ -38,7 +38,7 @@ impl ImageFs {
         let blobs = blobs
             .into_iter()
             .enumerate()
-            .map(|(i, b)| (b, FrameIndex::new(bs.extension().chunks.iter().filter(|c| c.blob_index as usize == i).copied().collect())))
+            .map(|(i, b)| (b, FrameIndex::new(bs.extension().blob_chunks(i as u32).to_vec())))
             .collect();
         ImageFs { bs, dirs: RwLock::new(HashMap::new()), blobs, fetcher }
     }
@@ -208,7 +208,7 @@ impl fuser::Filesystem for ImageFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & (rustix::fs::OFlags::WRONLY.bits() as i32 | rustix::fs::OFlags::RDWR.bits() as i32) != 0 {
+        if crate::blob_view_fs::opens_for_writing(flags) {
             return reply.error(Errno::EROFS);
         }
         match self.inode(ino) {

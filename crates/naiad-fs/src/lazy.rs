@@ -12,7 +12,6 @@ use std::sync::Arc;
 /// A mounted lazy image; dropping it (or [`LazyMount::unmount`]) unmounts both layers.
 pub struct LazyMount {
     mountpoint: PathBuf,
-    views_dir: PathBuf,
     session: Option<fuser::BackgroundSession>,
     pub fetcher: Arc<Fetcher>,
 }
@@ -27,7 +26,7 @@ pub fn mount_kernel_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCac
     let mut files = Vec::new();
     for (i, b) in ext.blobs.iter().enumerate() {
         let blob = cache.blob(&b.digest, b.view_size)?;
-        let chunks = ext.chunks.iter().filter(|c| c.blob_index as usize == i).copied().collect();
+        let chunks = ext.blob_chunks(i as u32).to_vec();
         files.push(ViewFile::new(blob, chunks));
     }
     // A server killed without unmounting leaves its views mount behind, disconnected:
@@ -40,10 +39,10 @@ pub fn mount_kernel_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCac
     config.mount_options = vec![fuser::MountOption::RO, fuser::MountOption::FSName("naiad-views".into()), fuser::MountOption::Subtype("naiad".into())];
     config.n_threads = Some(FUSE_THREADS);
     let session = fuser::spawn_mount(fs, views_dir, &config).map_err(|e| FsError::Io { path: views_dir.into(), cause: e })?;
-    let mut m = LazyMount { mountpoint: mountpoint.into(), views_dir: views_dir.into(), session: Some(session), fetcher };
+    // From here on, dropping `m` (on an error too) unmounts the views.
+    let m = LazyMount { mountpoint: mountpoint.into(), session: Some(session), fetcher };
     std::fs::create_dir_all(mountpoint).map_err(FsError::io(mountpoint))?;
     crate::kernel::mount_erofs(bootstrap_path, &devices, mountpoint)?;
-    m.mountpoint = mountpoint.into();
     Ok(m)
 }
 
@@ -57,7 +56,6 @@ impl LazyMount {
         let Some(session) = self.session.take() else { return Ok(()) };
         let r = crate::kernel::umount(&self.mountpoint);
         let _ = session.umount_and_join();
-        let _ = &self.views_dir;
         r
     }
 }

@@ -408,8 +408,8 @@ pub async fn build_local(src: &ImageRef, platform: Option<&str>, opts: &ConvertO
         work: tmp,
     };
     let (layers, merged, _, _) = build_layers(&cx, &m, &src.to_string()).await?;
-    let kept = cx.work.keep();
-    let _ = kept;
+    // The layer directories live in the work dir: keep it (it is inside the caller's `work`).
+    let _ = cx.work.keep();
     Ok((merged.bootstrap, layers.into_iter().map(|l| l.dir).collect()))
 }
 
@@ -428,12 +428,10 @@ async fn convert_image(cx: &Context<'_>, bytes: &[u8], source_digest: &str, plat
     let mut config: serde_json::Value =
         serde_json::from_slice(&config_bytes).map_err(|e| OciError::invalid(image, format!("config does not parse: {e}")))?;
 
-    let t0 = Instant::now();
     let (layers, merged, local_blobs, seconds_convert) = build_layers(cx, &m, image).await?;
     let t1 = Instant::now();
     let (boot_layer, boot_diff_id) = bootstrap_layer::wrap(&merged.bootstrap)?;
     let seconds_merge = t1.elapsed().as_secs_f64();
-    let _ = t0;
 
     // 3. Push: blobs, bootstrap layer, config, manifest.
     let t2 = Instant::now();

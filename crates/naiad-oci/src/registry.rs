@@ -120,7 +120,7 @@ impl Repo {
     pub async fn manifest(&self, reference: &str) -> Result<(Vec<u8>, String, String)> {
         let r = self.reference(reference);
         let accepted = [crate::media::OCI_MANIFEST, crate::media::OCI_INDEX, crate::media::DOCKER_MANIFEST, crate::media::DOCKER_LIST];
-        let (bytes, digest) = self.retry(&format!("manifest {reference}"), || self.client.pull_manifest_raw(&r, &self.auth, &accepted)).await?;
+        let (bytes, _registry_digest) = self.retry(&format!("manifest {reference}"), || self.client.pull_manifest_raw(&r, &self.auth, &accepted)).await?;
         if bytes.len() > crate::manifest::MAX_MANIFEST_BYTES {
             return Err(OciError::invalid(self.name(), "manifest is larger than 4 MiB"));
         }
@@ -132,7 +132,6 @@ impl Repo {
             .ok()
             .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(String::from))
             .unwrap_or_else(|| if bytes.windows(11).any(|w| w == b"\"manifests\"") { crate::media::OCI_INDEX.into() } else { crate::media::OCI_MANIFEST.into() });
-        let _ = digest;
         Ok((bytes.to_vec(), media_type, actual))
     }
 
