@@ -15,6 +15,8 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v umoci >/dev/null || need+=(umoci)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+# The token issuer of the bearer-auth tests (tests/common/token.rs) makes and signs with openssl.
+command -v openssl >/dev/null || need+=(openssl)
 # The test images need a static /bin/busybox (Debian's `busybox` package is dynamically linked).
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 if ((${#need[@]})); then

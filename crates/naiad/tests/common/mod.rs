@@ -227,3 +227,4 @@ pub fn is_root() -> bool {
 
 pub mod tree;
 pub mod registry;
+pub mod token;

@@ -3,9 +3,11 @@
 //! builders for small real images as OCI layouts (`umoci`, `debootstrap`, hand-written indexes).
 //!
 //! Needs the Debian packages `docker-registry skopeo umoci busybox-static debootstrap
-//! apache2-utils` (see `scripts/install-deps.sh`) and root (umoci unpacks with real ownership).
-//! Every function panics with the failing command and its stderr.
+//! apache2-utils` (see `scripts/install-deps.sh`), `openssl` for token auth (`common::token`),
+//! and root (umoci unpacks with real ownership). Every function panics with the failing command
+//! and its stderr.
 
+use super::token::TokenIssuer;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -50,13 +52,23 @@ pub fn run_ok(cmd: &mut Command) -> String {
 // ---------------------------------------------------------------------------------------------
 // The registry
 
+/// How a test registry authenticates clients.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    Anonymous,
+    /// htpasswd basic auth with this user and password.
+    Htpasswd(&'a str, &'a str),
+    /// Bearer tokens from this issuer.
+    Token(&'a TokenIssuer),
+}
+
 /// A `docker-registry` serving plain HTTP on 127.0.0.1, with its storage, config and log in a
 /// temporary directory. Killed (and reaped) on drop.
 pub struct Registry {
     pub port: u16,
     /// "127.0.0.1:PORT"
     pub addr: String,
-    /// The htpasswd user and password, if started with auth.
+    /// The htpasswd user and password, or the token issuer's, if started with auth.
     pub auth: Option<(String, String)>,
     child: Child,
     log_path: PathBuf,
@@ -67,6 +79,21 @@ impl Registry {
     /// Starts a registry (with htpasswd basic auth when `auth` is `Some((user, password))`) and
     /// waits until `GET /v2/` answers 200 (401 with auth).
     pub fn start(auth: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(match auth {
+            Some((user, pass)) => Auth::Htpasswd(user, pass),
+            None => Auth::Anonymous,
+        })
+    }
+
+    /// Starts a registry that accepts only bearer tokens of `issuer` (distribution's `token`
+    /// auth: its realm, service and issuer name, its certificate as the root bundle), and
+    /// waits until `GET /v2/` answers 401. [`Registry::creds`] are the issuer's user and
+    /// password, so the skopeo helpers work with it.
+    pub fn start_with_token_auth(issuer: &TokenIssuer) -> Registry {
+        Registry::start_with(Auth::Token(issuer))
+    }
+
+    fn start_with(auth: Auth) -> Registry {
         // The port is found by binding port 0 and dropping the listener, so another process can
         // take it before the registry binds it: try again on a new port when that happens.
         let mut last_failure = String::new();
@@ -79,7 +106,7 @@ impl Registry {
         panic!("docker-registry did not start:\n{last_failure}");
     }
 
-    fn try_start(auth: Option<(&str, &str)>) -> Result<Registry, String> {
+    fn try_start(auth: Auth) -> Result<Registry, String> {
         let dir = tempfile::Builder::new().prefix("naiad-registry").tempdir().expect("tempdir");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -94,12 +121,27 @@ impl Registry {
              http:\n  addr: {addr}\n  secret: naiad-test-secret\n",
             q(&data)
         );
-        if let Some((user, pass)) = auth {
-            let line = run_ok(Command::new("htpasswd").args(["-Bbn", user, pass]));
-            let htpasswd = dir.path().join("htpasswd");
-            fs::write(&htpasswd, format!("{}\n", line.trim())).unwrap();
-            config += &format!("auth:\n  htpasswd:\n    realm: naiad-test\n    path: {}\n", q(&htpasswd));
-        }
+        let creds = match auth {
+            Auth::Anonymous => None,
+            Auth::Htpasswd(user, pass) => {
+                let line = run_ok(Command::new("htpasswd").args(["-Bbn", user, pass]));
+                let htpasswd = dir.path().join("htpasswd");
+                fs::write(&htpasswd, format!("{}\n", line.trim())).unwrap();
+                config += &format!("auth:\n  htpasswd:\n    realm: naiad-test\n    path: {}\n", q(&htpasswd));
+                Some((user.to_owned(), pass.to_owned()))
+            }
+            Auth::Token(issuer) => {
+                let s = |v: &str| serde_json::to_string(v).unwrap();
+                config += &format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    s(&issuer.realm()),
+                    s(super::token::SERVICE),
+                    s(super::token::ISSUER),
+                    q(&issuer.cert_path())
+                );
+                Some((issuer.user.clone(), issuer.password.clone()))
+            }
+        };
         let config_path = dir.path().join("config.yml");
         fs::write(&config_path, &config).unwrap();
 
@@ -119,12 +161,12 @@ impl Registry {
         let mut reg = Registry {
             port,
             addr,
-            auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            auth: creds,
             child,
             log_path,
             dir,
         };
-        let want = if auth.is_some() { 401 } else { 200 };
+        let want = if reg.auth.is_some() { 401 } else { 200 };
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last;
         loop {
