@@ -1,7 +1,8 @@
 //! Blobs in an OCI registry, read with HTTP Range requests.
 //!
 //! * Auth: anonymous, basic, or bearer; a `401` with a `Bearer` challenge fetches a pull
-//!   token from the realm it names (with basic credentials when configured) and retries.
+//!   token from the realm it names (with basic credentials when configured) and retries, also
+//!   when the token held has expired (at most one new token per read).
 //! * Redirects (registries that serve blobs from object storage) are followed, and the final
 //!   URL is remembered per blob so later reads go there directly; a remembered URL that
 //!   stops working is dropped and the registry asked again. Credentials are never sent to
@@ -151,9 +152,10 @@ impl RegistryBackend {
             }
             401 if !direct => {
                 let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                if self.token.read().expect("token lock").is_some() || !challenge.to_ascii_lowercase().starts_with("bearer") {
+                if !challenge.to_ascii_lowercase().starts_with("bearer") {
                     return Attempt::Fail(self.fail("authentication failed (credentials from the docker config or the config file)"));
                 }
+                // No token yet, or the one held has expired: `read_async` gets a new one once.
                 Attempt::Auth(challenge)
             }
             401 | 403 if direct => {
