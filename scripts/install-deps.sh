@@ -28,5 +28,11 @@ if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2
     exit 1
 fi
+# The S3 tests (crates/naiad/tests/lazy_s3.rs) run s3s-fs, an S3 server over a plain
+# directory, pinned to a release that builds on this toolchain (rustc 1.95).
+S3S_FS_VERSION=0.14.1
+if [[ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs $S3S_FS_VERSION" ]]; then
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
+fi
 # The kernel's EROFS (file-backed mounts need Linux >= 6.12).
 grep -qw erofs /proc/filesystems || modprobe erofs 2>/dev/null || true

@@ -1,4 +1,4 @@
-//! Lazy mounts: resolving a source (image reference, or bootstrap and blob directories) to
+//! Lazy mounts: resolving a source (image reference, or bootstrap and blob directories or S3) to
 //! a bootstrap and a backend, mounting it in kernel or fuse mode, prefetch, and the table of
 //! active mounts.
 
@@ -6,7 +6,7 @@ use crate::{DaemonError, Result};
 use naiad_format::bootstrap::Bootstrap;
 use naiad_fs::prefetch::{PrefetchPlan, PrefetchProgress};
 use naiad_oci::reference::ImageRef;
-use naiad_storage::backend::{Backend, LocalBackend, MirroredBackend, RegistryBackend, RegistryOptions};
+use naiad_storage::backend::{Backend, LocalBackend, MirroredBackend, RegistryBackend, RegistryOptions, S3Backend, S3Location, S3Options};
 use naiad_storage::blob_store::BlobDirs;
 use naiad_storage::chunk_cache::ChunkCache;
 use naiad_storage::fetcher::{Fetcher, DEFAULT_MERGE_LIMIT_BYTES};
@@ -38,9 +38,15 @@ pub struct MountSpec {
     /// Blob directories, for a bootstrap source.
     #[serde(default)]
     pub blob_dirs: Vec<PathBuf>,
+    /// S3-compatible storage holding the blobs, for a bootstrap source (instead of blob
+    /// directories). No credentials: the serving process (the foreground `naiad mount` or
+    /// the daemon) takes them from its own environment or config file, so a spec sent over
+    /// the API, listed or saved never holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Location>,
     #[serde(default)]
     pub insecure: bool,
-    /// Seconds per registry request.
+    /// Seconds per registry or S3 request.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
     /// Fetch the prefetch list ahead of reads.
@@ -90,14 +96,25 @@ fn host_platform() -> &'static str {
 /// Resolves the source, mounts it, and starts the prefetch.
 pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path) -> Result<ActiveMount> {
     let image = (spec.source.starts_with("docker://") || spec.source.starts_with("oci:")).then(|| ImageRef::parse(&spec.source)).transpose()?;
+    if image.is_some() && spec.s3.is_some() {
+        return Err(DaemonError::Invalid("S3 storage is for a bootstrap source: an image reference reads its blobs from its registry".into()));
+    }
     let (bootstrap_path, bytes, backend): (PathBuf, Vec<u8>, Arc<dyn Backend>) = match &image {
         None => {
-            if spec.blob_dirs.is_empty() {
-                return Err(DaemonError::Invalid("a bootstrap source needs blob directories".into()));
-            }
+            let backend: Arc<dyn Backend> = match (&spec.s3, spec.blob_dirs.is_empty()) {
+                (None, true) => return Err(DaemonError::Invalid("a bootstrap source needs blob directories or S3 storage".into())),
+                (Some(_), false) => return Err(DaemonError::Invalid("blob directories or S3 storage, not both".into())),
+                (None, false) => Arc::new(LocalBackend::new(BlobDirs::new(spec.blob_dirs.clone()))),
+                // The credentials are this process's own (S3Options::new), never the spec's.
+                (Some(loc), true) => Arc::new(S3Backend::new(S3Options {
+                    insecure: spec.insecure,
+                    timeout: Duration::from_secs(spec.timeout_secs.max(1)),
+                    ..S3Options::new(loc.clone())
+                })?),
+            };
             let path = PathBuf::from(&spec.source);
             let bytes = std::fs::read(&path).map_err(DaemonError::io(path.display()))?;
-            (path, bytes, Arc::new(LocalBackend::new(BlobDirs::new(spec.blob_dirs.clone()))))
+            (path, bytes, backend)
         }
         Some(r) => {
             let bytes = naiad_oci::check::fetch_bootstrap(r, spec.insecure, host_platform()).await?;

@@ -382,6 +382,7 @@ fn mirrors_are_tried_in_order_before_the_origin() {
         mountpoint: dir.path().join("mnt"),
         mode: naiad_daemon::mounts::Mode::Kernel,
         blob_dirs: Vec::new(),
+        s3: None,
         insecure: true,
         timeout_secs: 2,
         prefetch: false,

@@ -18,7 +18,9 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Cmd {
-    /// Mount an image lazily in the daemon.
+    /// Mount an image lazily in the daemon: an image reference, or a bootstrap file with
+    /// --blob-dir or its blobs in S3 (--s3-bucket, or the config file's [s3] table). S3
+    /// credentials are the daemon's own (its environment or config file): none are sent.
     Mount {
         source: String,
         mountpoint: PathBuf,
@@ -26,6 +28,7 @@ enum Cmd {
         mode: CtlMode,
         #[arg(long = "blob-dir")]
         blob_dirs: Vec<PathBuf>,
+        /// Allow plain HTTP to the registry or the S3 endpoint.
         #[arg(long)]
         insecure: bool,
         #[arg(long)]
@@ -33,6 +36,8 @@ enum Cmd {
         /// Registry mirrors tried before the origin (repeat).
         #[arg(long = "mirror")]
         mirrors: Vec<String>,
+        #[command(flatten)]
+        s3: crate::config::S3Args,
     },
     /// Unmount.
     Umount { mountpoint: PathBuf },
@@ -63,16 +68,20 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
     let api = a.api.clone().or(cfg.api.clone()).unwrap_or_else(|| crate::cmd::daemon::DEFAULT_API_SOCKET.into());
     let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let (method, path, body) = match &a.cmd {
-        Cmd::Mount { source, mountpoint, mode, blob_dirs, insecure, no_prefetch, mirrors } => {
+        Cmd::Mount { source, mountpoint, mode, blob_dirs, insecure, no_prefetch, mirrors, s3 } => {
+            let (s3, s3_insecure) = cfg.s3_location(source, !blob_dirs.is_empty(), s3)?;
+            let image = source.starts_with("docker://") || source.starts_with("oci:");
             let spec = MountSpec {
-                source: source.clone(),
+                // The daemon runs elsewhere: a bootstrap path must not depend on our directory.
+                source: if image { source.clone() } else { abs(&PathBuf::from(source)).to_string_lossy().into_owned() },
                 mountpoint: abs(mountpoint),
                 mode: match mode {
                     CtlMode::Kernel => Mode::Kernel,
                     CtlMode::Fuse => Mode::Fuse,
                 },
                 blob_dirs: blob_dirs.iter().map(abs).collect(),
-                insecure: *insecure,
+                insecure: *insecure || (s3.is_some() && s3_insecure),
+                s3,
                 timeout_secs: 10,
                 prefetch: !no_prefetch,
                 prefetch_all: false,

@@ -1,10 +1,12 @@
 //! `naiad mount`: mount an image with the kernel's EROFS, its blobs either local (copied
-//! into the cache once) or fetched lazily, chunk by chunk, as files are read.
+//! into the cache once) or fetched lazily, chunk by chunk, as files are read, from a
+//! registry, a blob directory or S3-compatible storage.
 
-use crate::config::{registry_of, Config};
+use crate::config::{registry_of, Config, S3Args};
 use anyhow::{bail, Context, Result};
 use naiad_daemon::mounts::{Mode as LazyMode, MountSpec};
 use naiad_format::bootstrap::Bootstrap;
+use naiad_storage::backend::S3Location;
 use naiad_storage::blob_store::BlobDirs;
 use naiad_storage::chunk_cache::ChunkCache;
 use naiad_storage::view_cache::{ViewCache, ViewState};
@@ -22,10 +24,12 @@ pub const DEFAULT_RUNTIME_DIR: &str = "/run/naiad";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// Blobs are local: each blob's whole view is written to the cache once, then the kernel
-    /// mounts EROFS on the views; no process stays behind. The default for a bootstrap file.
+    /// mounts EROFS on the views; no process stays behind. The default for a bootstrap file
+    /// with --blob-dir.
     Local,
     /// Lazy: the kernel mounts EROFS on blob-view files that this process serves over FUSE,
-    /// fetching and verifying chunks as they are read. The default for an image reference.
+    /// fetching and verifying chunks as they are read. The default for an image reference
+    /// and for blobs in S3.
     Kernel,
     /// Lazy, the whole filesystem served from user space over FUSE (no file-backed EROFS
     /// needed).
@@ -34,10 +38,15 @@ pub enum Mode {
 
 /// Mount a Naiad image.
 ///
-/// SOURCE is a bootstrap file (with --blob-dir) or a Naiad image reference
+/// SOURCE is a bootstrap file (with --blob-dir, or with its blobs in S3-compatible storage:
+/// --s3-bucket or the config file's [s3] table) or a Naiad image reference
 /// (docker://HOST/REPO:TAG, oci:DIR:TAG). Local mode returns once mounted; the lazy modes
 /// (kernel, fuse) serve the mount in the foreground until it is unmounted (`naiad umount`
 /// from another shell) or the process gets SIGINT/SIGTERM, which unmounts it.
+///
+/// S3 credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and
+/// AWS_SESSION_TOKEN), else from the config file's [s3] table; with none, requests are
+/// unsigned (public buckets).
 #[derive(clap::Args)]
 pub struct Args {
     source: String,
@@ -45,7 +54,8 @@ pub struct Args {
     /// Directory of blob files named by digest (repeat for several).
     #[arg(long = "blob-dir")]
     blob_dirs: Vec<PathBuf>,
-    /// local, kernel or fuse (default: local for a bootstrap file, kernel for an image).
+    /// local, kernel or fuse (default: local for a bootstrap file with --blob-dir, kernel
+    /// for an image or S3).
     #[arg(long, value_enum)]
     mode: Option<Mode>,
     /// Where blob data is cached [default: config cache_dir, else /var/lib/naiad/cache].
@@ -54,11 +64,11 @@ pub struct Args {
     /// Where the kernel mode mounts its blob views [default: config runtime_dir, else /run/naiad].
     #[arg(long)]
     runtime_dir: Option<PathBuf>,
-    /// Allow plain HTTP to the registry.
+    /// Allow plain HTTP to the registry or the S3 endpoint.
     #[arg(long)]
     insecure: bool,
-    /// Seconds one registry request may take before it is retried or fails [default: config
-    /// timeout_secs, else 10].
+    /// Seconds one registry or S3 request may take before it is retried or fails [default:
+    /// config timeout_secs, else 10].
     #[arg(long)]
     timeout: Option<u64>,
     /// Lazy modes: do not fetch the image's prefetch list ahead of reads.
@@ -78,6 +88,8 @@ pub struct Args {
     /// goes to RUNTIME_DIR/mount-*.log) until `naiad umount`.
     #[arg(long)]
     daemon: bool,
+    #[command(flatten)]
+    s3: S3Args,
 }
 
 pub fn run(mut a: Args, cfg: &Config) -> Result<ExitCode> {
@@ -91,19 +103,22 @@ pub fn run(mut a: Args, cfg: &Config) -> Result<ExitCode> {
             a.mirrors = cfg.registry(host).map(|r| r.mirrors.clone()).unwrap_or_default();
         }
     }
+    let (s3, s3_insecure) = cfg.s3_location(&a.source, !a.blob_dirs.is_empty(), &a.s3)?;
+    a.insecure |= s3.is_some() && s3_insecure;
     let image = a.source.starts_with("docker://") || a.source.starts_with("oci:");
-    let mode = a.mode.unwrap_or(if image { Mode::Kernel } else { Mode::Local });
+    let mode = a.mode.unwrap_or(if image || s3.is_some() { Mode::Kernel } else { Mode::Local });
     match mode {
         Mode::Local if image => bail!("--mode local needs a bootstrap and --blob-dir; an image reference mounts lazily (kernel or fuse)"),
+        Mode::Local if s3.is_some() => bail!("--mode local needs --blob-dir; blobs in S3 mount lazily (kernel or fuse)"),
         Mode::Local if a.daemon => bail!("--daemon is for the lazy modes; a local mount needs no process"),
         Mode::Local => mount_local(&a),
-        Mode::Kernel | Mode::Fuse => mount_lazy(mode, &a),
+        Mode::Kernel | Mode::Fuse => mount_lazy(mode, &a, s3),
     }
 }
 
 fn mount_local(a: &Args) -> Result<ExitCode> {
     if a.blob_dirs.is_empty() {
-        bail!("a bootstrap needs --blob-dir (or mount an image reference)");
+        bail!("a bootstrap needs --blob-dir or S3 storage (--s3-bucket), or mount an image reference");
     }
     let bootstrap_path = PathBuf::from(&a.source);
     let bytes = std::fs::read(&bootstrap_path).with_context(|| format!("reading {}", bootstrap_path.display()))?;
@@ -168,7 +183,7 @@ fn detach(mode: Mode, a: &Args) -> Result<ExitCode> {
     }
 }
 
-fn mount_lazy(mode: Mode, a: &Args) -> Result<ExitCode> {
+fn mount_lazy(mode: Mode, a: &Args, s3: Option<S3Location>) -> Result<ExitCode> {
     if a.daemon {
         return detach(mode, a);
     }
@@ -177,6 +192,7 @@ fn mount_lazy(mode: Mode, a: &Args) -> Result<ExitCode> {
         mountpoint: a.mountpoint.clone(),
         mode: if mode == Mode::Fuse { LazyMode::Fuse } else { LazyMode::Kernel },
         blob_dirs: a.blob_dirs.clone(),
+        s3,
         insecure: a.insecure,
         timeout_secs: a.timeout.unwrap_or(10),
         prefetch: !a.no_prefetch,
