@@ -7,5 +7,6 @@ pub mod client;
 mod error;
 pub mod metrics;
 pub mod mounts;
+pub mod state;
 
 pub use error::{DaemonError, Result};

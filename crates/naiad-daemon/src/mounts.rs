@@ -2,6 +2,7 @@
 //! a bootstrap and a backend, mounting it in kernel or fuse mode, prefetch, and the table of
 //! active mounts.
 
+use crate::state::StateFile;
 use crate::{DaemonError, Result};
 use naiad_format::bootstrap::Bootstrap;
 use naiad_fs::prefetch::{PrefetchPlan, PrefetchProgress};
@@ -61,6 +62,11 @@ pub struct MountSpec {
     /// Registry mirrors (`host[:port]`, same repository), tried in order before the origin.
     #[serde(default)]
     pub mirrors: Vec<String>,
+    /// The image's bootstrap, already fetched and kept in the runtime directory. The daemon
+    /// sets it when it mounts an image reference, so that bringing the mount back after a
+    /// crash needs no registry; a bootstrap read from here is verified like a fetched one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<PathBuf>,
 }
 
 fn default_mode() -> Mode {
@@ -117,7 +123,11 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path) 
             (path, bytes, backend)
         }
         Some(r) => {
-            let bytes = naiad_oci::check::fetch_bootstrap(r, spec.insecure, host_platform()).await?;
+            let kept = spec.bootstrap.as_ref().and_then(|p| std::fs::read(p).ok());
+            let bytes = match kept {
+                Some(b) => b,
+                None => naiad_oci::check::fetch_bootstrap(r, spec.insecure, host_platform()).await?,
+            };
             let backend: Arc<dyn Backend> = match r {
                 ImageRef::Registry { registry, repository, .. } => {
                     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
@@ -156,7 +166,7 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path) 
         }
     };
     let m = ActiveMount {
-        spec: MountSpec { mountpoint, ..spec },
+        spec: MountSpec { mountpoint, bootstrap: image.is_some().then_some(bootstrap_path), ..spec },
         backend: backend_name,
         bootstrap: bs,
         fetcher,
@@ -223,13 +233,30 @@ fn unescape(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
-/// The daemon's table of mounts, by mount point.
+/// The daemon's table of mounts, by mount point; with a [`StateFile`], every change is saved
+/// so a restarted daemon can bring the mounts back ([`restore`]).
 #[derive(Default)]
 pub struct Mounts {
     table: Mutex<BTreeMap<PathBuf, Arc<ActiveMount>>>,
+    state: Option<StateFile>,
 }
 
 impl Mounts {
+    /// A table saved to `state` on every change.
+    pub fn persistent(state: StateFile) -> Self {
+        Mounts { table: Mutex::default(), state: Some(state) }
+    }
+
+    /// Saves the table (under its lock, so saves follow the order of changes). A failed save
+    /// is logged: the mounts work on, only a restart would not bring them back.
+    fn save(&self, t: &BTreeMap<PathBuf, Arc<ActiveMount>>) {
+        if let Some(st) = &self.state {
+            if let Err(e) = st.save(&t.values().map(|m| &m.spec).collect::<Vec<_>>()) {
+                tracing::warn!(error = %e, "saving the mount table failed");
+            }
+        }
+    }
+
     /// Adds a mount (refused if the mount point is taken).
     pub fn insert(&self, m: ActiveMount) -> Result<Arc<ActiveMount>> {
         let mut t = self.table.lock().expect("mounts lock");
@@ -238,12 +265,18 @@ impl Mounts {
         }
         let m = Arc::new(m);
         t.insert(m.spec.mountpoint.clone(), m.clone());
+        self.save(&t);
         Ok(m)
     }
 
     /// Removes and unmounts.
     pub fn remove(&self, mountpoint: &Path) -> Result<()> {
-        let m = self.table.lock().expect("mounts lock").remove(mountpoint).ok_or_else(|| DaemonError::NotMounted(mountpoint.display().to_string()))?;
+        let m = {
+            let mut t = self.table.lock().expect("mounts lock");
+            let m = t.remove(mountpoint).ok_or_else(|| DaemonError::NotMounted(mountpoint.display().to_string()))?;
+            self.save(&t);
+            m
+        };
         m.unmount();
         Ok(())
     }
@@ -268,9 +301,46 @@ impl Mounts {
 
     /// Unmounts everything (daemon shutdown).
     pub fn clear(&self) {
-        let all: Vec<_> = std::mem::take(&mut *self.table.lock().expect("mounts lock")).into_values().collect();
+        let all: Vec<_> = {
+            let mut t = self.table.lock().expect("mounts lock");
+            let all = std::mem::take(&mut *t).into_values().collect();
+            self.save(&t);
+            all
+        };
         for m in all {
             m.unmount();
         }
     }
+}
+
+/// Brings back the mounts a previous daemon saved in `mounts`' state file and did not
+/// unmount (it died). Each mount point still carries the dead daemon's mount (a FUSE mount
+/// with no server, or EROFS over blob views with none): it is detached, so processes that
+/// hold files open there keep the old mount (their reads fail), and the image is mounted
+/// afresh with the same spec, its data served from the cache the dead daemon filled. Returns
+/// the mount points restored and, for each that failed, the error (the spec is dropped).
+pub async fn restore(mounts: &Mounts, cache: &Arc<ChunkCache>, runtime_dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, DaemonError)>) {
+    let specs = match mounts.state.as_ref().map(|s| s.load()) {
+        Some(Ok(specs)) => specs,
+        Some(Err(e)) => return (Vec::new(), vec![(mounts.state.as_ref().map(|s| s.path().to_path_buf()).unwrap_or_default(), e)]),
+        None => return (Vec::new(), Vec::new()),
+    };
+    let (mut ok, mut failed) = (Vec::new(), Vec::new());
+    for spec in specs {
+        let mp = spec.mountpoint.clone();
+        if is_mounted(&mp, spec.mode) {
+            let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
+        }
+        let r = match mount(spec, cache.clone(), runtime_dir).await {
+            Ok(m) => mounts.insert(m).map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => ok.push(mp),
+            Err(e) => failed.push((mp, e)),
+        }
+    }
+    // Saves the table as restored (the failed specs are gone).
+    mounts.save(&mounts.table.lock().expect("mounts lock"));
+    (ok, failed)
 }

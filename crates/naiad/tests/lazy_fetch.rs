@@ -390,6 +390,7 @@ fn mirrors_are_tried_in_order_before_the_origin() {
         prefetch_rate: None,
         // A dead mirror first: it must be skipped.
         mirrors: vec!["127.0.0.1:9".into(), mirror.addr.clone()],
+        bootstrap: None,
     };
     let cache = Arc::new(ChunkCache::open(&dir.path().join("cache")).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -422,6 +423,99 @@ fn a_killed_mount_process_can_be_unmounted_and_mounted_again() {
     assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
     naiad_ok(args!["umount", mnt]);
     assert!(wait_exit(child).success());
+}
+
+/// Starts `naiad daemon` on `dir/run` with its cache in `dir/cache`; returns it once its API
+/// socket is up.
+fn start_daemon(dir: &std::path::Path) -> std::process::Child {
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let sock = dir.join("run/api.sock");
+    // A killed daemon leaves its socket behind: wait for the new one.
+    let _ = std::fs::remove_file(&sock);
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+        .args(["daemon", "--api"])
+        .arg(&sock)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .arg("--runtime-dir")
+        .arg(dir.join("run"))
+        .stderr(std::fs::File::create(dir.join(format!("daemon-{}.log", STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !sock.exists() {
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        assert!(started.elapsed() < Duration::from_secs(20), "daemon socket did not appear");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    daemon
+}
+
+#[test]
+fn a_killed_daemon_brings_its_mounts_back_served_from_its_cache() {
+    assert!(is_root(), "mounting needs root");
+    let mut reg = Registry::start(None);
+    let (dir, _bs) = naiad_image(&reg, None);
+    let image = reg.docker_ref("naiad/bb:1");
+    let sock = dir.path().join("run/api.sock");
+    let ctl = |args: &[&std::ffi::OsStr]| naiad_ok(&[args!["ctl", "--api", sock], args].concat());
+    let mut daemon = start_daemon(dir.path());
+    let mnts = [("kernel", dir.path().join("mk")), ("fuse", dir.path().join("mf"))];
+    let _guards: Vec<MountGuard> = mnts.iter().map(|(_, m)| MountGuard(m.clone())).collect();
+    for (mode, mnt) in &mnts {
+        ctl(args!["mount", image, mnt, "--insecure", "--no-prefetch", "--mode", mode]);
+        assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap(), "{mode}");
+    }
+    rustix::process::kill_process(rustix::process::Pid::from_child(&daemon), rustix::process::Signal::KILL).unwrap();
+    let _ = daemon.wait();
+    // The fuse-mode mount has lost its server: an error, never zeros.
+    let err = std::fs::read(mnts[1].1.join("data/hello.txt")).unwrap_err();
+    assert!(matches!(err.raw_os_error(), Some(5) | Some(107)), "{err}");
+    // A second daemon on the same runtime directory is refused while one runs; with the old
+    // one dead, the next one restores both mounts, even with the registry down: what was read
+    // before comes from the cache the dead daemon filled.
+    reg.kill();
+    let mut daemon = start_daemon(dir.path());
+    let mut other = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+        .args(["daemon", "--api"])
+        .arg(dir.path().join("other.sock"))
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("--runtime-dir")
+        .arg(dir.path().join("run"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while other.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = other.kill();
+            panic!("a second daemon on the same runtime directory was not refused");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let out = other.wait_with_output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("another naiad daemon (pid "), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: serde_json::Value = serde_json::from_str(&ctl(args!["list"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    for (mode, mnt) in &mnts {
+        assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap(), "{mode} after restart");
+    }
+    let list: serde_json::Value = serde_json::from_str(&ctl(args!["list"])).unwrap();
+    assert!(list.as_array().unwrap().iter().all(|m| m["bytes_fetched"] == 0), "served from the cache: {list}");
+    // Data never read needs the registry: back up, it is fetched.
+    reg.restart();
+    for (mode, mnt) in &mnts {
+        assert_eq!(std::fs::read_to_string(mnt.join("data/hello.txt")).unwrap(), "hello from layer 2\n", "{mode}");
+    }
+    // A clean stop unmounts everything and restores nothing next time.
+    rustix::process::kill_process(rustix::process::Pid::from_child(&daemon), rustix::process::Signal::TERM).unwrap();
+    assert!(daemon.wait().unwrap().success());
+    let mut daemon = start_daemon(dir.path());
+    let list: serde_json::Value = serde_json::from_str(&ctl(args!["list"])).unwrap();
+    assert!(list.as_array().unwrap().is_empty(), "{list}");
+    rustix::process::kill_process(rustix::process::Pid::from_child(&daemon), rustix::process::Signal::TERM).unwrap();
+    assert!(daemon.wait().unwrap().success());
 }
 
 #[test]

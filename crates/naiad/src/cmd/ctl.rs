@@ -87,6 +87,7 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                 prefetch_all: false,
                 prefetch_rate: None,
                 mirrors: mirrors.clone(),
+                bootstrap: None,
             };
             ("POST", "/v1/mounts", Some(serde_json::to_value(spec)?))
         }

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use naiad_daemon::api::Daemon;
 use naiad_daemon::mounts::Mounts;
+use naiad_daemon::state::{RuntimeLock, StateFile};
 use naiad_storage::chunk_cache::ChunkCache;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +13,9 @@ use std::sync::Arc;
 pub const DEFAULT_API_SOCKET: &str = "/run/naiad/api.sock";
 
 /// Run the daemon: lazy mounts managed over the admin API (`naiad ctl`), Prometheus metrics
-/// at /metrics on the same socket. SIGINT/SIGTERM unmount everything and stop it.
+/// at /metrics on the same socket. SIGINT/SIGTERM unmount everything and stop it. A daemon
+/// that died without unmounting (kill -9, a crash) has its mounts brought back, served from
+/// the same cache, by the next daemon started on the same runtime directory.
 #[derive(clap::Args)]
 pub struct Args {
     /// Admin API socket, created with mode 0600 [default: config api, else /run/naiad/api.sock].
@@ -47,7 +50,9 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
         (None, None) => None,
     };
     let cache = Arc::new(ChunkCache::open(&cache_dir)?);
-    let d = Arc::new(Daemon { mounts: Mounts::default(), cache, runtime_dir });
+    let _lock = RuntimeLock::acquire(&runtime_dir)?;
+    let mounts = Mounts::persistent(StateFile::new(&runtime_dir));
+    let d = Arc::new(Daemon { mounts, cache, runtime_dir });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async {
         if let Some(limit) = cache_limit {
@@ -72,6 +77,14 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                 _ = term.recv() => {}
             }
         };
+        // A previous daemon that died left its mounts in the state file: bring them back.
+        let (restored, failed) = naiad_daemon::mounts::restore(&d.mounts, &d.cache, &d.runtime_dir).await;
+        for mp in &restored {
+            tracing::info!(mountpoint = %mp.display(), "mount restored");
+        }
+        for (mp, e) in &failed {
+            tracing::error!(mountpoint = %mp.display(), error = %e, "mount could not be restored");
+        }
         eprintln!("naiad: daemon serving {}", api.display());
         naiad_daemon::api::serve(d.clone(), &api, shutdown).await
     })?;

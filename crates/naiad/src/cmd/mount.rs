@@ -199,6 +199,7 @@ fn mount_lazy(mode: Mode, a: &Args, s3: Option<S3Location>) -> Result<ExitCode> 
         prefetch_all: a.prefetch_all,
         prefetch_rate: a.prefetch_rate.map(u64::from),
         mirrors: a.mirrors.clone(),
+        bootstrap: None,
     };
     let cache = Arc::new(ChunkCache::open(a.cache_dir())?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
