@@ -283,6 +283,9 @@ fn the_daemon_mounts_from_s3_fetching_only_what_is_read_with_credentials_from_it
         let parsed: serde_json::Value = serde_json::from_str(&list).unwrap();
         assert_eq!(parsed[0]["backend"], format!("s3 {endpoint} bucket {BUCKET} prefix {PREFIX}"), "{list}");
         listed += &list;
+        // The mount table the daemon saves for a restart has the location, not the secret.
+        let saved = std::fs::read_to_string(dir.join("run/daemon-mounts.json")).unwrap();
+        assert!(saved.contains(PREFIX) && !saved.contains(SECRET_KEY), "{saved}");
         ctl(args!["umount", mnt]);
         // Unused now: evicted, so the next mode fetches afresh.
         naiad_ok(args!["cache", "gc", "--cache-dir", dir.join("cache")]);
