@@ -12,6 +12,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Default upper bound of one merged request.
 pub const DEFAULT_MERGE_LIMIT_BYTES: u64 = 4 << 20;
@@ -79,19 +80,27 @@ impl Flight {
     }
 }
 
+/// After a backend read fails (its own retries and time limit spent), reads fail at once for
+/// this long rather than each waiting out the backend's time limit again; then the backend is
+/// tried again. One file read becomes several FUSE reads in the kernel, so without this a
+/// backend that is down would hold a reader for a multiple of the configured timeout.
+pub const BACKEND_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 /// Fetches chunks into the cache.
 pub struct Fetcher {
     backend: Arc<dyn Backend>,
     digester: Digester,
     merge_limit: u64,
     inflight: Mutex<HashMap<(Digest32, u64), Arc<Flight>>>,
+    /// Set when the backend failed: until when reads fail fast, and why.
+    down: Mutex<Option<(Instant, String)>>,
     pub stats: FetchStats,
 }
 
 impl Fetcher {
     /// A fetcher reading from `backend`; chunk digests use `digester`.
     pub fn new(backend: Arc<dyn Backend>, digester: Digester, merge_limit: u64) -> Self {
-        Fetcher { backend, digester, merge_limit: merge_limit.max(1), inflight: Mutex::new(HashMap::new()), stats: FetchStats::default() }
+        Fetcher { backend, digester, merge_limit: merge_limit.max(1), inflight: Mutex::new(HashMap::new()), down: Mutex::new(None), stats: FetchStats::default() }
     }
 
     /// Makes every chunk of `chunks` (all of `blob`) present in the cache. With `frames`,
@@ -178,9 +187,18 @@ impl Fetcher {
             let start = run[0].0.compressed_offset;
             let last = &run[run.len() - 1].0;
             let len = last.compressed_offset + u64::from(last.compressed_size) - start;
+            if let Some((until, why)) = &*self.down.lock().expect("down lock") {
+                if Instant::now() < *until {
+                    return Err(StorageError::Backend { backend: self.backend.name(), detail: format!("unavailable (retried shortly): {why}") });
+                }
+            }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let t = std::time::Instant::now();
+            let t = Instant::now();
             let read = self.backend.read(blob.digest(), start, len);
+            *self.down.lock().expect("down lock") = match &read {
+                Err(StorageError::Backend { detail, .. }) => Some((Instant::now() + BACKEND_RETRY_AFTER, detail.clone())),
+                _ => None,
+            };
             let secs = t.elapsed().as_secs_f64();
             let bucket = LATENCY_BUCKETS_SECS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS_SECS.len());
             self.stats.latency[bucket].fetch_add(1, Ordering::Relaxed);

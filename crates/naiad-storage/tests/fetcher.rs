@@ -9,22 +9,27 @@ use naiad_format::extension::ChunkRecord;
 use naiad_storage::blob_store::BlobDirs;
 use naiad_storage::chunk_cache::ChunkCache;
 use naiad_storage::backend::{Backend, LocalBackend};
-use naiad_storage::fetcher::{Fetcher, FrameIndex, DEFAULT_MERGE_LIMIT_BYTES};
-use naiad_storage::Result;
+use naiad_storage::fetcher::{Fetcher, FrameIndex, BACKEND_RETRY_AFTER, DEFAULT_MERGE_LIMIT_BYTES};
+use naiad_storage::{Result, StorageError};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Counts requests and can flip a byte of everything it returns.
+/// Counts requests, can flip a byte of everything it returns, and can be down (a fault a
+/// real server cannot be switched into and out of on demand within one test).
 struct Counting {
     inner: LocalBackend,
     requests: AtomicU64,
     flip: bool,
+    down: AtomicBool,
 }
 
 impl Backend for Counting {
     fn read(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StorageError::Backend { backend: self.name(), detail: "connection refused".into() });
+        }
         let mut v = self.inner.read(digest, offset, len)?;
         if self.flip {
             let n = v.len() / 2;
@@ -64,7 +69,7 @@ type Setup = (tempfile::TempDir, Bootstrap, Vec<u8>, Arc<Counting>, ChunkCache);
 fn setup(flip: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (bs, big) = image(dir.path());
-    let backend = Arc::new(Counting { inner: LocalBackend::new(BlobDirs::new(vec![dir.path().join("out")])), requests: AtomicU64::new(0), flip });
+    let backend = Arc::new(Counting { inner: LocalBackend::new(BlobDirs::new(vec![dir.path().join("out")])), requests: AtomicU64::new(0), flip, down: AtomicBool::new(false) });
     let cache = ChunkCache::open(&dir.path().join("cache")).unwrap();
     (dir, bs, big, backend, cache)
 }
@@ -147,4 +152,32 @@ fn corrupt_chunks_are_errors_and_never_cached() {
     assert!(err.contains("view offset 0"), "{err}");
     assert!(!blob.is_present(recs[0].view_offset, 1));
     assert_eq!(fetcher.stats.verify_failures.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn after_a_backend_failure_reads_fail_fast_then_the_backend_is_tried_again() {
+    let (_dir, bs, big, backend, cache) = setup(false);
+    let ext = bs.extension();
+    let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
+    let fetcher = Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES);
+    let recs = records(&bs, b"/big");
+    backend.down.store(true, Ordering::SeqCst);
+    let e = fetcher.ensure(&blob, &recs[..1]).unwrap_err();
+    assert!(matches!(e, StorageError::Backend { .. }) && e.to_string().contains("connection refused"), "{e}");
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
+    // Other chunks fail at once, naming the cause, without asking the backend; even once it
+    // is back, until the retry delay has passed.
+    backend.down.store(false, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let e = fetcher.ensure(&blob, &recs[1..2]).unwrap_err();
+    assert!(e.to_string().contains("unavailable") && e.to_string().contains("connection refused"), "{e}");
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
+    assert!(!blob.is_present(recs[1].view_offset, 1));
+    std::thread::sleep(BACKEND_RETRY_AFTER.saturating_sub(started.elapsed()) + std::time::Duration::from_millis(50));
+    fetcher.ensure(&blob, &recs).unwrap();
+    for (i, r) in recs.iter().enumerate() {
+        let mut buf = vec![0u8; r.size as usize];
+        blob.read_at(&mut buf, r.view_offset).unwrap();
+        assert_eq!(buf, big[i << 20..(i << 20) + r.size as usize]);
+    }
 }

@@ -228,11 +228,14 @@ fn a_dead_registry_gives_eio_in_bounded_time_and_reads_recover() {
     let started = Instant::now();
     let err = std::fs::read(mnt.join("bin/busybox")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(5), "expected EIO, got {err}");
-    assert!(started.elapsed() < Duration::from_secs(15), "EIO took {:?}", started.elapsed());
+    // One file read is several FUSE reads: the first waits out the backend's limit (1 s x 2
+    // attempts), the others fail at once.
+    assert!(started.elapsed() < Duration::from_secs(5), "EIO took {:?}", started.elapsed());
     assert!(fetcher.stats.errors.load(std::sync::atomic::Ordering::SeqCst) > 0);
     reg.restart();
-    // The kernel does not cache the failed pages: the same read now succeeds.
-    assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    // The kernel does not cache the failed pages: the same read succeeds once the fetcher
+    // tries the registry again (within its retry delay), and until then fails cleanly.
+    assert_eq!(read_when_back(&mnt.join("bin/busybox")), std::fs::read("/bin/busybox").unwrap());
     m.unmount().unwrap();
 }
 

@@ -23,3 +23,28 @@ pub trait Backend: Send + Sync {
     /// A name for logs and metrics (never holds credentials).
     fn name(&self) -> String;
 }
+
+/// The small tokio runtime a remote backend owns to run its async client behind the sync
+/// [`Backend`] API. Dropped, it shuts down in the background: a backend may be dropped inside
+/// async code (a mount failing part-way), where dropping a runtime the usual way panics.
+pub(crate) struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    /// Two worker threads named `thread_name`.
+    pub(crate) fn new(thread_name: &str) -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name(thread_name).enable_all().build()?;
+        Ok(OwnedRuntime(Some(rt)))
+    }
+
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.0.as_ref().expect("the runtime lives until drop").block_on(f)
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -9,10 +9,11 @@
 //!   another host.
 //! * Plain HTTP only when `insecure` is set.
 //! * Every attempt has a timeout; transient failures (connection errors, timeouts, 5xx,
-//!   429) are retried with backoff a bounded number of times, so a dead registry yields an
-//!   error within about `attempts * timeout`.
+//!   429) are retried with backoff a bounded number of times, and a read as a whole (retries,
+//!   backoff and token requests included) is bounded by `attempts * timeout`, so a dead
+//!   registry yields an error within that time.
 
-use super::Backend;
+use super::{Backend, OwnedRuntime};
 use crate::credentials::RegistryAuth;
 use crate::{Result, StorageError};
 use naiad_format::digest::{to_hex, Digest32};
@@ -52,7 +53,7 @@ impl RegistryOptions {
 pub struct RegistryBackend {
     opts: RegistryOptions,
     client: reqwest::Client,
-    rt: tokio::runtime::Runtime,
+    rt: OwnedRuntime,
     token: RwLock<Option<String>>,
     redirects: Mutex<HashMap<Digest32, reqwest::Url>>,
 }
@@ -75,11 +76,7 @@ impl RegistryBackend {
             .connect_timeout(opts.timeout)
             .build()
             .map_err(|e| StorageError::Backend { backend: format!("registry {}", opts.registry), detail: e.to_string() })?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("naiad-registry")
-            .enable_all()
-            .build()
+        let rt = OwnedRuntime::new("naiad-registry")
             .map_err(|e| StorageError::Backend { backend: format!("registry {}", opts.registry), detail: e.to_string() })?;
         Ok(RegistryBackend { opts, client, rt, token: RwLock::new(None), redirects: Mutex::new(HashMap::new()) })
     }
@@ -199,7 +196,17 @@ impl RegistryBackend {
         Ok(())
     }
 
+    /// One read with its retries, bounded as a whole by `attempts * timeout` (backoff and a
+    /// token request included), so a registry that stays down fails a read within that time.
     async fn read_async(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let limit = self.opts.timeout * self.opts.attempts.max(1);
+        match tokio::time::timeout(limit, self.read_retrying(digest, offset, len)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.fail(format!("blob {} at {offset}+{len}: no answer within {} s", to_hex(digest), limit.as_secs_f32()))),
+        }
+    }
+
+    async fn read_retrying(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
         let mut delay = Duration::from_millis(200);
         let mut last = String::new();
         let mut authed = false;

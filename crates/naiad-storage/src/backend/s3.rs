@@ -11,7 +11,7 @@
 //! * Every attempt has a timeout and retries are bounded (object_store's `RetryConfig`), so a
 //!   dead endpoint yields an error within about `attempts * timeout`, never a hang.
 
-use super::Backend;
+use super::{Backend, OwnedRuntime};
 use crate::{Result, StorageError};
 use naiad_format::digest::{to_hex, Digest32};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -106,8 +106,7 @@ impl S3Options {
 /// A bucket (and key prefix) as a blob backend.
 pub struct S3Backend {
     store: AmazonS3,
-    /// Taken out in `drop` to shut it down without blocking (it may be dropped in async code).
-    rt: Option<tokio::runtime::Runtime>,
+    rt: OwnedRuntime,
     /// Normalised: no leading, trailing or doubled `/`.
     prefix: String,
     name: String,
@@ -165,13 +164,8 @@ impl S3Backend {
             None => b = b.with_skip_signature(true),
         }
         let store = b.build().map_err(|e| fail(redact(&e.to_string(), &secrets)))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("naiad-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| fail(e.to_string()))?;
-        Ok(S3Backend { store, rt: Some(rt), prefix, name, secrets })
+        let rt = OwnedRuntime::new("naiad-s3").map_err(|e| fail(e.to_string()))?;
+        Ok(S3Backend { store, rt, prefix, name, secrets })
     }
 
     /// The object key of a blob.
@@ -187,15 +181,11 @@ impl S3Backend {
         StorageError::Backend { backend: self.name.clone(), detail: redact(&detail, &self.secrets) }
     }
 
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.rt.as_ref().expect("the runtime lives until drop")
-    }
-
     /// Stores a blob (for tools and tests that fill a bucket); `data` should hash to `digest`.
     pub fn put(&self, digest: &Digest32, data: Vec<u8>) -> Result<()> {
         let key = self.key(digest);
         let path = ObjectPath::from(key.as_str());
-        self.runtime().block_on(self.store.put(&path, data.into())).map_err(|e| self.fail(format!("writing object {key}: {}", error_text(&e))))?;
+        self.rt.block_on(self.store.put(&path, data.into())).map_err(|e| self.fail(format!("writing object {key}: {}", error_text(&e))))?;
         Ok(())
     }
 }
@@ -208,7 +198,7 @@ impl Backend for S3Backend {
         let key = self.key(digest);
         let path = ObjectPath::from(key.as_str());
         let end = offset.checked_add(len).ok_or_else(|| self.fail(format!("object {key}: range {offset}+{len} overflows")))?;
-        match self.runtime().block_on(self.store.get_range(&path, offset..end)) {
+        match self.rt.block_on(self.store.get_range(&path, offset..end)) {
             Ok(bytes) if bytes.len() as u64 == len => Ok(bytes.to_vec()),
             Ok(bytes) => Err(self.fail(format!("object {key}: asked {len} bytes at {offset}, got {}", bytes.len()))),
             Err(object_store::Error::NotFound { .. }) => Err(StorageError::BlobMissing { digest: to_hex(digest), dirs: format!("{} (object key {key})", self.name) }),
@@ -225,14 +215,6 @@ impl Backend for S3Backend {
 
     fn name(&self) -> String {
         self.name.clone()
-    }
-}
-
-impl Drop for S3Backend {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

@@ -228,3 +228,19 @@ pub fn is_root() -> bool {
 pub mod tree;
 pub mod registry;
 pub mod token;
+
+/// Reads `path` once its backend is back: a fetcher that saw the backend fail answers EIO
+/// for a short while (`BACKEND_RETRY_AFTER`) before it asks again. Every failure must be EIO,
+/// and the read must succeed within a few of those delays.
+pub fn read_when_back(path: &Path) -> Vec<u8> {
+    let delay = naiad_storage::fetcher::BACKEND_RETRY_AFTER;
+    let started = std::time::Instant::now();
+    loop {
+        match std::fs::read(path) {
+            Ok(data) => return data,
+            Err(e) => assert_eq!(e.raw_os_error(), Some(5), "{}: {e}", path.display()),
+        }
+        assert!(started.elapsed() < delay * 3, "reads of {} did not recover", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
