@@ -16,8 +16,9 @@ pub struct LazyMount {
     pub fetcher: Arc<Fetcher>,
 }
 
-/// Threads serving FUSE requests (the kernel issues reads of different ranges in parallel).
-pub const FUSE_THREADS: usize = 4;
+/// Threads serving the blob views (the kernel issues reads of different ranges in parallel;
+/// more threads measured no faster here: bench/lazy.sh).
+pub const VIEW_THREADS: usize = 4;
 
 /// Mounts `bootstrap_path` (parsed as `bs`) at `mountpoint`, its blobs served from `cache`
 /// through `fetcher`; `views_dir` (created) holds the blob-view files.
@@ -37,7 +38,7 @@ pub fn mount_kernel_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCac
     let devices: Vec<PathBuf> = (0..ext.blobs.len()).map(|i| views_dir.join(fs.file_name(i))).collect();
     let mut config = fuser::Config::default();
     config.mount_options = vec![fuser::MountOption::RO, fuser::MountOption::FSName("naiad-views".into()), fuser::MountOption::Subtype("naiad".into())];
-    config.n_threads = Some(FUSE_THREADS);
+    config.n_threads = Some(VIEW_THREADS);
     let session = fuser::spawn_mount(fs, views_dir, &config).map_err(|e| FsError::Io { path: views_dir.into(), cause: e })?;
     // From here on, dropping `m` (on an error too) unmounts the views.
     let m = LazyMount { mountpoint: mountpoint.into(), session: Some(session), fetcher };

@@ -32,6 +32,18 @@ fn fetcher(img: &Image) -> Arc<Fetcher> {
     Arc::new(Fetcher::new(backend, img.bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES))
 }
 
+/// Writes are refused with EROFS (fuse mode answers no OPEN at all: the read-only mount
+/// itself must refuse them), and the file is unchanged.
+fn assert_read_only(mnt: &std::path::Path) {
+    let f = mnt.join("files/one_chunk");
+    let before = std::fs::read(&f).unwrap();
+    let err = std::fs::OpenOptions::new().write(true).open(&f).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "open for writing: {err}");
+    let err = std::fs::File::create(mnt.join("new")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "create: {err}");
+    assert_eq!(std::fs::read(&f).unwrap(), before);
+}
+
 #[test]
 fn kernel_mode_shows_the_source_tree() {
     assert!(is_root(), "mounting needs root");
@@ -43,6 +55,7 @@ fn kernel_mode_shows_the_source_tree() {
     let _g = MountGuard(mnt.clone());
     assert_same_tree("kernel mode", &snapshot(&img.dir.path().join("src")), &snapshot(&mnt), Skip::default());
     assert!(f.stats.verify_failures.load(Ordering::SeqCst) == 0);
+    assert_read_only(&mnt);
     m.unmount().unwrap();
 }
 
@@ -61,6 +74,7 @@ fn fuse_mode_shows_the_source_tree() {
     let _ = std::fs::read_dir(mnt.join("many")).unwrap().count();
     assert_eq!(f.stats.requests.load(Ordering::SeqCst), 0);
     assert_same_tree("fuse mode", &snapshot(&img.dir.path().join("src")), &snapshot(&mnt), Skip::default());
+    assert_read_only(&mnt);
     session.umount_and_join().unwrap();
 }
 
