@@ -4,14 +4,15 @@
 //! of blocks not yet cached reach this process.
 //!
 //! A read maps its range to the chunk records that cover it, has the fetcher make them
-//! present (verified, one fetch per chunk), and answers from the cache file. A block no
+//! present (verified, one fetch per chunk), and answers from the cache file. Sequential reads
+//! also start a background fetch of the view ahead of them (readahead). A block no
 //! chunk of the image covers is an I/O error: unknown bytes are never served as data.
 
 use naiad_format::digest::to_hex;
 use naiad_format::extension::ChunkRecord;
 use naiad_format::{block_align, BLOCK_SIZE_BYTES};
 use naiad_storage::chunk_cache::CachedBlob;
-use naiad_storage::fetcher::{Fetcher, FrameIndex};
+use naiad_storage::fetcher::{chunks_starting_in, Fetcher, FrameIndex, Readahead};
 use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request};
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -26,15 +27,17 @@ pub struct ViewFile {
     /// The image's chunks of this blob, sorted by view offset.
     pub chunks: Vec<ChunkRecord>,
     /// The same chunks by frame.
-    pub frames: FrameIndex,
+    pub frames: Arc<FrameIndex>,
+    /// Sequential-read detection for readahead.
+    ra: Readahead,
 }
 
 impl ViewFile {
     /// A view file for `blob` with the image's chunks of it.
     pub fn new(blob: Arc<CachedBlob>, mut chunks: Vec<ChunkRecord>) -> Self {
         chunks.sort_by_key(|c| c.view_offset);
-        let frames = FrameIndex::new(chunks.clone());
-        ViewFile { blob, chunks, frames }
+        let frames = Arc::new(FrameIndex::new(chunks.clone()));
+        ViewFile { blob, chunks, frames, ra: Readahead::default() }
     }
 }
 
@@ -102,6 +105,10 @@ impl BlobViewFs {
         if covered < end {
             tracing::warn!(blob = %to_hex(f.blob.digest()), offset, size, "read of view blocks no chunk covers");
             return Err(Errno::EIO);
+        }
+        if let Some(ahead) = f.ra.on_read(offset, end) {
+            let chunks = chunks_starting_in(&f.chunks, ahead).to_vec();
+            self.fetcher.fetch_ahead(f.blob.clone(), chunks, Some(f.frames.clone()));
         }
         if let Err(e) = self.fetcher.ensure_with(&f.blob, &wanted, Some(&f.frames)) {
             tracing::warn!(blob = %to_hex(f.blob.digest()), offset, size, error = %e, "read failed");

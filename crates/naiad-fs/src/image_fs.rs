@@ -9,7 +9,7 @@ use naiad_format::bootstrap::{Bootstrap, ChunkSlot, DirEntry, Inode};
 use naiad_format::erofs::file_type;
 use naiad_format::BLOCK_SIZE_BYTES;
 use naiad_storage::chunk_cache::CachedBlob;
-use naiad_storage::fetcher::{Fetcher, FrameIndex};
+use naiad_storage::fetcher::{chunks_starting_in, Fetcher, FrameIndex, Readahead};
 use fuser::{Errno, FileAttr, FileHandle, FileType, Generation, INodeNo, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -33,8 +33,8 @@ pub struct ImageFs {
     bs: Arc<Bootstrap>,
     /// Parsed directories, by nid (bounded: cleared when it grows past `DIR_CACHE_ENTRIES`).
     dirs: RwLock<HashMap<u64, Arc<Vec<DirEntry>>>>,
-    /// Cache entry and frame index of each blob, by blob index.
-    blobs: Vec<(Arc<CachedBlob>, FrameIndex)>,
+    /// Cache entry, frame index and readahead state of each blob, by blob index.
+    blobs: Vec<(Arc<CachedBlob>, Arc<FrameIndex>, Readahead)>,
     fetcher: Arc<Fetcher>,
 }
 
@@ -43,7 +43,7 @@ impl ImageFs {
         let blobs = blobs
             .into_iter()
             .enumerate()
-            .map(|(i, b)| (b, FrameIndex::new(bs.extension().blob_chunks(i as u32).to_vec())))
+            .map(|(i, b)| (b, Arc::new(FrameIndex::new(bs.extension().blob_chunks(i as u32).to_vec())), Readahead::default()))
             .collect();
         ImageFs { bs, dirs: RwLock::new(HashMap::new()), blobs, fetcher }
     }
@@ -140,7 +140,13 @@ impl ImageFs {
             match self.bs.chunk(ino, idx).map_err(|e| eio(&e))? {
                 ChunkSlot::Hole => out.resize(out.len() + (to - from) as usize, 0),
                 ChunkSlot::Data(rec) => {
-                    let (blob, frames) = self.blobs.get(rec.blob_index as usize).ok_or(Errno::EIO)?;
+                    let (blob, frames, ra) = self.blobs.get(rec.blob_index as usize).ok_or(Errno::EIO)?;
+                    // A file's chunks lie in order in its blob's view: sequential reads of a
+                    // file (or of files stored one after another) are sequential there too.
+                    if let Some(ahead) = ra.on_read(rec.view_offset + from, rec.view_offset + to) {
+                        let chunks = chunks_starting_in(self.bs.extension().blob_chunks(rec.blob_index), ahead).to_vec();
+                        self.fetcher.fetch_ahead(blob.clone(), chunks, Some(frames.clone()));
+                    }
                     self.fetcher.ensure_with(blob, std::slice::from_ref(rec), Some(frames)).map_err(|e| eio(&e))?;
                     let at = out.len();
                     out.resize(at + (to - from) as usize, 0);

@@ -10,7 +10,7 @@ use naiad_format::digest::{to_hex, Digest32, Digester};
 use naiad_format::extension::ChunkRecord;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,64 @@ impl FrameIndex {
         let end = self.chunks.partition_point(|c| c.compressed_offset <= compressed_offset);
         &self.chunks[start..end]
     }
+}
+
+/// Smallest and largest readahead window (bytes of view).
+pub const READAHEAD_MIN_BYTES: u64 = 256 << 10;
+pub const READAHEAD_MAX_BYTES: u64 = 8 << 20;
+/// Background readahead fetches running at once, per fetcher (more are skipped).
+const READAHEAD_FETCHES: usize = 2;
+
+/// Sequential-read detection on one blob's view. Reads that follow each other grow a window
+/// (doubling, up to [`READAHEAD_MAX_BYTES`]) of view bytes to fetch ahead of the reader, in
+/// the background; a read elsewhere resets it. Without it, a cold sequential read waits one
+/// backend round trip per chunk.
+#[derive(Debug, Default)]
+pub struct Readahead {
+    state: Mutex<ReadaheadState>,
+}
+
+#[derive(Debug, Default)]
+struct ReadaheadState {
+    last_start: u64,
+    last_end: u64,
+    /// How far ahead fetching has been asked for.
+    frontier: u64,
+    window: u64,
+}
+
+impl Readahead {
+    /// Notes a read of view bytes `[start, end)`; returns the range to fetch ahead, if any.
+    pub fn on_read(&self, start: u64, end: u64) -> Option<std::ops::Range<u64>> {
+        let mut st = self.state.lock().expect("readahead lock");
+        // The kernel's own readahead and several serving threads let reads arrive slightly
+        // out of order: anything from the last read's start up to just past its end counts.
+        let sequential = start >= st.last_start && start <= st.last_end + READAHEAD_MIN_BYTES && st.last_end > 0;
+        st.last_start = start;
+        st.last_end = st.last_end.max(end);
+        if !sequential {
+            st.last_end = end;
+            st.window = 0;
+            st.frontier = end;
+            return None;
+        }
+        st.window = (st.window * 2).clamp(READAHEAD_MIN_BYTES, READAHEAD_MAX_BYTES);
+        // Ask for more once the reader is within half a window of the frontier.
+        if end + st.window / 2 < st.frontier {
+            return None;
+        }
+        let from = st.frontier.max(end);
+        let to = end + st.window;
+        st.frontier = to;
+        (from < to).then_some(from..to)
+    }
+}
+
+/// The records of `chunks` (sorted by view offset) that start in `range`.
+pub fn chunks_starting_in(chunks: &[ChunkRecord], range: std::ops::Range<u64>) -> &[ChunkRecord] {
+    let a = chunks.partition_point(|c| c.view_offset < range.start);
+    let b = chunks.partition_point(|c| c.view_offset < range.end);
+    &chunks[a..b]
 }
 
 /// Upper bounds (seconds) of the fetch latency histogram's buckets.
@@ -94,13 +152,15 @@ pub struct Fetcher {
     inflight: Mutex<HashMap<(Digest32, u64), Arc<Flight>>>,
     /// Set when the backend failed: until when reads fail fast, and why.
     down: Mutex<Option<(Instant, String)>>,
+    /// Background readahead fetches running.
+    ahead: AtomicUsize,
     pub stats: FetchStats,
 }
 
 impl Fetcher {
     /// A fetcher reading from `backend`; chunk digests use `digester`.
     pub fn new(backend: Arc<dyn Backend>, digester: Digester, merge_limit: u64) -> Self {
-        Fetcher { backend, digester, merge_limit: merge_limit.max(1), inflight: Mutex::new(HashMap::new()), down: Mutex::new(None), stats: FetchStats::default() }
+        Fetcher { backend, digester, merge_limit: merge_limit.max(1), inflight: Mutex::new(HashMap::new()), down: Mutex::new(None), ahead: AtomicUsize::new(0), stats: FetchStats::default() }
     }
 
     /// Makes every chunk of `chunks` (all of `blob`) present in the cache. With `frames`,
@@ -151,6 +211,30 @@ impl Fetcher {
             f.wait().map_err(|detail| StorageError::Mismatch { blob: to_hex(&digest), detail: format!("a concurrent fetch failed: {detail}") })?;
         }
         Ok(())
+    }
+
+    /// Fetches, in a background thread, those of `chunks` not present yet (readahead). At
+    /// most [`READAHEAD_FETCHES`] run at once; beyond that the request is dropped. A failure is
+    /// only logged: a read that needs these chunks fetches them itself (or waits for this
+    /// fetch, if it is still in flight).
+    pub fn fetch_ahead(self: &Arc<Self>, blob: Arc<CachedBlob>, chunks: Vec<ChunkRecord>, frames: Option<Arc<FrameIndex>>) {
+        let missing: Vec<ChunkRecord> = chunks.into_iter().filter(|c| !blob.is_present(c.view_offset, u64::from(c.size))).collect();
+        if missing.is_empty() || self.ahead.fetch_add(1, Ordering::AcqRel) >= READAHEAD_FETCHES {
+            if !missing.is_empty() {
+                self.ahead.fetch_sub(1, Ordering::AcqRel);
+            }
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new().name("naiad-readahead".into()).spawn(move || {
+            if let Err(e) = me.ensure_with(&blob, &missing, frames.as_deref()) {
+                tracing::debug!(blob = %to_hex(blob.digest()), error = %e, "readahead failed");
+            }
+            me.ahead.fetch_sub(1, Ordering::AcqRel);
+        });
+        if spawned.is_err() {
+            self.ahead.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Fetches `chunks` (none present), frames merged into runs of adjacent byte ranges.
@@ -236,5 +320,36 @@ impl Fetcher {
         self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(blob = %to_hex(blob.digest()), view_offset, %detail, backend = %self.backend.name(), "chunk failed verification; not cached");
         StorageError::ChunkCorrupt { blob: to_hex(blob.digest()), view_offset, detail }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readahead_grows_on_sequential_reads_and_resets_elsewhere() {
+        let ra = Readahead::default();
+        const K: u64 = 128 << 10;
+        assert_eq!(ra.on_read(0, K), None, "one read says nothing about a pattern");
+        // Sequential: the window starts at the minimum, right after the read.
+        assert_eq!(ra.on_read(K, 2 * K), Some(2 * K..2 * K + READAHEAD_MIN_BYTES));
+        // Further reads inside the fetched window ask for more only near its end, and what
+        // they ask for continues where the last request stopped.
+        let mut frontier = 2 * K + READAHEAD_MIN_BYTES;
+        let mut asked = Vec::new();
+        for i in 2..200u64 {
+            if let Some(r) = ra.on_read(i * K, (i + 1) * K) {
+                assert_eq!(r.start, frontier, "contiguous requests");
+                assert!(r.end - (i + 1) * K <= READAHEAD_MAX_BYTES);
+                frontier = r.end;
+                asked.push(r.end - (i + 1) * K);
+            }
+        }
+        assert!(asked.len() > 3 && asked.len() < 100, "{} requests", asked.len());
+        assert_eq!(asked.last(), Some(&READAHEAD_MAX_BYTES), "grown to the maximum: {asked:?}");
+        // A jump elsewhere resets it.
+        assert_eq!(ra.on_read(900 << 20, (900 << 20) + K), None);
+        assert_eq!(ra.on_read((900 << 20) + K, (900 << 20) + 2 * K), Some((900 << 20) + 2 * K..(900 << 20) + 2 * K + READAHEAD_MIN_BYTES));
     }
 }
