@@ -22,10 +22,33 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// The best this kernel supports: fanotify, else kernel, else fuse ([`auto_mode`]).
+    Auto,
+    /// EROFS in the kernel straight on the cache files, filled on demand through fanotify
+    /// pre-content events: nothing in user space on the data path.
+    Fanotify,
     /// EROFS in the kernel over FUSE blob-view files.
     Kernel,
     /// The whole filesystem in user space.
     Fuse,
+}
+
+/// The mode [`Mode::Auto`] picks on this kernel: kernel mode where it has EROFS, else fuse
+/// mode. (The fanotify mode is chosen only when asked for, until the fanotify group outlives
+/// a crash of the process serving it: today such a crash lets reads of unfilled ranges see
+/// zeros.) With the reason when it is not kernel mode.
+pub fn auto_mode(_cache_dir: &Path) -> (Mode, Option<String>) {
+    if has_erofs() {
+        (Mode::Kernel, None)
+    } else {
+        (Mode::Fuse, Some("the kernel has no EROFS: using fuse mode".into()))
+    }
+}
+
+/// Whether the kernel has (or can load) EROFS.
+fn has_erofs() -> bool {
+    std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.lines().any(|l| l.split_whitespace().last() == Some("erofs")))
+        || rustix::mount::fsopen("erofs", rustix::mount::FsOpenFlags::FSOPEN_CLOEXEC).is_ok()
 }
 
 /// What to mount and how.
@@ -70,7 +93,7 @@ pub struct MountSpec {
 }
 
 fn default_mode() -> Mode {
-    Mode::Kernel
+    Mode::Auto
 }
 fn default_timeout() -> u64 {
     10
@@ -155,7 +178,23 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path) 
     let fetcher = Arc::new(Fetcher::new(backend, bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES));
     let mountpoint = std::path::absolute(&spec.mountpoint).map_err(DaemonError::io(spec.mountpoint.display()))?;
     let blobs = bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size)).collect::<std::result::Result<Vec<_>, _>>()?;
-    let handle: Box<dyn std::any::Any + Send> = match spec.mode {
+    let mode = match spec.mode {
+        Mode::Auto => {
+            let (mode, why) = auto_mode(cache.dir());
+            if let Some(why) = why {
+                tracing::warn!("{why}");
+            }
+            mode
+        }
+        Mode::Fanotify => {
+            naiad_fs::fanotify::supported(cache.dir()).map_err(|why| DaemonError::Invalid(format!("fanotify mode: {why} (use --mode kernel or fuse)")))?;
+            Mode::Fanotify
+        }
+        m => m,
+    };
+    let handle: Box<dyn std::any::Any + Send> = match mode {
+        Mode::Auto => unreachable!("resolved above"),
+        Mode::Fanotify => Box::new(naiad_fs::fanotify::mount_fanotify_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &mountpoint)?),
         Mode::Kernel => {
             let views = runtime_dir.join(format!("views-{}", hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8])));
             Box::new(naiad_fs::lazy::mount_kernel_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &views, &mountpoint)?)
@@ -166,7 +205,7 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path) 
         }
     };
     let m = ActiveMount {
-        spec: MountSpec { mountpoint, bootstrap: image.is_some().then_some(bootstrap_path), ..spec },
+        spec: MountSpec { mountpoint, mode, bootstrap: image.is_some().then_some(bootstrap_path), ..spec },
         backend: backend_name,
         bootstrap: bs,
         fetcher,
@@ -212,8 +251,9 @@ impl Drop for ActiveMount {
 /// type reads `fuse` when root mounts it directly and `fuse.naiad` through `fusermount3`).
 pub fn is_mounted(mountpoint: &Path, mode: Mode) -> bool {
     match mode {
-        Mode::Kernel => has_mount(mountpoint, &["erofs"]),
+        Mode::Kernel | Mode::Fanotify => has_mount(mountpoint, &["erofs"]),
         Mode::Fuse => has_mount(mountpoint, &["fuse", "fuse.naiad"]),
+        Mode::Auto => has_mount(mountpoint, &["erofs", "fuse", "fuse.naiad"]),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod compare;
+pub mod fanotify;
 mod error;
 pub mod blob_view_fs;
 pub mod image_fs;

@@ -171,7 +171,7 @@ fn naiad_mount_serves_an_image_lazily_in_both_modes() {
     let reg = Registry::start(None);
     let (dir, _bs) = naiad_image(&reg, None);
     let image = reg.docker_ref("naiad/bb:1");
-    for mode in ["kernel", "fuse"] {
+    for mode in ["fanotify", "kernel", "fuse"] {
         let work = dir.path().join(mode);
         let mnt = work.join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();

@@ -213,7 +213,7 @@ fn both_modes_serve_the_tree_from_s3() {
     assert!(is_root(), "mounting needs root");
     let s3 = S3Server::start();
     let img = image(&s3);
-    for mode in ["kernel", "fuse"] {
+    for mode in ["fanotify", "kernel", "fuse"] {
         let work = img.dir.path().join(mode);
         let child = spawn_mount(&img, &s3, &work, mode, SECRET_KEY);
         let mnt = work.join("mnt");
@@ -265,7 +265,7 @@ fn the_daemon_mounts_from_s3_fetching_only_what_is_read_with_credentials_from_it
     let endpoint = s3.endpoint();
     let blob_bytes: u64 = img.blobs.iter().map(|h| std::fs::metadata(s3.object_path(h)).unwrap().len()).sum();
     let mut listed = String::new();
-    for mode in ["kernel", "fuse"] {
+    for mode in ["fanotify", "kernel", "fuse"] {
         let mnt = dir.join(format!("mnt-{mode}"));
         let _g = MountGuard(mnt.clone());
         ctl(args!["mount", img.bootstrap(), mnt, "--mode", mode, "--s3-endpoint", endpoint, "--s3-bucket", BUCKET, "--s3-prefix", PREFIX, "--insecure", "--no-prefetch"]);
@@ -323,7 +323,7 @@ fn a_dead_or_frozen_server_gives_eio_in_bounded_time_and_reads_recover() {
     let mut s3 = S3Server::start();
     let img = image(&s3);
     let want = std::fs::read(img.src().join("files/multi_chunk")).unwrap();
-    for mode in ["kernel", "fuse"] {
+    for mode in ["fanotify", "kernel", "fuse"] {
         let work = img.dir.path().join(mode);
         let child = spawn_mount(&img, &s3, &work, mode, SECRET_KEY);
         let mnt = work.join("mnt");

@@ -299,7 +299,7 @@ fn convert_pushes_and_both_modes_mount_lazily_with_tokens() {
 
     let expected = tree_below(&s.src());
     let cfg = s.docker_config(PASSWORD);
-    for mode in ["kernel", "fuse"] {
+    for mode in ["fanotify", "kernel", "fuse"] {
         let before = s.issuer.issued();
         let work = s.dir.path().join(mode);
         let (running, guard) = mount(&cfg, &s.image(), &work, mode);

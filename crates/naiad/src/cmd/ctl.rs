@@ -24,7 +24,7 @@ enum Cmd {
     Mount {
         source: String,
         mountpoint: PathBuf,
-        #[arg(long, value_enum, default_value = "kernel")]
+        #[arg(long, value_enum, default_value = "auto")]
         mode: CtlMode,
         #[arg(long = "blob-dir")]
         blob_dirs: Vec<PathBuf>,
@@ -33,6 +33,13 @@ enum Cmd {
         insecure: bool,
         #[arg(long)]
         no_prefetch: bool,
+        /// After the prefetch list, fetch the whole image in the background (resumed when a
+        /// restarted daemon brings the mount back).
+        #[arg(long)]
+        prefetch_all: bool,
+        /// Bandwidth limit of background prefetch, e.g. 20M (bytes per second).
+        #[arg(long, value_parser = crate::output::parse_size)]
+        prefetch_rate: Option<u32>,
         /// Registry mirrors tried before the origin (repeat).
         #[arg(long = "mirror")]
         mirrors: Vec<String>,
@@ -60,6 +67,9 @@ enum Cmd {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum CtlMode {
+    /// The best the daemon's kernel supports (fanotify, else kernel, else fuse).
+    Auto,
+    Fanotify,
     Kernel,
     Fuse,
 }
@@ -68,7 +78,7 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
     let api = a.api.clone().or(cfg.api.clone()).unwrap_or_else(|| crate::cmd::daemon::DEFAULT_API_SOCKET.into());
     let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let (method, path, body) = match &a.cmd {
-        Cmd::Mount { source, mountpoint, mode, blob_dirs, insecure, no_prefetch, mirrors, s3 } => {
+        Cmd::Mount { source, mountpoint, mode, blob_dirs, insecure, no_prefetch, prefetch_all, prefetch_rate, mirrors, s3 } => {
             let (s3, s3_insecure) = cfg.s3_location(source, !blob_dirs.is_empty(), s3)?;
             let image = source.starts_with("docker://") || source.starts_with("oci:");
             let spec = MountSpec {
@@ -76,6 +86,8 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                 source: if image { source.clone() } else { abs(&PathBuf::from(source)).to_string_lossy().into_owned() },
                 mountpoint: abs(mountpoint),
                 mode: match mode {
+                    CtlMode::Auto => Mode::Auto,
+                    CtlMode::Fanotify => Mode::Fanotify,
                     CtlMode::Kernel => Mode::Kernel,
                     CtlMode::Fuse => Mode::Fuse,
                 },
@@ -84,8 +96,8 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                 s3,
                 timeout_secs: 10,
                 prefetch: !no_prefetch,
-                prefetch_all: false,
-                prefetch_rate: None,
+                prefetch_all: *prefetch_all,
+                prefetch_rate: prefetch_rate.map(u64::from),
                 mirrors: mirrors.clone(),
                 bootstrap: None,
             };

@@ -27,9 +27,13 @@ pub enum Mode {
     /// mounts EROFS on the views; no process stays behind. The default for a bootstrap file
     /// with --blob-dir.
     Local,
+    /// Lazy: the kernel mounts EROFS straight on the cache files, which this process fills
+    /// through fanotify pre-content events as they are read: no FUSE on the data path, and a
+    /// fully cached image is read like local files. Needs Linux 6.14+ (pre-content events)
+    /// with file-backed EROFS.
+    Fanotify,
     /// Lazy: the kernel mounts EROFS on blob-view files that this process serves over FUSE,
-    /// fetching and verifying chunks as they are read. The default for an image reference
-    /// and for blobs in S3.
+    /// fetching and verifying chunks as they are read. Needs file-backed EROFS (6.12+).
     Kernel,
     /// Lazy, the whole filesystem served from user space over FUSE (no file-backed EROFS
     /// needed).
@@ -41,8 +45,13 @@ pub enum Mode {
 /// SOURCE is a bootstrap file (with --blob-dir, or with its blobs in S3-compatible storage:
 /// --s3-bucket or the config file's [s3] table) or a Naiad image reference
 /// (docker://HOST/REPO:TAG, oci:DIR:TAG). Local mode returns once mounted; the lazy modes
-/// (kernel, fuse) serve the mount in the foreground until it is unmounted (`naiad umount`
-/// from another shell) or the process gets SIGINT/SIGTERM, which unmounts it.
+/// (fanotify, kernel, fuse) serve the mount in the foreground until it is unmounted (`naiad
+/// umount` from another shell) or the process gets SIGINT/SIGTERM, which unmounts it.
+///
+/// Without --mode, an image reference or S3 mounts lazily in the best mode this kernel
+/// supports: fanotify where it has pre-content events (Linux 6.14+) and file-backed EROFS,
+/// else kernel where it has file-backed EROFS, else fuse; a line on stderr says when it
+/// falls back and why. A bootstrap with --blob-dir mounts in local mode.
 ///
 /// S3 credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and
 /// AWS_SESSION_TOKEN), else from the config file's [s3] table; with none, requests are
@@ -54,8 +63,8 @@ pub struct Args {
     /// Directory of blob files named by digest (repeat for several).
     #[arg(long = "blob-dir")]
     blob_dirs: Vec<PathBuf>,
-    /// local, kernel or fuse (default: local for a bootstrap file with --blob-dir, kernel
-    /// for an image or S3).
+    /// local, fanotify, kernel or fuse (default: local for a bootstrap file with --blob-dir;
+    /// for an image or S3, the best lazy mode this kernel supports).
     #[arg(long, value_enum)]
     mode: Option<Mode>,
     /// Where blob data is cached [default: config cache_dir, else /var/lib/naiad/cache].
@@ -106,13 +115,18 @@ pub fn run(mut a: Args, cfg: &Config) -> Result<ExitCode> {
     let (s3, s3_insecure) = cfg.s3_location(&a.source, !a.blob_dirs.is_empty(), &a.s3)?;
     a.insecure |= s3.is_some() && s3_insecure;
     let image = a.source.starts_with("docker://") || a.source.starts_with("oci:");
-    let mode = a.mode.unwrap_or(if image || s3.is_some() { Mode::Kernel } else { Mode::Local });
+    let mode = match a.mode {
+        Some(m) => Some(m),
+        None if image || s3.is_some() => None, // the best lazy mode, chosen when mounting
+        None => Some(Mode::Local),
+    };
+    let Some(mode) = mode else { return mount_lazy(None, &a, s3) };
     match mode {
         Mode::Local if image => bail!("--mode local needs a bootstrap and --blob-dir; an image reference mounts lazily (kernel or fuse)"),
         Mode::Local if s3.is_some() => bail!("--mode local needs --blob-dir; blobs in S3 mount lazily (kernel or fuse)"),
         Mode::Local if a.daemon => bail!("--daemon is for the lazy modes; a local mount needs no process"),
         Mode::Local => mount_local(&a),
-        Mode::Kernel | Mode::Fuse => mount_lazy(mode, &a, s3),
+        lazy => mount_lazy(Some(lazy), &a, s3),
     }
 }
 
@@ -148,7 +162,7 @@ impl Args {
 
 /// Starts this same command without `--daemon` in its own process group, its output in a
 /// log file, and returns once the mount is up (or the server failed).
-fn detach(mode: Mode, a: &Args) -> Result<ExitCode> {
+fn detach(mode: Option<Mode>, a: &Args) -> Result<ExitCode> {
     std::fs::create_dir_all(a.runtime_dir()).with_context(|| format!("creating {}", a.runtime_dir().display()))?;
     let mountpoint = std::path::absolute(&a.mountpoint)?;
     let tag = hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8]);
@@ -164,7 +178,7 @@ fn detach(mode: Mode, a: &Args) -> Result<ExitCode> {
         .process_group(0)
         .spawn()
         .context("starting the mount server")?;
-    let lazy_mode = if mode == Mode::Fuse { LazyMode::Fuse } else { LazyMode::Kernel };
+    let lazy_mode = lazy_mode(mode);
     let started = std::time::Instant::now();
     loop {
         if naiad_daemon::mounts::is_mounted(&mountpoint, lazy_mode) {
@@ -183,14 +197,24 @@ fn detach(mode: Mode, a: &Args) -> Result<ExitCode> {
     }
 }
 
-fn mount_lazy(mode: Mode, a: &Args, s3: Option<S3Location>) -> Result<ExitCode> {
+/// The daemon's mode for a lazy CLI mode (none: the best available).
+fn lazy_mode(mode: Option<Mode>) -> LazyMode {
+    match mode {
+        None | Some(Mode::Local) => LazyMode::Auto,
+        Some(Mode::Fanotify) => LazyMode::Fanotify,
+        Some(Mode::Kernel) => LazyMode::Kernel,
+        Some(Mode::Fuse) => LazyMode::Fuse,
+    }
+}
+
+fn mount_lazy(mode: Option<Mode>, a: &Args, s3: Option<S3Location>) -> Result<ExitCode> {
     if a.daemon {
         return detach(mode, a);
     }
     let spec = MountSpec {
         source: a.source.clone(),
         mountpoint: a.mountpoint.clone(),
-        mode: if mode == Mode::Fuse { LazyMode::Fuse } else { LazyMode::Kernel },
+        mode: lazy_mode(mode),
         blob_dirs: a.blob_dirs.clone(),
         s3,
         insecure: a.insecure,
@@ -204,7 +228,7 @@ fn mount_lazy(mode: Mode, a: &Args, s3: Option<S3Location>) -> Result<ExitCode> 
     let cache = Arc::new(ChunkCache::open(a.cache_dir())?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let m = rt.block_on(naiad_daemon::mounts::mount(spec, cache, a.runtime_dir()))?;
-    eprintln!("naiad: {} mounted at {} ({mode:?} mode); serving until unmounted", a.source, m.spec.mountpoint.display());
+    eprintln!("naiad: {} mounted at {} ({:?} mode); serving until unmounted", a.source, m.spec.mountpoint.display(), m.spec.mode);
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {

@@ -204,6 +204,33 @@ impl Registry {
         format!("docker://{}/{repo_and_tag}", self.addr)
     }
 
+    /// Uploads `bytes` as a blob of `repo` with the registry API (a monolithic upload: POST,
+    /// then PUT with the digest); anonymous registries only. Returns the digest's hex.
+    pub fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
+        use std::io::{Read, Write};
+        assert!(self.auth.is_none(), "push_blob speaks to anonymous registries");
+        let hex = naiad_format::digest::to_hex(&naiad_format::digest::sha256(bytes));
+        let request = |head: String, body: &[u8]| -> String {
+            let mut c = std::net::TcpStream::connect(&self.addr).unwrap();
+            c.write_all(head.as_bytes()).unwrap();
+            c.write_all(body).unwrap();
+            let mut resp = String::new();
+            c.read_to_string(&mut resp).unwrap();
+            resp
+        };
+        let resp = request(format!("POST /v2/{repo}/blobs/uploads/ HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.addr), b"");
+        assert!(resp.starts_with("HTTP/1.1 202"), "starting an upload: {resp}");
+        let location = resp.lines().find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: "))).expect("upload location").trim();
+        let path = location.split_once("://").map_or(location, |(_, rest)| &rest[rest.find('/').unwrap_or(0)..]);
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let resp = request(
+            format!("PUT {path}{sep}digest=sha256:{hex} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", self.addr, bytes.len()),
+            bytes,
+        );
+        assert!(resp.starts_with("HTTP/1.1 201"), "finishing the upload: {resp}");
+        hex
+    }
+
     /// Kills the registry process (as a crash would); [`Registry::restart`] brings it back.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

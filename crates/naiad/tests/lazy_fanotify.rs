@@ -1,0 +1,192 @@
+//! The fanotify mode against the real kernel: EROFS mounted straight on the cache files,
+//! filled through fanotify pre-content events. Only the ranges read are fetched (the metrics
+//! and the cache file's allocated blocks show it), the whole tree matches the source, a hole
+//! is never read as data, concurrent readers share fetches, and a fully cached blob is read
+//! without the daemon. Needs root and a kernel with pre-content events (6.14+).
+
+mod common;
+
+use common::registry::*;
+use common::tree::make_tree;
+use common::*;
+use naiad_format::bootstrap::Bootstrap;
+use naiad_storage::backend::{Backend, LocalBackend, RegistryBackend, RegistryOptions};
+use naiad_storage::blob_store::BlobDirs;
+use naiad_storage::chunk_cache::ChunkCache;
+use naiad_storage::credentials::RegistryAuth;
+use naiad_storage::fetcher::{Fetcher, DEFAULT_MERGE_LIMIT_BYTES};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Image {
+    dir: tempfile::TempDir,
+    bs: Arc<Bootstrap>,
+}
+
+impl Image {
+    fn src(&self) -> PathBuf {
+        self.dir.path().join("src")
+    }
+    fn bootstrap(&self) -> PathBuf {
+        self.dir.path().join("out/bootstrap")
+    }
+}
+
+fn image() -> Image {
+    assert!(is_root(), "mounting needs root");
+    naiad_fs::fanotify::supported(&std::env::temp_dir()).expect("this kernel runs the fanotify mode");
+    let dir = tempfile::tempdir().unwrap();
+    make_tree(&dir.path().join("src"), false);
+    naiad_ok(args!["build", dir.path().join("src"), "-o", dir.path().join("out")]);
+    let bs = Arc::new(Bootstrap::open(std::fs::read(dir.path().join("out/bootstrap")).unwrap()).unwrap());
+    Image { dir, bs }
+}
+
+fn mount(img: &Image, backend: Arc<dyn Backend>, name: &str) -> (naiad_fs::fanotify::FanotifyMount, Arc<Fetcher>, PathBuf, ChunkCache) {
+    let cache = ChunkCache::open(&img.dir.path().join(format!("cache-{name}"))).unwrap();
+    let fetcher = Arc::new(Fetcher::new(backend, img.bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES));
+    let mnt = img.dir.path().join(format!("mnt-{name}"));
+    let m = naiad_fs::fanotify::mount_fanotify_mode(&img.bootstrap(), &img.bs, &cache, fetcher.clone(), &mnt).unwrap();
+    (m, fetcher, mnt, cache)
+}
+
+fn local(img: &Image) -> Arc<dyn Backend> {
+    Arc::new(LocalBackend::new(BlobDirs::new(vec![img.dir.path().join("out")])))
+}
+
+/// Bytes the cache data files hold on disk (allocated blocks).
+fn allocated(cache: &ChunkCache) -> u64 {
+    std::fs::read_dir(cache.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "data"))
+        .map(|p| std::fs::metadata(p).unwrap().blocks() * 512)
+        .sum()
+}
+
+#[test]
+fn only_the_ranges_read_are_fetched_and_the_tree_matches_the_source() {
+    let img = image();
+    let (m, fetcher, mnt, cache) = mount(&img, local(&img), "a");
+    let _g = MountGuard(mnt.clone());
+    let view: u64 = img.bs.extension().blobs.iter().map(|b| b.view_size).sum();
+    // Listing the tree reads the bootstrap only.
+    let _ = std::fs::read_dir(mnt.join("many")).unwrap().count();
+    assert_eq!(fetcher.stats.requests.load(Ordering::SeqCst), 0, "a listing fetched data");
+    assert_eq!(allocated(&cache), 0);
+    // One file of one chunk: about that chunk is fetched and stored, no more.
+    let want = std::fs::read(img.src().join("files/one_chunk")).unwrap();
+    assert_eq!(std::fs::read(mnt.join("files/one_chunk")).unwrap(), want);
+    let (fetched, stored) = (fetcher.stats.bytes_fetched.load(Ordering::SeqCst), allocated(&cache));
+    let present: u64 = img.bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap().present_bytes()).sum();
+    assert!(fetched > 0 && stored >= want.len() as u64 && stored < 4 * want.len() as u64 && stored * 4 < view, "fetched {fetched}, stored {stored} of {view} for {} bytes", want.len());
+    assert!(present >= want.len() as u64 && present <= stored, "present {present}, stored {stored}");
+    // The whole tree, every entry type and attribute.
+    assert_same_tree("fanotify mode", &snapshot(&img.src()), &snapshot(&mnt), Skip::default());
+    assert_eq!(fetcher.stats.verify_failures.load(Ordering::SeqCst), 0);
+    m.unmount().unwrap();
+    assert!(std::fs::read_dir(&mnt).unwrap().next().is_none(), "unmounted");
+}
+
+#[test]
+fn a_hole_is_never_read_as_data_and_reads_recover() {
+    let img = image();
+    let mut reg = Registry::start(None);
+    // The image's blobs in the registry, read back through the registry backend.
+    let repo = "naiad/fan";
+    for b in &img.bs.extension().blobs {
+        let hex = naiad_format::digest::to_hex(&b.digest);
+        reg.push_blob(repo, &std::fs::read(img.dir.path().join("out").join(&hex)).unwrap());
+    }
+    let opts = RegistryOptions { auth: RegistryAuth::Anonymous, insecure: true, timeout: Duration::from_secs(1), attempts: 2, ..RegistryOptions::new(&reg.addr, repo) };
+    let (m, fetcher, mnt, _cache) = mount(&img, Arc::new(RegistryBackend::new(opts).unwrap()), "b");
+    let _g = MountGuard(mnt.clone());
+    assert_eq!(std::fs::read(mnt.join("files/tiny")).unwrap(), b"x");
+    reg.kill();
+    let started = Instant::now();
+    let err = std::fs::read(mnt.join("files/multi_chunk")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "EIO took {:?}", started.elapsed());
+    assert!(fetcher.stats.errors.load(Ordering::SeqCst) > 0);
+    reg.restart();
+    assert_eq!(read_when_back(&mnt.join("files/multi_chunk")), std::fs::read(img.src().join("files/multi_chunk")).unwrap());
+    m.unmount().unwrap();
+}
+
+#[test]
+fn concurrent_readers_share_fetches_and_get_exact_bytes() {
+    let img = image();
+    let (m, fetcher, mnt, _cache) = mount(&img, local(&img), "c");
+    let _g = MountGuard(mnt.clone());
+    let want = Arc::new(std::fs::read(img.src().join("files/multi_chunk")).unwrap());
+    let threads: Vec<_> = (0..16u64)
+        .map(|t| {
+            let (path, want) = (mnt.join("files/multi_chunk"), want.clone());
+            std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::File::open(&path).unwrap();
+                let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for _ in 0..64 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let off = x % want.len() as u64;
+                    let len = ((x >> 32) % 200_000).min(want.len() as u64 - off) as usize;
+                    let mut buf = vec![0u8; len];
+                    f.read_exact_at(&mut buf, off).unwrap();
+                    assert!(buf == want[off as usize..off as usize + len], "reader {t} at {off}+{len}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Every chunk of the file was fetched at most once.
+    let chunks = img.bs.extension().chunks.len() as u64;
+    assert!(fetcher.stats.chunks_fetched.load(Ordering::SeqCst) <= chunks, "{} chunks fetched of {chunks}", fetcher.stats.chunks_fetched.load(Ordering::SeqCst));
+    m.unmount().unwrap();
+}
+
+#[test]
+fn a_fully_cached_image_is_read_without_the_mount_process() {
+    let img = image();
+    let work = img.dir.path().join("f");
+    let mnt = work.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+        .arg("mount")
+        .arg(img.bootstrap())
+        .arg(&mnt)
+        .args(["--mode", "fanotify", "--no-prefetch", "--blob-dir"])
+        .arg(img.dir.path().join("out"))
+        .arg("--cache-dir")
+        .arg(work.join("cache"))
+        .arg("--runtime-dir")
+        .arg(work.join("run"))
+        .spawn()
+        .unwrap();
+    let _g = MountGuard(mnt.clone());
+    let started = Instant::now();
+    while !mnt.join("files").exists() {
+        assert!(started.elapsed() < Duration::from_secs(20), "mount did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Read everything once: every blob becomes complete, and unwatched.
+    assert_same_tree("first read", &snapshot(&img.src()), &snapshot(&mnt), Skip::default());
+    // Freeze the mount process: a read that needed it would wait. With the page cache
+    // dropped, a reader in another process (with a deadline) reads the cache files directly.
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let out = std::process::Command::new("timeout").args(["20", "sha256sum"]).arg(mnt.join("files/multi_chunk")).output().unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    assert!(out.status.success(), "a read waited for the frozen mount process: {}", String::from_utf8_lossy(&out.stderr));
+    let local = std::process::Command::new("sha256sum").arg(img.src().join("files/multi_chunk")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().next(), String::from_utf8_lossy(&local.stdout).split_whitespace().next());
+    naiad_ok(args!["umount", mnt]);
+    assert!(child.wait().unwrap().success());
+}
