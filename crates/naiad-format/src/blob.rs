@@ -217,15 +217,16 @@ impl Toc {
                 size: c.size.get(),
             };
             let frame = frames.get(chunk.frame_index as usize).ok_or_else(|| bad(format!("chunk {i}: frame out of range")))?;
-            if chunk.size == 0
-                || chunk.size > MAX_CHUNK_SIZE_BYTES
-                || u64::from(chunk.frame_offset) + u64::from(chunk.size) > u64::from(frame.size)
-                || !chunk.view_offset.is_multiple_of(BLOCK_SIZE_BYTES)
-                || chunk.view_offset < view_end
-            {
-                return Err(bad(format!("chunk {i} lies outside its frame or overlaps the previous chunk")));
+            let placed = chunk.size != 0
+                && chunk.size <= MAX_CHUNK_SIZE_BYTES
+                && u64::from(chunk.frame_offset) + u64::from(chunk.size) <= u64::from(frame.size)
+                && chunk.view_offset.is_multiple_of(BLOCK_SIZE_BYTES)
+                && chunk.view_offset >= view_end;
+            // The end is checked too: a chunk in the last block of the 64-bit view has none.
+            match chunk.view_offset.checked_add(block_align(u64::from(chunk.size))) {
+                Some(end) if placed => view_end = end,
+                _ => return Err(bad(format!("chunk {i} lies outside its frame or overlaps the previous chunk"))),
             }
-            view_end = chunk.view_offset + block_align(u64::from(chunk.size));
             chunks.push(chunk);
         }
         let view_size = h.view_size.get();
@@ -269,5 +270,38 @@ impl BlobTrailer {
             Some(end) if end == blob_len => Ok(tr),
             _ => Err(FormatError::invalid("blob trailer", format!("TOC range does not end the {blob_len}-byte blob"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blob of `frames` bytes of stored data followed by the tail `toc` encodes.
+    fn blob_of(toc: &Toc, frames: usize) -> Vec<u8> {
+        let mut blob = vec![0u8; frames];
+        blob.extend_from_slice(&toc.encode_tail(frames as u64));
+        blob
+    }
+
+    fn decode(blob: &[u8]) -> Result<Toc> {
+        let tail_at = blob.len() - BLOB_TRAILER_SIZE_BYTES as usize;
+        let trailer = BlobTrailer::decode(&blob[tail_at..], blob.len() as u64)?;
+        Toc::decode(&blob[trailer.toc_offset as usize..tail_at], &trailer)
+    }
+
+    /// Found while writing the `blob_toc` fuzz target (input in fuzz/regressions/blob_toc/): a
+    /// chunk in the last block of the 64-bit view made the end-of-chunk sum overflow (a panic
+    /// with overflow checks; without them the bound wrapped to 0 and later chunks could
+    /// overlap it).
+    #[test]
+    fn a_chunk_at_the_end_of_the_address_space_is_refused() {
+        let frame = Frame { compressed_offset: 0, compressed_size: 4096, size: 4096, compressor: Compressor::None };
+        let chunk = |view_offset| BlobChunk { digest: [0; 32], view_offset, frame_index: 0, frame_offset: 0, size: 4096 };
+        let toc = |view_offset, view_size| Toc { digester: Digester::Blake3, frames: vec![frame], chunks: vec![chunk(view_offset)], view_size };
+        assert!(decode(&blob_of(&toc(0, 4096), 4096)).is_ok());
+        let last_block = u64::MAX - (BLOCK_SIZE_BYTES - 1);
+        let err = decode(&blob_of(&toc(last_block, 4096), 4096)).unwrap_err();
+        assert!(err.to_string().contains("chunk 0"), "{err}");
     }
 }
