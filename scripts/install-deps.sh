@@ -34,5 +34,11 @@ S3S_FS_VERSION=0.14.1
 if [[ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs $S3S_FS_VERSION" ]]; then
     cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
 fi
+# Fuzzing (fuzz/run.sh): cargo-fuzz, pinned. The toolchain is stable; fuzz/run.sh sets
+# RUSTC_BOOTSTRAP=1 for the -Z flags cargo-fuzz passes to rustc and cargo.
+CARGO_FUZZ_VERSION=0.13.2
+if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+fi
 # The kernel's EROFS (file-backed mounts need Linux >= 6.12).
 grep -qw erofs /proc/filesystems || modprobe erofs 2>/dev/null || true
