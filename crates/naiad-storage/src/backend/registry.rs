@@ -9,9 +9,15 @@
 //!   another host.
 //! * Plain HTTP only when `insecure` is set.
 //! * Every attempt has a timeout; transient failures (connection errors, timeouts, 5xx,
-//!   429) are retried with backoff a bounded number of times, and a read as a whole (retries,
-//!   backoff and token requests included) is bounded by `attempts * timeout`, so a dead
-//!   registry yields an error within that time.
+//!   429, a body shorter than asked or cut off) are retried with backoff a bounded number of
+//!   times, and a read as a whole (retries, backoff and token requests included) is bounded
+//!   by `attempts * timeout`, so a dead registry yields an error within that time.
+//! * A `Retry-After` (seconds or an HTTP date) on a 429 or 5xx is honoured: the next attempt
+//!   waits at least that long. A wait that would end past the read's time bound is not
+//!   started: the read fails at once instead (a reader gets EIO now, not at the bound).
+//! * A `206` must carry the range asked for (`Content-Range`) and exactly its length; a body
+//!   cut off before its `Content-Length` is an error of that attempt. Nothing partial is
+//!   ever returned (and the fetcher verifies every chunk of what is).
 
 use super::{Backend, OwnedRuntime};
 use crate::credentials::RegistryAuth;
@@ -19,7 +25,7 @@ use crate::{Result, StorageError};
 use naiad_format::digest::{to_hex, Digest32};
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// How to reach a registry.
 #[derive(Clone, Debug)]
@@ -62,6 +68,8 @@ enum Attempt {
     Done(Vec<u8>),
     /// Try again (after a backoff) with this reason.
     Retry(String),
+    /// Try again, not before this long (the server's `Retry-After`), with this reason.
+    RetryAfter(Duration, String),
     /// The registry asked for a token: get one and try again at once.
     Auth(String),
     Fail(StorageError),
@@ -128,6 +136,8 @@ impl RegistryBackend {
         if !direct && resp.url() != &url {
             self.redirects.lock().expect("redirects lock").insert(*digest, resp.url().clone());
         }
+        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let resp_range = resp.headers().get("content-range").and_then(|v| v.to_str().ok()).map(str::to_string);
         match status {
             206 | 200 => {
                 let body = match resp.bytes().await {
@@ -135,6 +145,11 @@ impl RegistryBackend {
                     Err(e) => return Attempt::Retry(format!("body: {}", error_text(&e))),
                 };
                 let slice = if status == 206 {
+                    if let Some(start) = content_range_start(resp_range.as_deref()) {
+                        if start != offset {
+                            return Attempt::Retry(format!("answered the range at {start}, asked {offset}"));
+                        }
+                    }
                     &body[..]
                 } else if body.len() as u64 >= offset + len {
                     // The server ignored the Range header: take our part of the whole blob.
@@ -161,7 +176,10 @@ impl RegistryBackend {
             }
             401 | 403 => Attempt::Fail(self.fail(format!("access denied ({status})"))),
             404 => Attempt::Fail(StorageError::BlobMissing { digest: to_hex(digest), dirs: self.name() }),
-            429 | 500..=599 => Attempt::Retry(format!("HTTP {status}")),
+            429 | 500..=599 => match retry_after {
+                Some(after) => Attempt::RetryAfter(after, format!("HTTP {status}, Retry-After {} s", after.as_secs_f32())),
+                None => Attempt::Retry(format!("HTTP {status}")),
+            },
             other => Attempt::Fail(self.fail(format!("unexpected HTTP {other}"))),
         }
     }
@@ -200,13 +218,14 @@ impl RegistryBackend {
     /// token request included), so a registry that stays down fails a read within that time.
     async fn read_async(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
         let limit = self.opts.timeout * self.opts.attempts.max(1);
-        match tokio::time::timeout(limit, self.read_retrying(digest, offset, len)).await {
+        let deadline = tokio::time::Instant::now() + limit;
+        match tokio::time::timeout_at(deadline, self.read_retrying(digest, offset, len, deadline)).await {
             Ok(r) => r,
             Err(_) => Err(self.fail(format!("blob {} at {offset}+{len}: no answer within {} s", to_hex(digest), limit.as_secs_f32()))),
         }
     }
 
-    async fn read_retrying(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
+    async fn read_retrying(&self, digest: &Digest32, offset: u64, len: u64, deadline: tokio::time::Instant) -> Result<Vec<u8>> {
         let mut delay = Duration::from_millis(200);
         let mut last = String::new();
         let mut authed = false;
@@ -227,6 +246,24 @@ impl RegistryBackend {
                     attempt += 1;
                     if attempt < self.opts.attempts {
                         tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+                Attempt::RetryAfter(after, why) => {
+                    last = why;
+                    attempt += 1;
+                    if attempt < self.opts.attempts {
+                        let wait = after.max(delay);
+                        if tokio::time::Instant::now().checked_add(wait).is_none_or(|t| t >= deadline) {
+                            // Waiting as asked would outlast the read's bound: fail now.
+                            return Err(self.fail(format!(
+                                "blob {} at {offset}+{len}: {last}, beyond this read's limit of {} s",
+                                to_hex(digest),
+                                (self.opts.timeout * self.opts.attempts.max(1)).as_secs_f32()
+                            )));
+                        }
+                        tracing::warn!(backend = %self.name(), blob = %to_hex(digest), offset, why = %last, "retrying when the server asks");
+                        tokio::time::sleep(wait).await;
                         delay *= 2;
                     }
                 }
@@ -264,6 +301,66 @@ fn error_text(e: &reqwest::Error) -> String {
     s
 }
 
+/// How long a `Retry-After` value asks to wait: delay-seconds, or an HTTP date (IMF-fixdate,
+/// RFC 850 or asctime form) measured from `now` (a date past is no wait).
+fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(v.parse().unwrap_or(u64::MAX)));
+    }
+    let at = parse_http_date(v)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Parses an HTTP date in any of the three forms of RFC 9110 section 5.6.7:
+/// `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94 08:49:37 GMT`,
+/// `Sun Nov  6 08:49:37 1994`. In each the day comes before the year.
+fn parse_http_date(v: &str) -> Option<SystemTime> {
+    const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    let mut month = None;
+    let mut time = None;
+    let mut numbers = Vec::new();
+    for t in v.split([' ', ',', '-']).filter(|t| !t.is_empty()) {
+        if t.contains(':') {
+            let hms: Vec<u64> = t.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+            match hms[..] {
+                [h, m, s] if h < 24 && m < 60 && s < 61 => time = Some(h * 3600 + m * 60 + s),
+                _ => return None,
+            }
+        } else if t.bytes().all(|b| b.is_ascii_digit()) {
+            numbers.push((t.parse::<i64>().ok()?, t.len()));
+        } else if let Some(m) = MONTHS.iter().position(|m| t.eq_ignore_ascii_case(m)) {
+            month = Some(m as i64 + 1);
+        }
+    }
+    let (&[(day, _), (year, year_digits)], Some(month), Some(time)) = (&numbers[..], month, time) else { return None };
+    // RFC 850's two-digit years: the RFC says to read them as at most 50 years ahead.
+    let year = if year_digits == 2 { if year < 70 { 2000 + year } else { 1900 + year } } else { year };
+    if !(1..=31).contains(&day) {
+        return None;
+    }
+    if !(1..=9999).contains(&year) {
+        return None;
+    }
+    let secs = u64::try_from(days_from_civil(year, month, day) * 86_400).ok()? + time;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// Days from 1970-01-01 to the given date (proleptic Gregorian calendar).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The first byte of `Content-Range: bytes START-END/TOTAL`.
+fn content_range_start(h: Option<&str>) -> Option<u64> {
+    h?.trim().strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+}
+
 /// Parses `Bearer realm="...",service="...",scope="..."`.
 fn parse_challenge(h: &str) -> HashMap<String, String> {
     let rest = h.split_once(' ').map(|x| x.1).unwrap_or("");
@@ -296,6 +393,31 @@ fn parse_challenge(h: &str) -> HashMap<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_770); // Sun, 06 Nov 1994 08:49:30 GMT
+        assert_eq!(super::parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(super::parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(super::parse_retry_after("99999999999999999999999", now), Some(Duration::from_secs(u64::MAX)), "huge, not a panic");
+        for date in ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(super::parse_retry_after(date, now), Some(Duration::from_secs(7)), "{date}");
+        }
+        assert_eq!(super::parse_retry_after("Sat, 05 Nov 1994 08:49:37 GMT", now), Some(Duration::ZERO), "a date past");
+        for bad in ["", "soon", "-1", "1.5", "Sun, 06 Nov 1994 25:00:00 GMT", "Sun, 06 Foo 1994 08:49:37 GMT", "Sun, 06 Nov 99999999999999 08:49:37 GMT"] {
+            assert_eq!(super::parse_retry_after(bad, now), None, "{bad:?}");
+        }
+        assert_eq!(super::days_from_civil(2000, 3, 1), 11_017);
+    }
+
+    #[test]
+    fn content_range_start_is_read() {
+        assert_eq!(super::content_range_start(Some("bytes 100-199/1000")), Some(100));
+        assert_eq!(super::content_range_start(Some("bytes */1000")), None);
+        assert_eq!(super::content_range_start(None), None);
+    }
+
     #[test]
     fn bearer_challenges_parse() {
         let p = super::parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#);
