@@ -1,6 +1,6 @@
 //! Prometheus text exposition of the daemon's state: per mount (and so per backend) bytes
 //! and requests fetched, cache hits and misses, the fetch latency histogram, verification
-//! failures and fetch errors, and prefetch progress.
+//! failures, fetch errors and cache write failures, and prefetch progress.
 
 use crate::mounts::Mounts;
 use naiad_storage::fetcher::LATENCY_BUCKETS_SECS;
@@ -28,6 +28,7 @@ pub fn render(mounts: &Mounts) -> String {
     counter(&mut out, "naiad_cache_misses_total", "Chunk reads that needed a fetch.", &|m| m.fetcher.stats.misses.load(Ordering::Relaxed));
     counter(&mut out, "naiad_verify_failures_total", "Chunks that failed digest verification.", &|m| m.fetcher.stats.verify_failures.load(Ordering::Relaxed));
     counter(&mut out, "naiad_fetch_errors_total", "Fetches that failed (read errors for the reader).", &|m| m.fetcher.stats.errors.load(Ordering::Relaxed));
+    counter(&mut out, "naiad_cache_write_failures_total", "Fetches the cache could not store (disk full), served from memory.", &|m| m.fetcher.stats.cache_write_failures.load(Ordering::Relaxed));
     let prefetch = |m: &crate::mounts::ActiveMount, f: &dyn Fn(&naiad_fs::prefetch::PrefetchProgress) -> u64| {
         m.prefetch.lock().expect("prefetch lock").as_ref().map_or(0, |p| f(p))
     };

@@ -11,21 +11,32 @@
 //! the bits and writes the bitmap. Bits only ever go from 0 to 1, so even a torn bitmap
 //! write can only lose bits (those chunks are fetched again), never claim data that is not
 //! on disk. Callers hand [`CachedBlob::fill`] verified data only.
+//!
+//! A cache that cannot take the data (disk full, a write error) need not fail reads that
+//! copy their bytes out with [`CachedBlob::read_at`]: the verified chunks of such a fill are
+//! kept in memory instead (a bounded *spill*, oldest fills dropped first), their bits stay
+//! unset, and `read_at` serves them from there. So the reader that fetched them gets its
+//! bytes, the next reader of those chunks fetches them again, and the files on disk only
+//! ever hold what their bits say. A reader of the data file itself (the kernel, in fanotify
+//! mode) must go by the bits alone: for it such chunks are missing.
 
 use crate::{Result, StorageError};
 use naiad_format::digest::{to_hex, Digest32};
 use naiad_format::{block_align, BLOCK_SIZE_BYTES};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 /// Suffix of a blob's data file.
 pub const DATA_SUFFIX: &str = ".data";
 /// Suffix of a blob's presence bitmap.
 pub const MAP_SUFFIX: &str = ".map";
+/// Bytes of verified chunks a blob keeps in memory when the cache cannot store them. The
+/// last fill is always kept whole, whatever its size, so the read that made it is served.
+pub const SPILL_LIMIT_BYTES: usize = 16 << 20;
 
 /// A directory of cached blobs.
 #[derive(Debug)]
@@ -45,9 +56,79 @@ pub struct CachedBlob {
     view_size: u64,
     bits: Vec<AtomicU64>,
     map_lock: Mutex<()>,
+    spill: Mutex<Spill>,
+    /// Whether the last fill failed to reach the disk (to log the change, not every fill).
+    write_failing: AtomicBool,
+    /// errno of the last failed write (0: none yet).
+    write_errno: AtomicI32,
 }
 
-fn map_len(view_size: u64) -> u64 {
+/// Verified chunks that the disk did not take, by view offset, oldest first out.
+#[derive(Debug, Default)]
+struct Spill {
+    /// view offset -> (fill sequence number, bytes)
+    chunks: BTreeMap<u64, (u64, Arc<[u8]>)>,
+    order: VecDeque<(u64, u64)>,
+    bytes: usize,
+    next_seq: u64,
+}
+
+impl Spill {
+    /// Keeps `chunks` (one fill), dropping older fills beyond [`SPILL_LIMIT_BYTES`].
+    fn keep(&mut self, chunks: &[(u64, &[u8])]) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        for &(off, bytes) in chunks {
+            if let Some((_, old)) = self.chunks.insert(off, (seq, Arc::from(bytes))) {
+                self.bytes -= old.len();
+            }
+            self.bytes += bytes.len();
+            self.order.push_back((off, seq));
+        }
+        while self.bytes > SPILL_LIMIT_BYTES {
+            match self.order.front() {
+                Some(&(off, s)) if s < seq => {
+                    self.order.pop_front();
+                    if self.chunks.get(&off).is_some_and(|(cs, _)| *cs == s) {
+                        let (_, old) = self.chunks.remove(&off).expect("present");
+                        self.bytes -= old.len();
+                    }
+                }
+                _ => break,
+            }
+        }
+        // Chunks filled again leave stale entries in `order`: drop them now and then.
+        if self.order.len() > 2 * self.chunks.len() + 64 {
+            let chunks = &self.chunks;
+            self.order.retain(|(off, s)| chunks.get(off).is_some_and(|(cs, _)| cs == s));
+        }
+    }
+
+    /// Forgets the chunk at `off` (it is on disk now).
+    fn forget(&mut self, off: u64) {
+        if let Some((_, old)) = self.chunks.remove(&off) {
+            self.bytes -= old.len();
+        }
+    }
+
+    /// The spilled chunk whose blocks cover `pos`: its offset and bytes.
+    fn covering(&self, pos: u64) -> Option<(u64, Arc<[u8]>)> {
+        let (&off, (_, bytes)) = self.chunks.range(..=pos).next_back()?;
+        (pos < off + block_align(bytes.len() as u64)).then(|| (off, bytes.clone()))
+    }
+}
+
+/// Where [`CachedBlob::fill`] put the chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filled {
+    /// On disk, durable, marked present.
+    Cached,
+    /// The cache could not take them (disk full, write error): kept in memory for a while,
+    /// readable with [`CachedBlob::read_at`] but not marked present.
+    InMemory,
+}
+
+pub(crate) fn map_len(view_size: u64) -> u64 {
     let blocks = view_size / BLOCK_SIZE_BYTES;
     blocks.div_ceil(64) * 8
 }
@@ -102,7 +183,18 @@ impl ChunkCache {
         let mut raw = vec![0u8; map_len(view_size) as usize];
         map.read_exact_at(&mut raw, 0).map_err(StorageError::io(&map_path))?;
         let bits = raw.chunks_exact(8).map(|w| AtomicU64::new(u64::from_le_bytes(w.try_into().expect("8 bytes")))).collect();
-        let blob = Arc::new(CachedBlob { digest: *digest, data_path, data, map, view_size, bits, map_lock: Mutex::new(()) });
+        let blob = Arc::new(CachedBlob {
+            digest: *digest,
+            data_path,
+            data,
+            map,
+            view_size,
+            bits,
+            map_lock: Mutex::new(()),
+            spill: Mutex::new(Spill::default()),
+            write_failing: AtomicBool::new(false),
+            write_errno: AtomicI32::new(0),
+        });
         open.insert(*digest, Arc::downgrade(&blob));
         Ok(blob)
     }
@@ -251,26 +343,83 @@ impl CachedBlob {
         self.is_present(0, self.view_size)
     }
 
-    /// Reads filled bytes; an error if any block of the range is not filled.
+    /// Why chunks fetched for this blob are not in the cache: the last write error (after a
+    /// [`Filled::InMemory`] fill).
+    pub fn write_error(&self) -> StorageError {
+        let errno = match self.write_errno.load(Ordering::Relaxed) {
+            0 => eio_errno(),
+            e => e,
+        };
+        StorageError::Io { path: self.data_path.clone(), cause: std::io::Error::from_raw_os_error(errno) }
+    }
+
+    /// Reads filled bytes (from the data file, or from the chunks a full disk left in
+    /// memory); an error if any block of the range is in neither.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.view_size) || !self.is_present(offset, buf.len() as u64) {
-            return Err(StorageError::Mismatch { blob: to_hex(&self.digest), detail: format!("range {offset}+{} is not in the cache", buf.len()) });
+        let len = buf.len();
+        let missing = || StorageError::Mismatch { blob: to_hex(&self.digest), detail: format!("range {offset}+{len} is not in the cache") };
+        let end = offset.checked_add(len as u64).filter(|e| *e <= self.view_size).ok_or_else(missing)?;
+        if self.is_present(offset, buf.len() as u64) {
+            return self.data.read_exact_at(buf, offset).map_err(StorageError::io(&self.data_path));
         }
-        self.data.read_exact_at(buf, offset).map_err(StorageError::io(&self.data_path))
+        // Runs of present blocks from the file, the rest from the spill.
+        let mut pos = offset;
+        while pos < end {
+            let at = (pos - offset) as usize;
+            if self.bit(pos / BLOCK_SIZE_BYTES) {
+                let mut run_end = (pos / BLOCK_SIZE_BYTES + 1) * BLOCK_SIZE_BYTES;
+                while run_end < end && self.bit(run_end / BLOCK_SIZE_BYTES) {
+                    run_end += BLOCK_SIZE_BYTES;
+                }
+                let run_end = run_end.min(end);
+                self.data.read_exact_at(&mut buf[at..(run_end - offset) as usize], pos).map_err(StorageError::io(&self.data_path))?;
+                pos = run_end;
+            } else {
+                let (off, bytes) = self.spill.lock().expect("spill lock").covering(pos).ok_or_else(missing)?;
+                // The chunk's blocks: its bytes, then zeros up to the block boundary.
+                let run_end = (off + block_align(bytes.len() as u64)).min(end);
+                let out = &mut buf[at..(run_end - offset) as usize];
+                let from = ((pos - off) as usize).min(bytes.len());
+                let n = (bytes.len() - from).min(out.len());
+                out[..n].copy_from_slice(&bytes[from..from + n]);
+                out[n..].fill(0);
+                pos = run_end;
+            }
+        }
+        Ok(())
     }
 
     /// Stores verified chunks (`(view offset, bytes)`, offsets block aligned) and marks
-    /// their blocks present, data first and durably, bitmap second.
-    pub fn fill(&self, chunks: &[(u64, &[u8])]) -> Result<()> {
+    /// their blocks present, data first and durably, bitmap second. When the data cannot be
+    /// written or made durable (disk full, I/O error), no bit is set and the chunks are kept
+    /// in memory instead ([`Filled::InMemory`]); an error only for chunks outside the view.
+    pub fn fill(&self, chunks: &[(u64, &[u8])]) -> Result<Filled> {
         let mut touched = Vec::new();
         for &(off, bytes) in chunks {
             if off % BLOCK_SIZE_BYTES != 0 || off.checked_add(bytes.len() as u64).is_none_or(|e| e > self.view_size) {
                 return Err(StorageError::Mismatch { blob: to_hex(&self.digest), detail: format!("chunk at {off} does not fit the view") });
             }
-            self.data.write_all_at(bytes, off).map_err(StorageError::io(&self.data_path))?;
             touched.push(self.block_range(off, block_align(bytes.len() as u64)));
         }
-        self.data.sync_data().map_err(StorageError::io(&self.data_path))?;
+        let written = chunks.iter().try_for_each(|&(off, bytes)| self.data.write_all_at(bytes, off)).and_then(|()| self.data.sync_data());
+        if let Err(e) = written {
+            // Whatever part did reach the file has no bit: it is never read as data.
+            self.spill.lock().expect("spill lock").keep(chunks);
+            self.write_errno.store(e.raw_os_error().unwrap_or(eio_errno()), Ordering::Relaxed);
+            if !self.write_failing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(file = %self.data_path.display(), error = %e, "cannot write to the cache; serving fetched data from memory until it can");
+            }
+            return Ok(Filled::InMemory);
+        }
+        if self.write_failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(file = %self.data_path.display(), "writing to the cache again");
+        }
+        {
+            let mut spill = self.spill.lock().expect("spill lock");
+            if !spill.chunks.is_empty() {
+                chunks.iter().for_each(|&(off, _)| spill.forget(off));
+            }
+        }
         let _guard = self.map_lock.lock().expect("map lock");
         let mut words: Vec<usize> = Vec::new();
         for r in touched {
@@ -286,10 +435,20 @@ impl CachedBlob {
         words.dedup();
         for w in words {
             let v = self.bits[w].load(Ordering::Acquire).to_le_bytes();
-            self.map.write_all_at(&v, w as u64 * 8).map_err(|e| StorageError::Io { path: self.data_path.with_extension("map"), cause: e })?;
+            if let Err(e) = self.map.write_all_at(&v, w as u64 * 8) {
+                // The data is durable and the bits in memory are true; the map on disk just
+                // lacks them (a later process fetches those chunks again).
+                tracing::warn!(file = %self.data_path.with_extension("map").display(), error = %e, "cannot write the presence bitmap");
+                break;
+            }
         }
-        Ok(())
+        Ok(Filled::Cached)
     }
+}
+
+/// EIO, for a failed write that carries no errno.
+fn eio_errno() -> i32 {
+    rustix::io::Errno::IO.raw_os_error()
 }
 
 #[cfg(test)]
@@ -358,6 +517,49 @@ mod tests {
         drop(b);
         let b = ChunkCache::open(dir.path()).unwrap().blob(&d, 8 * 4096).unwrap();
         assert!(!b.is_present(0, 4096));
+    }
+
+    #[test]
+    fn spilled_chunks_are_read_from_memory_never_marked_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path()).unwrap();
+        let b = cache.blob(&[4u8; 32], 8 * 4096).unwrap();
+        assert_eq!(b.fill(&[(0, &[1u8; 4096][..])]).unwrap(), Filled::Cached);
+        // What a full disk leaves: a chunk of 5000 bytes at 4096 only in memory.
+        b.spill.lock().unwrap().keep(&[(4096, &[2u8; 5000][..])]);
+        assert!(!b.is_present(4096, 1), "a spilled chunk is not present");
+        let mut buf = vec![9u8; 3 * 4096];
+        b.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..4096], &[1u8; 4096][..], "from the file");
+        assert_eq!(&buf[4096..9096], &[2u8; 5000][..], "from memory");
+        assert!(buf[9096..].iter().all(|&x| x == 0), "the chunk's block padding reads as zeros");
+        let mut buf = vec![0u8; 100];
+        b.read_at(&mut buf, 4096 + 4000).unwrap();
+        assert_eq!(buf, vec![2u8; 100], "an unaligned read inside the chunk");
+        assert!(b.read_at(&mut vec![0u8; 4096 * 4], 0).is_err(), "a block in neither is an error");
+        // Once the disk takes it, it is present and leaves memory.
+        assert_eq!(b.fill(&[(4096, &[2u8; 5000][..])]).unwrap(), Filled::Cached);
+        assert!(b.is_present(4096, 5000) && b.spill.lock().unwrap().chunks.is_empty());
+    }
+
+    #[test]
+    fn the_spill_is_bounded_but_keeps_the_last_fill_whole() {
+        let mut s = Spill::default();
+        let big = vec![3u8; SPILL_LIMIT_BYTES / 2 + 4096];
+        s.keep(&[(0, &big[..])]);
+        s.keep(&[(1 << 30, &big[..])]);
+        assert!(s.covering(0).is_none(), "the oldest fill went");
+        assert!(s.covering(1 << 30).is_some());
+        // One fill over the limit stays whole.
+        let huge = vec![4u8; SPILL_LIMIT_BYTES];
+        s.keep(&[(2 << 30, &huge[..]), (3 << 30, &huge[..])]);
+        assert!(s.covering(1 << 30).is_none() && s.covering(2 << 30).is_some() && s.covering(3 << 30).is_some());
+        assert_eq!(s.bytes, 2 * SPILL_LIMIT_BYTES);
+        // A chunk filled again replaces its older copy.
+        s.keep(&[(3 << 30, &[5u8; 10][..])]);
+        assert_eq!(&s.covering(3 << 30).unwrap().1[..], &[5u8; 10][..]);
+        assert!(s.covering(2 << 30).is_none(), "older fill dropped once over the limit");
+        assert_eq!(s.bytes, 10);
     }
 
     #[test]

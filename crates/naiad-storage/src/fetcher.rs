@@ -3,7 +3,7 @@
 //! same chunk wait for it rather than fetch it again).
 
 use crate::backend::Backend;
-use crate::chunk_cache::CachedBlob;
+use crate::chunk_cache::{CachedBlob, Filled};
 use crate::{Result, StorageError};
 use naiad_format::compression::decompress_into;
 use naiad_format::digest::{to_hex, Digest32, Digester};
@@ -115,6 +115,8 @@ pub struct FetchStats {
     pub misses: AtomicU64,
     pub verify_failures: AtomicU64,
     pub errors: AtomicU64,
+    /// Fetches the cache could not store (disk full, write error), served from memory.
+    pub cache_write_failures: AtomicU64,
 }
 
 #[derive(Default)]
@@ -163,14 +165,34 @@ impl Fetcher {
         Fetcher { backend, digester, merge_limit: merge_limit.max(1), inflight: Mutex::new(HashMap::new()), down: Mutex::new(None), ahead: AtomicUsize::new(0), stats: FetchStats::default() }
     }
 
-    /// Makes every chunk of `chunks` (all of `blob`) present in the cache. With `frames`,
-    /// the other chunks of each fetched frame are filled too.
+    /// Makes every chunk of `chunks` (all of `blob`) present in the cache: on disk, marked,
+    /// so that the data file itself can be read (the fanotify mode's kernel does). When the
+    /// cache cannot store them (disk full), an error, though they were fetched.
     pub fn ensure(&self, blob: &CachedBlob, chunks: &[ChunkRecord]) -> Result<()> {
         self.ensure_with(blob, chunks, None)
     }
 
     /// [`Fetcher::ensure`], filling whole frames using `frames`.
     pub fn ensure_with(&self, blob: &CachedBlob, chunks: &[ChunkRecord], frames: Option<&FrameIndex>) -> Result<()> {
+        self.fetch_missing(blob, chunks, frames)?;
+        match chunks.iter().find(|c| !blob.is_present(c.view_offset, u64::from(c.size))) {
+            Some(_) => Err(blob.write_error()),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads `buf.len()` bytes of `blob`'s view at `offset`, fetching first those of
+    /// `chunks` (which must cover the range) not present. Unlike [`Fetcher::ensure_with`],
+    /// succeeds when the cache cannot store them (disk full): the verified chunks just
+    /// fetched are served from memory ([`Filled::InMemory`]), so reads still work, from the
+    /// backend.
+    pub fn read_with(&self, blob: &CachedBlob, chunks: &[ChunkRecord], frames: Option<&FrameIndex>, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.fetch_missing(blob, chunks, frames)?;
+        blob.read_at(buf, offset)
+    }
+
+    /// Fetches those of `chunks` not present (or waits for their fetch in flight).
+    fn fetch_missing(&self, blob: &CachedBlob, chunks: &[ChunkRecord], frames: Option<&FrameIndex>) -> Result<()> {
         let digest = *blob.digest();
         let mut mine = Vec::new();
         let mut theirs = Vec::new();
@@ -310,7 +332,9 @@ impl Fetcher {
                 }
             }
             let refs: Vec<(u64, &[u8])> = verified.iter().map(|(o, d)| (*o, d.as_slice())).collect();
-            blob.fill(&refs)?;
+            if blob.fill(&refs)? == Filled::InMemory {
+                self.stats.cache_write_failures.fetch_add(1, Ordering::Relaxed);
+            }
             self.stats.chunks_fetched.fetch_add(verified.len() as u64, Ordering::Relaxed);
         }
         Ok(())
