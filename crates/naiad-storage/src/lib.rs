@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod blob_store;
+pub mod cache_check;
 pub mod chunk_cache;
 pub mod credentials;
 pub mod fetcher;
