@@ -239,56 +239,13 @@ fn a_dead_registry_gives_eio_in_bounded_time_and_reads_recover() {
     m.unmount().unwrap();
 }
 
-/// A TCP relay to the registry that flips one byte of every response body.
-fn flipping_proxy(upstream: String) -> String {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut client) = conn else { return };
-            let upstream = upstream.clone();
-            std::thread::spawn(move || {
-                let Ok(mut server) = std::net::TcpStream::connect(&upstream) else { return };
-                let mut c2 = client.try_clone().unwrap();
-                let mut s2 = server.try_clone().unwrap();
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c2, &mut s2);
-                });
-                let mut buf = vec![0u8; 1 << 16];
-                let mut seen_headers = Vec::new();
-                let mut flipped = false;
-                loop {
-                    let n = match server.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if !flipped {
-                        seen_headers.extend_from_slice(&buf[..n]);
-                        if let Some(end) = seen_headers.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let body_start_in_buf = end + 4 - (seen_headers.len() - n);
-                            if body_start_in_buf + 100 < n {
-                                buf[body_start_in_buf + 100] ^= 0x01;
-                                flipped = true;
-                            }
-                        }
-                    }
-                    if client.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[test]
 fn flipped_bytes_are_caught_and_never_cached() {
     let reg = Registry::start(None);
     let (dir, bs) = naiad_image(&reg, None);
-    let proxy = flipping_proxy(reg.addr.clone());
-    let opts = RegistryOptions { insecure: true, timeout: Duration::from_secs(2), attempts: 1, ..RegistryOptions::new(&proxy, "naiad/bb") };
+    let proxy = common::faulty::FaultyProxy::start(&reg.addr);
+    proxy.set(common::faulty::Fault::Flip);
+    let opts = RegistryOptions { insecure: true, timeout: Duration::from_secs(2), attempts: 1, ..RegistryOptions::new(&proxy.addr, "naiad/bb") };
     let fetcher = Fetcher::new(Arc::new(RegistryBackend::new(opts).unwrap()), bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES);
     let cache = ChunkCache::open(&dir.path().join("cache")).unwrap();
     let rec = busybox_chunks(&bs)[0];
