@@ -33,15 +33,14 @@ pub enum Mode {
     Fuse,
 }
 
-/// The mode [`Mode::Auto`] picks on this kernel: kernel mode where it has EROFS, else fuse
-/// mode. (The fanotify mode is chosen only when asked for, until the fanotify group outlives
-/// a crash of the process serving it: today such a crash lets reads of unfilled ranges see
-/// zeros.) With the reason when it is not kernel mode.
-pub fn auto_mode(_cache_dir: &Path) -> (Mode, Option<String>) {
-    if has_erofs() {
-        (Mode::Kernel, None)
-    } else {
-        (Mode::Fuse, Some("the kernel has no EROFS: using fuse mode".into()))
+/// The mode [`Mode::Auto`] picks on this kernel for a cache in `cache_dir`: fanotify where
+/// it has pre-content events and file-backed EROFS; else kernel mode where it has EROFS;
+/// else fuse mode. With the reason when it is not fanotify.
+pub fn auto_mode(cache_dir: &Path) -> (Mode, Option<String>) {
+    match naiad_fs::fanotify::supported(cache_dir) {
+        Ok(()) => (Mode::Fanotify, None),
+        Err(why) if has_erofs() => (Mode::Kernel, Some(format!("fanotify mode unavailable: {why}; using kernel mode"))),
+        Err(why) => (Mode::Fuse, Some(format!("fanotify mode unavailable: {why}; no EROFS either: using fuse mode"))),
     }
 }
 
@@ -194,7 +193,10 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path) 
     };
     let handle: Box<dyn std::any::Any + Send> = match mode {
         Mode::Auto => unreachable!("resolved above"),
-        Mode::Fanotify => Box::new(naiad_fs::fanotify::mount_fanotify_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &mountpoint)?),
+        Mode::Fanotify => {
+            let exe = std::env::current_exe().map_err(DaemonError::io("the naiad executable"))?;
+            Box::new(naiad_fs::fanotify::mount_fanotify_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &mountpoint, runtime_dir, &exe)?)
+        }
         Mode::Kernel => {
             let views = runtime_dir.join(format!("views-{}", hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8])));
             Box::new(naiad_fs::lazy::mount_kernel_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &views, &mountpoint)?)
@@ -251,27 +253,12 @@ impl Drop for ActiveMount {
 /// type reads `fuse` when root mounts it directly and `fuse.naiad` through `fusermount3`).
 pub fn is_mounted(mountpoint: &Path, mode: Mode) -> bool {
     match mode {
-        Mode::Kernel | Mode::Fanotify => has_mount(mountpoint, &["erofs"]),
-        Mode::Fuse => has_mount(mountpoint, &["fuse", "fuse.naiad"]),
-        Mode::Auto => has_mount(mountpoint, &["erofs", "fuse", "fuse.naiad"]),
+        Mode::Kernel | Mode::Fanotify => naiad_fs::kernel::has_mount(mountpoint, &["erofs"]),
+        Mode::Fuse => naiad_fs::kernel::has_mount(mountpoint, &["fuse", "fuse.naiad"]),
+        Mode::Auto => naiad_fs::kernel::has_mount(mountpoint, &["erofs", "fuse", "fuse.naiad"]),
     }
 }
 
-/// Whether `mountpoint` carries a mount of one of `fs_types` (from /proc/self/mountinfo).
-fn has_mount(mountpoint: &Path, fs_types: &[&str]) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let want = mountpoint.to_string_lossy();
-    info.lines().any(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        let sep = fields.iter().position(|f| *f == "-");
-        fields.get(4).is_some_and(|m| unescape(m) == want) && sep.and_then(|s| fields.get(s + 1)).is_some_and(|t| fs_types.contains(t))
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-}
 
 /// The daemon's table of mounts, by mount point; with a [`StateFile`], every change is saved
 /// so a restarted daemon can bring the mounts back ([`restore`]).
@@ -368,7 +355,9 @@ pub async fn restore(mounts: &Mounts, cache: &Arc<ChunkCache>, runtime_dir: &Pat
     let (mut ok, mut failed) = (Vec::new(), Vec::new());
     for spec in specs {
         let mp = spec.mountpoint.clone();
-        if is_mounted(&mp, spec.mode) {
+        // A fanotify mount whose keeper lives is still served: the new server attaches.
+        let kept = spec.mode == Mode::Fanotify && naiad_fs::fanotify::keeper_alive(runtime_dir, &mp);
+        if !kept && is_mounted(&mp, spec.mode) {
             let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
         }
         let r = match mount(spec, cache.clone(), runtime_dir).await {

@@ -13,9 +13,11 @@
 //! The fetcher's own writes into a watched file raise no event (pre-content events are for
 //! reads), so filling never waits on itself.
 //!
-//! The group must outlive the mount: closing it lets pending and later reads through
-//! unfilled. Unmounting therefore unmounts EROFS first; a mount that cannot be unmounted
-//! (files still open in it) is detached and served until the process exits.
+//! The group must outlive the mount and any crash of this process: closing it lets pending
+//! and later reads through unfilled. It is therefore held by a keeper process
+//! ([`crate::fanotify_keeper`]), which answers reads of ranges already present itself and
+//! forwards the others here; a mount server that dies is replaced by the next one started for
+//! the same mount point, which attaches to the keeper, and readers only wait meanwhile.
 
 use crate::{FsError, Result};
 use naiad_format::block_align;
@@ -27,7 +29,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc, Mutex};
+use crate::fanotify_keeper::{i32_at, recv, send, socket_path, u64_at};
 use std::thread::JoinHandle;
 
 // Linux uapi (linux/fanotify.h) values the libc crate does not have yet.
@@ -49,23 +53,23 @@ struct Watched {
     chunks: Vec<ChunkRecord>,
     frames: Arc<FrameIndex>,
     ra: Readahead,
-    /// Identity of the data file, to map an event's fd to it.
+    /// Identity of the data file, as the keeper names it.
     dev: u64,
     ino: u64,
-    /// Whether the fanotify mark is still on.
+    /// Whether the file is still watched.
     marked: AtomicBool,
 }
 
 struct Shared {
-    group: OwnedFd,
     files: Vec<Watched>,
     fetcher: Arc<Fetcher>,
-    stop: AtomicBool,
+    /// The connection to the keeper (writes; a clone reads).
+    keeper: Mutex<UnixStream>,
 }
 
-/// One event to answer: the fd the kernel opened for it, the file, the range.
+/// One event to answer: the keeper's id for it, the file, the range.
 struct Job {
-    fd: OwnedFd,
+    id: i32,
     file: usize,
     offset: u64,
     count: u64,
@@ -95,7 +99,7 @@ fn fan_init() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn fan_mark(group: &OwnedFd, add: bool, path: &Path) -> std::io::Result<()> {
+pub(crate) fn fan_mark(group: &OwnedFd, add: bool, path: &Path) -> std::io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let flags = if add { libc::FAN_MARK_ADD } else { libc::FAN_MARK_REMOVE };
     // SAFETY: valid fd and NUL-terminated path.
@@ -107,7 +111,7 @@ fn fan_mark(group: &OwnedFd, add: bool, path: &Path) -> std::io::Result<()> {
 }
 
 /// Answers the event whose fd is `fd`: allow, or deny with EIO.
-fn respond(group: &OwnedFd, fd: RawFd, allow: bool) {
+pub(crate) fn respond(group: &OwnedFd, fd: RawFd, allow: bool) {
     let response = if allow { libc::FAN_ALLOW } else { libc::FAN_DENY | ((libc::EIO as u32) << FAN_ERRNO_SHIFT) };
     let r = libc::fanotify_response { fd, response };
     // SAFETY: writes a plain struct to the group fd.
@@ -142,28 +146,97 @@ fn tempfile_in(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(p)
 }
 
+/// An event read from a group: the fd the kernel opened for it and the file range, if the
+/// event carries one.
+pub(crate) struct RawEvent {
+    pub fd: OwnedFd,
+    pub range: Option<(u64, u64)>,
+}
+
+/// Reads the events waiting on `group` (one read; call when it is readable).
+pub(crate) fn read_events(group: &OwnedFd, buf: &mut [u8]) -> Vec<RawEvent> {
+    // SAFETY: reads into a buffer we own.
+    let n = unsafe { libc::read(group.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    let mut out = Vec::new();
+    if n <= 0 {
+        return out;
+    }
+    let buf = &buf[..n as usize];
+    let mut at = 0usize;
+    while at + METADATA_LEN <= buf.len() {
+        let ev = &buf[at..];
+        let event_len = u32::from_ne_bytes(ev[0..4].try_into().expect("4 bytes")) as usize;
+        if event_len < METADATA_LEN || event_len > ev.len() || ev[4] != FANOTIFY_METADATA_VERSION {
+            tracing::error!(event_len, version = ev[4], "malformed fanotify event");
+            break;
+        }
+        let metadata_len = u16::from_ne_bytes(ev[6..8].try_into().expect("2 bytes")) as usize;
+        let fd = i32::from_ne_bytes(ev[16..20].try_into().expect("4 bytes"));
+        at += event_len;
+        if fd < 0 {
+            continue; // a queue overflow notice: no fd, nothing to answer
+        }
+        let mut range = None;
+        let mut i = metadata_len;
+        while i + 4 <= event_len {
+            let (kind, len) = (ev[i], u16::from_ne_bytes(ev[i + 2..i + 4].try_into().expect("2 bytes")) as usize);
+            if len < 4 || i + len > event_len {
+                break;
+            }
+            if kind == FAN_EVENT_INFO_TYPE_RANGE && len >= 24 {
+                range = Some((u64::from_ne_bytes(ev[i + 8..i + 16].try_into().expect("8 bytes")), u64::from_ne_bytes(ev[i + 16..i + 24].try_into().expect("8 bytes"))));
+            }
+            i += len;
+        }
+        // SAFETY: the kernel opened this fd for us; it is owned from here.
+        out.push(RawEvent { fd: unsafe { OwnedFd::from_raw_fd(fd) }, range });
+    }
+    out
+}
+
+/// Whether a keeper serves the mount at `mountpoint` (a worker may attach to it).
+pub fn keeper_alive(runtime_dir: &Path, mountpoint: &Path) -> bool {
+    UnixStream::connect(socket_path(runtime_dir, mountpoint)).is_ok()
+}
+
 /// Mounts `bootstrap_path` (parsed as `bs`) at `mountpoint` on the cache files of its blobs,
-/// filled through `fetcher` as they are read.
-pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCache, fetcher: Arc<Fetcher>, mountpoint: &Path) -> Result<FanotifyMount> {
+/// filled through `fetcher` as they are read. The group goes to a keeper process started from
+/// `keeper_exe` (`naiad fanotify-keeper`), its socket in `runtime_dir`. If a keeper already
+/// serves `mountpoint` (its previous server died), this attaches to it instead: the image is
+/// mounted already, and the reads waiting are answered now.
+pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCache, fetcher: Arc<Fetcher>, mountpoint: &Path, runtime_dir: &Path, keeper_exe: &Path) -> Result<FanotifyMount> {
     let ext = bs.extension();
-    let group = fan_init().map_err(|e| FsError::Invalid(format!("fanotify_init: {e}")))?;
     let mut files = Vec::new();
-    let mut devices = Vec::new();
     for (i, b) in ext.blobs.iter().enumerate() {
         let blob = cache.blob(&b.digest, b.view_size)?;
         let md = std::fs::metadata(blob.data_path()).map_err(FsError::io(blob.data_path()))?;
         let chunks = ext.blob_chunks(i as u32).to_vec();
         let frames = Arc::new(FrameIndex::new(chunks.clone()));
-        // The mark goes on before EROFS opens the file: whether a file raises pre-content
-        // events is settled when it is opened.
-        let marked = !blob.is_complete();
-        if marked {
-            fan_mark(&group, true, blob.data_path()).map_err(|e| FsError::Invalid(format!("watching {}: {e}", blob.data_path().display())))?;
-        }
-        devices.push(blob.data_path().to_path_buf());
-        files.push(Watched { blob, chunks, frames, ra: Readahead::default(), dev: md.dev(), ino: md.ino(), marked: AtomicBool::new(marked) });
+        let marked = AtomicBool::new(!blob.is_complete());
+        files.push(Watched { blob, chunks, frames, ra: Readahead::default(), dev: md.dev(), ino: md.ino(), marked });
     }
-    let shared = Arc::new(Shared { group, files, fetcher: fetcher.clone(), stop: AtomicBool::new(false) });
+    let sock = socket_path(runtime_dir, mountpoint);
+    let attach = UnixStream::connect(&sock).ok().filter(|_| crate::kernel::is_erofs_mounted(mountpoint));
+    let attached = attach.is_some();
+    let stream = match attach {
+        Some(s) => s,
+        None => start_keeper(&files, mountpoint, runtime_dir, keeper_exe, &sock)?,
+    };
+    let io = |e: std::io::Error| FsError::Io { path: sock.clone(), cause: e };
+    take_writers(&stream, &files).map_err(|e| FsError::Invalid(format!("fanotify keeper {}: {e}", sock.display())))?;
+    let mut w = stream.try_clone().map_err(io)?;
+    for f in &files {
+        let (map, data) = (f.blob.data_path().with_extension("map"), f.blob.data_path());
+        let mut m = vec![b'R'];
+        for v in [f.dev, f.ino, f.blob.view_size(), map.as_os_str().len() as u64] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        m.extend_from_slice(map.as_os_str().as_encoded_bytes());
+        m.extend_from_slice(data.as_os_str().as_encoded_bytes());
+        send(&mut w, &m).map_err(io)?;
+    }
+    send(&mut w, b"G").map_err(io)?;
+    let shared = Arc::new(Shared { files, fetcher: fetcher.clone(), keeper: Mutex::new(w) });
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     let mut threads = Vec::new();
@@ -173,75 +246,144 @@ pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkC
         threads.push(std::thread::Builder::new().name(format!("naiad-fan-{i}")).spawn(move || worker(&s, &rx)).map_err(spawn_err)?);
     }
     let s = shared.clone();
-    threads.push(std::thread::Builder::new().name("naiad-fan-listen".into()).spawn(move || listen(&s, tx)).map_err(spawn_err)?);
-    let mut m = FanotifyMount { mountpoint: mountpoint.into(), shared, threads, mounted: false, fetcher };
-    std::fs::create_dir_all(mountpoint).map_err(FsError::io(mountpoint))?;
-    crate::kernel::mount_erofs(bootstrap_path, &devices, mountpoint)?;
-    m.mounted = true;
+    threads.push(std::thread::Builder::new().name("naiad-fan-listen".into()).spawn(move || listen(&s, stream, tx)).map_err(spawn_err)?);
+    let mut m = FanotifyMount { mountpoint: mountpoint.into(), shared, threads, mounted: attached, fetcher };
+    if !attached {
+        std::fs::create_dir_all(mountpoint).map_err(FsError::io(mountpoint))?;
+        crate::kernel::mount_erofs(bootstrap_path, &m.shared.files.iter().map(|f| f.blob.data_path().to_path_buf()).collect::<Vec<_>>(), mountpoint)?;
+        m.mounted = true;
+    }
     Ok(m)
 }
 
-/// Reads events and hands them to the workers until stopped.
-fn listen(s: &Shared, tx: mpsc::Sender<Job>) {
-    let mut buf = vec![0u8; 64 << 10];
-    while !s.stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd { fd: s.group.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, 100) };
-        if r <= 0 {
+/// Reads the keeper's `P` frame and makes every file's fills write through the keeper's
+/// descriptor of it (copied with `pidfd_getfd`), which raises no event.
+fn take_writers(stream: &UnixStream, files: &[Watched]) -> std::io::Result<()> {
+    let mut r = stream.try_clone()?;
+    r.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let f = recv(&mut r)?;
+    r.set_read_timeout(None)?;
+    if f[0] != b'P' || f.len() < 9 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no writer list"));
+    }
+    let pid = u32::from_le_bytes(f[1..5].try_into().expect("4 bytes"));
+    let n = u32::from_le_bytes(f[5..9].try_into().expect("4 bytes")) as usize;
+    // SAFETY: plain syscalls; the results are checked.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if pidfd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: a new fd owned here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    for i in 0..n {
+        let at = 9 + i * 20;
+        let (dev, ino, fd) = (u64_at(&f, at), u64_at(&f, at + 8), i32_at(&f, at + 16));
+        let Some(w) = files.iter().find(|w| w.dev == dev && w.ino == ino) else { continue };
+        // SAFETY: as above.
+        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+        if got < 0 {
+            return Err(errno());
+        }
+        // SAFETY: as above.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(got as i32) });
+        w.blob.set_writer(file);
+    }
+    if let Some(w) = files.iter().find(|w| w.marked.load(Ordering::Relaxed) && !f[9..].chunks_exact(20).any(|e| u64_at(e, 0) == w.dev && u64_at(e, 8) == w.ino)) {
+        return Err(std::io::Error::other(format!("no writer for {}", w.blob.data_path().display())));
+    }
+    Ok(())
+}
+
+/// Creates the group, watches the files not complete yet, and starts a keeper holding it;
+/// returns the connection to the keeper.
+fn start_keeper(files: &[Watched], mountpoint: &Path, runtime_dir: &Path, keeper_exe: &Path, sock: &Path) -> Result<UnixStream> {
+    let group = fan_init().map_err(|e| FsError::Invalid(format!("fanotify_init: {e}")))?;
+    // The marks go on before EROFS opens the files: whether a file raises pre-content
+    // events is settled when it is opened.
+    for f in files.iter().filter(|f| f.marked.load(Ordering::Relaxed)) {
+        fan_mark(&group, true, f.blob.data_path()).map_err(|e| FsError::Invalid(format!("watching {}: {e}", f.blob.data_path().display())))?;
+    }
+    std::fs::create_dir_all(runtime_dir).map_err(FsError::io(runtime_dir))?;
+    let _ = std::fs::remove_file(sock);
+    let log = std::fs::File::create(sock.with_extension("log")).map_err(FsError::io(sock.with_extension("log")))?;
+    let raw = group.as_raw_fd();
+    // Opened before the watch (the cache entries were opened before it): writes through
+    // these raise no event. The keeper keeps them for later workers.
+    let writers: Vec<i32> = files.iter().map(|f| f.blob.writer_fd().as_raw_fd()).collect();
+    let list = writers.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(",");
+    let mut cmd = std::process::Command::new(keeper_exe);
+    cmd.args(["fanotify-keeper", "--group-fd", &raw.to_string(), "--writer-fds", &list, "--socket"]).arg(sock).arg("--mountpoint").arg(mountpoint);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec: its own session (a signal
+    // to the worker's process group does not reach it), and the group fd kept across exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            for &fd in std::iter::once(&raw).chain(writers.iter()) {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| FsError::Io { path: keeper_exe.into(), cause: e })?;
+    drop(group);
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(s) = UnixStream::connect(sock) {
+            // Reap it if it exits later (it is in its own session; nobody else waits for it).
+            std::thread::spawn(move || child.wait());
+            return Ok(s);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(FsError::Invalid(format!("the fanotify keeper exited ({status}); see {}", sock.with_extension("log").display())));
+        }
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            return Err(FsError::Invalid("the fanotify keeper did not start within 10 s".into()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Reads the keeper's events and hands them to the workers until the connection ends.
+fn listen(s: &Shared, mut stream: UnixStream, tx: mpsc::Sender<Job>) {
+    loop {
+        let f = match recv(&mut stream) {
+            Ok(f) => f,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    tracing::debug!(error = %e, "keeper connection ended");
+                }
+                return;
+            }
+        };
+        if f[0] != b'E' {
             continue;
         }
-        // SAFETY: reads into a buffer we own.
-        let n = unsafe { libc::read(s.group.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            continue;
-        }
-        let mut at = 0usize;
-        while at + METADATA_LEN <= n as usize {
-            let ev = &buf[at..n as usize];
-            let event_len = u32::from_ne_bytes(ev[0..4].try_into().expect("4 bytes")) as usize;
-            if event_len < METADATA_LEN || event_len > ev.len() || ev[4] != FANOTIFY_METADATA_VERSION {
-                tracing::error!(event_len, version = ev[4], "malformed fanotify event");
-                break;
-            }
-            let metadata_len = u16::from_ne_bytes(ev[6..8].try_into().expect("2 bytes")) as usize;
-            let fd = i32::from_ne_bytes(ev[16..20].try_into().expect("4 bytes"));
-            at += event_len;
-            if fd < 0 {
-                continue; // queue overflow notice: no fd, nothing to answer
-            }
-            // SAFETY: the kernel opened this fd for us; we own it from here.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // The range record, if any (absent: the whole file).
-            let mut range = None;
-            let mut i = metadata_len;
-            while i + 4 <= event_len {
-                let (kind, len) = (ev[i], u16::from_ne_bytes(ev[i + 2..i + 4].try_into().expect("2 bytes")) as usize);
-                if len < 4 || i + len > event_len {
-                    break;
+        let (id, dev, ino, offset, count) = (i32_at(&f, 1), u64_at(&f, 5), u64_at(&f, 13), u64_at(&f, 21), u64_at(&f, 29));
+        match s.files.iter().position(|w| w.dev == dev && w.ino == ino) {
+            Some(file) => {
+                let count = if count == u64::MAX { s.files[file].blob.view_size() } else { count };
+                if tx.send(Job { id, file, offset, count }).is_err() {
+                    return;
                 }
-                if kind == FAN_EVENT_INFO_TYPE_RANGE && len >= 24 {
-                    let offset = u64::from_ne_bytes(ev[i + 8..i + 16].try_into().expect("8 bytes"));
-                    let count = u64::from_ne_bytes(ev[i + 16..i + 24].try_into().expect("8 bytes"));
-                    range = Some((offset, count));
-                }
-                i += len;
             }
-            let Some(file) = file_of(s, &fd) else {
-                respond(&s.group, fd.as_raw_fd(), true); // not one of ours (a mark being removed)
-                continue;
-            };
-            let (offset, count) = range.unwrap_or((0, s.files[file].blob.view_size()));
-            if let Err(mpsc::SendError(job)) = tx.send(Job { fd, file, offset, count }) {
-                respond(&s.group, job.fd.as_raw_fd(), false);
-            }
+            None => answer(s, id, true), // not a file of this image (cannot happen: the keeper asks per file)
         }
     }
 }
 
-fn file_of(s: &Shared, fd: &OwnedFd) -> Option<usize> {
-    let st = rustix::fs::fstat(fd).ok()?;
-    s.files.iter().position(|w| w.dev == st.st_dev && w.ino == st.st_ino)
+fn answer(s: &Shared, id: i32, allow: bool) {
+    let mut m = vec![b'A'];
+    m.extend_from_slice(&id.to_le_bytes());
+    m.push(u8::from(allow));
+    if let Err(e) = send(&mut *s.keeper.lock().expect("keeper lock"), &m) {
+        tracing::error!(error = %e, "answering the fanotify keeper failed");
+    }
 }
 
 fn worker(s: &Shared, rx: &Mutex<mpsc::Receiver<Job>>) {
@@ -251,13 +393,14 @@ fn worker(s: &Shared, rx: &Mutex<mpsc::Receiver<Job>>) {
             Err(_) => return,
         };
         let ok = fill(s, &job);
-        respond(&s.group, job.fd.as_raw_fd(), ok);
+        answer(s, job.id, ok);
         let w = &s.files[job.file];
         if ok && w.blob.is_complete() && w.marked.swap(false, Ordering::AcqRel) {
             // Everything is here: the kernel may read this file without asking from now on.
-            if let Err(e) = fan_mark(&s.group, false, w.blob.data_path()) {
-                tracing::warn!(file = %w.blob.data_path().display(), error = %e, "unwatching a complete blob failed");
-            }
+            let mut m = vec![b'U'];
+            m.extend_from_slice(&w.dev.to_le_bytes());
+            m.extend_from_slice(&w.ino.to_le_bytes());
+            let _ = send(&mut *s.keeper.lock().expect("keeper lock"), &m);
         }
     }
 }
@@ -285,29 +428,42 @@ fn fill(s: &Shared, job: &Job) -> bool {
 }
 
 impl FanotifyMount {
-    /// Unmounts the image, then stops answering events. An image that cannot be unmounted
-    /// (files open in it) is detached instead, and its reads are answered for as long as this
-    /// process lives: closing the group would let them read holes.
+    /// Unmounts the image, then tells the keeper to close the group. An image that cannot be
+    /// unmounted (files open in it) stays mounted with its keeper, and its reads wait for the
+    /// next server of this mount point; the error says so.
     pub fn unmount(mut self) -> Result<()> {
         self.teardown()
     }
 
     fn teardown(&mut self) -> Result<()> {
+        let mut result = Ok(());
         if self.mounted {
-            if crate::kernel::umount(&self.mountpoint).is_err() {
-                let _ = rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH);
-                self.mounted = false;
-                std::mem::forget(std::mem::take(&mut self.threads));
-                std::mem::forget(self.shared.clone());
-                return Ok(());
+            // Unmounted already (`naiad umount` ends a mount server that way): just as done.
+            let r = crate::kernel::umount(&self.mountpoint);
+            let r = if r.is_err() && !crate::kernel::is_erofs_mounted(&self.mountpoint) { Ok(()) } else { r };
+            match r {
+                Ok(()) => {
+                    self.mounted = false;
+                    if send(&mut *self.shared.keeper.lock().expect("keeper lock"), b"B").is_ok() {
+                        // The keeper exits (closing its copies of the cache files, so the
+                        // cache may evict them): the listener sees the connection end.
+                        let started = std::time::Instant::now();
+                        while self.threads.last().is_some_and(|t| !t.is_finished()) && started.elapsed() < std::time::Duration::from_secs(5) {
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(mountpoint = %self.mountpoint.display(), error = %e, "cannot unmount; left mounted, its keeper waits for the next server");
+                    result = Err(e);
+                }
             }
-            self.mounted = false;
         }
-        self.shared.stop.store(true, Ordering::Relaxed);
+        let _ = self.shared.keeper.lock().expect("keeper lock").shutdown(std::net::Shutdown::Both);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        Ok(())
+        result
     }
 }
 

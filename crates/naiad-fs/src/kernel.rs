@@ -45,3 +45,24 @@ pub fn mount_erofs(bootstrap: &Path, devices: &[PathBuf], mountpoint: &Path) -> 
 pub fn umount(mountpoint: &Path) -> Result<()> {
     unmount(mountpoint, UnmountFlags::empty()).map_err(|e| FsError::Io { path: mountpoint.into(), cause: e.into() })
 }
+
+/// Whether `mountpoint` carries a mount of one of `fs_types` (from /proc/self/mountinfo).
+pub fn has_mount(mountpoint: &Path, fs_types: &[&str]) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = mountpoint.to_string_lossy();
+    info.lines().any(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-");
+        fields.get(4).is_some_and(|m| unescape(m) == want) && sep.and_then(|s| fields.get(s + 1)).is_some_and(|t| fs_types.contains(t))
+    })
+}
+
+/// Whether `mountpoint` carries an EROFS mount.
+pub fn is_erofs_mounted(mountpoint: &Path) -> bool {
+    has_mount(mountpoint, &["erofs"])
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}

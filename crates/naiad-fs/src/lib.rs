@@ -4,6 +4,7 @@
 pub mod check;
 pub mod compare;
 pub mod fanotify;
+pub mod fanotify_keeper;
 mod error;
 pub mod blob_view_fs;
 pub mod image_fs;

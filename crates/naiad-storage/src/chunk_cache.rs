@@ -52,6 +52,8 @@ pub struct CachedBlob {
     digest: Digest32,
     data_path: PathBuf,
     data: File,
+    /// Where fills write instead of `data`, once set ([`CachedBlob::set_writer`]).
+    writer: std::sync::OnceLock<File>,
     map: File,
     view_size: u64,
     bits: Vec<AtomicU64>,
@@ -187,6 +189,7 @@ impl ChunkCache {
             digest: *digest,
             data_path,
             data,
+            writer: std::sync::OnceLock::new(),
             map,
             view_size,
             bits,
@@ -314,6 +317,20 @@ impl CachedBlob {
     pub fn view_size(&self) -> u64 {
         self.view_size
     }
+    /// Makes fills write through `file` (the same data file, opened elsewhere) from now on;
+    /// false if a writer was set already. The fanotify mode needs a descriptor opened before
+    /// the file was watched: writes through one opened after would raise the very events
+    /// they are answering.
+    pub fn set_writer(&self, file: File) -> bool {
+        self.writer.set(file).is_ok()
+    }
+
+    /// The descriptor fills write through.
+    pub fn writer_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.writer.get().unwrap_or(&self.data).as_fd()
+    }
+
     /// The data file (a valid EROFS device once the blocks read are present).
     pub fn data_path(&self) -> &Path {
         &self.data_path
@@ -401,7 +418,8 @@ impl CachedBlob {
             }
             touched.push(self.block_range(off, block_align(bytes.len() as u64)));
         }
-        let written = chunks.iter().try_for_each(|&(off, bytes)| self.data.write_all_at(bytes, off)).and_then(|()| self.data.sync_data());
+        let data = self.writer.get().unwrap_or(&self.data);
+        let written = chunks.iter().try_for_each(|&(off, bytes)| data.write_all_at(bytes, off)).and_then(|()| data.sync_data());
         if let Err(e) = written {
             // Whatever part did reach the file has no bit: it is never read as data.
             self.spill.lock().expect("spill lock").keep(chunks);

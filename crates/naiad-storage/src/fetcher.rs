@@ -57,7 +57,6 @@ pub struct Readahead {
 
 #[derive(Debug, Default)]
 struct ReadaheadState {
-    last_start: u64,
     last_end: u64,
     /// How far ahead fetching has been asked for.
     frontier: u64,
@@ -69,12 +68,11 @@ impl Readahead {
     pub fn on_read(&self, start: u64, end: u64) -> Option<std::ops::Range<u64>> {
         let mut st = self.state.lock().expect("readahead lock");
         // The kernel's own readahead and several serving threads let reads arrive slightly
-        // out of order: anything from the last read's start up to just past its end counts.
-        let sequential = start >= st.last_start && start <= st.last_end + READAHEAD_MIN_BYTES && st.last_end > 0;
-        st.last_start = start;
-        st.last_end = st.last_end.max(end);
+        // out of order: a read starting within the minimum window of where the last one ended
+        // counts as following it. Random reads (even many at once) rarely do.
+        let sequential = st.last_end > 0 && start.abs_diff(st.last_end) <= READAHEAD_MIN_BYTES;
+        st.last_end = end;
         if !sequential {
-            st.last_end = end;
             st.window = 0;
             st.frontier = end;
             return None;
@@ -196,6 +194,21 @@ impl Fetcher {
         let digest = *blob.digest();
         let mut mine = Vec::new();
         let mut theirs = Vec::new();
+        // With a frame index, the whole frames are claimed: a frame being fetched for one
+        // chunk fills the others, which then must not be fetched again meanwhile.
+        let mut expanded = Vec::new();
+        let chunks = match frames {
+            Some(index) if chunks.iter().any(|c| !blob.is_present(c.view_offset, u64::from(c.size))) => {
+                let mut seen = std::collections::HashSet::new();
+                for c in chunks.iter().filter(|c| !blob.is_present(c.view_offset, u64::from(c.size))) {
+                    if seen.insert(c.compressed_offset) {
+                        expanded.extend(index.frame(c.compressed_offset).iter().filter(|m| m.view_offset == c.view_offset || !blob.is_present(m.view_offset, u64::from(m.size))).copied());
+                    }
+                }
+                &expanded[..]
+            }
+            _ => chunks,
+        };
         {
             let mut inflight = self.inflight.lock().expect("inflight lock");
             for c in chunks {

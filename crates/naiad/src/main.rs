@@ -29,6 +29,21 @@ enum Cmd {
     Unpack(cmd::unpack::Args),
     Mount(cmd::mount::Args),
     Umount(cmd::umount::Args),
+    /// Internal: holds a fanotify-mode mount's group across restarts of its server.
+    #[command(hide = true)]
+    FanotifyKeeper(KeeperArgs),
+}
+
+#[derive(clap::Args)]
+struct KeeperArgs {
+    #[arg(long)]
+    group_fd: i32,
+    #[arg(long, value_delimiter = ',')]
+    writer_fds: Vec<i32>,
+    #[arg(long)]
+    socket: std::path::PathBuf,
+    #[arg(long)]
+    mountpoint: std::path::PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +70,7 @@ fn main() -> ExitCode {
         Cmd::Unpack(a) => cmd::unpack::run(a),
         Cmd::Mount(a) => cmd::mount::run(a, &cfg),
         Cmd::Umount(a) => cmd::umount::run(a),
+        Cmd::FanotifyKeeper(a) => naiad_fs::fanotify_keeper::run(a.group_fd, &a.writer_fds, &a.socket, &a.mountpoint).map(|()| ExitCode::SUCCESS).map_err(Into::into),
     };
     match result {
         Ok(code) => code,

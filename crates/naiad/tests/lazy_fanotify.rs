@@ -49,7 +49,8 @@ fn mount(img: &Image, backend: Arc<dyn Backend>, name: &str) -> (naiad_fs::fanot
     let cache = ChunkCache::open(&img.dir.path().join(format!("cache-{name}"))).unwrap();
     let fetcher = Arc::new(Fetcher::new(backend, img.bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES));
     let mnt = img.dir.path().join(format!("mnt-{name}"));
-    let m = naiad_fs::fanotify::mount_fanotify_mode(&img.bootstrap(), &img.bs, &cache, fetcher.clone(), &mnt).unwrap();
+    let run = img.dir.path().join(format!("run-{name}"));
+    let m = naiad_fs::fanotify::mount_fanotify_mode(&img.bootstrap(), &img.bs, &cache, fetcher.clone(), &mnt, &run, env!("CARGO_BIN_EXE_naiad").as_ref()).unwrap();
     (m, fetcher, mnt, cache)
 }
 
@@ -189,4 +190,105 @@ fn a_fully_cached_image_is_read_without_the_mount_process() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().next(), String::from_utf8_lossy(&local.stdout).split_whitespace().next());
     naiad_ok(args!["umount", mnt]);
     assert!(child.wait().unwrap().success());
+}
+
+/// Starts `naiad daemon` with its API, cache and runtime state under `dir`.
+fn start_daemon(dir: &std::path::Path, n: usize) -> std::process::Child {
+    let sock = dir.join("api.sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut d = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+        .args(["daemon", "--api"])
+        .arg(&sock)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .arg("--runtime-dir")
+        .arg(dir.join("run"))
+        .stderr(std::fs::File::create(dir.join(format!("daemon-{n}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !sock.exists() {
+        assert!(d.try_wait().unwrap().is_none(), "the daemon exited: {}", std::fs::read_to_string(dir.join(format!("daemon-{n}.log"))).unwrap_or_default());
+        assert!(started.elapsed() < Duration::from_secs(20), "daemon socket did not appear");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d
+}
+
+fn kill9(child: &mut std::process::Child) {
+    rustix::process::kill_process(rustix::process::Pid::from_child(child), rustix::process::Signal::KILL).unwrap();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_killed_daemon_costs_readers_a_delay_never_an_error_or_wrong_bytes() {
+    let img = image();
+    let work = img.dir.path().join("g");
+    let mnt = work.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut daemon = start_daemon(&work, 0);
+    let _g = MountGuard(mnt.clone());
+    naiad_ok(args!["ctl", "--api", work.join("api.sock"), "mount", img.bootstrap(), mnt, "--blob-dir", img.dir.path().join("out"), "--mode", "fanotify", "--no-prefetch"]);
+    // Every regular file of the source, with its bytes.
+    let files: Vec<(PathBuf, Vec<u8>)> = walk(&img.src()).into_iter().map(|p| (p.strip_prefix(img.src()).unwrap().to_path_buf(), std::fs::read(&p).unwrap())).collect();
+    assert!(files.len() > 10);
+    // The daemon dies before anything is read: the reader's first read must wait for it.
+    kill9(&mut daemon);
+    let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = {
+        let (mnt, progress) = (mnt.clone(), progress.clone());
+        std::thread::spawn(move || {
+            let (mut errors, mut wrong) = (Vec::new(), Vec::new());
+            for _pass in 0..3 {
+                for (rel, want) in &files {
+                    match std::fs::read(mnt.join(rel)) {
+                        Ok(got) if &got == want => {}
+                        Ok(_) => wrong.push(rel.clone()),
+                        Err(e) => errors.push(format!("{}: {e}", rel.display())),
+                    }
+                    progress.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            (errors, wrong)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let stalled_at = progress.load(Ordering::SeqCst);
+    assert!(stalled_at < 3 * 11, "the reader did not wait for the dead daemon ({stalled_at} reads done)");
+    let mut daemon = start_daemon(&work, 1);
+    // Once more while the reader runs.
+    std::thread::sleep(Duration::from_millis(200));
+    kill9(&mut daemon);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut daemon = start_daemon(&work, 2);
+    let (errors, wrong) = reader.join().unwrap();
+    assert!(errors.is_empty(), "read errors across daemon restarts: {errors:?}");
+    assert!(wrong.is_empty(), "wrong bytes across daemon restarts: {wrong:?}");
+    naiad_ok(args!["ctl", "--api", work.join("api.sock"), "umount", mnt]);
+    assert!(!naiad_fs::kernel::is_erofs_mounted(&mnt));
+    // With the mount gone, its keeper is gone too.
+    let sock = naiad_fs::fanotify_keeper::socket_path(&work.join("run"), &std::path::absolute(&mnt).unwrap());
+    let started = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the keeper outlived its mount");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rustix::process::kill_process(rustix::process::Pid::from_child(&daemon), rustix::process::Signal::TERM).unwrap();
+    assert!(daemon.wait().unwrap().success());
+}
+
+/// Regular files under `root`.
+fn walk(root: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            out.extend(walk(&e.path()));
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
 }

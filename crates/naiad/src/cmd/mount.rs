@@ -181,7 +181,9 @@ fn detach(mode: Option<Mode>, a: &Args) -> Result<ExitCode> {
     let lazy_mode = lazy_mode(mode);
     let started = std::time::Instant::now();
     loop {
-        if naiad_daemon::mounts::is_mounted(&mountpoint, lazy_mode) {
+        // Up once the server says so (it does right after mounting and starting its prefetch).
+        let said = std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains(SERVING));
+        if said && naiad_daemon::mounts::is_mounted(&mountpoint, lazy_mode) {
             eprintln!("naiad: {} mounted at {} (server pid {}, log {})", a.source, mountpoint.display(), child.id(), log_path.display());
             return Ok(ExitCode::SUCCESS);
         }
@@ -196,6 +198,9 @@ fn detach(mode: Option<Mode>, a: &Args) -> Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// What a mount server prints once its mount is up.
+const SERVING: &str = "; serving until unmounted";
 
 /// The daemon's mode for a lazy CLI mode (none: the best available).
 fn lazy_mode(mode: Option<Mode>) -> LazyMode {
@@ -228,7 +233,7 @@ fn mount_lazy(mode: Option<Mode>, a: &Args, s3: Option<S3Location>) -> Result<Ex
     let cache = Arc::new(ChunkCache::open(a.cache_dir())?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let m = rt.block_on(naiad_daemon::mounts::mount(spec, cache, a.runtime_dir()))?;
-    eprintln!("naiad: {} mounted at {} ({:?} mode); serving until unmounted", a.source, m.spec.mountpoint.display(), m.spec.mode);
+    eprintln!("naiad: {} mounted at {} ({:?} mode){SERVING}", a.source, m.spec.mountpoint.display(), m.spec.mode);
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
