@@ -110,12 +110,12 @@ impl BlobViewFs {
             let chunks = chunks_starting_in(&f.chunks, ahead).to_vec();
             self.fetcher.fetch_ahead(f.blob.clone(), chunks, Some(f.frames.clone()));
         }
-        if let Err(e) = self.fetcher.ensure_with(&f.blob, &wanted, Some(&f.frames)) {
+        // Fetched data the cache cannot store (disk full) is served from memory.
+        let mut buf = vec![0u8; (end - offset) as usize];
+        if let Err(e) = self.fetcher.read_with(&f.blob, &wanted, Some(&f.frames), &mut buf, offset) {
             tracing::warn!(blob = %to_hex(f.blob.digest()), offset, size, error = %e, "read failed");
             return Err(Errno::EIO);
         }
-        let mut buf = vec![0u8; (end - offset) as usize];
-        f.blob.read_at(&mut buf, offset).map_err(|_| Errno::EIO)?;
         Ok(buf)
     }
 }

@@ -147,10 +147,10 @@ impl ImageFs {
                         let chunks = chunks_starting_in(self.bs.extension().blob_chunks(rec.blob_index), ahead).to_vec();
                         self.fetcher.fetch_ahead(blob.clone(), chunks, Some(frames.clone()));
                     }
-                    self.fetcher.ensure_with(blob, std::slice::from_ref(rec), Some(frames)).map_err(|e| eio(&e))?;
+                    // Fetched data the cache cannot store (disk full) is served from memory.
                     let at = out.len();
                     out.resize(at + (to - from) as usize, 0);
-                    blob.read_at(&mut out[at..], rec.view_offset + from).map_err(|e| eio(&e))?;
+                    self.fetcher.read_with(blob, std::slice::from_ref(rec), Some(frames), &mut out[at..], rec.view_offset + from).map_err(|e| eio(&e))?;
                 }
             }
         }
