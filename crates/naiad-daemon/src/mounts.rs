@@ -10,7 +10,7 @@ use naiad_oci::reference::ImageRef;
 use naiad_storage::backend::{Backend, LocalBackend, MirroredBackend, RegistryBackend, RegistryOptions, S3Backend, S3Location, S3Options};
 use naiad_storage::blob_store::BlobDirs;
 use naiad_storage::chunk_cache::ChunkCache;
-use naiad_storage::fetcher::{Fetcher, DEFAULT_MERGE_LIMIT_BYTES};
+use naiad_storage::fetcher::{Fetcher, DEFAULT_MAX_REQUESTS, DEFAULT_MERGE_LIMIT_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -89,6 +89,12 @@ pub struct MountSpec {
     /// crash needs no registry; a bootstrap read from here is verified like a fetched one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<PathBuf>,
+    /// Largest merged backend request, bytes (default 4 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_merge_max: Option<u64>,
+    /// Backend requests at once, per mount (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_concurrency: Option<usize>,
 }
 
 fn default_mode() -> Mode {
@@ -174,7 +180,10 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path) 
     };
     let bs = Arc::new(Bootstrap::open(bytes)?);
     let backend_name = backend.name();
-    let fetcher = Arc::new(Fetcher::new(backend, bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES));
+    let fetcher = Arc::new(
+        Fetcher::new(backend, bs.extension().digester, spec.fetch_merge_max.unwrap_or(DEFAULT_MERGE_LIMIT_BYTES))
+            .with_max_requests(spec.fetch_concurrency.unwrap_or(DEFAULT_MAX_REQUESTS)),
+    );
     let mountpoint = std::path::absolute(&spec.mountpoint).map_err(DaemonError::io(spec.mountpoint.display()))?;
     let blobs = bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size)).collect::<std::result::Result<Vec<_>, _>>()?;
     let mode = match spec.mode {

@@ -1,5 +1,6 @@
-//! Registry credentials from the docker config (`$DOCKER_CONFIG/config.json`, else
-//! `~/.docker/config.json`): the `auths` entries (`auth` = base64 `user:password`, or
+//! Registry credentials: those of naiad's own configuration file (recorded once by the
+//! program, [`set_configured`]) first, else the docker config (`$DOCKER_CONFIG/config.json`,
+//! else `~/.docker/config.json`): the `auths` entries (`auth` = base64 `user:password`, or
 //! `username`/`password`, or an `identitytoken`). Credentials are never logged or put into
 //! error messages.
 
@@ -34,8 +35,20 @@ pub fn docker_config_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
 }
 
+/// Registry credentials from the program's configuration file, by `host[:port]`.
+static CONFIGURED: std::sync::OnceLock<std::collections::BTreeMap<String, RegistryAuth>> = std::sync::OnceLock::new();
+
+/// Records the registry credentials of this process's configuration file (once, at start; a
+/// second call is ignored). A process setting, like S3's: mount specs never hold credentials.
+pub fn set_configured(by_host: std::collections::BTreeMap<String, RegistryAuth>) {
+    let _ = CONFIGURED.set(by_host);
+}
+
 /// Credentials for `registry` (`host[:port]`), anonymous if none are configured.
 pub fn credentials_for(registry: &str) -> RegistryAuth {
+    if let Some(auth) = CONFIGURED.get().and_then(|m| m.get(registry)) {
+        return auth.clone();
+    }
     let Some(path) = docker_config_path() else { return RegistryAuth::Anonymous };
     let Ok(bytes) = std::fs::read(&path) else { return RegistryAuth::Anonymous };
     parse_config(&bytes, registry).unwrap_or(RegistryAuth::Anonymous)

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 /// Default upper bound of one merged request.
 pub const DEFAULT_MERGE_LIMIT_BYTES: u64 = 4 << 20;
+/// Default number of backend requests one fetcher runs at once.
+pub const DEFAULT_MAX_REQUESTS: usize = 8;
 
 /// The chunks of one blob grouped by frame, so that a fetched frame fills every chunk it
 /// holds (small files share frames: without this, each would fetch the frame again).
@@ -154,13 +156,37 @@ pub struct Fetcher {
     down: Mutex<Option<(Instant, String)>>,
     /// Background readahead fetches running.
     ahead: AtomicUsize,
+    /// Backend requests running, and the most allowed at once.
+    requests: (Mutex<usize>, Condvar),
+    max_requests: usize,
     pub stats: FetchStats,
 }
 
 impl Fetcher {
     /// A fetcher reading from `backend`; chunk digests use `digester`.
     pub fn new(backend: Arc<dyn Backend>, digester: Digester, merge_limit: u64) -> Self {
-        Fetcher { backend, digester, merge_limit: merge_limit.max(1), inflight: Mutex::new(HashMap::new()), down: Mutex::new(None), ahead: AtomicUsize::new(0), stats: FetchStats::default() }
+        Fetcher { backend, digester, merge_limit: merge_limit.max(1), inflight: Mutex::new(HashMap::new()), down: Mutex::new(None), ahead: AtomicUsize::new(0), requests: (Mutex::new(0), Condvar::new()), max_requests: DEFAULT_MAX_REQUESTS, stats: FetchStats::default() }
+    }
+
+    /// At most `n` (at least 1) backend requests at once; more wait for one to finish.
+    pub fn with_max_requests(mut self, n: usize) -> Self {
+        self.max_requests = n.max(1);
+        self
+    }
+
+    /// Runs `f` as one of at most `max_requests` concurrent backend requests.
+    fn limited<T>(&self, f: impl FnOnce() -> T) -> T {
+        let (count, cv) = &self.requests;
+        let mut n = count.lock().expect("request count");
+        while *n >= self.max_requests {
+            n = cv.wait(n).expect("request count");
+        }
+        *n += 1;
+        drop(n);
+        let r = f();
+        *count.lock().expect("request count") -= 1;
+        cv.notify_one();
+        r
     }
 
     /// Makes every chunk of `chunks` (all of `blob`) present in the cache: on disk, marked,
@@ -313,7 +339,7 @@ impl Fetcher {
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let t = Instant::now();
-            let read = self.backend.read(blob.digest(), start, len);
+            let read = self.limited(|| self.backend.read(blob.digest(), start, len));
             *self.down.lock().expect("down lock") = match &read {
                 Err(StorageError::Backend { detail, .. }) => Some((Instant::now() + BACKEND_RETRY_AFTER, detail.clone())),
                 _ => None,

@@ -20,6 +20,9 @@ use std::sync::Arc;
 struct Counting {
     inner: LocalBackend,
     requests: AtomicU64,
+    /// Requests running now, and the most seen at once.
+    running: AtomicU64,
+    peak: AtomicU64,
     flip: bool,
     down: AtomicBool,
 }
@@ -27,6 +30,10 @@ struct Counting {
 impl Backend for Counting {
     fn read(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        self.running.fetch_sub(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
             return Err(StorageError::Backend { backend: self.name(), detail: "connection refused".into() });
         }
@@ -69,7 +76,7 @@ type Setup = (tempfile::TempDir, Bootstrap, Vec<u8>, Arc<Counting>, ChunkCache);
 fn setup(flip: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (bs, big) = image(dir.path());
-    let backend = Arc::new(Counting { inner: LocalBackend::new(BlobDirs::new(vec![dir.path().join("out")])), requests: AtomicU64::new(0), flip, down: AtomicBool::new(false) });
+    let backend = Arc::new(Counting { inner: LocalBackend::new(BlobDirs::new(vec![dir.path().join("out")])), requests: AtomicU64::new(0), running: AtomicU64::new(0), peak: AtomicU64::new(0), flip, down: AtomicBool::new(false) });
     let cache = ChunkCache::open(&dir.path().join("cache")).unwrap();
     (dir, bs, big, backend, cache)
 }
@@ -139,6 +146,33 @@ fn concurrent_readers_share_one_fetch() {
     let frames: std::collections::HashSet<u64> = recs.iter().map(|r| r.compressed_offset).collect();
     assert_eq!(backend.requests.load(Ordering::SeqCst), frames.len() as u64, "each frame fetched once");
     assert!(recs.iter().all(|r| blob.is_present(r.view_offset, u64::from(r.size))));
+}
+
+#[test]
+fn backend_requests_are_limited_to_the_configured_concurrency() {
+    for limit in [1usize, 2] {
+        let (_dir, bs, big, backend, cache) = setup(false);
+        let ext = bs.extension();
+        let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
+        // One frame per request (merge limit 1), one reader per chunk, all at once.
+        let fetcher = Fetcher::new(backend.clone(), ext.digester, 1).with_max_requests(limit);
+        let recs = records(&bs, b"/big");
+        std::thread::scope(|s| {
+            for r in &recs {
+                let (f, b) = (&fetcher, &blob);
+                s.spawn(move || f.ensure(b, std::slice::from_ref(r)).unwrap());
+            }
+        });
+        let frames: std::collections::HashSet<u64> = recs.iter().map(|r| r.compressed_offset).collect();
+        assert!(frames.len() > limit, "the test needs more frames than the limit");
+        assert_eq!(backend.requests.load(Ordering::SeqCst), frames.len() as u64, "one request per frame");
+        assert_eq!(backend.peak.load(Ordering::SeqCst), limit as u64, "peak concurrent requests with a limit of {limit}");
+        for (i, r) in recs.iter().enumerate() {
+            let mut buf = vec![0u8; r.size as usize];
+            blob.read_at(&mut buf, r.view_offset).unwrap();
+            assert_eq!(buf, big[i << 20..(i << 20) + r.size as usize]);
+        }
+    }
 }
 
 #[test]

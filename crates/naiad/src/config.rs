@@ -8,10 +8,14 @@
 //! api = "/run/naiad/api.sock"
 //! cache_limit = "20G"          # naiad daemon: evict unused blobs beyond this
 //! timeout_secs = 10            # per registry request
+//! fetch_merge_max = "4M"       # largest merged backend request of a lazy mount
+//! fetch_concurrency = 8        # backend requests at once, per lazy mount
 //!
 //! [registries."127.0.0.1:5000"]
 //! insecure = true              # plain HTTP allowed
 //! mirrors = ["127.0.0.1:5001"] # tried in order before this registry
+//! username = "..."             # credentials for it (basic, or a token flow started with
+//! password = "..."             #   them); else the docker config's; keep such a file 0600
 //!
 //! [s3]                         # blobs of bootstrap mounts given no --blob-dir
 //! endpoint = "http://127.0.0.1:9000"  # none: AWS (https://s3.REGION.amazonaws.com)
@@ -22,8 +26,8 @@
 //! access_key_id = "..."        # used only when AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
 //! secret_access_key = "..."    #   are not set; keep such a file private (mode 0600)
 //! ```
-//! Registry credentials come from the docker config (`~/.docker/config.json`), not from this
-//! file. S3 credentials: the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! Registry credentials: `username`/`password` of the registry's table here, else the docker
+//! config (`~/.docker/config.json`). S3 credentials: the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_SESSION_TOKEN`), else `[s3]` here, else none (unsigned requests). They are read by
 //! the process that serves a mount (the foreground `naiad mount`, or `naiad daemon`), never
 //! sent over the admin API.
@@ -46,6 +50,8 @@ pub struct Config {
     pub api: Option<PathBuf>,
     pub cache_limit: Option<String>,
     pub timeout_secs: Option<u64>,
+    pub fetch_merge_max: Option<String>,
+    pub fetch_concurrency: Option<usize>,
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryConfig>,
     /// S3-compatible storage of blobs.
@@ -54,13 +60,22 @@ pub struct Config {
 }
 
 /// Settings of one registry (`host[:port]`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     #[serde(default)]
     pub insecure: bool,
     #[serde(default)]
     pub mirrors: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("RegistryConfig").field("insecure", &self.insecure).field("mirrors", &self.mirrors).field("username", &self.username).finish_non_exhaustive()
+    }
 }
 
 /// The `[s3]` table: where bootstrap mounts without `--blob-dir` find their blobs, and
@@ -175,6 +190,23 @@ impl Config {
             Err(e) => return Err(e).with_context(|| format!("reading the config file {}", path.display())),
         };
         let cfg: Config = toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+        let mut registry_creds = std::collections::BTreeMap::new();
+        for (host, r) in &cfg.registries {
+            match (&r.username, &r.password) {
+                (Some(u), Some(p)) => {
+                    registry_creds.insert(host.clone(), naiad_storage::credentials::RegistryAuth::Basic(u.clone(), p.clone()));
+                }
+                (None, None) => {}
+                _ => bail!("config file {}: registry {host}: username and password go together", path.display()),
+            }
+        }
+        if !registry_creds.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+                tracing::warn!(config = %path.display(), "the config file holds a registry password and is readable by everyone");
+            }
+            naiad_storage::credentials::set_configured(registry_creds);
+        }
         let creds = cfg.s3_credentials().with_context(|| format!("config file {}", path.display()))?;
         if let Some(c) = creds {
             use std::os::unix::fs::PermissionsExt;
@@ -185,6 +217,11 @@ impl Config {
             S3Credentials::set_configured(c);
         }
         Ok(cfg)
+    }
+
+    /// `fetch_merge_max` in bytes.
+    pub fn fetch_merge_max(&self) -> Result<Option<u64>> {
+        self.fetch_merge_max.as_deref().map(|s| crate::cmd::cache::parse_size_u64(s).context("config fetch_merge_max")).transpose()
     }
 
     /// Settings of a registry, if configured.

@@ -351,6 +351,8 @@ fn mirrors_are_tried_in_order_before_the_origin() {
         // A dead mirror first: it must be skipped.
         mirrors: vec!["127.0.0.1:9".into(), mirror.addr.clone()],
         bootstrap: None,
+        fetch_merge_max: None,
+        fetch_concurrency: None,
     };
     let cache = Arc::new(ChunkCache::open(&dir.path().join("cache")).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -543,4 +545,41 @@ fn the_config_file_supplies_dirs_insecure_registries_and_mirrors() {
     std::fs::write(&cfg, "cache_dri = \"/tmp\"\n").unwrap();
     let out = naiad(args!["--config", cfg, "cache", "ls"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cache_dri"));
+}
+
+#[test]
+fn registry_credentials_can_come_from_the_config_file() {
+    assert!(is_root(), "mounting needs root");
+    let reg = Registry::start(Some(("cfguser", "cfg-secret-pw")));
+    let (dir, _bs) = naiad_image(&reg, reg.creds());
+    // No docker config at all: only naiad's config file has the credentials.
+    let docker = dir.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let cfg = dir.path().join("config.toml");
+    let mnt = dir.path().join("mnt");
+    let mount = |password: &str| {
+        std::fs::write(&cfg, format!("[registries.\"{}\"]\ninsecure = true\nusername = \"cfguser\"\npassword = \"{password}\"\n", reg.addr)).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+            .env("DOCKER_CONFIG", &docker)
+            .args(["--config"])
+            .arg(&cfg)
+            .args(["mount", &reg.docker_ref("naiad/bb:1")])
+            .arg(&mnt)
+            .args(["--mode", "kernel", "--daemon", "--cache-dir"])
+            .arg(dir.path().join("cache"))
+            .arg("--runtime-dir")
+            .arg(dir.path().join("run"))
+            .output()
+            .unwrap()
+    };
+    let out = mount("wrong-pw");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("authentication failed") && !err.contains("wrong-pw"), "{err}");
+    let out = mount("cfg-secret-pw");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _g = MountGuard(mnt.clone());
+    assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    naiad_ok(args!["umount", mnt]);
+    let log = std::fs::read_dir(dir.path().join("run")).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mount-"))).unwrap();
+    assert!(!std::fs::read_to_string(log).unwrap().contains("cfg-secret-pw"));
 }

@@ -100,6 +100,8 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                 prefetch_rate: prefetch_rate.map(u64::from),
                 mirrors: mirrors.clone(),
                 bootstrap: None,
+                fetch_merge_max: cfg.fetch_merge_max()?,
+                fetch_concurrency: cfg.fetch_concurrency,
             };
             ("POST", "/v1/mounts", Some(serde_json::to_value(spec)?))
         }

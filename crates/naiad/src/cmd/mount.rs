@@ -93,6 +93,13 @@ pub struct Args {
     /// several, in order.
     #[arg(long = "mirror")]
     mirrors: Vec<String>,
+    /// Lazy modes: the largest backend request adjacent missing chunks are merged into, e.g.
+    /// 8M [default: config fetch_merge_max, else 4M].
+    #[arg(long, value_parser = crate::cmd::cache::parse_size_u64)]
+    fetch_merge_max: Option<u64>,
+    /// Lazy modes: backend requests at once [default: config fetch_concurrency, else 8].
+    #[arg(long)]
+    fetch_concurrency: Option<usize>,
     /// Lazy modes: detach once mounted; the server keeps running in the background (its log
     /// goes to RUNTIME_DIR/mount-*.log) until `naiad umount`.
     #[arg(long)]
@@ -106,6 +113,8 @@ pub fn run(mut a: Args, cfg: &Config) -> Result<ExitCode> {
     a.cache_dir = Some(a.cache_dir.clone().or(cfg.cache_dir.clone()).unwrap_or_else(|| DEFAULT_CACHE_DIR.into()));
     a.runtime_dir = Some(a.runtime_dir.clone().or(cfg.runtime_dir.clone()).unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into()));
     a.timeout = Some(a.timeout.or(cfg.timeout_secs).unwrap_or(10));
+    a.fetch_merge_max = a.fetch_merge_max.or(cfg.fetch_merge_max()?);
+    a.fetch_concurrency = a.fetch_concurrency.or(cfg.fetch_concurrency);
     if let Some(host) = registry_of(&a.source) {
         a.insecure |= cfg.insecure(host);
         if a.mirrors.is_empty() {
@@ -229,6 +238,8 @@ fn mount_lazy(mode: Option<Mode>, a: &Args, s3: Option<S3Location>) -> Result<Ex
         prefetch_rate: a.prefetch_rate.map(u64::from),
         mirrors: a.mirrors.clone(),
         bootstrap: None,
+        fetch_merge_max: a.fetch_merge_max,
+        fetch_concurrency: a.fetch_concurrency,
     };
     let cache = Arc::new(ChunkCache::open(a.cache_dir())?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
