@@ -106,7 +106,7 @@ impl BlobViewFs {
             tracing::warn!(blob = %to_hex(f.blob.digest()), offset, size, "read of view blocks no chunk covers");
             return Err(Errno::EIO);
         }
-        if let Some(ahead) = f.ra.on_read(offset, end) {
+        if let Some(ahead) = f.ra.on_read(offset, end, !f.blob.is_present(offset, end - offset)) {
             let chunks = chunks_starting_in(&f.chunks, ahead).to_vec();
             self.fetcher.fetch_ahead(f.blob.clone(), chunks, Some(f.frames.clone()));
         }

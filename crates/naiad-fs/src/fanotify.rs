@@ -414,7 +414,7 @@ fn fill(s: &Shared, job: &Job) -> bool {
     }
     let first = w.chunks.partition_point(|c| c.view_offset + block_align(u64::from(c.size)) <= job.offset);
     let wanted: Vec<ChunkRecord> = w.chunks[first..].iter().take_while(|c| c.view_offset < end).copied().collect();
-    if let Some(ahead) = w.ra.on_read(job.offset, end) {
+    if let Some(ahead) = w.ra.on_read(job.offset, end, true) {
         s.fetcher.fetch_ahead(w.blob.clone(), chunks_starting_in(&w.chunks, ahead).to_vec(), Some(w.frames.clone()));
     }
     // Blocks no chunk covers hold no file data: EROFS reads them only as padding.

@@ -143,7 +143,7 @@ impl ImageFs {
                     let (blob, frames, ra) = self.blobs.get(rec.blob_index as usize).ok_or(Errno::EIO)?;
                     // A file's chunks lie in order in its blob's view: sequential reads of a
                     // file (or of files stored one after another) are sequential there too.
-                    if let Some(ahead) = ra.on_read(rec.view_offset + from, rec.view_offset + to) {
+                    if let Some(ahead) = ra.on_read(rec.view_offset + from, rec.view_offset + to, !blob.is_present(rec.view_offset + from, to - from)) {
                         let chunks = chunks_starting_in(self.bs.extension().blob_chunks(rec.blob_index), ahead).to_vec();
                         self.fetcher.fetch_ahead(blob.clone(), chunks, Some(frames.clone()));
                     }

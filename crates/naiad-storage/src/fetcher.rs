@@ -66,8 +66,10 @@ struct ReadaheadState {
 }
 
 impl Readahead {
-    /// Notes a read of view bytes `[start, end)`; returns the range to fetch ahead, if any.
-    pub fn on_read(&self, start: u64, end: u64) -> Option<std::ops::Range<u64>> {
+    /// Notes a read of view bytes `[start, end)`; `missed` says whether some of it was not
+    /// present. Returns the range to fetch ahead, if any: only reads that missed ask (data
+    /// already cached never makes the reader fetch more), reads that hit keep the pattern.
+    pub fn on_read(&self, start: u64, end: u64, missed: bool) -> Option<std::ops::Range<u64>> {
         let mut st = self.state.lock().expect("readahead lock");
         // The kernel's own readahead and several serving threads let reads arrive slightly
         // out of order: a read starting within the minimum window of where the last one ended
@@ -77,6 +79,9 @@ impl Readahead {
         if !sequential {
             st.window = 0;
             st.frontier = end;
+            return None;
+        }
+        if !missed {
             return None;
         }
         st.window = (st.window * 2).clamp(READAHEAD_MIN_BYTES, READAHEAD_MAX_BYTES);
@@ -394,15 +399,15 @@ mod tests {
     fn readahead_grows_on_sequential_reads_and_resets_elsewhere() {
         let ra = Readahead::default();
         const K: u64 = 128 << 10;
-        assert_eq!(ra.on_read(0, K), None, "one read says nothing about a pattern");
+        assert_eq!(ra.on_read(0, K, true), None, "one read says nothing about a pattern");
         // Sequential: the window starts at the minimum, right after the read.
-        assert_eq!(ra.on_read(K, 2 * K), Some(2 * K..2 * K + READAHEAD_MIN_BYTES));
+        assert_eq!(ra.on_read(K, 2 * K, true), Some(2 * K..2 * K + READAHEAD_MIN_BYTES));
         // Further reads inside the fetched window ask for more only near its end, and what
         // they ask for continues where the last request stopped.
         let mut frontier = 2 * K + READAHEAD_MIN_BYTES;
         let mut asked = Vec::new();
         for i in 2..200u64 {
-            if let Some(r) = ra.on_read(i * K, (i + 1) * K) {
+            if let Some(r) = ra.on_read(i * K, (i + 1) * K, true) {
                 assert_eq!(r.start, frontier, "contiguous requests");
                 assert!(r.end - (i + 1) * K <= READAHEAD_MAX_BYTES);
                 frontier = r.end;
@@ -412,7 +417,9 @@ mod tests {
         assert!(asked.len() > 3 && asked.len() < 100, "{} requests", asked.len());
         assert_eq!(asked.last(), Some(&READAHEAD_MAX_BYTES), "grown to the maximum: {asked:?}");
         // A jump elsewhere resets it.
-        assert_eq!(ra.on_read(900 << 20, (900 << 20) + K), None);
-        assert_eq!(ra.on_read((900 << 20) + K, (900 << 20) + 2 * K), Some((900 << 20) + 2 * K..(900 << 20) + 2 * K + READAHEAD_MIN_BYTES));
+        assert_eq!(ra.on_read(900 << 20, (900 << 20) + K, true), None);
+        // Reads of cached data ask for nothing, but keep the pattern for the next miss.
+        assert_eq!(ra.on_read((900 << 20) + K, (900 << 20) + 2 * K, false), None);
+        assert_eq!(ra.on_read((900 << 20) + 2 * K, (900 << 20) + 3 * K, true), Some((900 << 20) + 3 * K..(900 << 20) + 3 * K + READAHEAD_MIN_BYTES));
     }
 }
