@@ -205,6 +205,10 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, String> {
                     return Err(format!("xattr {:?} is in a namespace EROFS cannot store", String::from_utf8_lossy(name)));
                 }
                 xattrs.push(Xattr { name: name.to_vec(), value: ext.value_bytes().to_vec() });
+            } else if key == b"size" {
+                // The tar reader quietly falls back to the header's size when this does not
+                // parse; a layer claiming a size it cannot state is refused instead.
+                std::str::from_utf8(ext.value_bytes()).ok().and_then(|s| s.parse::<u64>().ok()).ok_or("bad PAX size")?;
             } else if matches!(key, b"uid" | b"gid") {
                 let v: u64 = std::str::from_utf8(ext.value_bytes()).ok().and_then(|s| s.parse().ok()).ok_or("bad PAX uid/gid")?;
                 if v > u64::from(u32::MAX) {

@@ -741,3 +741,262 @@ fn missing_blob_fails_check_and_unpack() {
         assert!(!sb.out().exists() || fs::read_dir(sb.out()).unwrap().next().is_none());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 6, hostile input: hardlinks out of the tree, devices built unprivileged, bogus PAX
+// headers, duplicate entries
+// ---------------------------------------------------------------------------------------------
+
+/// Recomputes the checksum of a header edited after [`header_raw`].
+fn rechecksum(h: &mut [u8; 512]) {
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+/// A PAX extended header (`x`) holding `body` as its data, as is (so a test can make the
+/// records themselves hostile).
+fn pax_raw(body: &[u8]) -> Vec<u8> {
+    let mut v = header_raw(b"PaxHeaders/entry", b'x', &octal(body.len() as u64, 12), b"", false).to_vec();
+    v.extend(padded(body));
+    v
+}
+
+/// Well-formed PAX records `len key=value\n` (the length counts itself).
+fn pax_records(records: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (k, v) in records {
+        let rest = format!(" {k}={v}\n");
+        let mut len = rest.len() + 1;
+        while len.to_string().len() + rest.len() != len {
+            len += 1;
+        }
+        body.extend(format!("{len}{rest}").into_bytes());
+    }
+    body
+}
+
+/// A hardlink whose target lies outside the tree (`../outside`, an absolute path, a path
+/// through a symlink to the outside) is refused, naming the entry, and nothing is written.
+#[test]
+fn tar_hardlink_pointing_out_of_the_tree_is_refused() {
+    let sb = Sandbox::new();
+    fs::write(sb.input("outside"), b"secret").unwrap();
+    let r = sb.build_layer_expect_failure(&tar_of(&[file_entry("a", b"x"), header("h", HARDLINK, 0, "../outside").to_vec()]));
+    r.assert_stderr_has("entry \"h\"");
+    r.assert_stderr_has("hardlink target");
+    r.assert_stderr_has("'..'");
+    let abs = sb.input("outside");
+    for target in ["/etc/passwd", abs.to_str().unwrap()] {
+        let r = sb.build_layer_expect_failure(&tar_of(&[header("h", HARDLINK, 0, target).to_vec()]));
+        r.assert_stderr_has("entry \"h\"");
+        r.assert_stderr_has("hardlink target");
+        r.assert_stderr_has("absolute path");
+    }
+    // Through a symlink that leads out: the target is looked up in the image without
+    // following symlinks, so it does not exist there.
+    let r = sb.build_layer_expect_failure(&tar_of(&[
+        header("out", SYMLINK, 0, sb.root().join("in").to_str().unwrap()).to_vec(),
+        header("h", HARDLINK, 0, "out/outside").to_vec(),
+    ]));
+    r.assert_stderr_has("entry \"h\"");
+    r.assert_stderr_has_any(&["symlink", "does not exist"]);
+    assert_eq!(fs::read(sb.input("outside")).unwrap(), b"secret");
+}
+
+/// A char or block device entry with numbers and an owner.
+fn device_entry(name: &str, typ: u8, major: u64, minor: u64, uid: u64) -> Vec<u8> {
+    let mut h = header(name, typ, 0, "");
+    h[108..116].copy_from_slice(&octal(uid, 8));
+    h[116..124].copy_from_slice(&octal(uid, 8));
+    h[329..337].copy_from_slice(&octal(major, 8));
+    h[337..345].copy_from_slice(&octal(minor, 8));
+    rechecksum(&mut h);
+    h.to_vec()
+}
+
+const NOBODY: u32 = 65534;
+
+/// Runs `naiad ARGS` as uid/gid 65534 with no supplementary groups.
+fn naiad_unprivileged(args: &[&std::ffi::OsStr]) -> Run {
+    let mut all: Vec<&std::ffi::OsStr> = vec![
+        std::ffi::OsStr::new("--reuid=65534"),
+        std::ffi::OsStr::new("--regid=65534"),
+        std::ffi::OsStr::new("--clear-groups"),
+        std::ffi::OsStr::new(NAIAD),
+    ];
+    all.extend_from_slice(args);
+    let logs = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    let started = Instant::now();
+    let mut child = Command::new("setpriv")
+        .args(&all)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("spawn setpriv");
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > HARD_TIMEOUT {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("unprivileged naiad {args:?} hangs");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Run { code: status.code(), stdout: fs::read_to_string(&out_path).unwrap(), stderr: fs::read_to_string(&err_path).unwrap(), elapsed: started.elapsed() }
+}
+
+/// Device files in a tar layer, built by an unprivileged user: building needs no privilege
+/// (a device is metadata in the image) and records the devices; unpacking them to a
+/// directory as that user cannot make device nodes and fails with a clear error naming the
+/// node, while `unpack --tar` (no mknod) works and keeps the numbers.
+#[test]
+fn tar_devices_build_unprivileged_and_unpack_refuses_mknod() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to switch to uid {NOBODY}");
+        return;
+    }
+    let sb = Sandbox::new();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(sb.root(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(sb.root().join("in"), fs::Permissions::from_mode(0o755)).unwrap();
+    let work = sb.root().join("work");
+    fs::create_dir(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(NOBODY), Some(NOBODY)).unwrap();
+    let layer = sb.input("dev.tar");
+    fs::write(&layer, tar_of(&[device_entry("null", b'3', 1, 3, u64::from(NOBODY)), device_entry("sda", b'4', 8, 0, u64::from(NOBODY))])).unwrap();
+    fs::set_permissions(&layer, fs::Permissions::from_mode(0o644)).unwrap();
+
+    let img = work.join("img");
+    let r = naiad_unprivileged(&[std::ffi::OsStr::new("build"), layer.as_os_str(), "-o".as_ref(), img.as_os_str()]);
+    assert_eq!(r.code, Some(0), "unprivileged build from a tar: {}", r.describe());
+    let bootstrap = img.join("bootstrap");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&fs::metadata(&bootstrap).unwrap()), NOBODY);
+
+    // The devices are in the image, with their numbers: an unpack to tar shows them.
+    let tar_out = work.join("out.tar");
+    let r = naiad_unprivileged(&[std::ffi::OsStr::new("unpack"), bootstrap.as_os_str(), "--blob-dir".as_ref(), img.as_os_str(), "-o".as_ref(), tar_out.as_os_str(), "--tar".as_ref()]);
+    assert_eq!(r.code, Some(0), "unprivileged unpack --tar: {}", r.describe());
+    let bytes = fs::read(&tar_out).unwrap();
+    let mut found = Vec::new();
+    for e in tar::Archive::new(&bytes[..]).entries().unwrap() {
+        let e = e.unwrap();
+        let h = e.header();
+        if matches!(h.entry_type(), tar::EntryType::Char | tar::EntryType::Block) {
+            found.push((e.path().unwrap().to_string_lossy().into_owned(), h.entry_type(), h.device_major().unwrap(), h.device_minor().unwrap()));
+        }
+    }
+    assert!(found.contains(&("null".into(), tar::EntryType::Char, Some(1), Some(3))), "{found:?}");
+    assert!(found.contains(&("sda".into(), tar::EntryType::Block, Some(8), Some(0))), "{found:?}");
+
+    // To a directory: mknod is not permitted, so the unpack fails naming the device node.
+    let out = work.join("out");
+    let r = naiad_unprivileged(&[std::ffi::OsStr::new("unpack"), bootstrap.as_os_str(), "--blob-dir".as_ref(), img.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+    r.assert_clean_failure();
+    r.assert_stderr_has_any(&["null", "sda"]);
+    r.assert_stderr_has_any(&["Operation not permitted", "EPERM", "permission"]);
+    for name in ["null", "sda"] {
+        if let Ok(m) = fs::symlink_metadata(out.join(name)) {
+            use std::os::unix::fs::FileTypeExt;
+            assert!(!m.file_type().is_char_device() && !m.file_type().is_block_device(), "{name} became a device node");
+        }
+    }
+    sb.assert_nothing_outside(&["work"]);
+}
+
+/// PAX records with bogus values: a non-numeric or negative `size`, a garbage `mtime`, a
+/// `path` record whose length field is huge, and a record whose length prefix runs past the
+/// PAX data. Each is refused with an error naming the PAX header, quickly.
+#[test]
+fn tar_pax_headers_with_bogus_values_are_refused() {
+    let malformed = "bad PAX record: malformed pax extension";
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("size=abc", pax_records(&[("size", "abc")]), "bad PAX size"),
+        ("size=-5", pax_records(&[("size", "-5")]), "bad PAX size"),
+        ("size past u64", pax_records(&[("size", "99999999999999999999999")]), "bad PAX size"),
+        ("mtime=garbage", pax_records(&[("mtime", "garbage")]), "bad PAX mtime"),
+        ("mtime=1e9", pax_records(&[("mtime", "1e9")]), "bad PAX mtime"),
+        ("uid too big", pax_records(&[("uid", "99999999999")]), "uid does not fit 32 bits"),
+        ("path length huge", b"99999999999999999999 path=x\n".to_vec(), malformed),
+        ("length past the data", b"400 path=short\n".to_vec(), malformed),
+        ("length not a number", b"zz path=x\n".to_vec(), malformed),
+        ("no '='", b"9 pathx\n\n".to_vec(), malformed),
+    ];
+    for (what, body, expect) in cases {
+        let sb = Sandbox::new();
+        let mut layer = pax_raw(&body);
+        layer.extend(file_entry("victim", b"hello"));
+        layer.extend([0u8; 1024]);
+        let r = sb.build_layer_expect_failure(&layer);
+        r.assert_stderr_has("entry \"victim\"");
+        r.assert_stderr_has(expect);
+        assert!(r.elapsed < Duration::from_secs(10), "{what}: {}", r.describe());
+    }
+}
+
+/// Lists an image's tree through `naiad unpack --tar`: (path, type, data).
+fn image_listing(sb: &Sandbox, img: &Path) -> Vec<(String, tar::EntryType, Vec<u8>)> {
+    let t = sb.root().join("listing.tar");
+    let _ = fs::remove_file(&t);
+    let r = naiad!("unpack", img.join("bootstrap"), "--blob-dir", img, "-o", t, "--tar");
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let bytes = fs::read(&t).unwrap();
+    fs::remove_file(&t).unwrap();
+    let mut out = Vec::new();
+    for e in tar::Archive::new(&bytes[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().trim_end_matches('/').to_string();
+        let ty = e.header().entry_type();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        out.push((p, ty, data));
+    }
+    out.retain(|(p, _, _)| !p.is_empty() && p != ".");
+    out
+}
+
+/// Duplicate entries follow tar and OCI: the last entry for a path wins (a directory over a
+/// directory keeps the children). File then file, file then dir, dir (with a child) then
+/// file.
+#[test]
+fn tar_duplicate_entries_last_one_wins() {
+    let sb = Sandbox::new();
+    let layer = sb.input("dup.tar");
+    fs::write(
+        &layer,
+        tar_of(&[
+            file_entry("f", b"first"),
+            file_entry("f", b"second, longer"),
+            file_entry("fd", b"a file"),
+            header("fd/", b'5', 0, "").to_vec(),
+            header("df/", b'5', 0, "").to_vec(),
+            file_entry("df/child", b"gone"),
+            file_entry("df", b"now a file"),
+            header("dd/", b'5', 0, "").to_vec(),
+            file_entry("dd/kept", b"kept"),
+            header("dd/", b'5', 0, "").to_vec(),
+        ]),
+    )
+    .unwrap();
+    let img = sb.root().join("img");
+    let r = naiad!("build", layer, "-o", img);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let r = naiad!("check", img.join("bootstrap"), "--blob-dir", img);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let got = image_listing(&sb, &img);
+    let find = |p: &str| got.iter().filter(|(q, _, _)| q == p).collect::<Vec<_>>();
+    for p in ["f", "fd", "df", "dd", "dd/kept"] {
+        assert_eq!(find(p).len(), 1, "{p} once: {got:?}");
+    }
+    assert_eq!(find("f")[0].2, b"second, longer");
+    assert_eq!(find("fd")[0].1, tar::EntryType::Directory);
+    assert_eq!(find("df")[0].1, tar::EntryType::Regular);
+    assert_eq!(find("df")[0].2, b"now a file");
+    assert!(find("df/child").is_empty(), "the replaced directory's child survived: {got:?}");
+    assert_eq!(find("dd/kept")[0].2, b"kept");
+    sb.assert_nothing_outside(&["img"]);
+}
