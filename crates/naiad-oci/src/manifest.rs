@@ -170,6 +170,69 @@ mod tests {
         assert_eq!(Manifest::parse(ok.as_bytes(), "t").unwrap().layers.len(), 1);
     }
 
+    fn layers_json(n: usize, size: &str) -> String {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let layer = format!(r#"{{"mediaType":"x","digest":"{d}","size":{size}}}"#);
+        vec![layer.as_str(); n].join(",")
+    }
+
+    fn manifest_json(layers: &str) -> String {
+        let d = format!("sha256:{}", "a".repeat(64));
+        format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":1}},"layers":[{layers}]}}"#)
+    }
+
+    /// Issue 6: 100000 layers is refused by the size bound before any parsing; a count past
+    /// the limit that fits in 4 MiB is refused by the count bound.
+    #[test]
+    fn huge_layer_counts_are_refused() {
+        let m = manifest_json(&layers_json(100_000, "1"));
+        assert!(m.len() > MAX_MANIFEST_BYTES);
+        let e = Manifest::parse(m.as_bytes(), "img").unwrap_err().to_string();
+        assert!(e.contains("img") && e.contains("manifest is larger than 4 MiB"), "{e}");
+        let m = manifest_json(&layers_json(30_000, "1"));
+        assert!(m.len() <= MAX_MANIFEST_BYTES);
+        let e = Manifest::parse(m.as_bytes(), "img").unwrap_err().to_string();
+        assert!(e.contains("manifest has 30000 layers, at most 1000 accepted"), "{e}");
+        // 100000 tiny non-descriptors: a parse error at the first, not a 100000-entry list.
+        let m = manifest_json(&vec!["{}"; 100_000].join(","));
+        assert!(m.len() <= MAX_MANIFEST_BYTES);
+        let e = Manifest::parse(m.as_bytes(), "img").unwrap_err().to_string();
+        assert!(e.contains("manifest does not parse") && e.contains("missing field"), "{e}");
+        // The same bounds for an index.
+        let i = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, layers_json(100_000, "1"));
+        assert!(Index::parse(i.as_bytes(), "img").unwrap_err().to_string().contains("index is larger than 4 MiB"));
+        let i = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, layers_json(30_000, "1"));
+        assert!(Index::parse(i.as_bytes(), "img").unwrap_err().to_string().contains("index has 30000 entries, at most 1000 accepted"));
+    }
+
+    /// Issue 6: a layer claiming u64::MAX bytes, 2^64, a negative or fractional size.
+    #[test]
+    fn huge_or_negative_layer_sizes_are_refused() {
+        let cases = [
+            (u64::MAX.to_string(), "claims 18446744073709551615 bytes"),
+            (((1u64 << 40) + 1).to_string(), "claims 1099511627777 bytes"),
+            ("18446744073709551616".to_string(), "does not parse"),
+            ("-1".to_string(), "does not parse"),
+            ("-9223372036854775808".to_string(), "does not parse"),
+            ("1e30".to_string(), "does not parse"),
+            ("1.5".to_string(), "does not parse"),
+            ("\"12\"".to_string(), "does not parse"),
+        ];
+        for (size, phrase) in cases {
+            let m = manifest_json(&layers_json(1, &size));
+            let e = Manifest::parse(m.as_bytes(), "img").unwrap_err().to_string();
+            assert!(e.contains(phrase), "size {size}: {e}");
+            let i = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, layers_json(1, &size));
+            let e = Index::parse(i.as_bytes(), "img").unwrap_err().to_string();
+            assert!(e.contains(phrase), "index entry size {size}: {e}");
+        }
+        // The largest accepted size is 1 TiB; a config past 16 MiB is refused.
+        assert_eq!(Manifest::parse(manifest_json(&layers_json(1, &(1u64 << 40).to_string())).as_bytes(), "img").unwrap().layers[0].size, 1 << 40);
+        let d = format!("sha256:{}", "a".repeat(64));
+        let m = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":{}}},"layers":[]}}"#, MAX_CONFIG_BYTES + 1);
+        assert!(Manifest::parse(m.as_bytes(), "img").unwrap_err().to_string().contains("config is larger than 16 MiB"));
+    }
+
     #[test]
     fn platforms_match_user_names() {
         let p = Platform { architecture: "arm64".into(), os: "linux".into(), os_version: None, os_features: None, variant: Some("v8".into()) };
