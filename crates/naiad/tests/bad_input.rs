@@ -58,17 +58,22 @@ impl Run {
 /// Runs `naiad ARGS` with stdout and stderr sent to files (no pipe can fill up), killing it
 /// after [`HARD_TIMEOUT`].
 fn naiad(args: &[&std::ffi::OsStr]) -> Run {
+    run_bounded(NAIAD, args)
+}
+
+/// Runs `program ARGS` that way.
+fn run_bounded(program: &str, args: &[&std::ffi::OsStr]) -> Run {
     let logs = tempfile::tempdir().unwrap();
     let out_path = logs.path().join("stdout");
     let err_path = logs.path().join("stderr");
     let started = Instant::now();
-    let mut child = Command::new(NAIAD)
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out_path).unwrap())
         .stderr(fs::File::create(&err_path).unwrap())
         .spawn()
-        .expect("spawn naiad");
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -77,7 +82,7 @@ fn naiad(args: &[&std::ffi::OsStr]) -> Run {
             child.kill().unwrap();
             child.wait().unwrap();
             panic!(
-                "naiad {:?} still running after {:?} (hang); stderr so far:\n{}",
+                "{program} {:?} still running after {:?} (hang); stderr so far:\n{}",
                 args,
                 HARD_TIMEOUT,
                 fs::read_to_string(&err_path).unwrap_or_default()
@@ -826,28 +831,7 @@ fn naiad_unprivileged(args: &[&std::ffi::OsStr]) -> Run {
         std::ffi::OsStr::new(NAIAD),
     ];
     all.extend_from_slice(args);
-    let logs = tempfile::tempdir().unwrap();
-    let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
-    let started = Instant::now();
-    let mut child = Command::new("setpriv")
-        .args(&all)
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).unwrap())
-        .stderr(fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("spawn setpriv");
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > HARD_TIMEOUT {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("unprivileged naiad {args:?} hangs");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Run { code: status.code(), stdout: fs::read_to_string(&out_path).unwrap(), stderr: fs::read_to_string(&err_path).unwrap(), elapsed: started.elapsed() }
+    run_bounded("setpriv", &all)
 }
 
 /// Device files in a tar layer, built by an unprivileged user: building needs no privilege

@@ -494,32 +494,6 @@ fn a_full_cache_disk_never_yields_wrong_bytes_in_any_mode() {
     }
 }
 
-/// Starts `naiad daemon` on `dir/run` with its cache in `dir/cache`; returns it once its API
-/// socket is up.
-fn start_daemon(dir: &Path) -> std::process::Child {
-    let sock = dir.join("run/api.sock");
-    // A killed daemon leaves its socket behind: wait for the new one.
-    let _ = std::fs::remove_file(&sock);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap();
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
-        .args(["daemon", "--api"])
-        .arg(&sock)
-        .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        .arg("--runtime-dir")
-        .arg(dir.join("run"))
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !sock.exists() {
-        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited: {}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
-        assert!(started.elapsed() < Duration::from_secs(20), "daemon socket did not appear");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    daemon
-}
-
 /// Kills the daemon on drop (a failing test must not leave it running).
 struct DaemonGuard(std::process::Child);
 

@@ -192,29 +192,6 @@ fn a_fully_cached_image_is_read_without_the_mount_process() {
     assert!(child.wait().unwrap().success());
 }
 
-/// Starts `naiad daemon` with its API, cache and runtime state under `dir`.
-fn start_daemon(dir: &std::path::Path, n: usize) -> std::process::Child {
-    let sock = dir.join("api.sock");
-    let _ = std::fs::remove_file(&sock);
-    let mut d = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
-        .args(["daemon", "--api"])
-        .arg(&sock)
-        .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        .arg("--runtime-dir")
-        .arg(dir.join("run"))
-        .stderr(std::fs::File::create(dir.join(format!("daemon-{n}.log"))).unwrap())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !sock.exists() {
-        assert!(d.try_wait().unwrap().is_none(), "the daemon exited: {}", std::fs::read_to_string(dir.join(format!("daemon-{n}.log"))).unwrap_or_default());
-        assert!(started.elapsed() < Duration::from_secs(20), "daemon socket did not appear");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    d
-}
-
 fn kill9(child: &mut std::process::Child) {
     rustix::process::kill_process(rustix::process::Pid::from_child(child), rustix::process::Signal::KILL).unwrap();
     let _ = child.wait();
@@ -226,9 +203,9 @@ fn a_killed_daemon_costs_readers_a_delay_never_an_error_or_wrong_bytes() {
     let work = img.dir.path().join("g");
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut daemon = start_daemon(&work, 0);
+    let mut daemon = start_daemon(&work);
     let _g = MountGuard(mnt.clone());
-    naiad_ok(args!["ctl", "--api", work.join("api.sock"), "mount", img.bootstrap(), mnt, "--blob-dir", img.dir.path().join("out"), "--mode", "fanotify", "--no-prefetch"]);
+    naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "mount", img.bootstrap(), mnt, "--blob-dir", img.dir.path().join("out"), "--mode", "fanotify", "--no-prefetch"]);
     // Every regular file of the source, with its bytes.
     let files: Vec<(PathBuf, Vec<u8>)> = walk(&img.src()).into_iter().map(|p| (p.strip_prefix(img.src()).unwrap().to_path_buf(), std::fs::read(&p).unwrap())).collect();
     assert!(files.len() > 10);
@@ -255,16 +232,16 @@ fn a_killed_daemon_costs_readers_a_delay_never_an_error_or_wrong_bytes() {
     std::thread::sleep(Duration::from_millis(1500));
     let stalled_at = progress.load(Ordering::SeqCst);
     assert!(stalled_at < 3 * 11, "the reader did not wait for the dead daemon ({stalled_at} reads done)");
-    let mut daemon = start_daemon(&work, 1);
+    let mut daemon = start_daemon(&work);
     // Once more while the reader runs.
     std::thread::sleep(Duration::from_millis(200));
     kill9(&mut daemon);
     std::thread::sleep(Duration::from_millis(500));
-    let mut daemon = start_daemon(&work, 2);
+    let mut daemon = start_daemon(&work);
     let (errors, wrong) = reader.join().unwrap();
     assert!(errors.is_empty(), "read errors across daemon restarts: {errors:?}");
     assert!(wrong.is_empty(), "wrong bytes across daemon restarts: {wrong:?}");
-    naiad_ok(args!["ctl", "--api", work.join("api.sock"), "umount", mnt]);
+    naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "umount", mnt]);
     assert!(!naiad_fs::kernel::is_erofs_mounted(&mnt));
     // With the mount gone, its keeper is gone too.
     let sock = naiad_fs::fanotify_keeper::socket_path(&work.join("run"), &std::path::absolute(&mnt).unwrap());

@@ -387,32 +387,6 @@ fn a_killed_mount_process_can_be_unmounted_and_mounted_again() {
     assert!(wait_exit(child).success());
 }
 
-/// Starts `naiad daemon` on `dir/run` with its cache in `dir/cache`; returns it once its API
-/// socket is up.
-fn start_daemon(dir: &std::path::Path) -> std::process::Child {
-    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let sock = dir.join("run/api.sock");
-    // A killed daemon leaves its socket behind: wait for the new one.
-    let _ = std::fs::remove_file(&sock);
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
-        .args(["daemon", "--api"])
-        .arg(&sock)
-        .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        .arg("--runtime-dir")
-        .arg(dir.join("run"))
-        .stderr(std::fs::File::create(dir.join(format!("daemon-{}.log", STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)))).unwrap())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !sock.exists() {
-        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
-        assert!(started.elapsed() < Duration::from_secs(20), "daemon socket did not appear");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    daemon
-}
-
 #[test]
 fn a_killed_daemon_brings_its_mounts_back_served_from_its_cache() {
     assert!(is_root(), "mounting needs root");

@@ -245,3 +245,29 @@ pub fn read_when_back(path: &Path) -> Vec<u8> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Starts `naiad daemon` with its API at `dir/run/api.sock`, cache `dir/cache`, runtime state
+/// `dir/run` and log appended to `dir/daemon.log`; returns once its socket is up (a killed
+/// daemon's stale socket is removed first, so this waits for the new one).
+pub fn start_daemon(dir: &Path) -> std::process::Child {
+    let sock = dir.join("run/api.sock");
+    let _ = std::fs::remove_file(&sock);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_naiad"))
+        .args(["daemon", "--api"])
+        .arg(&sock)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .arg("--runtime-dir")
+        .arg(dir.join("run"))
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited: {}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "daemon socket did not appear");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    daemon
+}
