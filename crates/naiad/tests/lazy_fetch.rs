@@ -554,6 +554,14 @@ fn registry_credentials_can_come_from_the_config_file() {
     let _g = MountGuard(mnt.clone());
     assert_eq!(std::fs::read(mnt.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
     naiad_ok(args!["umount", mnt]);
-    let log = std::fs::read_dir(dir.path().join("run")).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mount-"))).unwrap();
+    // The background server notices and exits (its views mount goes away) before the
+    // temporary directory is removed.
+    let run = dir.path().join("run");
+    let started = Instant::now();
+    while std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(run.to_str().unwrap()) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the background server did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mount-"))).unwrap();
     assert!(!std::fs::read_to_string(log).unwrap().contains("cfg-secret-pw"));
 }
