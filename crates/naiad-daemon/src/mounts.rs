@@ -39,15 +39,9 @@ pub enum Mode {
 pub fn auto_mode(cache_dir: &Path) -> (Mode, Option<String>) {
     match naiad_fs::fanotify::supported(cache_dir) {
         Ok(()) => (Mode::Fanotify, None),
-        Err(why) if has_erofs() => (Mode::Kernel, Some(format!("fanotify mode unavailable: {why}; using kernel mode"))),
+        Err(why) if naiad_fs::kernel::has_erofs() => (Mode::Kernel, Some(format!("fanotify mode unavailable: {why}; using kernel mode"))),
         Err(why) => (Mode::Fuse, Some(format!("fanotify mode unavailable: {why}; no EROFS either: using fuse mode"))),
     }
-}
-
-/// Whether the kernel has (or can load) EROFS.
-fn has_erofs() -> bool {
-    std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.lines().any(|l| l.split_whitespace().last() == Some("erofs")))
-        || rustix::mount::fsopen("erofs", rustix::mount::FsOpenFlags::FSOPEN_CLOEXEC).is_ok()
 }
 
 /// What to mount and how.

@@ -125,12 +125,8 @@ pub(crate) fn respond(group: &OwnedFd, fd: RawFd, allow: bool) {
 /// (Linux 6.14+, CONFIG_FANOTIFY_ACCESS_PERMISSIONS) and file-backed EROFS (6.12+). The error
 /// says what is missing.
 pub fn supported(dir: &Path) -> std::result::Result<(), String> {
-    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !fs.lines().any(|l| l.split_whitespace().last() == Some("erofs")) {
-        // The module may just not be loaded yet; mounting will load it if it exists.
-        if !Path::new("/sys/module/erofs").exists() && std::fs::read_dir("/lib/modules").map(|mut d| d.next().is_none()).unwrap_or(true) {
-            return Err("the kernel has no EROFS".into());
-        }
+    if !crate::kernel::has_erofs() {
+        return Err("the kernel has no EROFS".into());
     }
     let group = fan_init().map_err(|e| format!("fanotify permission events are unavailable ({e}; needs CONFIG_FANOTIFY_ACCESS_PERMISSIONS and CAP_SYS_ADMIN)"))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

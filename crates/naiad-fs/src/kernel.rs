@@ -66,3 +66,9 @@ pub fn is_erofs_mounted(mountpoint: &Path) -> bool {
 fn unescape(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
+
+/// Whether the kernel has EROFS, or can load it (`fsopen` loads the module on demand).
+pub fn has_erofs() -> bool {
+    std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.lines().any(|l| l.split_whitespace().last() == Some("erofs")))
+        || fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).is_ok()
+}

@@ -4,6 +4,51 @@ use anyhow::{bail, Context, Result};
 use naiad_format::bootstrap::Bootstrap;
 use std::path::Path;
 
+/// How a lazy mount fetches: the options `naiad mount` and `naiad ctl mount` share.
+#[derive(clap::Args, Clone)]
+pub struct FetchArgs {
+    /// Allow plain HTTP to the registry or the S3 endpoint.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Lazy modes: do not fetch the image's prefetch list ahead of reads.
+    #[arg(long)]
+    pub no_prefetch: bool,
+    /// Lazy modes: after the prefetch list, fetch the whole image in the background (resumed
+    /// when a restarted daemon brings the mount back).
+    #[arg(long)]
+    pub prefetch_all: bool,
+    /// Bandwidth limit of background prefetch, e.g. 20M (bytes per second).
+    #[arg(long, value_parser = parse_size)]
+    pub prefetch_rate: Option<u32>,
+    /// A registry mirror (host[:port], same repository) tried before the origin; repeat for
+    /// several, in order [default: the config file's mirrors of the registry].
+    #[arg(long = "mirror")]
+    pub mirrors: Vec<String>,
+    /// Lazy modes: the largest backend request adjacent missing chunks are merged into, e.g.
+    /// 8M [default: config fetch_merge_max, else 4M].
+    #[arg(long, value_parser = crate::cmd::cache::parse_size_u64)]
+    pub fetch_merge_max: Option<u64>,
+    /// Lazy modes: backend requests at once [default: config fetch_concurrency, else 8].
+    #[arg(long)]
+    pub fetch_concurrency: Option<usize>,
+}
+
+impl FetchArgs {
+    /// Fills what the flags left unset from the config file, for a mount of `source`:
+    /// fetch limits, and a registry's `insecure` and mirrors.
+    pub fn resolve(&mut self, cfg: &crate::config::Config, source: &str) -> anyhow::Result<()> {
+        self.fetch_merge_max = self.fetch_merge_max.or(cfg.fetch_merge_max()?);
+        self.fetch_concurrency = self.fetch_concurrency.or(cfg.fetch_concurrency);
+        if let Some(host) = crate::config::registry_of(source) {
+            self.insecure |= cfg.insecure(host);
+            if self.mirrors.is_empty() {
+                self.mirrors = cfg.registry(host).map(|r| r.mirrors.clone()).unwrap_or_default();
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The chunking options `build` and `convert` share.
 #[derive(clap::Args)]
 pub struct ChunkArgs {

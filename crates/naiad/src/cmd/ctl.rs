@@ -16,6 +16,8 @@ pub struct Args {
     cmd: Cmd,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 enum Cmd {
     /// Mount an image lazily in the daemon: an image reference, or a bootstrap file with
@@ -28,21 +30,8 @@ enum Cmd {
         mode: CtlMode,
         #[arg(long = "blob-dir")]
         blob_dirs: Vec<PathBuf>,
-        /// Allow plain HTTP to the registry or the S3 endpoint.
-        #[arg(long)]
-        insecure: bool,
-        #[arg(long)]
-        no_prefetch: bool,
-        /// After the prefetch list, fetch the whole image in the background (resumed when a
-        /// restarted daemon brings the mount back).
-        #[arg(long)]
-        prefetch_all: bool,
-        /// Bandwidth limit of background prefetch, e.g. 20M (bytes per second).
-        #[arg(long, value_parser = crate::output::parse_size)]
-        prefetch_rate: Option<u32>,
-        /// Registry mirrors tried before the origin (repeat).
-        #[arg(long = "mirror")]
-        mirrors: Vec<String>,
+        #[command(flatten)]
+        fetch: crate::output::FetchArgs,
         #[command(flatten)]
         s3: crate::config::S3Args,
     },
@@ -78,7 +67,9 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
     let api = a.api.clone().or(cfg.api.clone()).unwrap_or_else(|| crate::cmd::daemon::DEFAULT_API_SOCKET.into());
     let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let (method, path, body) = match &a.cmd {
-        Cmd::Mount { source, mountpoint, mode, blob_dirs, insecure, no_prefetch, prefetch_all, prefetch_rate, mirrors, s3 } => {
+        Cmd::Mount { source, mountpoint, mode, blob_dirs, fetch, s3 } => {
+            let mut fetch = fetch.clone();
+            fetch.resolve(cfg, source)?;
             let (s3, s3_insecure) = cfg.s3_location(source, !blob_dirs.is_empty(), s3)?;
             let image = source.starts_with("docker://") || source.starts_with("oci:");
             let spec = MountSpec {
@@ -92,16 +83,16 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                     CtlMode::Fuse => Mode::Fuse,
                 },
                 blob_dirs: blob_dirs.iter().map(abs).collect(),
-                insecure: *insecure || (s3.is_some() && s3_insecure),
+                insecure: fetch.insecure || (s3.is_some() && s3_insecure),
                 s3,
                 timeout_secs: 10,
-                prefetch: !no_prefetch,
-                prefetch_all: *prefetch_all,
-                prefetch_rate: prefetch_rate.map(u64::from),
-                mirrors: mirrors.clone(),
+                prefetch: !fetch.no_prefetch,
+                prefetch_all: fetch.prefetch_all,
+                prefetch_rate: fetch.prefetch_rate.map(u64::from),
+                mirrors: fetch.mirrors,
                 bootstrap: None,
-                fetch_merge_max: cfg.fetch_merge_max()?,
-                fetch_concurrency: cfg.fetch_concurrency,
+                fetch_merge_max: fetch.fetch_merge_max,
+                fetch_concurrency: fetch.fetch_concurrency,
             };
             ("POST", "/v1/mounts", Some(serde_json::to_value(spec)?))
         }

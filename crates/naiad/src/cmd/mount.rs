@@ -2,7 +2,8 @@
 //! into the cache once) or fetched lazily, chunk by chunk, as files are read, from a
 //! registry, a blob directory or S3-compatible storage.
 
-use crate::config::{registry_of, Config, S3Args};
+use crate::config::{Config, S3Args};
+use crate::output::FetchArgs;
 use anyhow::{bail, Context, Result};
 use naiad_daemon::mounts::{Mode as LazyMode, MountSpec};
 use naiad_format::bootstrap::Bootstrap;
@@ -73,37 +74,16 @@ pub struct Args {
     /// Where the kernel mode mounts its blob views [default: config runtime_dir, else /run/naiad].
     #[arg(long)]
     runtime_dir: Option<PathBuf>,
-    /// Allow plain HTTP to the registry or the S3 endpoint.
-    #[arg(long)]
-    insecure: bool,
     /// Seconds one registry or S3 request may take before it is retried or fails [default:
     /// config timeout_secs, else 10].
     #[arg(long)]
     timeout: Option<u64>,
-    /// Lazy modes: do not fetch the image's prefetch list ahead of reads.
-    #[arg(long)]
-    no_prefetch: bool,
-    /// Lazy modes: after the prefetch list, fetch the whole image in the background.
-    #[arg(long)]
-    prefetch_all: bool,
-    /// Bandwidth limit of background prefetch, e.g. 20M (bytes per second).
-    #[arg(long, value_parser = crate::output::parse_size)]
-    prefetch_rate: Option<u32>,
-    /// A registry mirror (host[:port], same repository) tried before the origin; repeat for
-    /// several, in order.
-    #[arg(long = "mirror")]
-    mirrors: Vec<String>,
-    /// Lazy modes: the largest backend request adjacent missing chunks are merged into, e.g.
-    /// 8M [default: config fetch_merge_max, else 4M].
-    #[arg(long, value_parser = crate::cmd::cache::parse_size_u64)]
-    fetch_merge_max: Option<u64>,
-    /// Lazy modes: backend requests at once [default: config fetch_concurrency, else 8].
-    #[arg(long)]
-    fetch_concurrency: Option<usize>,
     /// Lazy modes: detach once mounted; the server keeps running in the background (its log
     /// goes to RUNTIME_DIR/mount-*.log) until `naiad umount`.
     #[arg(long)]
     daemon: bool,
+    #[command(flatten)]
+    fetch: FetchArgs,
     #[command(flatten)]
     s3: S3Args,
 }
@@ -113,16 +93,9 @@ pub fn run(mut a: Args, cfg: &Config) -> Result<ExitCode> {
     a.cache_dir = Some(a.cache_dir.clone().or(cfg.cache_dir.clone()).unwrap_or_else(|| DEFAULT_CACHE_DIR.into()));
     a.runtime_dir = Some(a.runtime_dir.clone().or(cfg.runtime_dir.clone()).unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into()));
     a.timeout = Some(a.timeout.or(cfg.timeout_secs).unwrap_or(10));
-    a.fetch_merge_max = a.fetch_merge_max.or(cfg.fetch_merge_max()?);
-    a.fetch_concurrency = a.fetch_concurrency.or(cfg.fetch_concurrency);
-    if let Some(host) = registry_of(&a.source) {
-        a.insecure |= cfg.insecure(host);
-        if a.mirrors.is_empty() {
-            a.mirrors = cfg.registry(host).map(|r| r.mirrors.clone()).unwrap_or_default();
-        }
-    }
+    a.fetch.resolve(cfg, &a.source)?;
     let (s3, s3_insecure) = cfg.s3_location(&a.source, !a.blob_dirs.is_empty(), &a.s3)?;
-    a.insecure |= s3.is_some() && s3_insecure;
+    a.fetch.insecure |= s3.is_some() && s3_insecure;
     let image = a.source.starts_with("docker://") || a.source.starts_with("oci:");
     let mode = match a.mode {
         Some(m) => Some(m),
@@ -231,15 +204,15 @@ fn mount_lazy(mode: Option<Mode>, a: &Args, s3: Option<S3Location>) -> Result<Ex
         mode: lazy_mode(mode),
         blob_dirs: a.blob_dirs.clone(),
         s3,
-        insecure: a.insecure,
+        insecure: a.fetch.insecure,
         timeout_secs: a.timeout.unwrap_or(10),
-        prefetch: !a.no_prefetch,
-        prefetch_all: a.prefetch_all,
-        prefetch_rate: a.prefetch_rate.map(u64::from),
-        mirrors: a.mirrors.clone(),
+        prefetch: !a.fetch.no_prefetch,
+        prefetch_all: a.fetch.prefetch_all,
+        prefetch_rate: a.fetch.prefetch_rate.map(u64::from),
+        mirrors: a.fetch.mirrors.clone(),
         bootstrap: None,
-        fetch_merge_max: a.fetch_merge_max,
-        fetch_concurrency: a.fetch_concurrency,
+        fetch_merge_max: a.fetch.fetch_merge_max,
+        fetch_concurrency: a.fetch.fetch_concurrency,
     };
     let cache = Arc::new(ChunkCache::open(a.cache_dir())?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
