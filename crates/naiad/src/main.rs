@@ -29,6 +29,8 @@ enum Cmd {
     Unpack(cmd::unpack::Args),
     Mount(cmd::mount::Args),
     Umount(cmd::umount::Args),
+    Pull(cmd::pull::Args),
+    Snapshotter(cmd::snapshotter::Args),
     /// Internal: holds a fanotify-mode mount's group across restarts of its server.
     #[command(hide = true)]
     FanotifyKeeper(KeeperArgs),
@@ -70,6 +72,8 @@ fn main() -> ExitCode {
         Cmd::Unpack(a) => cmd::unpack::run(a),
         Cmd::Mount(a) => cmd::mount::run(a, &cfg),
         Cmd::Umount(a) => cmd::umount::run(a),
+        Cmd::Pull(a) => cmd::pull::run(a, &cfg),
+        Cmd::Snapshotter(a) => cmd::snapshotter::run(a, &cfg, cli.config.as_deref()),
         Cmd::FanotifyKeeper(a) => naiad_fs::fanotify_keeper::run(a.group_fd, &a.writer_fds, &a.socket, &a.mountpoint).map(|()| ExitCode::SUCCESS).map_err(Into::into),
     };
     match result {

@@ -55,12 +55,23 @@ enum Cmd {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum CtlMode {
+pub enum CtlMode {
     /// The best the daemon's kernel supports (fanotify, else kernel, else fuse).
     Auto,
     Fanotify,
     Kernel,
     Fuse,
+}
+
+impl From<CtlMode> for Mode {
+    fn from(m: CtlMode) -> Mode {
+        match m {
+            CtlMode::Auto => Mode::Auto,
+            CtlMode::Fanotify => Mode::Fanotify,
+            CtlMode::Kernel => Mode::Kernel,
+            CtlMode::Fuse => Mode::Fuse,
+        }
+    }
 }
 
 pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
@@ -76,12 +87,7 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                 // The daemon runs elsewhere: a bootstrap path must not depend on our directory.
                 source: if image { source.clone() } else { abs(&PathBuf::from(source)).to_string_lossy().into_owned() },
                 mountpoint: abs(mountpoint),
-                mode: match mode {
-                    CtlMode::Auto => Mode::Auto,
-                    CtlMode::Fanotify => Mode::Fanotify,
-                    CtlMode::Kernel => Mode::Kernel,
-                    CtlMode::Fuse => Mode::Fuse,
-                },
+                mode: (*mode).into(),
                 blob_dirs: blob_dirs.iter().map(abs).collect(),
                 insecure: fetch.insecure || (s3.is_some() && s3_insecure),
                 s3,

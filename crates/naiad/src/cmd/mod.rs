@@ -8,5 +8,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod inspect;
 pub mod mount;
+pub mod pull;
+pub mod snapshotter;
 pub mod umount;
 pub mod unpack;
