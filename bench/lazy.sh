@@ -17,6 +17,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/bench/lib.sh"   # die now since drop wire mb median machine; the link: net_free net_up net_down registry_up shape_link delay_proxy rtt
 TREE=${1:-$(rustc --print sysroot)}
 RUNS=${BENCH_RUNS:-3} CACHE=${BENCH_CACHE:-$ROOT/target/bench-images} SCRATCH_BASE=${BENCH_SCRATCH:-${TMPDIR:-/tmp}}
 DELAY_MS=${BENCH_DELAY_MS:-10} NAIAD=$ROOT/target/release/naiad
@@ -24,12 +25,11 @@ NS=naiadbench HV=nb0 NV=nb1 HOST_IP=10.200.0.1 NS_IP=10.200.0.2 RATE=100mbit
 read -ra MODES <<<"${BENCH_MODES:-local fanotify kernel fuse fuse-daemon}"   # local first: the limit
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY; export NO_COLOR=1   # traffic stays on loopback/veth
 
-die() { echo "error: $*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root (network namespace, tc, mounts, drop_caches)"
 [[ $RUNS =~ ^[1-9][0-9]*$ && $DELAY_MS =~ ^[0-9]+$ ]] || die "BENCH_RUNS must be a positive integer, BENCH_DELAY_MS a non-negative one"
 for t in docker-registry umoci jq curl ip tc python3 findmnt; do command -v "$t" >/dev/null || die "$t not found"; done
 TREE=$(cd "$TREE" && pwd) || die "$TREE is not a directory"
-! ip netns list | grep -qw "$NS" && ! ip link show "$HV" >/dev/null 2>&1 || die "netns $NS or link $HV exists (another run, or a crashed one: ip netns del $NS; ip link del $HV)"
+net_free || die "netns $NS or link $HV exists (another run, or a crashed one: ip netns del $NS; ip link del $HV)"
 
 echo "== building naiad (release)" >&2
 (cd "$ROOT" && cargo build --release -j2 -p naiad --quiet)
@@ -42,16 +42,13 @@ cleanup() {
     for p in $MPID "${PIDS[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done   # a lazy mount's process unmounts it
     mounts() { findmnt -rn -o TARGET | awk -v p="$SCRATCH/" 'index($0, p) == 1' | sort -r; }
     for m in $(mounts); do umount "$m" 2>/dev/null || umount -l "$m"; done
-    ip netns del "$NS" 2>/dev/null; ip link del "$HV" 2>/dev/null   # deleting the netns deletes the veth pair
+    net_down
     if [[ -n $(mounts) ]]; then echo "warning: $SCRATCH still has mounts; not removed" >&2; else rm -rf "$SCRATCH"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM   # the EXIT trap still cleans up
 
-now() { date +%s.%N; }; since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; }
 rate() { awk -v b="$1" -v a="$2" -v c="$(now)" 'BEGIN {printf "%.1f", b / 1e6 / (c - a)}'; }   # MB/s of b bytes since a
-drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-wire() { cat "/sys/class/net/$HV/statistics/rx_bytes"; }   # bytes the host received from the registry's namespace
 last() { awk '{print $NF}' <<<"$1"; }; per() { awk -v a="$1" -v b="$2" -v r="$3" 'BEGIN {printf "%.3f", (b - a) / r}'; }
 present() { "$NAIAD" cache ls --cache-dir "$1" --json | jq '[.[].present_bytes] | add // 0'; }
 
@@ -91,16 +88,10 @@ if [[ $(cat "$LOCAL/stamp" 2>/dev/null) != "$ID" ]]; then
 fi
 
 echo "== network namespace $NS, veth $HV/$NV, registry on $NS_IP:5000" >&2
-ip netns add "$NS" && ip link add "$HV" type veth peer name "$NV" && ip link set "$NV" netns "$NS"
-ip addr add "$HOST_IP/30" dev "$HV" && ip link set "$HV" up
-ip -n "$NS" addr add "$NS_IP/30" dev "$NV" && ip -n "$NS" link set "$NV" up && ip -n "$NS" link set lo up
+net_up
 REG=$NS_IP:5000
 [[ $(cat "$REGDATA/stamp" 2>/dev/null) == "$ID" ]] || rm -rf "$REGDATA"; mkdir -p "$REGDATA"
-printf 'version: 0.1\nlog: {level: warn, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: "%s"}, %s}\nhttp: {addr: "%s", secret: naiad-bench}\n' \
-    "$REGDATA" "maintenance: {uploadpurging: {enabled: false}}" "$REG" >"$SCRATCH/registry.yml"
-ip netns exec "$NS" env $(compgen -e | grep '^REGISTRY_' | sed 's/^/-u /') docker-registry serve "$SCRATCH/registry.yml" >"$SCRATCH/registry.log" 2>&1 & PIDS+=($!)
-for i in {1..100}; do curl -sf "http://$REG/v2/" >/dev/null && break; sleep 0.2; done
-curl -sf "http://$REG/v2/" >/dev/null || { cat "$SCRATCH/registry.log" >&2; die "docker-registry did not start on $REG"; }
+registry_up "$REGDATA" "$REG"
 if [[ ! -f $REGDATA/stamp ]]; then   # converted before the link is shaped
     echo "== OCI image of $TREE (umoci) -> naiad convert -> $REG/naiad/lazy:1" >&2
     t0=$(now) W=$SCRATCH/oci img=$SCRATCH/oci/layout:lazy
@@ -110,51 +101,8 @@ if [[ ! -f $REGDATA/stamp ]]; then   # converted before the link is shaped
     echo "$ID" >"$REGDATA/stamp" && rm -rf "$W"
     BUILT+="registry image built and converted in $(since "$t0") s; "
 fi
-tc qdisc add dev "$HV" root tbf rate $RATE burst 32kbit latency 400ms
-ip netns exec "$NS" tc qdisc add dev "$NV" root tbf rate $RATE burst 32kbit latency 400ms
-
-# The delay proxy: every chunk read from one side is written to the other DELAY later (a
-# queue per direction, so the delay adds latency without limiting throughput).
-cat >"$SCRATCH/delay.py" <<'EOF'
-import asyncio, sys, time
-host, port = sys.argv[1].rsplit(":", 1); delay = float(sys.argv[2]) / 1000
-async def pump(r, w):
-    q = asyncio.Queue()
-    async def read():
-        while True:
-            try: d = await r.read(1 << 16)
-            except OSError: d = b""
-            q.put_nowait((time.monotonic() + delay, d))
-            if not d: return
-    t = asyncio.ensure_future(read())
-    try:
-        while True:
-            due, d = await q.get()
-            await asyncio.sleep(max(0, due - time.monotonic()))
-            if not d: w.write_eof() if w.can_write_eof() else None; return
-            w.write(d); await w.drain()
-    except OSError: pass
-    finally: t.cancel()
-async def conn(cr, cw):
-    try: ur, uw = await asyncio.open_connection(host, int(port))
-    except OSError: cw.close(); return
-    await asyncio.gather(pump(cr, uw), pump(ur, cw), return_exceptions=True); cw.close(); uw.close()
-async def main():
-    s = await asyncio.start_server(conn, "127.0.0.1", 0)
-    open(sys.argv[3], "w").write(str(s.sockets[0].getsockname()[1]))
-    await s.serve_forever()
-asyncio.run(main())
-EOF
-REGHOST=$REG LAT_NOTE="no extra latency added (BENCH_DELAY_MS=0)"
-rtt() { for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{time_starttransfer} %{time_pretransfer}\n' "http://$1/v2/"; done |
-    awk '{d = ($1 - $2) * 1000; if (NR == 1 || d < m) m = d} END {printf "%.1f", m}'; }   # the fastest of 5, ms
-if ((DELAY_MS > 0)); then
-    python3 "$SCRATCH/delay.py" "$REG" "$DELAY_MS" "$SCRATCH/proxy.port" >"$SCRATCH/proxy.log" 2>&1 & PIDS+=($!) PROXY_PID=$!
-    for i in {1..50}; do [[ -s $SCRATCH/proxy.port ]] && break; sleep 0.1; done
-    PROXY=127.0.0.1:$(cat "$SCRATCH/proxy.port" 2>/dev/null || echo 0)
-    if curl -sf "http://$PROXY/v2/" >/dev/null 2>&1; then REGHOST=$PROXY LAT_NOTE="delay proxy on $PROXY adds $DELAY_MS ms each way"
-    else LAT_NOTE="no extra latency added: the delay proxy failed ($(tail -1 "$SCRATCH/proxy.log"))"; fi
-fi
+shape_link
+delay_proxy "$REG" "$DELAY_MS"   # REGHOST LAT_NOTE PROXY_PID
 # The link as measured: request round trip, and 20 MB of the largest blob through it.
 ACC='Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json'
 MAN=$(curl -sf -H "$ACC" "http://$REG/v2/naiad/lazy/manifests/1")
@@ -221,14 +169,12 @@ for ((r = 1; r <= RUNS; r++)); do
 done
 [[ $DELAY_MS == 0 || -z ${PROXY_PID:-} ]] || kill -0 "$PROXY_PID" 2>/dev/null || LAT_NOTE+="; the delay proxy died during the runs"
 
-median() { tr ' ' '\n' <<<"$1" | awk NF | sort -g | awk '{a[NR] = $1} END {if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; else print "-"}'; }
 declare -A MW; for m in "${MODES[@]}"; do MW[$m]=$(median "${WARM[$m]:-}"); done
 ratio() { awk -v a="${MW[$1]:--}" -v b="${MW[local]:--}" 'BEGIN {if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2fx", a / b}'; }
 declare -A MF; for m in "${MODES[@]}"; do MF[$m]=$(median "${FULL[$m]:-}"); done
 fratio() { awk -v a="${MF[$1]:--}" -v b="${MF[local]:--}" 'BEGIN {if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2fx", a / b}'; }
-mb() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1e6}'; }
 echo
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(uname -r), $(awk '/MemTotal/ {printf "%.0f GB RAM", $2 / 1e6}' /proc/meminfo)"
+echo "machine: $(machine)"
 echo "load:    $LOAD0 (1/5/15 min) before, $(cut -d' ' -f1-3 /proc/loadavg) after: other work on this machine (e.g. another build) makes the numbers noisy"
 echo "naiad:   $REV (at build time), default options (1 MiB chunks, zstd); lazy modes with --no-prefetch and a fresh cache per run"
 echo "tree:    $TREE: $FILES files, $(mb "$TOTAL") MB; registry image $(mb "$IMGB") MB${BUILT:+; $BUILT}"

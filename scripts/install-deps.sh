@@ -15,6 +15,15 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v umoci >/dev/null || need+=(umoci)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+# The containerd tests (crates/naiad/tests/containerd.rs) and the cold-start benchmark
+# (bench/coldstart.sh): a private containerd with runc, and
+# gnuplot for its chart.
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+command -v gnuplot >/dev/null || need+=(gnuplot-nox)
+# The benchmarks (bench/*.sh) read manifests and registry answers with jq and curl.
+command -v jq >/dev/null || need+=(jq)
+command -v curl >/dev/null || need+=(curl)
 # The token issuer of the bearer-auth tests (tests/common/token.rs) makes and signs with openssl.
 command -v openssl >/dev/null || need+=(openssl)
 # The test images need a static /bin/busybox (Debian's `busybox` package is dynamically linked).
