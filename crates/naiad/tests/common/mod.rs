@@ -225,6 +225,7 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+pub mod containerd;
 pub mod faulty;
 pub mod tree;
 pub mod registry;
