@@ -94,23 +94,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM   # the EXIT trap still cleans up
 
-# The Debian mirror apt uses: the first enabled `deb` source for bookworm (as bench/convert.sh finds it).
-mirror() {
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do
-        [[ -f $f ]] || continue
-        case $f in
-        *.sources) awk 'BEGIN {RS = ""} { delete F; n = split($0, L, "\n")   # deb822 stanzas
-                for (i = 1; i <= n; i++) if (L[i] !~ /^[ \t]*#/ && (j = index(L[i], ":"))) {
-                    k = tolower(substr(L[i], 1, j - 1)); gsub(/[ \t]/, "", k); F[k] = F[k] " " substr(L[i], j + 1) " " }
-                if (tolower(F["enabled"]) !~ /no/ && F["types"] ~ /[ \t]deb[ \t]/ && F["suites"] ~ /[ \t]bookworm[ \t]/) {
-                    split(F["uris"], U, " "); print U[1]; exit } }' "$f" ;;
-        *.list | */sources.list) awk '{sub(/#.*/, "")} $1 == "deb" {
-                i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/ && i < NF) i++; i++ }
-                if ($(i + 1) == "bookworm") { print $i; exit } }' "$f" ;;
-        esac
-    done | head -1
-}
-
 # The source images, as one OCI layout with the tags python and filler, built once into $CACHE/oci.
 # python3-minimal alone has no json module (it is in libpython3.11-stdlib): the image takes python3.
 IMGID="bookworm minbase +python3; filler ${FILLER_MB} MB in 4 MB files; v2"

@@ -14,11 +14,11 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/bench/lib.sh"   # die, mirror (its median, with two decimals, is its own, below)
 RUNS=${BENCH_RUNS:-3} CACHE=${BENCH_CACHE:-$ROOT/target/bench-images} SCRATCH_BASE=${BENCH_SCRATCH:-${TMPDIR:-/tmp}}
 NAIAD=$ROOT/target/release/naiad IMAGES=(debian debian-python)
 PY_PKGS="python3 python3-pip python3-numpy python3-pandas gcc"   # debian-python's 2nd layer, ~370 MB unpacked
 
-die() { echo "error: $*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root (debootstrap, chroot, umoci unpack, containerd)"
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
 for t in docker-registry skopeo umoci debootstrap jq curl; do command -v "$t" >/dev/null || die "$t not found; install with: apt-get install $t"; done
@@ -45,23 +45,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM   # the EXIT trap still cleans up
-
-# The Debian mirror apt uses: the first enabled `deb` source for bookworm (as the tests find it).
-mirror() {
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do
-        [[ -f $f ]] || continue
-        case $f in
-        *.sources) awk 'BEGIN {RS = ""} { delete F; n = split($0, L, "\n")   # deb822 stanzas
-                for (i = 1; i <= n; i++) if (L[i] !~ /^[ \t]*#/ && (j = index(L[i], ":"))) {
-                    k = tolower(substr(L[i], 1, j - 1)); gsub(/[ \t]/, "", k); F[k] = F[k] " " substr(L[i], j + 1) " " }
-                if (tolower(F["enabled"]) !~ /no/ && F["types"] ~ /[ \t]deb[ \t]/ && F["suites"] ~ /[ \t]bookworm[ \t]/) {
-                    split(F["uris"], U, " "); print U[1]; exit } }' "$f" ;;
-        *.list | */sources.list) awk '{sub(/#.*/, "")} $1 == "deb" {
-                i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/ && i < NF) i++; i++ }
-                if ($(i + 1) == "bookworm") { print $i; exit } }' "$f" ;;
-        esac
-    done | head -1
-}
 
 # Image builders: each makes the OCI layout $1/layout (tag bookworm), working in $1.
 build_debian() {

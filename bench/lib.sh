@@ -1,4 +1,4 @@
-# Shell functions shared by the benchmarks (bench/lazy.sh, bench/coldstart.sh); sourced, not run.
+# Shell functions shared by the benchmarks (bench/lazy.sh, bench/coldstart.sh, bench/convert.sh); sourced, not run.
 # The shaped link: a registry in the network namespace $NS behind the veth pair $HV (host side,
 # $HOST_IP) / $NV (namespace side, $NS_IP), tc tbf $RATE each way, and a small python3 proxy on
 # 127.0.0.1 that adds a delay each way (netem is not in every kernel).
@@ -87,3 +87,20 @@ rtt() { for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{time_starttransfer} %{
 
 # The machine, for the report's header.
 machine() { echo "$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(uname -r), $(awk '/MemTotal/ {printf "%.0f GB RAM", $2 / 1e6}' /proc/meminfo)"; }
+
+# The Debian mirror apt uses: the first enabled `deb` source for bookworm (as the tests find it: tests/common/registry.rs).
+mirror() {
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do
+        [[ -f $f ]] || continue
+        case $f in
+        *.sources) awk 'BEGIN {RS = ""} { delete F; n = split($0, L, "\n")   # deb822 stanzas
+                for (i = 1; i <= n; i++) if (L[i] !~ /^[ \t]*#/ && (j = index(L[i], ":"))) {
+                    k = tolower(substr(L[i], 1, j - 1)); gsub(/[ \t]/, "", k); F[k] = F[k] " " substr(L[i], j + 1) " " }
+                if (tolower(F["enabled"]) !~ /no/ && F["types"] ~ /[ \t]deb[ \t]/ && F["suites"] ~ /[ \t]bookworm[ \t]/) {
+                    split(F["uris"], U, " "); print U[1]; exit } }' "$f" ;;
+        *.list | */sources.list) awk '{sub(/#.*/, "")} $1 == "deb" {
+                i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/ && i < NF) i++; i++ }
+                if ($(i + 1) == "bookworm") { print $i; exit } }' "$f" ;;
+        esac
+    done | head -1
+}
