@@ -398,6 +398,6 @@ mod tests {
     #[test]
     fn lease_expiry_is_rfc3339() {
         assert_eq!(humantime_rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(humantime_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000)), "2026-11-18T08:26:40Z");
+        assert_eq!(humantime_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000)), "2026-11-18T11:06:40Z");
     }
 }
