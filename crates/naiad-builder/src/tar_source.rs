@@ -35,12 +35,53 @@ pub fn decompress_layer(reader: Box<dyn Read + Send>, name: &str) -> Result<Box<
     })
 }
 
+/// The layer stream as the tar reader sees it: counts what it reads, and when the stream
+/// ends cleanly (not with an error) inside a 512-byte block after every byte the last entry
+/// declared, supplies the zeros of that block. Some writers (umoci 0.4's `insert`) end a
+/// layer without padding its last entry; containerd and GNU tar read such layers. Only
+/// padding is made up, never a missing data byte, so a file cut short is still an error.
+struct PadLastBlock<R> {
+    inner: R,
+    pos: u64,
+    /// Where the current entry's data ends in the stream.
+    data_end: std::rc::Rc<std::cell::Cell<u64>>,
+    padded: std::rc::Rc<std::cell::Cell<bool>>,
+    pad_left: usize,
+}
+
+impl<R: Read> Read for PadLastBlock<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pad_left == 0 {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            if self.pos % 512 == 0 || self.pos < self.data_end.get() || self.padded.get() {
+                return Ok(0);
+            }
+            self.pad_left = (512 - self.pos % 512) as usize;
+            self.padded.set(true);
+        }
+        let n = self.pad_left.min(buf.len());
+        buf[..n].fill(0);
+        self.pad_left -= n;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Adds every entry of one layer.
 pub fn add_layer(reader: impl Read, layer_name: &str, tb: &mut TreeBuilder, pipe: &mut Pipeline, opts: &LayerOptions, warnings: &mut Vec<String>) -> Result<()> {
-    let mut archive = tar::Archive::new(reader);
+    let data_end = std::rc::Rc::new(std::cell::Cell::new(0));
+    let padded = std::rc::Rc::new(std::cell::Cell::new(false));
+    let mut archive = tar::Archive::new(PadLastBlock { inner: reader, pos: 0, data_end: data_end.clone(), padded: padded.clone(), pad_left: 0 });
     let layer_err = |detail: String| BuildError::Layer { layer: layer_name.into(), detail };
     let entries = archive.entries().map_err(|e| layer_err(e.to_string()))?;
-    add_entries(entries, layer_name, tb, pipe, opts, warnings)?;
+    add_entries(entries, layer_name, tb, pipe, opts, warnings, &data_end)?;
+    if padded.get() {
+        warnings.push(format!("layer {layer_name}: the tar stream ends without the padding of its last entry (read as containerd reads it)"));
+    }
     // Read to the end so that the decompressor checks its trailer (gzip CRC and length,
     // zstd checksum): a layer cut short after its last entry is still an error.
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
@@ -56,11 +97,20 @@ pub struct LayerOptions {
     pub keep_whiteouts: bool,
 }
 
-fn add_entries<R: Read>(entries: tar::Entries<'_, R>, layer_name: &str, tb: &mut TreeBuilder, pipe: &mut Pipeline, opts: &LayerOptions, warnings: &mut Vec<String>) -> Result<()> {
+fn add_entries<R: Read>(
+    entries: tar::Entries<'_, R>,
+    layer_name: &str,
+    tb: &mut TreeBuilder,
+    pipe: &mut Pipeline,
+    opts: &LayerOptions,
+    warnings: &mut Vec<String>,
+    data_end: &std::cell::Cell<u64>,
+) -> Result<()> {
     let chunk_size = opts.chunk_size;
     let layer_err = |detail: String| BuildError::Layer { layer: layer_name.into(), detail };
     for entry in entries {
         let mut entry = entry.map_err(|e| layer_err(format!("unreadable tar header: {e}")))?;
+        data_end.set(entry.raw_file_position().saturating_add(entry.header().entry_size().unwrap_or(u64::MAX)));
         let raw_path = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw_path).into_owned();
         let bad = |detail: String| BuildError::Entry { source_name: format!("layer {layer_name}"), entry: name.clone(), detail };

@@ -251,3 +251,30 @@ fn tar_and_directory_sources_give_the_same_tree() {
     let names = |d: &Path| blob_files(d).iter().map(|p| p.file_name().unwrap().to_owned()).collect::<Vec<_>>();
     assert_eq!(names(&from_dir), names(&from_tar));
 }
+
+#[test]
+fn a_layer_missing_only_its_final_padding_is_read_but_a_short_file_is_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = Layer::new().dir("d/").file("d/a", b"first file").file("d/last", &[7u8; 700]).bytes();
+    // Headers: d/ at 0, d/a at 512 (data 1024..1034), d/last at 1536 (data 2048..2748).
+    let data_end = 2048 + 700;
+    // umoci 0.4's `insert` ends a layer right after the last data byte, gzip-compressed.
+    let cut = tmp.path().join("cut.tar.gz");
+    write_gz(&cut, &full[..data_end]);
+    let out = tmp.path().join("out");
+    let summary = build_json(args!["build", "--layer", cut, "-o", out]);
+    let warnings = summary["warnings"].to_string();
+    assert!(warnings.contains("without the padding of its last entry"), "{summary}");
+    let unpacked = tmp.path().join("unpacked");
+    naiad_ok(args!["unpack", out.join("bootstrap"), "--blob-dir", out, "-o", unpacked]);
+    assert_eq!(fs::read(unpacked.join("d/a")).unwrap(), b"first file");
+    assert_eq!(fs::read(unpacked.join("d/last")).unwrap(), vec![7u8; 700]);
+
+    // One data byte missing: an error naming the layer, never a file padded with a zero.
+    let short = tmp.path().join("short.tar");
+    fs::write(&short, &full[..data_end - 1]).unwrap();
+    let r = naiad(args!["build", "--layer", short, "-o", tmp.path().join("out2")]);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("short.tar"), "{err}");
+}
