@@ -57,7 +57,7 @@ impl<R: Read> Read for PadLastBlock<R> {
                 self.pos += n as u64;
                 return Ok(n);
             }
-            if self.pos % 512 == 0 || self.pos < self.data_end.get() || self.padded.get() {
+            if self.pos.is_multiple_of(512) || self.pos < self.data_end.get() || self.padded.get() {
                 return Ok(0);
             }
             self.pad_left = (512 - self.pos % 512) as usize;
