@@ -126,7 +126,7 @@ async fn do_mount(State(d): State<Arc<Daemon>>, Json(spec): Json<MountSpec>) -> 
     if d.mounts.get(&spec.mountpoint).is_some() {
         return Err(DaemonError::Invalid(format!("{} is already mounted", spec.mountpoint.display())).into());
     }
-    let m = crate::mounts::mount(spec, d.cache.clone(), &d.runtime_dir).await?;
+    let m = crate::mounts::mount(spec, d.cache.clone(), &d.runtime_dir, true).await?;
     let m = d.mounts.insert(m)?;
     Ok((StatusCode::CREATED, Json(info(&m))))
 }

@@ -122,7 +122,7 @@ fn host_platform() -> &'static str {
 }
 
 /// Resolves the source, mounts it, and starts the prefetch.
-pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path) -> Result<ActiveMount> {
+pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, keep_fuse: bool) -> Result<ActiveMount> {
     let image = (spec.source.starts_with("docker://") || spec.source.starts_with("oci:")).then(|| ImageRef::parse(&spec.source)).transpose()?;
     if image.is_some() && spec.s3.is_some() {
         return Err(DaemonError::Invalid("S3 storage is for a bootstrap source: an image reference reads its blobs from its registry".into()));
@@ -201,12 +201,13 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path) 
             Box::new(naiad_fs::fanotify::mount_fanotify_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &mountpoint, runtime_dir, &exe)?)
         }
         Mode::Kernel => {
-            let views = runtime_dir.join(format!("views-{}", hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8])));
-            Box::new(naiad_fs::lazy::mount_kernel_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &views, &mountpoint)?)
+            let keep = if keep_fuse { Some(fuse_keep(runtime_dir)?) } else { None };
+            Box::new(naiad_fs::lazy::mount_kernel_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &views_dir(runtime_dir, &mountpoint), &mountpoint, keep.as_ref())?)
         }
         Mode::Fuse => {
+            let keep = if keep_fuse { Some(fuse_keep(runtime_dir)?) } else { None };
             let fs = naiad_fs::image_fs::ImageFs::new(bs.clone(), blobs.clone(), fetcher.clone());
-            Box::new(naiad_fs::image_fs::mount_fuse_mode(fs, &mountpoint).map_err(DaemonError::io(mountpoint.display()))?)
+            Box::new(naiad_fs::image_fs::mount_fuse_mode(fs, &mountpoint, keep.as_ref())?)
         }
     };
     let m = ActiveMount {
@@ -343,6 +344,18 @@ impl Mounts {
     }
 }
 
+/// Where a kernel-mode mount at `mountpoint` has its blob views.
+fn views_dir(runtime_dir: &Path, mountpoint: &Path) -> PathBuf {
+    runtime_dir.join(format!("views-{}", hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8])))
+}
+
+/// FUSE connections of the daemon's mounts are held by keepers (`naiad fuse-keeper`), so
+/// that a daemon that dies leaves them waiting for the next one instead of broken.
+fn fuse_keep(runtime_dir: &Path) -> Result<naiad_fs::fuse_keep::Keep> {
+    let exe = std::env::current_exe().map_err(DaemonError::io("the naiad executable"))?;
+    Ok(naiad_fs::fuse_keep::Keep { runtime_dir: runtime_dir.to_path_buf(), exe })
+}
+
 /// Brings back the mounts a previous daemon saved in `mounts`' state file and did not
 /// unmount (it died). Each mount point still carries the dead daemon's mount (a FUSE mount
 /// with no server, or EROFS over blob views with none): it is detached, so processes that
@@ -358,12 +371,18 @@ pub async fn restore(mounts: &Mounts, cache: &Arc<ChunkCache>, runtime_dir: &Pat
     let (mut ok, mut failed) = (Vec::new(), Vec::new());
     for spec in specs {
         let mp = spec.mountpoint.clone();
-        // A fanotify mount whose keeper lives is still served: the new server attaches.
-        let kept = spec.mode == Mode::Fanotify && naiad_fs::fanotify::keeper_alive(runtime_dir, &mp);
+        // A mount whose keeper lives is still in place, its readers waiting: the new server
+        // takes it over.
+        let kept = match spec.mode {
+            Mode::Fanotify => naiad_fs::fanotify::keeper_alive(runtime_dir, &mp),
+            Mode::Kernel => naiad_fs::fuse_keep::keeper_alive(runtime_dir, &views_dir(runtime_dir, &mp)),
+            Mode::Fuse => naiad_fs::fuse_keep::keeper_alive(runtime_dir, &mp),
+            Mode::Auto => false,
+        };
         if !kept && is_mounted(&mp, spec.mode) {
             let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
         }
-        let r = match mount(spec, cache.clone(), runtime_dir).await {
+        let r = match mount(spec, cache.clone(), runtime_dir, true).await {
             Ok(m) => mounts.insert(m).map(|_| ()),
             Err(e) => Err(e),
         };

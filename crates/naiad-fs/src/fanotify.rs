@@ -264,24 +264,11 @@ fn take_writers(stream: &UnixStream, files: &[Watched]) -> std::io::Result<()> {
     }
     let pid = u32::from_le_bytes(f[1..5].try_into().expect("4 bytes"));
     let n = u32::from_le_bytes(f[5..9].try_into().expect("4 bytes")) as usize;
-    // SAFETY: plain syscalls; the results are checked.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if pidfd < 0 {
-        return Err(errno());
-    }
-    // SAFETY: a new fd owned here.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
     for i in 0..n {
         let at = 9 + i * 20;
         let (dev, ino, fd) = (u64_at(&f, at), u64_at(&f, at + 8), i32_at(&f, at + 16));
         let Some(w) = files.iter().find(|w| w.dev == dev && w.ino == ino) else { continue };
-        // SAFETY: as above.
-        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-        if got < 0 {
-            return Err(errno());
-        }
-        // SAFETY: as above.
-        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(got as i32) });
+        let file = std::fs::File::from(copy_fd(pid, fd)?);
         w.blob.set_writer(file);
     }
     if let Some(w) = files.iter().find(|w| w.marked.load(Ordering::Relaxed) && !f[9..].chunks_exact(20).any(|e| u64_at(e, 0) == w.dev && u64_at(e, 8) == w.ino)) {
@@ -300,8 +287,6 @@ fn start_keeper(files: &[Watched], mountpoint: &Path, runtime_dir: &Path, keeper
         fan_mark(&group, true, f.blob.data_path()).map_err(|e| FsError::Invalid(format!("watching {}: {e}", f.blob.data_path().display())))?;
     }
     std::fs::create_dir_all(runtime_dir).map_err(FsError::io(runtime_dir))?;
-    let _ = std::fs::remove_file(sock);
-    let log = std::fs::File::create(sock.with_extension("log")).map_err(FsError::io(sock.with_extension("log")))?;
     let raw = group.as_raw_fd();
     // Opened before the watch (the cache entries were opened before it): writes through
     // these raise no event. The keeper keeps them for later workers.
@@ -309,14 +294,24 @@ fn start_keeper(files: &[Watched], mountpoint: &Path, runtime_dir: &Path, keeper
     let list = writers.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(",");
     let mut cmd = std::process::Command::new(keeper_exe);
     cmd.args(["fanotify-keeper", "--group-fd", &raw.to_string(), "--writer-fds", &list, "--socket"]).arg(sock).arg("--mountpoint").arg(mountpoint);
+    let s = spawn_keeper(cmd, std::iter::once(raw).chain(writers).collect(), sock, "fanotify keeper")?;
+    drop(group);
+    Ok(s)
+}
+
+/// Starts a keeper process (`cmd`) in its own session (a signal to our process group does
+/// not reach it) with `fds` kept open across exec, its stderr in `sock`.log; returns once it
+/// accepts connections on `sock`.
+pub(crate) fn spawn_keeper(mut cmd: std::process::Command, fds: Vec<i32>, sock: &Path, what: &str) -> Result<UnixStream> {
+    let _ = std::fs::remove_file(sock);
+    let log = std::fs::File::create(sock.with_extension("log")).map_err(FsError::io(sock.with_extension("log")))?;
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
     use std::os::unix::process::CommandExt;
-    // SAFETY: only async-signal-safe calls between fork and exec: its own session (a signal
-    // to the worker's process group does not reach it), and the group fd kept across exec.
+    // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            for &fd in std::iter::once(&raw).chain(writers.iter()) {
+            for &fd in &fds {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -325,8 +320,8 @@ fn start_keeper(files: &[Watched], mountpoint: &Path, runtime_dir: &Path, keeper
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| FsError::Io { path: keeper_exe.into(), cause: e })?;
-    drop(group);
+    let exe = cmd.get_program().to_owned();
+    let mut child = cmd.spawn().map_err(|e| FsError::Io { path: exe.into(), cause: e })?;
     let started = std::time::Instant::now();
     loop {
         if let Ok(s) = UnixStream::connect(sock) {
@@ -335,14 +330,32 @@ fn start_keeper(files: &[Watched], mountpoint: &Path, runtime_dir: &Path, keeper
             return Ok(s);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(FsError::Invalid(format!("the fanotify keeper exited ({status}); see {}", sock.with_extension("log").display())));
+            return Err(FsError::Invalid(format!("the {what} exited ({status}); see {}", sock.with_extension("log").display())));
         }
         if started.elapsed() > std::time::Duration::from_secs(10) {
             let _ = child.kill();
-            return Err(FsError::Invalid("the fanotify keeper did not start within 10 s".into()));
+            return Err(FsError::Invalid(format!("the {what} did not start within 10 s")));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// A copy of descriptor `fd` of process `pid` (`pidfd_getfd`; needs the right to ptrace it).
+pub(crate) fn copy_fd(pid: u32, fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscalls; the results are checked.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if pidfd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: a new fd owned here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // SAFETY: as above.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if got < 0 {
+        return Err(errno());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(got as i32) })
 }
 
 /// Reads the keeper's events and hands them to the workers until the connection ends.

@@ -296,9 +296,10 @@ impl fuser::Filesystem for ImageFs {
     }
 }
 
-/// Mounts an image in fuse mode at `mountpoint`; the session ends (and unmounts) on drop.
-pub fn mount_fuse_mode(fs: ImageFs, mountpoint: &std::path::Path) -> std::io::Result<fuser::BackgroundSession> {
-    std::fs::create_dir_all(mountpoint)?;
+/// Mounts an image in fuse mode at `mountpoint`; the server stops (and unmounts) on drop.
+/// With `keep`, the FUSE connection is held by a keeper process, and a mount still in place
+/// whose keeper lives (its server died) is taken over instead of mounted again.
+pub fn mount_fuse_mode(fs: ImageFs, mountpoint: &std::path::Path, keep: Option<&crate::fuse_keep::Keep>) -> crate::Result<crate::fuse_keep::FuseServer> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,
@@ -308,6 +309,6 @@ pub fn mount_fuse_mode(fs: ImageFs, mountpoint: &std::path::Path) -> std::io::Re
         fuser::MountOption::Suid,
         fuser::MountOption::Dev,
     ];
-    config.n_threads = Some(FUSE_THREADS);
-    fuser::spawn_mount(fs, mountpoint, &config)
+    let may_adopt = crate::kernel::has_mount(mountpoint, &["fuse", "fuse.naiad"]);
+    crate::fuse_keep::FuseServer::start(fs, mountpoint, config, FUSE_THREADS, keep, may_adopt).map(|(s, _)| s)
 }

@@ -2,6 +2,7 @@
 //! the kernel's EROFS on top of it with those files as devices.
 
 use crate::blob_view_fs::{BlobViewFs, ViewFile};
+use crate::fuse_keep::{FuseServer, Keep};
 use crate::{FsError, Result};
 use naiad_format::bootstrap::Bootstrap;
 use naiad_storage::chunk_cache::ChunkCache;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 /// A mounted lazy image; dropping it (or [`LazyMount::unmount`]) unmounts both layers.
 pub struct LazyMount {
     mountpoint: PathBuf,
-    session: Option<fuser::BackgroundSession>,
+    views: Option<FuseServer>,
     pub fetcher: Arc<Fetcher>,
 }
 
@@ -21,8 +22,18 @@ pub struct LazyMount {
 pub const VIEW_THREADS: usize = 4;
 
 /// Mounts `bootstrap_path` (parsed as `bs`) at `mountpoint`, its blobs served from `cache`
-/// through `fetcher`; `views_dir` (created) holds the blob-view files.
-pub fn mount_kernel_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCache, fetcher: Arc<Fetcher>, views_dir: &Path, mountpoint: &Path) -> Result<LazyMount> {
+/// through `fetcher`; `views_dir` (created) holds the blob-view files. With `keep`, the
+/// views' FUSE connection is held by a keeper process, so that a later server (after this
+/// one died) takes it over: then EROFS is still mounted on the views and stays.
+pub fn mount_kernel_mode(
+    bootstrap_path: &Path,
+    bs: &Bootstrap,
+    cache: &ChunkCache,
+    fetcher: Arc<Fetcher>,
+    views_dir: &Path,
+    mountpoint: &Path,
+    keep: Option<&Keep>,
+) -> Result<LazyMount> {
     let ext = bs.extension();
     let mut files = Vec::new();
     for (i, b) in ext.blobs.iter().enumerate() {
@@ -30,20 +41,18 @@ pub fn mount_kernel_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCac
         let chunks = ext.blob_chunks(i as u32).to_vec();
         files.push(ViewFile::new(blob, chunks));
     }
-    // A server killed without unmounting leaves its views mount behind, disconnected:
-    // detach it so this mount can take its place.
-    let _ = rustix::mount::unmount(views_dir, rustix::mount::UnmountFlags::DETACH);
-    std::fs::create_dir_all(views_dir).map_err(FsError::io(views_dir))?;
     let fs = BlobViewFs::new(files, fetcher.clone());
     let devices: Vec<PathBuf> = (0..ext.blobs.len()).map(|i| views_dir.join(fs.file_name(i))).collect();
     let mut config = fuser::Config::default();
     config.mount_options = vec![fuser::MountOption::RO, fuser::MountOption::FSName("naiad-views".into()), fuser::MountOption::Subtype("naiad".into())];
-    config.n_threads = Some(VIEW_THREADS);
-    let session = fuser::spawn_mount(fs, views_dir, &config).map_err(|e| FsError::Io { path: views_dir.into(), cause: e })?;
+    // Only take over views that still carry the image: otherwise start afresh.
+    let (views, adopted) = FuseServer::start(fs, views_dir, config, VIEW_THREADS, keep, crate::kernel::is_erofs_mounted(mountpoint))?;
     // From here on, dropping `m` (on an error too) unmounts the views.
-    let m = LazyMount { mountpoint: mountpoint.into(), session: Some(session), fetcher };
-    std::fs::create_dir_all(mountpoint).map_err(FsError::io(mountpoint))?;
-    crate::kernel::mount_erofs(bootstrap_path, &devices, mountpoint)?;
+    let m = LazyMount { mountpoint: mountpoint.into(), views: Some(views), fetcher };
+    if !adopted {
+        std::fs::create_dir_all(mountpoint).map_err(FsError::io(mountpoint))?;
+        crate::kernel::mount_erofs(bootstrap_path, &devices, mountpoint)?;
+    }
     Ok(m)
 }
 
@@ -54,9 +63,9 @@ impl LazyMount {
     }
 
     fn teardown(&mut self) -> Result<()> {
-        let Some(session) = self.session.take() else { return Ok(()) };
+        let Some(mut views) = self.views.take() else { return Ok(()) };
         let r = crate::kernel::umount(&self.mountpoint);
-        let _ = session.umount_and_join();
+        let _ = views.stop();
         r
     }
 }

@@ -5,6 +5,7 @@ pub mod check;
 pub mod compare;
 pub mod fanotify;
 pub mod fanotify_keeper;
+pub mod fuse_keep;
 mod error;
 pub mod blob_view_fs;
 pub mod image_fs;

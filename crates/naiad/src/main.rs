@@ -34,6 +34,20 @@ enum Cmd {
     /// Internal: holds a fanotify-mode mount's group across restarts of its server.
     #[command(hide = true)]
     FanotifyKeeper(KeeperArgs),
+    /// Internal: holds a FUSE mount's connection across restarts of its server.
+    #[command(hide = true)]
+    FuseKeeper(FuseKeeperArgs),
+}
+
+#[derive(clap::Args)]
+struct FuseKeeperArgs {
+    #[arg(long)]
+    fd: i32,
+    #[arg(long)]
+    socket: std::path::PathBuf,
+    /// The mount it keeps (shown by ps).
+    #[arg(long)]
+    mountpoint: std::path::PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -74,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Umount(a) => cmd::umount::run(a),
         Cmd::Pull(a) => cmd::pull::run(a, &cfg),
         Cmd::Snapshotter(a) => cmd::snapshotter::run(a, &cfg, cli.config.as_deref()),
+        Cmd::FuseKeeper(a) => naiad_fs::fuse_keep::run_keeper(a.fd, &a.socket).map(|()| ExitCode::SUCCESS).map_err(Into::into),
         Cmd::FanotifyKeeper(a) => naiad_fs::fanotify_keeper::run(a.group_fd, &a.writer_fds, &a.socket, &a.mountpoint).map(|()| ExitCode::SUCCESS).map_err(Into::into),
     };
     match result {

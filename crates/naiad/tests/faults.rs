@@ -125,10 +125,10 @@ impl Lazy {
         let blobs: Vec<Arc<CachedBlob>> = img.bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap()).collect();
         let mnt = work.path().join("mnt");
         let handle: Box<dyn std::any::Any> = match mode {
-            Mode::Kernel => Box::new(naiad_fs::lazy::mount_kernel_mode(&img.boot_path, &img.bs, &cache, fetcher.clone(), &work.path().join("views"), &mnt).unwrap()),
+            Mode::Kernel => Box::new(naiad_fs::lazy::mount_kernel_mode(&img.boot_path, &img.bs, &cache, fetcher.clone(), &work.path().join("views"), &mnt, None).unwrap()),
             Mode::Fuse => {
                 let fs = naiad_fs::image_fs::ImageFs::new(img.bs.clone(), blobs.clone(), fetcher.clone());
-                Box::new(naiad_fs::image_fs::mount_fuse_mode(fs, &mnt).unwrap())
+                Box::new(naiad_fs::image_fs::mount_fuse_mode(fs, &mnt, None).unwrap())
             }
         };
         Lazy { handle: Some(handle), _guard: MountGuard(mnt.clone()), mnt, fetcher, blobs, _work: work }

@@ -199,13 +199,30 @@ fn kill9(child: &mut std::process::Child) {
 
 #[test]
 fn a_killed_daemon_costs_readers_a_delay_never_an_error_or_wrong_bytes() {
+    restart_under_readers("fanotify");
+}
+
+/// The same in the FUSE modes: the connection is held by a keeper and taken over.
+#[test]
+fn a_killed_daemon_costs_readers_a_delay_in_kernel_mode() {
+    restart_under_readers("kernel");
+}
+
+#[test]
+fn a_killed_daemon_costs_readers_a_delay_in_fuse_mode() {
+    restart_under_readers("fuse");
+}
+
+/// A reader loops over every file (checking bytes) while the daemon serving `mode` is
+/// killed with `kill -9` (first before any read, then mid-read) and started again.
+fn restart_under_readers(mode: &str) {
     let img = image();
     let work = img.dir.path().join("g");
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mut daemon = start_daemon(&work);
     let _g = MountGuard(mnt.clone());
-    naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "mount", img.bootstrap(), mnt, "--blob-dir", img.dir.path().join("out"), "--mode", "fanotify", "--no-prefetch"]);
+    naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "mount", img.bootstrap(), mnt, "--blob-dir", img.dir.path().join("out"), "--mode", mode, "--no-prefetch"]);
     // Every regular file of the source, with its bytes.
     let files: Vec<(PathBuf, Vec<u8>)> = walk(&img.src()).into_iter().map(|p| (p.strip_prefix(img.src()).unwrap().to_path_buf(), std::fs::read(&p).unwrap())).collect();
     assert!(files.len() > 10);
@@ -242,12 +259,20 @@ fn a_killed_daemon_costs_readers_a_delay_never_an_error_or_wrong_bytes() {
     assert!(errors.is_empty(), "read errors across daemon restarts: {errors:?}");
     assert!(wrong.is_empty(), "wrong bytes across daemon restarts: {wrong:?}");
     naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "umount", mnt]);
-    assert!(!naiad_fs::kernel::is_erofs_mounted(&mnt));
-    // With the mount gone, its keeper is gone too.
-    let sock = naiad_fs::fanotify_keeper::socket_path(&work.join("run"), &std::path::absolute(&mnt).unwrap());
+    assert!(!naiad_daemon::mounts::is_mounted(&mnt, naiad_daemon::mounts::Mode::Auto));
+    // With the mount gone, its keepers are gone too.
+    let keepers = || -> Vec<PathBuf> {
+        std::fs::read_dir(work.join("run"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sock") && !p.ends_with("api.sock"))
+            .filter(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
+            .collect()
+    };
     let started = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_ok() {
-        assert!(started.elapsed() < Duration::from_secs(10), "the keeper outlived its mount");
+    while !keepers().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "keepers outlived their mount: {:?}", keepers());
         std::thread::sleep(Duration::from_millis(100));
     }
     rustix::process::kill_process(rustix::process::Pid::from_child(&daemon), rustix::process::Signal::TERM).unwrap();

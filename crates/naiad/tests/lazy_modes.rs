@@ -51,7 +51,7 @@ fn kernel_mode_shows_the_source_tree() {
     let cache = ChunkCache::open(&img.dir.path().join("cache")).unwrap();
     let f = fetcher(&img);
     let mnt = img.dir.path().join("mnt");
-    let m = naiad_fs::lazy::mount_kernel_mode(&img.dir.path().join("out/bootstrap"), &img.bs, &cache, f.clone(), &img.dir.path().join("views"), &mnt).unwrap();
+    let m = naiad_fs::lazy::mount_kernel_mode(&img.dir.path().join("out/bootstrap"), &img.bs, &cache, f.clone(), &img.dir.path().join("views"), &mnt, None).unwrap();
     let _g = MountGuard(mnt.clone());
     assert_same_tree("kernel mode", &snapshot(&img.dir.path().join("src")), &snapshot(&mnt), Skip::default());
     assert!(f.stats.verify_failures.load(Ordering::SeqCst) == 0);
@@ -68,14 +68,15 @@ fn fuse_mode_shows_the_source_tree() {
     let f = fetcher(&img);
     let mnt = img.dir.path().join("mnt");
     let fs = naiad_fs::image_fs::ImageFs::new(img.bs.clone(), blobs, f.clone());
-    let session = naiad_fs::image_fs::mount_fuse_mode(fs, &mnt).unwrap();
+    let session = naiad_fs::image_fs::mount_fuse_mode(fs, &mnt, None).unwrap();
     let _g = MountGuard(mnt.clone());
     // Nothing is fetched to list the tree.
     let _ = std::fs::read_dir(mnt.join("many")).unwrap().count();
     assert_eq!(f.stats.requests.load(Ordering::SeqCst), 0);
     assert_same_tree("fuse mode", &snapshot(&img.dir.path().join("src")), &snapshot(&mnt), Skip::default());
     assert_read_only(&mnt);
-    session.umount_and_join().unwrap();
+    let mut session = session;
+    session.stop().unwrap();
 }
 
 #[test]

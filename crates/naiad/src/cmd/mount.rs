@@ -216,7 +216,7 @@ fn mount_lazy(mode: Option<Mode>, a: &Args, s3: Option<S3Location>) -> Result<Ex
     };
     let cache = Arc::new(ChunkCache::open(a.cache_dir())?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let m = rt.block_on(naiad_daemon::mounts::mount(spec, cache, a.runtime_dir()))?;
+    let m = rt.block_on(naiad_daemon::mounts::mount(spec, cache, a.runtime_dir(), false))?;
     eprintln!("naiad: {} mounted at {} ({:?} mode){SERVING}", a.source, m.spec.mountpoint.display(), m.spec.mode);
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -220,6 +220,18 @@ impl Drop for MountGuard {
     }
 }
 
+/// On drop (a test that failed half-way too): kills the processes whose command line names
+/// the directory (keepers, shims, daemons) and unmounts everything below it, so that the
+/// temporary directory can go.
+pub struct BelowGuard(pub PathBuf);
+
+impl Drop for BelowGuard {
+    fn drop(&mut self) {
+        containerd::kill_processes_naming(&self.0);
+        containerd::unmount_below(&self.0);
+    }
+}
+
 /// Whether this process may mount filesystems and create devices (root).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
