@@ -75,6 +75,10 @@ pub struct Snapshotter {
     /// Serializes mounting and unmounting of lazy images (rare, slow operations; the
     /// snapshot reads and ordinary layers never take it).
     mounting: Mutex<()>,
+    /// Held shared while a snapshot is being created (its record and its directory or mount
+    /// come one after the other) and exclusively by `cleanup`, so that cleanup never takes
+    /// a snapshot being made for an orphan.
+    creating: std::sync::RwLock<()>,
 }
 
 impl Snapshotter {
@@ -83,7 +87,7 @@ impl Snapshotter {
             std::fs::create_dir_all(cfg.root.join(d)).map_err(Error::io(cfg.root.join(d).display()))?;
         }
         let store = Store::open(&cfg.root.join("metadata.redb"))?;
-        Ok(Snapshotter { cfg, store, runtime, images: Mutex::new(HashMap::new()), mounting: Mutex::new(()) })
+        Ok(Snapshotter { cfg, store, runtime, images: Mutex::new(HashMap::new()), mounting: Mutex::new(()), creating: std::sync::RwLock::new(()) })
     }
 
     pub fn store(&self) -> &Store {
@@ -112,6 +116,7 @@ impl Snapshotter {
 
     /// Prepare (`kind` Active) or View.
     pub fn prepare(&self, key: &str, parent: &str, labels: BTreeMap<String, String>, kind: Kind) -> Result<Vec<MountOut>> {
+        let _creating = self.creating.read().expect("creating lock");
         if kind == Kind::Active {
             if let Some(target) = labels.get(LABEL_REF).cloned() {
                 if let Some(existing) = self.store.get(&target)? {
@@ -332,6 +337,7 @@ impl Snapshotter {
     /// Removes directories and lazy mounts no snapshot owns (left by a crash between the
     /// database change and the disk change).
     pub fn cleanup(&self) -> Result<()> {
+        let _exclusive = self.creating.write().expect("creating lock");
         let all = self.store.list()?;
         let ids: std::collections::HashSet<String> = all.iter().map(|(_, s)| s.id.to_string()).collect();
         let mounts: std::collections::HashSet<PathBuf> =
@@ -471,6 +477,45 @@ pub fn split_image_ref(s: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snapshotter(root: &Path) -> (Snapshotter, tokio::runtime::Runtime) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let daemon = DaemonLink { api: root.join("no-daemon.sock"), spawn: None, log: root.join("daemon.log") };
+        let cfg = Config { root: root.to_path_buf(), daemon, cache_dir: root.join("cache"), insecure_registries: Vec::new(), mode: Mode::Auto };
+        (Snapshotter::open(cfg, rt.handle().clone()).unwrap(), rt)
+    }
+
+    #[test]
+    fn ordinary_layers_follow_the_overlayfs_snapshotter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sn, _rt) = snapshotter(dir.path());
+        let snaps = dir.path().join("snapshots");
+        let fs = |id: u64| snaps.join(id.to_string()).join("fs").display().to_string();
+        let m = sn.prepare("a", "", BTreeMap::new(), Kind::Active).unwrap();
+        assert_eq!(m, vec![MountOut { kind: "bind".into(), source: fs(1), options: vec!["rw".into(), "rbind".into()] }]);
+        std::fs::write(snaps.join("1/fs/f"), "layer 1").unwrap();
+        sn.commit("l1", "a", BTreeMap::new()).unwrap();
+        let m = sn.prepare("b", "l1", BTreeMap::new(), Kind::Active).unwrap();
+        assert_eq!(m[0].kind, "overlay");
+        assert_eq!(m[0].options, vec![format!("workdir={}", snaps.join("2/work").display()), format!("upperdir={}", fs(2)), format!("lowerdir={}", fs(1))]);
+        let v = sn.prepare("v", "l1", BTreeMap::new(), Kind::View).unwrap();
+        assert_eq!(v, vec![MountOut { kind: "bind".into(), source: fs(1), options: vec!["ro".into(), "rbind".into()] }]);
+        assert_eq!(sn.mounts("b").unwrap(), m);
+        assert!(sn.usage("l1").unwrap().0 > 0);
+
+        // A directory no snapshot owns (a crash between disk and database) is cleaned up.
+        std::fs::create_dir_all(snaps.join("99/fs")).unwrap();
+        sn.cleanup().unwrap();
+        assert!(!snaps.join("99").exists());
+        assert!(snaps.join("1/fs/f").exists() && snaps.join("2").exists() && snaps.join("3").exists());
+
+        assert!(matches!(sn.remove("l1"), Err(Error::Invalid(_))), "l1 has children");
+        for k in ["b", "v", "l1"] {
+            sn.remove(k).unwrap();
+        }
+        assert_eq!(std::fs::read_dir(&snaps).unwrap().count(), 0);
+        assert!(matches!(sn.mounts("b"), Err(Error::NotFound(_))));
+    }
 
     #[test]
     fn image_refs_split_like_containerd_names_them() {
