@@ -186,9 +186,16 @@ fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
 
 impl fuser::Filesystem for ImageFs {
     /// Symlink targets never change (the kernel may cache them); lookups in one directory
-    /// may run in parallel.
+    /// may run in parallel; a directory listing may carry each entry's attributes
+    /// (READDIRPLUS, when the kernel sees lookups follow listings), so that walking a tree
+    /// costs a round trip per directory instead of one per file.
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
-        for cap in [fuser::InitFlags::FUSE_CACHE_SYMLINKS, fuser::InitFlags::FUSE_PARALLEL_DIROPS] {
+        for cap in [
+            fuser::InitFlags::FUSE_CACHE_SYMLINKS,
+            fuser::InitFlags::FUSE_PARALLEL_DIROPS,
+            fuser::InitFlags::FUSE_DO_READDIRPLUS,
+            fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        ] {
             let _ = config.add_capabilities(cap);
         }
         Ok(())
@@ -255,6 +262,20 @@ impl fuser::Filesystem for ImageFs {
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(self.ino(e.nid)), i as u64 + 1, kind_of(e.file_type), OsStr::from_bytes(&e.name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: fuser::ReplyDirectoryPlus) {
+        let entries = match self.inode(ino).and_then(|d| self.entries(&d)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let Ok(child) = self.bs.inode(e.nid) else { return reply.error(Errno::EIO) };
+            if reply.add(INodeNo(self.ino(e.nid)), i as u64 + 1, OsStr::from_bytes(&e.name), &TTL, &self.attr(&child), Generation(0)) {
                 break;
             }
         }
