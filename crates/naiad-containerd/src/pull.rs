@@ -19,7 +19,6 @@ use naiad_oci::media::{is_index, NAIAD_OS_FEATURE};
 use naiad_oci::reference::ImageRef;
 use naiad_oci::store::Store;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use tonic::transport::Channel;
@@ -358,7 +357,7 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     for d in diff_ids {
         let next = match out.last() {
             None => d.clone(),
-            Some(p) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{p} {d}").as_bytes()))),
+            Some(p) => naiad_oci::manifest::sha256_digest(format!("{p} {d}").as_bytes()),
         };
         out.push(next);
     }
@@ -385,6 +384,7 @@ fn humantime_rfc3339(t: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn chain_ids_follow_the_image_spec() {

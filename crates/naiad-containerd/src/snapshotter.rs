@@ -251,10 +251,11 @@ impl Snapshotter {
 
     pub fn remove(&self, key: &str) -> Result<()> {
         let s = self.store.need(key)?;
-        if let Some((child, _)) = self.store.list()?.into_iter().find(|(_, c)| c.parent == key) {
-            return Err(Error::Invalid(format!("snapshot {key:?} has a child, {child:?}")));
-        }
         if let Some(Remote::Image { mountpoint, blobs, .. }) = &s.remote {
+            // Checked before unmounting (the store checks again as it removes).
+            if let Some((child, _)) = self.store.list()?.into_iter().find(|(_, c)| c.parent == key) {
+                return Err(Error::Invalid(format!("snapshot {key:?} has a child, {child:?}")));
+            }
             let _guard = self.mounting.lock().expect("mounting lock");
             self.unmount_image(mountpoint)?;
             self.store.remove(key)?;

@@ -49,8 +49,13 @@ const BLOCK: u64 = naiad_format::BLOCK_SIZE_BYTES;
 
 /// The socket of the keeper of the mount at `mountpoint`.
 pub fn socket_path(runtime_dir: &Path, mountpoint: &Path) -> PathBuf {
+    keeper_socket(runtime_dir, "fan", mountpoint)
+}
+
+/// `RUNTIME_DIR/<prefix>-<hash of mountpoint>.sock`: where a keeper of that mount listens.
+pub(crate) fn keeper_socket(runtime_dir: &Path, prefix: &str, mountpoint: &Path) -> PathBuf {
     let tag = hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8]);
-    runtime_dir.join(format!("fan-{tag}.sock"))
+    runtime_dir.join(format!("{prefix}-{tag}.sock"))
 }
 
 /// Writes one frame.

@@ -27,8 +27,7 @@ use std::time::Duration;
 
 /// Where a mount's keeper listens: `RUNTIME_DIR/fuse-<hash of the FUSE mountpoint>.sock`.
 pub fn socket_path(runtime_dir: &Path, fuse_mountpoint: &Path) -> PathBuf {
-    let h = naiad_format::digest::sha256(fuse_mountpoint.as_os_str().as_encoded_bytes());
-    runtime_dir.join(format!("fuse-{}.sock", hex::encode(&h[..8])))
+    crate::fanotify_keeper::keeper_socket(runtime_dir, "fuse", fuse_mountpoint)
 }
 
 /// What a running server needs to hand its connection to a keeper.
