@@ -423,7 +423,10 @@ fn fill(s: &Shared, job: &Job) -> bool {
     }
     let first = w.chunks.partition_point(|c| c.view_offset + block_align(u64::from(c.size)) <= job.offset);
     let wanted: Vec<ChunkRecord> = w.chunks[first..].iter().take_while(|c| c.view_offset < end).copied().collect();
-    if let Some(ahead) = w.ra.on_read(job.offset, end, true) {
+    // The whole frames of these chunks are being filled: the reader's next miss comes after
+    // them (reads of what they hold are answered by the keeper, unseen here).
+    let filled_to = wanted.iter().flat_map(|c| w.frames.frame(c.compressed_offset)).map(|c| c.view_offset + u64::from(c.size)).max().unwrap_or(end);
+    if let Some(ahead) = w.ra.on_read(job.offset, end.max(filled_to), true) {
         s.fetcher.fetch_ahead(w.blob.clone(), chunks_starting_in(&w.chunks, ahead).to_vec(), Some(w.frames.clone()));
     }
     // Blocks no chunk covers hold no file data: EROFS reads them only as padding.

@@ -73,8 +73,12 @@ impl Readahead {
         let mut st = self.state.lock().expect("readahead lock");
         // The kernel's own readahead and several serving threads let reads arrive slightly
         // out of order: a read starting within the minimum window of where the last one ended
-        // counts as following it. Random reads (even many at once) rarely do.
-        let sequential = st.last_end > 0 && start.abs_diff(st.last_end) <= READAHEAD_MIN_BYTES;
+        // counts as following it. Random reads (even many at once) rarely do. So does a read
+        // within (or just past) what was fetched ahead: a caller that only reports misses (the
+        // fanotify mode, whose hits never reach this process) sees the reader next where the
+        // data fetched ahead runs out.
+        let sequential = st.last_end > 0
+            && (start.abs_diff(st.last_end) <= READAHEAD_MIN_BYTES || (start >= st.last_end && start <= st.frontier.saturating_add(READAHEAD_MIN_BYTES)));
         st.last_end = end;
         if !sequential {
             st.window = 0;
@@ -421,5 +425,25 @@ mod tests {
         // Reads of cached data ask for nothing, but keep the pattern for the next miss.
         assert_eq!(ra.on_read((900 << 20) + K, (900 << 20) + 2 * K, false), None);
         assert_eq!(ra.on_read((900 << 20) + 2 * K, (900 << 20) + 3 * K, true), Some((900 << 20) + 3 * K..(900 << 20) + 3 * K + READAHEAD_MIN_BYTES));
+    }
+
+    #[test]
+    fn readahead_follows_a_reader_seen_only_where_it_misses() {
+        // Only misses are reported: the reader shows up where the data fetched ahead ends.
+        let ra = Readahead::default();
+        const K: u64 = 128 << 10;
+        ra.on_read(0, K, true);
+        let mut r = ra.on_read(K, 2 * K, true).expect("sequential");
+        let mut windows = Vec::new();
+        for _ in 0..8 {
+            let next = ra.on_read(r.end, r.end + K, true).expect("a miss where the fetched data ends continues the pattern");
+            assert!(next.start >= r.end);
+            windows.push(next.end - next.start);
+            r = next;
+        }
+        assert!(windows.windows(2).all(|w| w[1] >= w[0]), "the window does not shrink: {windows:?}");
+        assert_eq!(windows.last(), Some(&READAHEAD_MAX_BYTES), "grown to the maximum: {windows:?}");
+        // Far past the fetched data is elsewhere: no readahead.
+        assert_eq!(ra.on_read(r.end + (64 << 20), r.end + (64 << 20) + K, true), None);
     }
 }
