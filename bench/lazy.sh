@@ -10,6 +10,9 @@
 #   BENCH_SCRATCH=DIR          mounts, caches and temp files (default ${TMPDIR:-/tmp})
 #   BENCH_DELAY_MS=N           extra one-way delay of the proxy in front of the registry (default 10)
 #   BENCH_MODES="..."          default "local fanotify kernel fuse fuse-daemon"
+#   BENCH_HALT_POLL_NS=N       on a KVM guest with the cpuidle-haltpoll driver: guest_halt_poll_ns for the run
+#                              (restored at exit). How long an idle CPU polls before it halts decides what waking a
+#                              reader costs, and every lazy-mode request wakes one (docs/design-notes.md)
 # Needs root and the Debian packages docker-registry umoci jq curl, iproute2 (ip, tc) and python3.
 # The registry runs in a network namespace behind a veth pair shaped to 100 Mbit/s each way
 # (tc tbf); a small python3 proxy on 127.0.0.1 adds BENCH_DELAY_MS each way (netem is not in
@@ -27,6 +30,10 @@ unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY; export 
 
 [[ $(id -u) == 0 ]] || die "run as root (network namespace, tc, mounts, drop_caches)"
 [[ $RUNS =~ ^[1-9][0-9]*$ && $DELAY_MS =~ ^[0-9]+$ ]] || die "BENCH_RUNS must be a positive integer, BENCH_DELAY_MS a non-negative one"
+HALT_POLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns HALT_POLL0=""
+if [[ -n ${BENCH_HALT_POLL_NS:-} ]]; then
+    [[ $BENCH_HALT_POLL_NS =~ ^[0-9]+$ && -w $HALT_POLL ]] || die "BENCH_HALT_POLL_NS needs a number and the cpuidle-haltpoll driver ($HALT_POLL)"
+fi
 for t in docker-registry umoci jq curl ip tc python3 findmnt; do command -v "$t" >/dev/null || die "$t not found"; done
 TREE=$(cd "$TREE" && pwd) || die "$TREE is not a directory"
 net_free || die "netns $NS or link $HV exists (another run, or a crashed one: ip netns del $NS; ip link del $HV)"
@@ -39,6 +46,7 @@ SCRATCH=$(mktemp -d "$SCRATCH_BASE/naiad-bench-lazy.XXXXXX")
 PIDS=() MPID=""
 cleanup() {
     set +e
+    [[ -z $HALT_POLL0 ]] || echo "$HALT_POLL0" >"$HALT_POLL"
     for p in $MPID "${PIDS[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done   # a lazy mount's process unmounts it
     mounts() { findmnt -rn -o TARGET | awk -v p="$SCRATCH/" 'index($0, p) == 1' | sort -r; }
     for m in $(mounts); do umount "$m" 2>/dev/null || umount -l "$m"; done
@@ -47,6 +55,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM   # the EXIT trap still cleans up
+[[ -z ${BENCH_HALT_POLL_NS:-} ]] || { HALT_POLL0=$(cat "$HALT_POLL"); echo "$BENCH_HALT_POLL_NS" >"$HALT_POLL"; }
 
 rate() { awk -v b="$1" -v a="$2" -v c="$(now)" 'BEGIN {printf "%.1f", b / 1e6 / (c - a)}'; }   # MB/s of b bytes since a
 last() { awk '{print $NF}' <<<"$1"; }; per() { awk -v a="$1" -v b="$2" -v r="$3" 'BEGIN {printf "%.3f", (b - a) / r}'; }
@@ -111,7 +120,7 @@ BLOB=$(jq -r '[.layers[]] | max_by(.size) | .digest' <<<"$MAN") IMGB=$(jq '[.lay
 LINK=$(curl -sf -r 0-19999999 -o /dev/null -w '%{size_download} %{time_total}' "http://$REGHOST/v2/naiad/lazy/blobs/$BLOB" | awk '{printf "%.1f", $1 / 1e6 / $2}')
 LINK_RTT="$(rtt "$REGHOST") ms through $REGHOST ($(rtt "$REG") ms direct)"
 
-declare -A MOUNT SMALLS WORK WIREA CACHEA SEQ WARM WARMNET FAIL WALK RAND FULL
+declare -A MOUNT SMALLS WORK WIREA CACHEA SEQ WSEQ WARM WARMNET FAIL WALK RAND FULL
 run_mode() {   # $1 mode, $2 run: one fresh mount and cache, the measurements, unmount
     local mode=$1 r=$2 d=$SCRATCH/$1-$2 t0 w0 c0=0 st=0 img=docker://$REGHOST/naiad/lazy:1 lazy=(--insecure --no-prefetch)
     local M=$d/mnt api=(--api "$d/api.sock")
@@ -134,6 +143,7 @@ run_mode() {   # $1 mode, $2 run: one fresh mount and cache, the measurements, u
     [[ $mode == local ]] || WIREA[$mode]+="$(per "$w0" "$(wire)" "$PICKB") " CACHEA[$mode]+="$(per "$c0" "$(present "$d/cache")" "$PICKB") "
     drop; w0=$(wire); t0=$(now); rd xargs -0 -a "$SCRATCH/list" cat || return 1; WARM[$mode]+="$(rate "$PICKB" "$t0") " WARMNET[$mode]+="$(($(wire) - w0)) "
     drop; t0=$(now); rd cat "$BIG" || return 1; SEQ[$mode]+="$(rate "$BIGB" "$t0") "
+    drop; t0=$(now); rd cat "$BIG" || return 1; WSEQ[$mode]+="$(rate "$BIGB" "$t0") "   # now from naiad's cache
     # Warm: the big file is cached now. 4 KiB reads at 2000 pseudo-random offsets (reads/s), and
     # a metadata walk of the whole tree (stat of every entry), page cache dropped before each.
     drop; t0=$(now); rd python3 -c 'import os, random, sys; f = os.open(sys.argv[1], os.O_RDONLY); n = os.fstat(f).st_size; r = random.Random(7); [os.pread(f, 4096, r.randrange(0, max(1, n - 4096))) for _ in range(2000)]' "$BIG" || return 1
@@ -175,6 +185,7 @@ declare -A MF; for m in "${MODES[@]}"; do MF[$m]=$(median "${FULL[$m]:-}"); done
 fratio() { awk -v a="${MF[$1]:--}" -v b="${MF[local]:--}" 'BEGIN {if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2fx", a / b}'; }
 echo
 echo "machine: $(machine)"
+[[ ! -r $HALT_POLL ]] || echo "idle:    cpuidle $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null), guest_halt_poll_ns $(cat "$HALT_POLL")${HALT_POLL0:+ for this run (was $HALT_POLL0)}: 0 = an idle CPU halts at once, and waking a reader on it costs a VM exit"
 echo "load:    $LOAD0 (1/5/15 min) before, $(cut -d' ' -f1-3 /proc/loadavg) after: other work on this machine (e.g. another build) makes the numbers noisy"
 echo "naiad:   $REV (at build time), default options (1 MiB chunks, zstd); lazy modes with --no-prefetch and a fresh cache per run"
 echo "tree:    $TREE: $FILES files, $(mb "$TOTAL") MB; registry image $(mb "$IMGB") MB${BUILT:+; $BUILT}"
@@ -186,18 +197,19 @@ echo "         mount s: command start until a file is visible (local: includes w
 echo "         fuse-daemon: \`naiad ctl mount\` to a running daemon); amplif.: bytes received over the veth (compressed, with"
 echo "         HTTP/TCP) / bytes read; cache/read: bytes present in the cache / bytes read; warm re-read: the workload again"
 echo "         with the data in naiad's cache (local: on disk), page cache dropped; warm vs limit: over local's warm re-read;"
-echo "         4K rand: 2000 reads of 4 KiB at random offsets of the (now cached) sequential file; walk: find over the whole tree;"
+echo "         warm seq: the sequential file again, from naiad's cache; 4K rand: 2000 reads of 4 KiB at random offsets of it;"
+echo "         walk: find over the whole tree;"
 echo "         all cached: the workload again after every file was read once (the whole image in the cache), page cache dropped"
 echo
-fmt='%-14s %8s %8s %9s %9s %7s %9s %10s %8s %9s %8s %10s %8s\n'
-printf "$fmt" mode "mount s" "small s" "5% work s" "amplif." "cache" "cold seq" "warm re-" "warm vs" "4K rand" "walk s" "all cached" "vs limit"
-printf "$fmt" "" "" "(cold)" "" "(wire)" "/read" "MB/s" "read MB/s" "limit" "reads/s" "(warm)" "MB/s" ""
+fmt='%-14s %8s %8s %9s %9s %7s %9s %9s %10s %8s %9s %8s %10s %8s\n'
+printf "$fmt" mode "mount s" "small s" "5% work s" "amplif." "cache" "cold seq" "warm seq" "warm re-" "warm vs" "4K rand" "walk s" "all cached" "vs limit"
+printf "$fmt" "" "" "(cold)" "" "(wire)" "/read" "MB/s" "MB/s" "read MB/s" "limit" "reads/s" "(warm)" "MB/s" ""
 for m in "${MODES[@]}"; do
     name=$m; [[ $m != local ]] || name="local (limit)"
     if [[ -z ${MOUNT[$m]:-} ]]; then printf '%-14s FAILED in every run\n' "$name"; continue; fi
     amp=- cam=-; [[ $m == local ]] || amp=$(median "${WIREA[$m]:-}") cam=$(median "${CACHEA[$m]:-}")
     printf "$fmt" "$name" "$(median "${MOUNT[$m]}")" "$(median "${SMALLS[$m]:-}")" "$(median "${WORK[$m]:-}")" "$amp" "$cam" \
-        "$(median "${SEQ[$m]:-}")" "${MW[$m]}" "$(ratio "$m")" "$(median "${RAND[$m]:-}")" "$(median "${WALK[$m]:-}")" \
+        "$(median "${SEQ[$m]:-}")" "$(median "${WSEQ[$m]:-}")" "${MW[$m]}" "$(ratio "$m")" "$(median "${RAND[$m]:-}")" "$(median "${WALK[$m]:-}")" \
         "${MF[$m]}" "$(fratio "$m")"
 done
 for m in "${MODES[@]}"; do [[ -z ${FAIL[$m]:-} ]] || printf 'failures (%s):\n%s\n' "$m" "$(sed 's/^/  /' <<<"${FAIL[$m]%$'\n'}")"; done
