@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where a mount's keeper listens: `RUNTIME_DIR/fuse-<hash of the FUSE mountpoint>.sock`.
 pub fn socket_path(runtime_dir: &Path, fuse_mountpoint: &Path) -> PathBuf {
@@ -292,14 +292,35 @@ impl FuseServer {
             // Our session did not mount it: unmount by hand; the connection ends, and with
             // it the shuttles and the library's threads.
             if crate::kernel::has_mount(&self.mountpoint, &["fuse", "fuse.naiad"]) {
-                r = crate::kernel::umount(&self.mountpoint);
+                r = umount_settling(&self.mountpoint);
             }
             drop(a);
         }
         if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+            if s.umount_and_join().is_err() {
+                // The library tries once; its threads end once the unmount is done.
+                r = umount_settling(&self.mountpoint);
+            }
         }
         r
+    }
+}
+
+/// Unmounts the FUSE mount at `mountpoint`, waiting up to 2 s while it is busy: an EROFS
+/// mount on top of blob views closes its files asynchronously after its own unmount, so the
+/// views can be busy for a moment (unmounting them once then left them behind, disconnected,
+/// when the server exited).
+fn umount_settling(mountpoint: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match crate::kernel::umount(mountpoint) {
+            Err(FsError::Io { cause, .. }) if cause.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Unmounted meanwhile (by the library, or by hand).
+            Err(_) if !crate::kernel::has_mount(mountpoint, &["fuse", "fuse.naiad"]) => return Ok(()),
+            r => return r,
+        }
     }
 }
 
