@@ -427,7 +427,11 @@ fn fill(s: &Shared, job: &Job) -> bool {
     // them (reads of what they hold are answered by the keeper, unseen here).
     let filled_to = wanted.iter().flat_map(|c| w.frames.frame(c.compressed_offset)).map(|c| c.view_offset + u64::from(c.size)).max().unwrap_or(end);
     if let Some(ahead) = w.ra.on_read(job.offset, end.max(filled_to), true) {
-        s.fetcher.fetch_ahead(w.blob.clone(), chunks_starting_in(&w.chunks, ahead).to_vec(), Some(w.frames.clone()));
+        let chunks = chunks_starting_in(&w.chunks, ahead).to_vec();
+        if let Some(to) = chunks.iter().flat_map(|c| w.frames.frame(c.compressed_offset)).map(|c| c.view_offset + u64::from(c.size)).max() {
+            w.ra.fetched_to(to);
+        }
+        s.fetcher.fetch_ahead(w.blob.clone(), chunks, Some(w.frames.clone()));
     }
     // Blocks no chunk covers hold no file data: EROFS reads them only as padding.
     match s.fetcher.ensure_with(&w.blob, &wanted, Some(&w.frames)) {

@@ -98,6 +98,14 @@ impl Readahead {
         st.frontier = to;
         (from < to).then_some(from..to)
     }
+
+    /// Notes that fetching ahead reaches `to`: whole frames are filled, so a window asked for
+    /// may end up fetched further than asked. For a caller that only sees misses, the reader
+    /// is next seen past that point.
+    pub fn fetched_to(&self, to: u64) {
+        let mut st = self.state.lock().expect("readahead lock");
+        st.frontier = st.frontier.max(to);
+    }
 }
 
 /// The records of `chunks` (sorted by view offset) that start in `range`.
@@ -445,5 +453,22 @@ mod tests {
         assert_eq!(windows.last(), Some(&READAHEAD_MAX_BYTES), "grown to the maximum: {windows:?}");
         // Far past the fetched data is elsewhere: no readahead.
         assert_eq!(ra.on_read(r.end + (64 << 20), r.end + (64 << 20) + K, true), None);
+    }
+
+    #[test]
+    fn readahead_counts_whole_frames_fetched_past_the_window() {
+        // A window of 256 KiB whose chunks sit in a 1 MiB frame fetches the whole frame: the
+        // reader's next miss, after that frame, still follows the pattern.
+        let ra = Readahead::default();
+        const K: u64 = 128 << 10;
+        ra.on_read(0, K, true);
+        let ahead = ra.on_read(K, 2 * K, true).expect("sequential");
+        let frame_end = ahead.start + (1 << 20);
+        assert!(ra.on_read(frame_end, frame_end + K, true).is_none(), "without knowing, a jump");
+        let ra = Readahead::default();
+        ra.on_read(0, K, true);
+        ra.on_read(K, 2 * K, true).expect("sequential");
+        ra.fetched_to(frame_end);
+        assert!(ra.on_read(frame_end, frame_end + K, true).is_some(), "after the whole frame: still sequential");
     }
 }
