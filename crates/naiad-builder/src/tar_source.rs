@@ -45,7 +45,7 @@ struct PadLastBlock<R> {
     pos: u64,
     /// Where the current entry's data ends in the stream.
     data_end: std::rc::Rc<std::cell::Cell<u64>>,
-    padded: std::rc::Rc<std::cell::Cell<bool>>,
+    padded: bool,
     pad_left: usize,
 }
 
@@ -57,11 +57,11 @@ impl<R: Read> Read for PadLastBlock<R> {
                 self.pos += n as u64;
                 return Ok(n);
             }
-            if self.pos.is_multiple_of(512) || self.pos < self.data_end.get() || self.padded.get() {
+            if self.pos.is_multiple_of(512) || self.pos < self.data_end.get() || self.padded {
                 return Ok(0);
             }
             self.pad_left = (512 - self.pos % 512) as usize;
-            self.padded.set(true);
+            self.padded = true;
         }
         let n = self.pad_left.min(buf.len());
         buf[..n].fill(0);
@@ -74,18 +74,17 @@ impl<R: Read> Read for PadLastBlock<R> {
 /// Adds every entry of one layer.
 pub fn add_layer(reader: impl Read, layer_name: &str, tb: &mut TreeBuilder, pipe: &mut Pipeline, opts: &LayerOptions, warnings: &mut Vec<String>) -> Result<()> {
     let data_end = std::rc::Rc::new(std::cell::Cell::new(0));
-    let padded = std::rc::Rc::new(std::cell::Cell::new(false));
-    let mut archive = tar::Archive::new(PadLastBlock { inner: reader, pos: 0, data_end: data_end.clone(), padded: padded.clone(), pad_left: 0 });
+    let mut archive = tar::Archive::new(PadLastBlock { inner: reader, pos: 0, data_end: data_end.clone(), padded: false, pad_left: 0 });
     let layer_err = |detail: String| BuildError::Layer { layer: layer_name.into(), detail };
     let entries = archive.entries().map_err(|e| layer_err(e.to_string()))?;
     add_entries(entries, layer_name, tb, pipe, opts, warnings, &data_end)?;
-    if padded.get() {
-        warnings.push(format!("layer {layer_name}: the tar stream ends without the padding of its last entry (read as containerd reads it)"));
-    }
     // Read to the end so that the decompressor checks its trailer (gzip CRC and length,
     // zstd checksum): a layer cut short after its last entry is still an error.
-    std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
-        .map_err(|e| layer_err(format!("layer stream is damaged after its last entry: {e}")))?;
+    let mut stream = archive.into_inner();
+    std::io::copy(&mut stream, &mut std::io::sink()).map_err(|e| layer_err(format!("layer stream is damaged after its last entry: {e}")))?;
+    if stream.padded {
+        warnings.push(format!("layer {layer_name}: the tar stream ends without the padding of its last entry (read as containerd reads it)"));
+    }
     Ok(())
 }
 

@@ -194,6 +194,7 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
         }
         m => m,
     };
+    let keep = (keep_fuse && matches!(mode, Mode::Kernel | Mode::Fuse)).then(|| fuse_keep(runtime_dir)).transpose()?;
     let handle: Box<dyn std::any::Any + Send> = match mode {
         Mode::Auto => unreachable!("resolved above"),
         Mode::Fanotify => {
@@ -201,11 +202,9 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
             Box::new(naiad_fs::fanotify::mount_fanotify_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &mountpoint, runtime_dir, &exe)?)
         }
         Mode::Kernel => {
-            let keep = if keep_fuse { Some(fuse_keep(runtime_dir)?) } else { None };
             Box::new(naiad_fs::lazy::mount_kernel_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &views_dir(runtime_dir, &mountpoint), &mountpoint, keep.as_ref())?)
         }
         Mode::Fuse => {
-            let keep = if keep_fuse { Some(fuse_keep(runtime_dir)?) } else { None };
             let fs = naiad_fs::image_fs::ImageFs::new(bs.clone(), blobs.clone(), fetcher.clone());
             Box::new(naiad_fs::image_fs::mount_fuse_mode(fs, &mountpoint, keep.as_ref())?)
         }
@@ -346,7 +345,7 @@ impl Mounts {
 
 /// Where a kernel-mode mount at `mountpoint` has its blob views.
 fn views_dir(runtime_dir: &Path, mountpoint: &Path) -> PathBuf {
-    runtime_dir.join(format!("views-{}", hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8])))
+    runtime_dir.join(format!("views-{}", naiad_fs::kernel::mount_tag(mountpoint)))
 }
 
 /// FUSE connections of the daemon's mounts are held by keepers (`naiad fuse-keeper`), so

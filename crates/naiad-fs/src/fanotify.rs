@@ -425,10 +425,10 @@ fn fill(s: &Shared, job: &Job) -> bool {
     let wanted: Vec<ChunkRecord> = w.chunks[first..].iter().take_while(|c| c.view_offset < end).copied().collect();
     // The whole frames of these chunks are being filled: the reader's next miss comes after
     // them (reads of what they hold are answered by the keeper, unseen here).
-    let filled_to = wanted.iter().flat_map(|c| w.frames.frame(c.compressed_offset)).map(|c| c.view_offset + u64::from(c.size)).max().unwrap_or(end);
+    let filled_to = w.frames.frames_end(&wanted).unwrap_or(end);
     if let Some(ahead) = w.ra.on_read(job.offset, end.max(filled_to), true) {
         let chunks = chunks_starting_in(&w.chunks, ahead).to_vec();
-        if let Some(to) = chunks.iter().flat_map(|c| w.frames.frame(c.compressed_offset)).map(|c| c.view_offset + u64::from(c.size)).max() {
+        if let Some(to) = w.frames.frames_end(&chunks) {
             w.ra.fetched_to(to);
         }
         s.fetcher.fetch_ahead(w.blob.clone(), chunks, Some(w.frames.clone()));

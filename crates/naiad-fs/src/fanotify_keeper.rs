@@ -61,8 +61,7 @@ pub fn socket_path(runtime_dir: &Path, mountpoint: &Path) -> PathBuf {
 
 /// `RUNTIME_DIR/<prefix>-<hash of mountpoint>.sock`: where a keeper of that mount listens.
 pub(crate) fn keeper_socket(runtime_dir: &Path, prefix: &str, mountpoint: &Path) -> PathBuf {
-    let tag = hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8]);
-    runtime_dir.join(format!("{prefix}-{tag}.sock"))
+    runtime_dir.join(format!("{prefix}-{}.sock", crate::kernel::mount_tag(mountpoint)))
 }
 
 /// Writes one frame.

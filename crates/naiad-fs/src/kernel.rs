@@ -57,6 +57,12 @@ pub fn has_mount(mountpoint: &Path, fs_types: &[&str]) -> bool {
     })
 }
 
+/// A short name for a mount point (16 hex digits of its path's sha256), for the files that
+/// belong to a mount: keeper sockets, blob-view directories, logs.
+pub fn mount_tag(mountpoint: &Path) -> String {
+    hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8])
+}
+
 /// Whether `mountpoint` carries an EROFS mount.
 pub fn is_erofs_mounted(mountpoint: &Path) -> bool {
     has_mount(mountpoint, &["erofs"])

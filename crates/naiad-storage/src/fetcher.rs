@@ -40,6 +40,12 @@ impl FrameIndex {
         let end = self.chunks.partition_point(|c| c.compressed_offset <= compressed_offset);
         &self.chunks[start..end]
     }
+
+    /// Where in the view the data of the whole frames holding `chunks` ends (filling those
+    /// chunks fills their frames); None for no chunks.
+    pub fn frames_end(&self, chunks: &[ChunkRecord]) -> Option<u64> {
+        chunks.iter().flat_map(|c| self.frame(c.compressed_offset)).map(|c| c.view_offset + u64::from(c.size)).max()
+    }
 }
 
 /// Smallest and largest readahead window (bytes of view).

@@ -147,8 +147,7 @@ impl Args {
 fn detach(mode: Option<Mode>, a: &Args) -> Result<ExitCode> {
     std::fs::create_dir_all(a.runtime_dir()).with_context(|| format!("creating {}", a.runtime_dir().display()))?;
     let mountpoint = std::path::absolute(&a.mountpoint)?;
-    let tag = hex::encode(&naiad_format::digest::sha256(mountpoint.as_os_str().as_encoded_bytes())[..8]);
-    let log_path = a.runtime_dir().join(format!("mount-{tag}.log"));
+    let log_path = a.runtime_dir().join(format!("mount-{}.log", naiad_fs::kernel::mount_tag(&mountpoint)));
     let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).filter(|x| x != "--daemon").collect();
     use std::os::unix::process::CommandExt;
