@@ -11,7 +11,7 @@
 use naiad_format::digest::to_hex;
 use naiad_format::extension::ChunkRecord;
 use naiad_format::{block_align, BLOCK_SIZE_BYTES};
-use naiad_storage::chunk_cache::CachedBlob;
+use naiad_storage::chunk_cache::{BlockBuf, CachedBlob};
 use naiad_storage::fetcher::{chunks_starting_in, Fetcher, FrameIndex, Readahead};
 use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request};
 use std::ffi::OsStr;
@@ -85,11 +85,11 @@ impl BlobViewFs {
     }
 
     /// The bytes of `[offset, offset+size)` of blob file `i`, fetching what is missing.
-    fn read_view(&self, i: usize, offset: u64, size: u64) -> Result<Vec<u8>, Errno> {
+    fn read_view(&self, i: usize, offset: u64, size: u64) -> Result<BlockBuf, Errno> {
         let f = &self.files[i];
         let end = offset.saturating_add(size).min(f.blob.view_size());
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(BlockBuf::new(0));
         }
         // Chunks overlapping the range: the first one starting at or before `offset`, on.
         let start_idx = f.chunks.partition_point(|c| c.view_offset + block_align(u64::from(c.size)) <= offset);
@@ -110,8 +110,9 @@ impl BlobViewFs {
             let chunks = chunks_starting_in(&f.chunks, ahead).to_vec();
             self.fetcher.fetch_ahead(f.blob.clone(), chunks, Some(f.frames.clone()));
         }
-        // Fetched data the cache cannot store (disk full) is served from memory.
-        let mut buf = vec![0u8; (end - offset) as usize];
+        // Fetched data the cache cannot store (disk full) is served from memory. The kernel
+        // reads whole blocks: a block-aligned buffer takes them from disk without a copy.
+        let mut buf = BlockBuf::new((end - offset) as usize);
         if let Err(e) = self.fetcher.read_with(&f.blob, &wanted, Some(&f.frames), &mut buf, offset) {
             tracing::warn!(blob = %to_hex(f.blob.digest()), offset, size, error = %e, "read failed");
             return Err(Errno::EIO);

@@ -19,6 +19,14 @@
 //! bytes, the next reader of those chunks fetches them again, and the files on disk only
 //! ever hold what their bits say. A reader of the data file itself (the kernel, in fanotify
 //! mode) must go by the bits alone: for it such chunks are missing.
+//!
+//! Whole-block reads into a block-aligned buffer ([`BlockBuf`]: the kernel mode's blob-view
+//! reads, 128 KiB and more) use direct I/O where the filesystem allows it: the data goes
+//! from disk into the caller's buffer without a second copy in the page cache (the kernel
+//! caches it already, in the view's pages), and without the page-cache readahead around
+//! each read filling pages of the sparse file's holes with zeros. Small unaligned reads (the
+//! fuse mode's, a file at a time) stay buffered: there that readahead brings in the next
+//! files' blocks, and it is faster.
 
 use crate::{Result, StorageError};
 use naiad_format::digest::{to_hex, Digest32};
@@ -52,6 +60,10 @@ pub struct CachedBlob {
     digest: Digest32,
     data_path: PathBuf,
     data: File,
+    /// The data file opened for direct I/O, if its filesystem supports that; cleared after
+    /// a direct read fails (reads then go through `data`).
+    direct: std::sync::OnceLock<Option<File>>,
+    direct_failed: AtomicBool,
     /// Where fills write instead of `data`, once set ([`CachedBlob::set_writer`]).
     writer: std::sync::OnceLock<File>,
     map: File,
@@ -189,6 +201,8 @@ impl ChunkCache {
             digest: *digest,
             data_path,
             data,
+            direct: std::sync::OnceLock::new(),
+            direct_failed: AtomicBool::new(false),
             writer: std::sync::OnceLock::new(),
             map,
             view_size,
@@ -377,6 +391,9 @@ impl CachedBlob {
         let missing = || StorageError::Mismatch { blob: to_hex(&self.digest), detail: format!("range {offset}+{len} is not in the cache") };
         let end = offset.checked_add(len as u64).filter(|e| *e <= self.view_size).ok_or_else(missing)?;
         if self.is_present(offset, buf.len() as u64) {
+            if self.read_direct(buf, offset) {
+                return Ok(());
+            }
             return self.data.read_exact_at(buf, offset).map_err(StorageError::io(&self.data_path));
         }
         // Runs of present blocks from the file, the rest from the spill.
@@ -404,6 +421,29 @@ impl CachedBlob {
             }
         }
         Ok(())
+    }
+
+    /// Reads present bytes with direct I/O, if `buf` and the range are block aligned and
+    /// the filesystem allows it; false if not done (the caller reads through the page cache).
+    fn read_direct(&self, buf: &mut [u8], offset: u64) -> bool {
+        if !BlockBuf::fits(buf, offset) || self.direct_failed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(direct) = self.direct.get_or_init(|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(&self.data_path).ok()
+        }) else {
+            return false;
+        };
+        match read_full_at(direct, buf, offset) {
+            Ok(n) if n == buf.len() => true,
+            r => {
+                let e = r.map_or_else(|e| e.to_string(), |n| format!("{n} of {} bytes", buf.len()));
+                tracing::debug!(file = %self.data_path.display(), error = %e, "direct read failed; reading through the page cache from now on");
+                self.direct_failed.store(true, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     /// Stores verified chunks (`(view offset, bytes)`, offsets block aligned) and marks
@@ -464,6 +504,54 @@ impl CachedBlob {
     }
 }
 
+/// Reads into `buf` at `offset` until it is full or the file ends; the bytes read.
+fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// A zeroed byte buffer that starts on a block boundary, as direct I/O needs.
+pub struct BlockBuf {
+    raw: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl BlockBuf {
+    pub fn new(len: usize) -> Self {
+        let raw = vec![0u8; len + BLOCK_SIZE_BYTES as usize];
+        let at = raw.as_ptr().align_offset(BLOCK_SIZE_BYTES as usize);
+        BlockBuf { raw, at, len }
+    }
+
+    /// Whether a direct read of `buf` at `offset` can go straight into `buf`.
+    fn fits(buf: &[u8], offset: u64) -> bool {
+        let b = BLOCK_SIZE_BYTES as usize;
+        (buf.as_ptr() as usize).is_multiple_of(b) && buf.len().is_multiple_of(b) && offset.is_multiple_of(BLOCK_SIZE_BYTES)
+    }
+}
+
+impl std::ops::Deref for BlockBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.raw[self.at..self.at + self.len]
+    }
+}
+
+impl std::ops::DerefMut for BlockBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.at..self.at + self.len]
+    }
+}
+
 /// EIO, for a failed write that carries no errno.
 fn eio_errno() -> i32 {
     rustix::io::Errno::IO.raw_os_error()
@@ -472,6 +560,7 @@ fn eio_errno() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn presence_survives_reopening_and_holes_are_never_data() {
@@ -578,6 +667,44 @@ mod tests {
         assert_eq!(&s.covering(3 << 30).unwrap().1[..], &[5u8; 10][..]);
         assert!(s.covering(2 << 30).is_none(), "older fill dropped once over the limit");
         assert_eq!(s.bytes, 10);
+    }
+
+    #[test]
+    fn block_aligned_reads_go_direct_and_agree_with_buffered_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path()).unwrap();
+        let view = 10 * 4096 + 100; // the last block is partial
+        let b = cache.blob(&[6u8; 32], view).unwrap();
+        let data: Vec<u8> = (0..view as usize).map(|i| (i * 7 + i / 4096) as u8).collect();
+        b.fill(&[(0, &data[..3 * 4096])]).unwrap();
+        // Aligned buffer and range: read directly, same bytes as the file holds.
+        let mut buf = BlockBuf::new(2 * 4096);
+        assert_eq!(buf.as_ptr() as usize % 4096, 0);
+        b.read_at(&mut buf, 4096).unwrap();
+        assert_eq!(&buf[..], &data[4096..3 * 4096]);
+        let probe = std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(b.data_path());
+        if probe.is_ok() {
+            assert!(b.direct.get().is_some_and(|d| d.is_some()) && !b.direct_failed.load(Ordering::Relaxed), "the read went direct");
+        } else {
+            eprintln!("{}: no O_DIRECT here; only the fallback is checked", dir.path().display());
+        }
+        // Data filled after the direct descriptor was opened reads right through it.
+        b.fill(&[(3 * 4096, &data[3 * 4096..])]).unwrap();
+        let mut buf = BlockBuf::new(7 * 4096);
+        b.read_at(&mut buf, 3 * 4096).unwrap();
+        assert_eq!(&buf[..], &data[3 * 4096..10 * 4096]);
+        // Unaligned reads (a misaligned buffer, a partial last block) go through the page cache.
+        let mut raw = BlockBuf::new(4096 + 1);
+        b.read_at(&mut raw[1..], 8192).unwrap();
+        assert_eq!(&raw[1..], &data[8192..12288]);
+        let mut tail = BlockBuf::new(100);
+        b.read_at(&mut tail, 10 * 4096).unwrap();
+        assert_eq!(&tail[..], &data[10 * 4096..]);
+        // A hole is never read as data, aligned or not.
+        let c = cache.blob(&[8u8; 32], 4 * 4096).unwrap();
+        c.fill(&[(0, &[1u8; 4096][..])]).unwrap();
+        assert!(c.read_at(&mut BlockBuf::new(2 * 4096), 0).is_err());
+        assert!(!b.direct_failed.load(Ordering::Relaxed));
     }
 
     #[test]
