@@ -5,6 +5,7 @@
 use crate::state::StateFile;
 use crate::{DaemonError, Result};
 use naiad_format::bootstrap::Bootstrap;
+use naiad_fs::kernel::MountTable;
 use naiad_fs::prefetch::{PrefetchPlan, PrefetchProgress};
 use naiad_oci::reference::ImageRef;
 use naiad_storage::backend::{Backend, LocalBackend, MirroredBackend, RegistryBackend, RegistryOptions, S3Backend, S3Location, S3Options};
@@ -255,11 +256,17 @@ impl Drop for ActiveMount {
 /// Whether `mountpoint` carries the mount a lazy mount of `mode` makes: EROFS, or FUSE (whose
 /// type reads `fuse` when root mounts it directly and `fuse.naiad` through `fusermount3`).
 pub fn is_mounted(mountpoint: &Path, mode: Mode) -> bool {
-    match mode {
-        Mode::Kernel | Mode::Fanotify => naiad_fs::kernel::has_mount(mountpoint, &["erofs"]),
-        Mode::Fuse => naiad_fs::kernel::has_mount(mountpoint, &["fuse", "fuse.naiad"]),
-        Mode::Auto => naiad_fs::kernel::has_mount(mountpoint, &["erofs", "fuse", "fuse.naiad"]),
-    }
+    is_mounted_in(&MountTable::read(), mountpoint, mode)
+}
+
+/// [`is_mounted`] against a mount table already read.
+fn is_mounted_in(table: &MountTable, mountpoint: &Path, mode: Mode) -> bool {
+    let types: &[&str] = match mode {
+        Mode::Kernel | Mode::Fanotify => &["erofs"],
+        Mode::Fuse => &["fuse", "fuse.naiad"],
+        Mode::Auto => &["erofs", "fuse", "fuse.naiad"],
+    };
+    table.has(mountpoint, types)
 }
 
 
@@ -323,7 +330,8 @@ impl Mounts {
 
     /// Drops the mounts whose kernel mount went away (an external `umount`).
     pub fn reap(&self) {
-        let gone: Vec<PathBuf> = self.all().into_iter().filter(|m| !m.is_mounted()).map(|m| m.spec.mountpoint.clone()).collect();
+        let table = MountTable::read();
+        let gone: Vec<PathBuf> = self.all().into_iter().filter(|m| !is_mounted_in(&table, &m.spec.mountpoint, m.spec.mode)).map(|m| m.spec.mountpoint.clone()).collect();
         for p in gone {
             let _ = self.remove(&p);
         }

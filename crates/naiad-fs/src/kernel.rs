@@ -48,13 +48,39 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
 
 /// Whether `mountpoint` carries a mount of one of `fs_types` (from /proc/self/mountinfo).
 pub fn has_mount(mountpoint: &Path, fs_types: &[&str]) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let want = mountpoint.to_string_lossy();
-    info.lines().any(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        let sep = fields.iter().position(|f| *f == "-");
-        fields.get(4).is_some_and(|m| unescape(m) == want) && sep.and_then(|s| fields.get(s + 1)).is_some_and(|t| fs_types.contains(t))
-    })
+    MountTable::read().has(mountpoint, fs_types)
+}
+
+/// The mounts of this process's mount namespace, as (mount point, filesystem type), read
+/// once: on a host with thousands of mounts, checking many mount points against one reading
+/// costs one parse, not one each.
+pub struct MountTable(Vec<(String, String)>);
+
+impl MountTable {
+    /// Reads /proc/self/mountinfo (empty if it cannot be read).
+    pub fn read() -> Self {
+        std::fs::read_to_string("/proc/self/mountinfo").map(|info| Self::parse(&info)).unwrap_or(MountTable(Vec::new()))
+    }
+
+    /// Mountinfo lines: the mount point is the fifth field, the filesystem type the first
+    /// after the `-` that ends the optional fields.
+    fn parse(info: &str) -> Self {
+        let mounts = info
+            .lines()
+            .filter_map(|l| {
+                let fields: Vec<&str> = l.split(' ').collect();
+                let sep = fields.iter().position(|f| *f == "-")?;
+                Some((unescape(fields.get(4)?), (*fields.get(sep + 1)?).to_string()))
+            })
+            .collect();
+        MountTable(mounts)
+    }
+
+    /// Whether `mountpoint` carries a mount of one of `fs_types`.
+    pub fn has(&self, mountpoint: &Path, fs_types: &[&str]) -> bool {
+        let want = mountpoint.to_string_lossy();
+        self.0.iter().any(|(m, t)| *m == want && fs_types.contains(&t.as_str()))
+    }
 }
 
 /// A short name for a mount point (16 hex digits of its path's sha256), for the files that
@@ -77,4 +103,23 @@ fn unescape(s: &str) -> String {
 pub fn has_erofs() -> bool {
     std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.lines().any(|l| l.split_whitespace().last() == Some("erofs")))
         || fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_table_reads_mount_points_and_types() {
+        let info = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+                    40 27 0:40 / /mnt/my\\040image rw,relatime shared:9 master:2 - erofs /boot.img ro\n\
+                    41 27 0:41 / /run/views rw - fuse.naiad naiad-views ro\n\
+                    broken line\n";
+        let t = MountTable::parse(info);
+        assert!(t.has(Path::new("/mnt/my image"), &["erofs"]), "escaped space, optional fields skipped");
+        assert!(!t.has(Path::new("/mnt/my image"), &["fuse"]), "another type");
+        assert!(t.has(Path::new("/run/views"), &["fuse", "fuse.naiad"]));
+        assert!(!t.has(Path::new("/run"), &["fuse.naiad"]), "a prefix is not the mount point");
+        assert!(t.has(Path::new("/proc"), &["proc"]));
+    }
 }
