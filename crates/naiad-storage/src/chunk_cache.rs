@@ -60,9 +60,9 @@ pub struct CachedBlob {
     digest: Digest32,
     data_path: PathBuf,
     data: File,
-    /// The data file opened for direct I/O, if its filesystem supports that; cleared after
-    /// a direct read fails (reads then go through `data`).
+    /// The data file opened for direct I/O (on first use), if its filesystem supports that.
     direct: std::sync::OnceLock<Option<File>>,
+    /// Set when a direct read failed: reads go through `data` from then on.
     direct_failed: AtomicBool,
     /// Where fills write instead of `data`, once set ([`CachedBlob::set_writer`]).
     writer: std::sync::OnceLock<File>,
@@ -527,8 +527,9 @@ pub struct BlockBuf {
 
 impl BlockBuf {
     pub fn new(len: usize) -> Self {
-        let raw = vec![0u8; len + BLOCK_SIZE_BYTES as usize];
-        let at = raw.as_ptr().align_offset(BLOCK_SIZE_BYTES as usize);
+        let b = BLOCK_SIZE_BYTES as usize;
+        let raw = vec![0u8; len + b];
+        let at = (b - raw.as_ptr() as usize % b) % b;
         BlockBuf { raw, at, len }
     }
 
