@@ -435,10 +435,9 @@ impl CachedBlob {
         }) else {
             return false;
         };
-        match read_full_at(direct, buf, offset) {
-            Ok(n) if n == buf.len() => true,
-            r => {
-                let e = r.map_or_else(|e| e.to_string(), |n| format!("{n} of {} bytes", buf.len()));
+        match direct.read_exact_at(buf, offset) {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::debug!(file = %self.data_path.display(), error = %e, "direct read failed; reading through the page cache from now on");
                 self.direct_failed.store(true, Ordering::Relaxed);
                 false
@@ -502,20 +501,6 @@ impl CachedBlob {
         }
         Ok(Filled::Cached)
     }
-}
-
-/// Reads into `buf` at `offset` until it is full or the file ends; the bytes read.
-fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 /// A zeroed byte buffer that starts on a block boundary, as direct I/O needs.

@@ -252,7 +252,7 @@ impl Fetcher {
         // chunk fills the others, which then must not be fetched again meanwhile.
         let mut expanded = Vec::new();
         let chunks = match frames {
-            Some(index) if chunks.iter().any(|c| !blob.is_present(c.view_offset, u64::from(c.size))) => {
+            Some(index) => {
                 let mut seen = std::collections::HashSet::new();
                 for c in chunks.iter().filter(|c| !blob.is_present(c.view_offset, u64::from(c.size))) {
                     if seen.insert(c.compressed_offset) {
