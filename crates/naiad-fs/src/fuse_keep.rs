@@ -247,12 +247,21 @@ pub struct FuseServer {
     mountpoint: PathBuf,
     session: Option<fuser::BackgroundSession>,
     adopted: Option<Adopted>,
+    ring: Option<crate::fuse_ring::RingServer>,
 }
+
+/// What serving a connection through FUSE over io_uring needs: the filesystem's INIT switch
+/// and its ring handler (the same filesystem, shared).
+pub type RingParts = (crate::fuse_ring::RingInit, Arc<dyn crate::fuse_ring::RingHandler>);
 
 impl FuseServer {
     /// Mounts `fs` at `mountpoint`, or, with `keep`, `may_adopt` and a live keeper for it,
     /// serves the connection the keeper holds (the mount is still in place). A fresh mount's
     /// connection goes to a new keeper when `keep` is given. Returns whether it adopted.
+    ///
+    /// With `ring`, a mount without a keeper is served through FUSE over io_uring where the
+    /// kernel allows it (see `fuse_ring`); with a keeper it is not, since the kernel cannot
+    /// hand a dead server's ring requests to the next one.
     pub fn start<FS: fuser::Filesystem>(
         fs: FS,
         mountpoint: &Path,
@@ -260,11 +269,12 @@ impl FuseServer {
         n_threads: usize,
         keep: Option<&Keep>,
         may_adopt: bool,
+        ring: Option<RingParts>,
     ) -> Result<(FuseServer, bool)> {
         let io = |e: std::io::Error| FsError::Io { path: mountpoint.into(), cause: e };
         if let Some(fd) = keep.filter(|_| may_adopt).and_then(|k| take_from_keeper(&k.runtime_dir, mountpoint)) {
             let adopted = adopt(fs, fd, n_threads).map_err(io)?;
-            return Ok((FuseServer { mountpoint: mountpoint.into(), session: None, adopted: Some(adopted) }, true));
+            return Ok((FuseServer { mountpoint: mountpoint.into(), session: None, adopted: Some(adopted), ring: None }, true));
         }
         // A server killed without a keeper leaves its FUSE mount behind, disconnected:
         // detach it so this mount can take its place.
@@ -273,16 +283,50 @@ impl FuseServer {
         }
         std::fs::create_dir_all(mountpoint).map_err(FsError::io(mountpoint))?;
         config.n_threads = Some(n_threads);
+        // The rings are made before INIT asks for them: once the kernel has agreed, every
+        // request waits until each CPU's queue has an entry.
+        let ring = ring.filter(|_| keep.is_none() && crate::fuse_ring::enabled()).and_then(|(init, handler)| match crate::fuse_ring::prepare() {
+            Ok(p) => {
+                init.want();
+                Some((init, handler, p))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "FUSE over io_uring unavailable (io_uring setup failed); serving through /dev/fuse");
+                None
+            }
+        });
         let session = fuser::Session::new(fs, mountpoint, &config).map_err(io)?;
         if let Some(k) = keep {
             start_keeper(k, session.as_fd(), mountpoint)?;
         }
+        let ring = match ring {
+            Some((init, handler, prepared)) if init.granted() => {
+                // A failed registration leaves requests waiting for the ring: give up the
+                // mount rather than leave it hanging (the caller sees the error).
+                let r = crate::fuse_ring::RingServer::start(prepared, session.as_fd(), handler).map_err(|e| FsError::Io {
+                    path: mountpoint.into(),
+                    cause: std::io::Error::new(e.kind(), format!("FUSE over io_uring: {e}")),
+                })?;
+                tracing::info!(mountpoint = %mountpoint.display(), "serving through FUSE over io_uring");
+                Some(r)
+            }
+            Some(_) => {
+                tracing::info!(mountpoint = %mountpoint.display(), "the kernel did not offer FUSE over io_uring; serving through /dev/fuse");
+                None
+            }
+            None => None,
+        };
         let session = session.spawn().map_err(io)?;
-        Ok((FuseServer { mountpoint: mountpoint.into(), session: Some(session), adopted: None }, false))
+        Ok((FuseServer { mountpoint: mountpoint.into(), session: Some(session), adopted: None, ring }, false))
     }
 
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Whether requests come through FUSE over io_uring.
+    pub fn uses_ring(&self) -> bool {
+        self.ring.is_some()
     }
 
     /// Unmounts and waits for the server threads.
@@ -301,6 +345,10 @@ impl FuseServer {
                 // The library tries once; its threads end once the unmount is done.
                 r = umount_settling(&self.mountpoint);
             }
+        }
+        // The connection has ended: the kernel completes every ring entry with ENOTCONN.
+        if let Some(mut ring) = self.ring.take() {
+            ring.join();
         }
         r
     }

@@ -16,6 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
+use crate::fuse_ring::{op, wire, RingHandler, RingInit, RingRequest};
 
 /// Threads serving the filesystem. Every lookup and read is a round trip to this process
 /// and a reader waits for each: with a thread always ready to take the next request, warm
@@ -28,14 +29,23 @@ const DIR_CACHE_ENTRIES: usize = 1024;
 /// The image never changes: attributes and entries may be cached for long.
 const TTL: Duration = Duration::from_secs(3600);
 
-/// A read-only filesystem over one image.
+/// Per blob: its cache entry, frame index and readahead state.
+type BlobState = (Arc<CachedBlob>, Arc<FrameIndex>, Readahead);
+
+/// A file's xattrs: (name, value) pairs.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A read-only filesystem over one image. Clones share everything (the /dev/fuse and the
+/// io_uring servers serve one filesystem).
+#[derive(Clone)]
 pub struct ImageFs {
     bs: Arc<Bootstrap>,
     /// Parsed directories, by nid (bounded: cleared when it grows past `DIR_CACHE_ENTRIES`).
-    dirs: RwLock<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    dirs: Arc<RwLock<HashMap<u64, Arc<Vec<DirEntry>>>>>,
     /// Cache entry, frame index and readahead state of each blob, by blob index.
-    blobs: Vec<(Arc<CachedBlob>, Arc<FrameIndex>, Readahead)>,
+    blobs: Arc<Vec<BlobState>>,
     fetcher: Arc<Fetcher>,
+    ring: RingInit,
 }
 
 impl ImageFs {
@@ -45,7 +55,7 @@ impl ImageFs {
             .enumerate()
             .map(|(i, b)| (b, Arc::new(FrameIndex::new(bs.extension().blob_chunks(i as u32).to_vec())), Readahead::default()))
             .collect();
-        ImageFs { bs, dirs: RwLock::new(HashMap::new()), blobs, fetcher }
+        ImageFs { bs, dirs: Arc::new(RwLock::new(HashMap::new())), blobs: Arc::new(blobs), fetcher, ring: RingInit::default() }
     }
 
     /// A directory's entries, parsed once and kept (lookups in big directories would
@@ -121,14 +131,55 @@ impl ImageFs {
         }
     }
 
+    /// The entry `name` of directory `parent`.
+    fn child(&self, parent: INodeNo, name: &[u8]) -> Result<Inode, Errno> {
+        let dir = self.inode(parent)?;
+        if !dir.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let entries = self.entries(&dir)?;
+        let i = entries.binary_search_by(|e| e.name.as_slice().cmp(name)).map_err(|_| Errno::ENOENT)?;
+        self.bs.inode(entries[i].nid).map_err(|_| Errno::EIO)
+    }
+
+    fn xattrs(&self, ino: INodeNo) -> Result<Xattrs, Errno> {
+        self.inode(ino).and_then(|i| self.bs.xattrs(&i).map_err(|_| Errno::EIO))
+    }
+
+    fn xattr_value(&self, ino: INodeNo, name: &[u8]) -> Result<Vec<u8>, Errno> {
+        self.xattrs(ino)?.into_iter().find(|(k, _)| k.as_slice() == name).map(|(_, v)| v).ok_or(Errno::NO_XATTR)
+    }
+
+    /// The names of a file's xattrs, each ending in NUL.
+    fn xattr_names(&self, ino: INodeNo) -> Result<Vec<u8>, Errno> {
+        let mut names = Vec::new();
+        for (k, _) in self.xattrs(ino)? {
+            names.extend_from_slice(&k);
+            names.push(0);
+        }
+        Ok(names)
+    }
+
+    fn total_blocks(&self) -> u64 {
+        self.bs.extension().blobs.iter().map(|b| b.view_size).sum::<u64>() / BLOCK_SIZE_BYTES
+    }
+
     /// Bytes `[offset, offset+size)` of a regular file.
     fn read_file(&self, ino: &Inode, offset: u64, size: u64) -> Result<Vec<u8>, Errno> {
-        let end = offset.saturating_add(size).min(ino.size);
+        let len = offset.saturating_add(size).min(ino.size).saturating_sub(offset);
+        let mut out = vec![0u8; len as usize];
+        self.read_file_into(ino, offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Fills `out` from byte `offset` of a regular file, up to its end; returns the length.
+    fn read_file_into(&self, ino: &Inode, offset: u64, out: &mut [u8]) -> Result<usize, Errno> {
+        let end = offset.saturating_add(out.len() as u64).min(ino.size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let cs = ino.chunk_size();
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut at = 0usize;
         let eio = |e: &dyn std::fmt::Display| {
             tracing::warn!(nid = ino.nid, offset, error = %e, "read failed");
             Errno::EIO
@@ -137,8 +188,10 @@ impl ImageFs {
             let chunk_start = idx * cs;
             let from = offset.max(chunk_start) - chunk_start;
             let to = end.min(chunk_start + cs) - chunk_start;
+            let dst = &mut out[at..at + (to - from) as usize];
+            at += dst.len();
             match self.bs.chunk(ino, idx).map_err(|e| eio(&e))? {
-                ChunkSlot::Hole => out.resize(out.len() + (to - from) as usize, 0),
+                ChunkSlot::Hole => dst.fill(0),
                 ChunkSlot::Data(rec) => {
                     let (blob, frames, ra) = self.blobs.get(rec.blob_index as usize).ok_or(Errno::EIO)?;
                     // A file's chunks lie in order in its blob's view: sequential reads of a
@@ -148,13 +201,11 @@ impl ImageFs {
                         self.fetcher.fetch_ahead(blob.clone(), chunks, Some(frames.clone()));
                     }
                     // Fetched data the cache cannot store (disk full) is served from memory.
-                    let at = out.len();
-                    out.resize(at + (to - from) as usize, 0);
-                    self.fetcher.read_with(blob, std::slice::from_ref(rec), Some(frames), &mut out[at..], rec.view_offset + from).map_err(|e| eio(&e))?;
+                    self.fetcher.read_with(blob, std::slice::from_ref(rec), Some(frames), dst, rec.view_offset + from).map_err(|e| eio(&e))?;
                 }
             }
         }
-        Ok(out)
+        Ok(at)
     }
 }
 
@@ -198,25 +249,14 @@ impl fuser::Filesystem for ImageFs {
         ] {
             let _ = config.add_capabilities(cap);
         }
+        self.ring.negotiate(config);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let dir = match self.inode(parent) {
-            Ok(d) if d.is_dir() => d,
-            Ok(_) => return reply.error(Errno::ENOTDIR),
-            Err(e) => return reply.error(e),
-        };
-        let entries = match self.entries(&dir) {
-            Ok(e) => e,
-            Err(e) => return reply.error(e),
-        };
-        let Ok(i) = entries.binary_search_by(|e| e.name.as_slice().cmp(name.as_bytes())) else {
-            return reply.error(Errno::ENOENT);
-        };
-        match self.bs.inode(entries[i].nid) {
+        match self.child(parent, name.as_bytes()) {
             Ok(child) => reply.entry(&TTL, &self.attr(&child), Generation(0)),
-            Err(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -288,32 +328,84 @@ impl fuser::Filesystem for ImageFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let blocks = self.bs.extension().blobs.iter().map(|b| b.view_size).sum::<u64>() / BLOCK_SIZE_BYTES;
-        reply.statfs(blocks, 0, 0, 0, 0, BLOCK_SIZE_BYTES as u32, 255, BLOCK_SIZE_BYTES as u32);
+        reply.statfs(self.total_blocks(), 0, 0, 0, 0, BLOCK_SIZE_BYTES as u32, 255, BLOCK_SIZE_BYTES as u32);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let xattrs = match self.inode(ino).and_then(|i| self.bs.xattrs(&i).map_err(|_| Errno::EIO)) {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
-        };
-        match xattrs.iter().find(|(k, _)| k.as_slice() == name.as_bytes()) {
-            Some((_, v)) => xattr_reply(v, size, reply),
-            None => reply.error(Errno::NO_XATTR),
+        match self.xattr_value(ino, name.as_bytes()) {
+            Ok(v) => xattr_reply(&v, size, reply),
+            Err(e) => reply.error(e),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let xattrs = match self.inode(ino).and_then(|i| self.bs.xattrs(&i).map_err(|_| Errno::EIO)) {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
-        };
-        let mut names = Vec::new();
-        for (k, _) in &xattrs {
-            names.extend_from_slice(k);
-            names.push(0);
+        match self.xattr_names(ino) {
+            Ok(names) => xattr_reply(&names, size, reply),
+            Err(e) => reply.error(e),
         }
-        xattr_reply(&names, size, reply);
+    }
+}
+
+/// The same answers as the `fuser::Filesystem` implementation, for requests that come
+/// through FUSE over io_uring.
+impl RingHandler for ImageFs {
+    fn handle(&self, req: &RingRequest<'_>, buf: &mut [u8]) -> Result<usize, i32> {
+        let ino = INodeNo(req.nodeid);
+        let errno = |e: Errno| i32::from(e);
+        // The variable argument: a NUL-terminated name.
+        let name = |buf: &[u8]| -> Vec<u8> {
+            let n = &buf[..req.payload_len];
+            n.strip_suffix(&[0]).unwrap_or(n).to_vec()
+        };
+        match req.opcode {
+            op::LOOKUP => {
+                let child = self.child(ino, &name(buf)).map_err(errno)?;
+                Ok(wire::entry(buf, &self.attr(&child), TTL))
+            }
+            op::GETATTR => Ok(wire::attr_out(buf, &self.attr(&self.inode(ino).map_err(errno)?), TTL)),
+            op::READLINK => {
+                let t = self.inode(ino).and_then(|i| self.bs.symlink_target(&i).map_err(|_| Errno::EIO)).map_err(errno)?;
+                let n = t.len().min(buf.len());
+                buf[..n].copy_from_slice(&t[..n]);
+                Ok(n)
+            }
+            op::READ => {
+                let (offset, size) = (req.u64_at(8), req.u32_at(16) as usize);
+                let i = self.inode(ino).map_err(errno)?;
+                if !i.is_reg() {
+                    return Err(libc::EISDIR);
+                }
+                let n = size.min(buf.len());
+                self.read_file_into(&i, offset, &mut buf[..n]).map_err(errno)
+            }
+            op::READDIR | op::READDIRPLUS => {
+                let (offset, size) = (req.u64_at(8), req.u32_at(16) as usize);
+                let entries = self.inode(ino).and_then(|d| self.entries(&d)).map_err(errno)?;
+                let limit = size.min(buf.len());
+                let out = &mut buf[..limit];
+                let mut at = 0;
+                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                    let n = if req.opcode == op::READDIR {
+                        wire::dirent(&mut out[at..], self.ino(e.nid), i as u64 + 1, wire::dtype(kind_of(e.file_type)), &e.name)
+                    } else {
+                        let child = self.bs.inode(e.nid).map_err(|_| libc::EIO)?;
+                        wire::direntplus(&mut out[at..], &self.attr(&child), TTL, i as u64 + 1, &e.name)
+                    };
+                    let Some(n) = n else { break };
+                    at += n;
+                }
+                Ok(at)
+            }
+            op::STATFS => Ok(wire::statfs(buf, self.total_blocks(), 0, 0, 0, 0, BLOCK_SIZE_BYTES as u32, 255, BLOCK_SIZE_BYTES as u32)),
+            op::GETXATTR => {
+                let v = self.xattr_value(ino, &name(buf)).map_err(errno)?;
+                wire::xattr(buf, &v, req.u32_at(0))
+            }
+            op::LISTXATTR => wire::xattr(buf, &self.xattr_names(ino).map_err(errno)?, req.u32_at(0)),
+            // As on /dev/fuse: no OPEN, OPENDIR or FLUSH (see the Filesystem implementation),
+            // and nothing else a read-only tree needs.
+            _ => Err(libc::ENOSYS),
+        }
     }
 }
 
@@ -331,5 +423,6 @@ pub fn mount_fuse_mode(fs: ImageFs, mountpoint: &std::path::Path, keep: Option<&
         fuser::MountOption::Dev,
     ];
     let may_adopt = crate::kernel::has_mount(mountpoint, &["fuse", "fuse.naiad"]);
-    crate::fuse_keep::FuseServer::start(fs, mountpoint, config, FUSE_THREADS, keep, may_adopt).map(|(s, _)| s)
+    let ring: crate::fuse_keep::RingParts = (fs.ring.clone(), Arc::new(fs.clone()));
+    crate::fuse_keep::FuseServer::start(fs, mountpoint, config, FUSE_THREADS, keep, may_adopt, Some(ring)).map(|(s, _)| s)
 }

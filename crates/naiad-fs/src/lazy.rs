@@ -46,7 +46,7 @@ pub fn mount_kernel_mode(
     let mut config = fuser::Config::default();
     config.mount_options = vec![fuser::MountOption::RO, fuser::MountOption::FSName("naiad-views".into()), fuser::MountOption::Subtype("naiad".into())];
     // Only take over views that still carry the image: otherwise start afresh.
-    let (views, adopted) = FuseServer::start(fs, views_dir, config, VIEW_THREADS, keep, crate::kernel::is_erofs_mounted(mountpoint))?;
+    let (views, adopted) = FuseServer::start(fs, views_dir, config, VIEW_THREADS, keep, crate::kernel::is_erofs_mounted(mountpoint), None)?;
     // From here on, dropping `m` (on an error too) unmounts the views.
     let m = LazyMount { mountpoint: mountpoint.into(), views: Some(views), fetcher };
     if !adopted {

@@ -6,6 +6,7 @@ pub mod compare;
 pub mod fanotify;
 pub mod fanotify_keeper;
 pub mod fuse_keep;
+pub mod fuse_ring;
 mod error;
 pub mod blob_view_fs;
 pub mod image_fs;

@@ -123,29 +123,7 @@ fn concurrent_readers_share_fetches_and_get_exact_bytes() {
     let (m, fetcher, mnt, _cache) = mount(&img, local(&img), "c");
     let _g = MountGuard(mnt.clone());
     let want = Arc::new(std::fs::read(img.src().join("files/multi_chunk")).unwrap());
-    let threads: Vec<_> = (0..16u64)
-        .map(|t| {
-            let (path, want) = (mnt.join("files/multi_chunk"), want.clone());
-            std::thread::spawn(move || {
-                use std::os::unix::fs::FileExt;
-                let f = std::fs::File::open(&path).unwrap();
-                let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                for _ in 0..64 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let off = x % want.len() as u64;
-                    let len = ((x >> 32) % 200_000).min(want.len() as u64 - off) as usize;
-                    let mut buf = vec![0u8; len];
-                    f.read_exact_at(&mut buf, off).unwrap();
-                    assert!(buf == want[off as usize..off as usize + len], "reader {t} at {off}+{len}");
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    random_readers(&mnt.join("files/multi_chunk"), &want);
     // Every chunk of the file was fetched at most once.
     let chunks = img.bs.extension().chunks.len() as u64;
     assert!(fetcher.stats.chunks_fetched.load(Ordering::SeqCst) <= chunks, "{} chunks fetched of {chunks}", fetcher.stats.chunks_fetched.load(Ordering::SeqCst));

@@ -7,6 +7,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::process::{Command, Output};
 
 /// Deterministic pseudo-random bytes (xorshift): incompressible test data.
@@ -283,4 +284,32 @@ pub fn start_daemon(dir: &Path) -> std::process::Child {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     daemon
+}
+
+/// 16 threads read `path` at pseudo-random offsets and lengths, each comparing every byte
+/// with `want`.
+pub fn random_readers(path: &Path, want: &Arc<Vec<u8>>) {
+    let threads: Vec<_> = (0..16u64)
+        .map(|t| {
+            let (path, want) = (path.to_path_buf(), want.clone());
+            std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::File::open(&path).unwrap();
+                let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for _ in 0..64 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let off = x % want.len() as u64;
+                    let len = ((x >> 32) % 200_000).min(want.len() as u64 - off) as usize;
+                    let mut buf = vec![0u8; len];
+                    f.read_exact_at(&mut buf, off).unwrap();
+                    assert!(buf == want[off as usize..off as usize + len], "reader {t} at {off}+{len}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
 }

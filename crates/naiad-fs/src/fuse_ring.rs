@@ -1,0 +1,483 @@
+//! FUSE over io_uring (Linux 6.14+, `CONFIG_FUSE_IO_URING`, on when the `fuse.enable_uring`
+//! module parameter is): the kernel queues each request on the queue of the CPU its reader
+//! runs on, and a server thread pinned to that CPU answers it. Reader and server then wake
+//! each other on one CPU, where /dev/fuse's single queue wakes whichever thread waits on any
+//! CPU: on a VM whose idle vCPUs halt, that cross-CPU wake-up was the largest cost of a
+//! warm FUSE read (docs/design-notes.md, "What a warm read costs here").
+//!
+//! The INIT handshake still goes through /dev/fuse (the library does it; the filesystem's
+//! `init` asks for `FUSE_OVER_IO_URING` through [`RingInit`]), and so do FORGETs and
+//! INTERRUPTs. Every other request goes through the ring once each CPU's queue has an
+//! entry. Each entry is a header buffer (`fuse_uring_req_header`: the in/out header, the
+//! opcode's fixed argument, the payload size) and a payload buffer; a REGISTER hands both
+//! to the kernel, which completes it with a request in them; the answer is written in
+//! place and committed by a COMMIT_AND_FETCH, which waits for the next one.
+//!
+//! The kernel's `FUSE_NOTIFY_RESEND` covers /dev/fuse's queues only, not the ring's: a
+//! server that dies with ring requests in hand leaves their readers waiting. So only mounts
+//! that are not handed over on a restart (no keeper) use the ring.
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Server threads per CPU queue, each pinned to that CPU: a thread blocked on a backend
+/// fetch does not hold up the CPU's other readers.
+const THREADS_PER_QUEUE: usize = 4;
+/// Ring entries (requests in hand at once) per thread. One: a second would wait behind a
+/// backend fetch of the first even when its own data is cached.
+const ENTRIES_PER_THREAD: usize = 1;
+/// Largest request or reply payload: the connection's `max_write` and `max_pages` are set
+/// to this, and each entry's payload buffer has this size.
+pub const MAX_PAYLOAD: u32 = 128 << 10;
+
+const HEADER_SIZE: usize = 288;
+const OP_IN_AT: usize = 128;
+const ENT_IN_OUT_AT: usize = 256;
+const FUSE_IO_URING_CMD_REGISTER: u32 = 1;
+const FUSE_IO_URING_CMD_COMMIT_AND_FETCH: u32 = 2;
+const FUSE_OUT_HEADER_SIZE: u32 = 16;
+
+/// One request taken from the ring.
+pub struct RingRequest<'a> {
+    pub opcode: u32,
+    pub nodeid: u64,
+    pub uid: u32,
+    /// The opcode's fixed argument (`fuse_read_in`, ...), zero-padded to 128 bytes.
+    pub op_in: &'a [u8],
+    /// Bytes of variable argument (a name, ...) at the start of the payload buffer.
+    pub payload_len: usize,
+}
+
+impl RingRequest<'_> {
+    /// The `u64` at byte `at` of the fixed argument.
+    pub fn u64_at(&self, at: usize) -> u64 {
+        u64::from_le_bytes(self.op_in[at..at + 8].try_into().expect("8 bytes"))
+    }
+
+    /// The `u32` at byte `at` of the fixed argument.
+    pub fn u32_at(&self, at: usize) -> u32 {
+        u32::from_le_bytes(self.op_in[at..at + 4].try_into().expect("4 bytes"))
+    }
+}
+
+/// A filesystem that answers requests from the ring. `payload` holds the request's variable
+/// argument (`payload_len` bytes) and receives the reply: read what you need before writing.
+/// Returns the reply's length, or a positive errno. FORGET and INTERRUPT never come here.
+pub trait RingHandler: Send + Sync + 'static {
+    fn handle(&self, req: &RingRequest<'_>, payload: &mut [u8]) -> Result<usize, i32>;
+}
+
+/// What a filesystem's `init` needs to ask for the ring: set `wanted` before mounting;
+/// `granted` says whether the kernel agreed.
+#[derive(Clone, Default)]
+pub struct RingInit {
+    wanted: Arc<AtomicBool>,
+    granted: Arc<AtomicBool>,
+}
+
+impl RingInit {
+    /// Called from the filesystem's `init`: asks for the ring when wanted and offered.
+    pub fn negotiate(&self, config: &mut fuser::KernelConfig) {
+        if !self.wanted.load(Ordering::Acquire) {
+            return;
+        }
+        // Every entry needs a payload buffer of the connection's largest message.
+        // (A kernel offering less readahead than this keeps its own, which is smaller.)
+        let _ = config.set_max_readahead(MAX_PAYLOAD);
+        if config.set_max_write(MAX_PAYLOAD).is_ok() {
+            let ok = config.add_capabilities(fuser::InitFlags::FUSE_OVER_IO_URING).is_ok();
+            self.granted.store(ok, Ordering::Release);
+        }
+    }
+
+    /// Asks for the ring at the next INIT.
+    pub fn want(&self) {
+        self.wanted.store(true, Ordering::Release);
+    }
+
+    /// Whether the kernel agreed to the ring at INIT.
+    pub fn granted(&self) -> bool {
+        self.granted.load(Ordering::Acquire)
+    }
+}
+
+/// Whether the kernel lets FUSE servers use io_uring now.
+pub fn enabled() -> bool {
+    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring").is_ok_and(|s| s.trim() == "Y")
+}
+
+/// CPUs the kernel makes queues for (`num_possible_cpus`).
+fn possible_cpus() -> usize {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    let mut n = 0;
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+            n = n.max(b + 1).max(a + 1);
+        }
+    }
+    n.max(1)
+}
+
+type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
+
+/// Rings made before the INIT handshake asks for FUSE over io_uring: once the kernel has
+/// agreed, requests wait until every CPU's queue has an entry, so what can fail is done first.
+pub struct Prepared {
+    rings: Vec<(usize, Ring)>,
+}
+
+/// Makes one io_uring per server thread, or says why not.
+pub fn prepare() -> std::io::Result<Prepared> {
+    let cpus = possible_cpus();
+    let mut rings = Vec::with_capacity(cpus * THREADS_PER_QUEUE);
+    for cpu in 0..cpus {
+        for _ in 0..THREADS_PER_QUEUE {
+            let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build((ENTRIES_PER_THREAD * 2) as u32)?;
+            rings.push((cpu, ring));
+        }
+    }
+    Ok(Prepared { rings })
+}
+
+/// The ring's server threads; they end when the connection does.
+pub struct RingServer {
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RingServer {
+    /// Registers every entry with the kernel and serves requests with `handler`. Returns once
+    /// all entries are registered, or with the first error (the kernel then turns the ring
+    /// off for the connection and requests go through /dev/fuse).
+    pub fn start(prepared: Prepared, fuse: BorrowedFd<'_>, handler: Arc<dyn RingHandler>) -> std::io::Result<RingServer> {
+        let fd: Arc<OwnedFd> = Arc::new(fuse.try_clone_to_owned()?);
+        let mut threads = Vec::new();
+        let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        let n = prepared.rings.len();
+        for (cpu, ring) in prepared.rings {
+            let (fd, handler, tx) = (fd.clone(), handler.clone(), tx.clone());
+            threads.push(std::thread::Builder::new().name(format!("naiad-ring-{cpu}")).spawn(move || serve(ring, cpu, &fd, &*handler, &tx))?);
+        }
+        drop(tx);
+        for _ in 0..n {
+            match rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(std::io::Error::other("a ring thread ended before registering")),
+            }
+        }
+        Ok(RingServer { threads })
+    }
+
+    /// Waits for the threads (after the connection has ended).
+    pub fn join(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A buffer aligned for the kernel's header copies.
+#[repr(C, align(64))]
+struct Header([u8; HEADER_SIZE]);
+
+struct Entry {
+    header: Box<Header>,
+    payload: Vec<u8>,
+    iov: Box<[libc::iovec; 2]>,
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it for cpu < 1024.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu < 1024 {
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+/// An `IORING_OP_URING_CMD` on /dev/fuse with `fuse_uring_cmd_req` in its command area.
+fn uring_cmd(fd: i32, cmd_op: u32, qid: u16, commit_id: u64, iov: *const libc::iovec, user_data: u64) -> squeue::Entry128 {
+    let mut cmd = [0u8; 80];
+    cmd[8..16].copy_from_slice(&commit_id.to_le_bytes());
+    cmd[16..18].copy_from_slice(&qid.to_le_bytes());
+    let e = opcode::UringCmd80::new(types::Fd(fd), cmd_op).cmd(cmd).addr(Some(iov as u64)).build().user_data(user_data);
+    // The builder has no `len`; REGISTER wants the iovec count there (the SQE's ABI layout:
+    // `len` is the u32 at byte 24).
+    // SAFETY: Entry128 is the 128-byte SQE, plain data.
+    let mut raw: [u8; 128] = unsafe { std::mem::transmute(e) };
+    raw[24..28].copy_from_slice(&2u32.to_le_bytes());
+    // SAFETY: the same bytes, one field changed.
+    unsafe { std::mem::transmute(raw) }
+}
+
+fn serve(mut ring: Ring, cpu: usize, fd: &OwnedFd, handler: &dyn RingHandler, ready: &std::sync::mpsc::Sender<std::io::Result<()>>) {
+    pin_to(cpu);
+    let qid = cpu as u16;
+    let raw = fd.as_fd().as_raw_fd();
+    let mut entries: Vec<Entry> = (0..ENTRIES_PER_THREAD)
+        .map(|_| {
+            let mut header = Box::new(Header([0; HEADER_SIZE]));
+            let mut payload = vec![0u8; MAX_PAYLOAD as usize];
+            let iov = Box::new([
+                libc::iovec { iov_base: header.0.as_mut_ptr().cast(), iov_len: HEADER_SIZE },
+                libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() },
+            ]);
+            Entry { header, payload, iov }
+        })
+        .collect();
+    // Register: the kernel completes a REGISTER only when it has a request for the entry,
+    // so an error comes back at once and success is silence. Submitted, not waited for.
+    for (i, e) in entries.iter().enumerate() {
+        let sqe = uring_cmd(raw, FUSE_IO_URING_CMD_REGISTER, qid, 0, e.iov.as_ptr(), i as u64);
+        // SAFETY: the entry's buffers and iovec live (boxed, not moved) until the thread ends.
+        if unsafe { ring.submission().push(&sqe) }.is_err() {
+            let _ = ready.send(Err(std::io::Error::other("ring submission queue full")));
+            return;
+        }
+    }
+    if let Err(e) = ring.submit() {
+        let _ = ready.send(Err(e));
+        return;
+    }
+    // A refused REGISTER completes at once with its error. A completion without one is a
+    // request already (this thread's entry may have been the last the ring waited for).
+    let mut done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+    if let Some(&(_, err)) = done.iter().find(|(_, r)| *r < 0) {
+        let _ = ready.send(Err(std::io::Error::from_raw_os_error(-err)));
+        return;
+    }
+    let _ = ready.send(Ok(()));
+    let mut live = entries.len();
+    while live > 0 {
+        if done.is_empty() {
+            if let Err(e) = ring.submit_and_wait(1) {
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                tracing::warn!(error = %e, "FUSE ring: io_uring_enter failed");
+                return;
+            }
+            done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        }
+        for (i, res) in done.drain(..) {
+            let e = &mut entries[i as usize];
+            if res < 0 {
+                // The connection ended (unmounted, aborted): this entry is done.
+                if res != -libc::ENOTCONN && res != -libc::ECANCELED {
+                    tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "FUSE ring entry failed");
+                }
+                live -= 1;
+                continue;
+            }
+            let commit_id = answer(e, handler);
+            let sqe = uring_cmd(raw, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, qid, commit_id, e.iov.as_ptr(), i);
+            // SAFETY: as above; at most ENTRIES_PER_THREAD commands are ever queued, within
+            // the ring's size.
+            let _ = unsafe { ring.submission().push(&sqe) };
+        }
+    }
+}
+
+/// Answers the request in `e` in place; returns its commit id.
+fn answer(e: &mut Entry, handler: &dyn RingHandler) -> u64 {
+    let h = &mut e.header.0;
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let opcode = u32_at(h, 4);
+    let unique = u64_at(h, 8);
+    let nodeid = u64_at(h, 16);
+    let uid = u32_at(h, 24);
+    let commit_id = u64_at(h, ENT_IN_OUT_AT + 8);
+    let payload_len = (u32_at(h, ENT_IN_OUT_AT + 16) as usize).min(e.payload.len());
+    let mut op_in = [0u8; 128];
+    op_in.copy_from_slice(&h[OP_IN_AT..OP_IN_AT + 128]);
+    let req = RingRequest { opcode, nodeid, uid, op_in: &op_in, payload_len };
+    // A panic answers EIO: the reader must not wait for ever on a request no thread holds.
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&req, &mut e.payload)));
+    let (error, len) = match res {
+        Ok(Ok(n)) => (0i32, n.min(e.payload.len())),
+        Ok(Err(errno)) => (-errno, 0),
+        Err(_) => {
+            tracing::error!(opcode, nodeid, "FUSE ring handler panicked; answered EIO");
+            (-libc::EIO, 0)
+        }
+    };
+    h[0..4].copy_from_slice(&(FUSE_OUT_HEADER_SIZE + len as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&error.to_le_bytes());
+    h[8..16].copy_from_slice(&unique.to_le_bytes());
+    h[ENT_IN_OUT_AT + 16..ENT_IN_OUT_AT + 20].copy_from_slice(&(len as u32).to_le_bytes());
+    commit_id
+}
+
+/// FUSE opcodes served through the ring.
+pub mod op {
+    pub const LOOKUP: u32 = 1;
+    pub const GETATTR: u32 = 3;
+    pub const READLINK: u32 = 5;
+    pub const READ: u32 = 15;
+    pub const STATFS: u32 = 17;
+    pub const GETXATTR: u32 = 22;
+    pub const LISTXATTR: u32 = 23;
+    pub const READDIR: u32 = 28;
+    pub const READDIRPLUS: u32 = 44;
+}
+
+/// Reply encoders: the kernel's `fuse_*_out` structures, little-endian, as the library
+/// writes them on /dev/fuse.
+pub mod wire {
+    use fuser::{FileAttr, FileType};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// `fuse_attr`.
+    pub const ATTR_SIZE: usize = 88;
+    /// `fuse_entry_out`.
+    pub const ENTRY_SIZE: usize = 40 + ATTR_SIZE;
+
+    struct W<'a>(&'a mut [u8], usize);
+
+    impl W<'_> {
+        fn u64(&mut self, v: u64) {
+            self.0[self.1..self.1 + 8].copy_from_slice(&v.to_le_bytes());
+            self.1 += 8;
+        }
+        fn u32(&mut self, v: u32) {
+            self.0[self.1..self.1 + 4].copy_from_slice(&v.to_le_bytes());
+            self.1 += 4;
+        }
+    }
+
+    fn time(t: SystemTime) -> (u64, u32) {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => (d.as_secs(), d.subsec_nanos()),
+            // Before the epoch: negative seconds, non-negative nanoseconds.
+            Err(e) => {
+                let d = e.duration();
+                let (s, n) = (d.as_secs() as i64, d.subsec_nanos());
+                if n == 0 {
+                    ((-s) as u64, 0)
+                } else {
+                    ((-s - 1) as u64, 1_000_000_000 - n)
+                }
+            }
+        }
+    }
+
+    fn type_bits(kind: FileType) -> u32 {
+        match kind {
+            FileType::NamedPipe => libc::S_IFIFO,
+            FileType::CharDevice => libc::S_IFCHR,
+            FileType::BlockDevice => libc::S_IFBLK,
+            FileType::Directory => libc::S_IFDIR,
+            FileType::RegularFile => libc::S_IFREG,
+            FileType::Symlink => libc::S_IFLNK,
+            FileType::Socket => libc::S_IFSOCK,
+        }
+    }
+
+    /// The `d_type` of a directory entry.
+    pub fn dtype(kind: FileType) -> u32 {
+        type_bits(kind) >> 12
+    }
+
+    fn attr(w: &mut W<'_>, a: &FileAttr) {
+        let (at, an) = time(a.atime);
+        let (mt, mn) = time(a.mtime);
+        let (ct, cn) = time(a.ctime);
+        for v in [a.ino.0, a.size, a.blocks, at, mt, ct] {
+            w.u64(v);
+        }
+        for v in [an, mn, cn, type_bits(a.kind) | u32::from(a.perm), a.nlink, a.uid, a.gid, a.rdev, a.blksize, a.flags] {
+            w.u32(v);
+        }
+    }
+
+    fn ttl(w: &mut W<'_>, d: Duration) {
+        w.u64(d.as_secs());
+    }
+
+    /// `fuse_entry_out` into `out`; returns its length.
+    pub fn entry(out: &mut [u8], a: &FileAttr, valid: Duration) -> usize {
+        let mut w = W(out, 0);
+        w.u64(a.ino.0);
+        w.u64(0); // generation
+        ttl(&mut w, valid);
+        ttl(&mut w, valid);
+        w.u32(valid.subsec_nanos());
+        w.u32(valid.subsec_nanos());
+        attr(&mut w, a);
+        w.1
+    }
+
+    /// `fuse_attr_out` into `out`; returns its length.
+    pub fn attr_out(out: &mut [u8], a: &FileAttr, valid: Duration) -> usize {
+        let mut w = W(out, 0);
+        ttl(&mut w, valid);
+        w.u32(valid.subsec_nanos());
+        w.u32(0);
+        attr(&mut w, a);
+        w.1
+    }
+
+    /// A `fuse_dirent` at the start of `out` (padded to 8 bytes), or `None` if it does not fit.
+    pub fn dirent(out: &mut [u8], ino: u64, off: u64, dtype: u32, name: &[u8]) -> Option<usize> {
+        let len = (24 + name.len()).next_multiple_of(8);
+        if len > out.len() {
+            return None;
+        }
+        let mut w = W(out, 0);
+        w.u64(ino);
+        w.u64(off);
+        w.u32(name.len() as u32);
+        w.u32(dtype);
+        out[24..24 + name.len()].copy_from_slice(name);
+        out[24 + name.len()..len].fill(0);
+        Some(len)
+    }
+
+    /// A `fuse_direntplus` (entry, then dirent) at the start of `out`, or `None` if it does not fit.
+    pub fn direntplus(out: &mut [u8], a: &FileAttr, valid: Duration, off: u64, name: &[u8]) -> Option<usize> {
+        if out.len() < ENTRY_SIZE {
+            return None;
+        }
+        let (e, rest) = out.split_at_mut(ENTRY_SIZE);
+        let n = dirent(rest, a.ino.0, off, dtype(a.kind), name)?;
+        entry(e, a, valid);
+        Some(ENTRY_SIZE + n)
+    }
+
+    /// `fuse_statfs_out`; returns its length.
+    #[allow(clippy::too_many_arguments)]
+    pub fn statfs(out: &mut [u8], blocks: u64, bfree: u64, bavail: u64, files: u64, ffree: u64, bsize: u32, namelen: u32, frsize: u32) -> usize {
+        let mut w = W(out, 0);
+        for v in [blocks, bfree, bavail, files, ffree] {
+            w.u64(v);
+        }
+        for v in [bsize, namelen, frsize] {
+            w.u32(v);
+        }
+        let n = w.1;
+        out[n..80].fill(0);
+        80
+    }
+
+    /// A GETXATTR/LISTXATTR answer: the size alone when asked with size 0, else the data if
+    /// it fits in `size`, else ERANGE.
+    pub fn xattr(out: &mut [u8], data: &[u8], size: u32) -> Result<usize, i32> {
+        if size == 0 {
+            let mut w = W(out, 0);
+            w.u32(data.len() as u32);
+            w.u32(0);
+            Ok(8)
+        } else if data.len() <= size as usize && data.len() <= out.len() {
+            out[..data.len()].copy_from_slice(data);
+            Ok(data.len())
+        } else {
+            Err(libc::ERANGE)
+        }
+    }
+}
