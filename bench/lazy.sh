@@ -15,6 +15,9 @@
 #   BENCH_HALT_POLL_NS=N       on a KVM guest with the cpuidle-haltpoll driver: guest_halt_poll_ns for the run
 #                              (restored at exit). How long an idle CPU polls before it halts decides what waking a
 #                              reader costs, and every lazy-mode request wakes one (docs/design-notes.md)
+#   BENCH_FUSE_URING=Y|N       the fuse module's enable_uring for the run (default Y; restored at exit). With Y the
+#                              foreground fuse mode is served through FUSE over io_uring (a server thread per CPU);
+#                              fuse-daemon's mounts (handed over on a daemon restart) stay on /dev/fuse either way
 # Needs root and the Debian packages docker-registry umoci jq curl, iproute2 (ip, tc) and python3.
 # The registry runs in a network namespace behind a veth pair shaped to 100 Mbit/s each way
 # (tc tbf); a small python3 proxy on 127.0.0.1 adds BENCH_DELAY_MS each way (netem is not in
@@ -33,6 +36,8 @@ unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY; export 
 [[ $(id -u) == 0 ]] || die "run as root (network namespace, tc, mounts, drop_caches)"
 [[ $RUNS =~ ^[1-9][0-9]*$ && $WARM_REPEAT =~ ^[1-9][0-9]*$ && $DELAY_MS =~ ^[0-9]+$ ]] || die "BENCH_RUNS and BENCH_WARM_REPEAT must be positive integers, BENCH_DELAY_MS a non-negative one"
 HALT_POLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns HALT_POLL0=""
+URING=/sys/module/fuse/parameters/enable_uring URING0="" FUSE_URING=${BENCH_FUSE_URING:-Y}
+[[ $FUSE_URING == [YN] ]] || die "BENCH_FUSE_URING is Y or N"
 if [[ -n ${BENCH_HALT_POLL_NS:-} ]]; then
     [[ $BENCH_HALT_POLL_NS =~ ^[0-9]+$ && -w $HALT_POLL ]] || die "BENCH_HALT_POLL_NS needs a number and the cpuidle-haltpoll driver ($HALT_POLL)"
 fi
@@ -49,6 +54,7 @@ PIDS=() MPID=""
 cleanup() {
     set +e
     [[ -z $HALT_POLL0 ]] || echo "$HALT_POLL0" >"$HALT_POLL"
+    [[ -z $URING0 ]] || echo "$URING0" >"$URING"
     for p in $MPID "${PIDS[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done   # a lazy mount's process unmounts it
     mounts() { findmnt -rn -o TARGET | awk -v p="$SCRATCH/" 'index($0, p) == 1' | sort -r; }
     for m in $(mounts); do umount "$m" 2>/dev/null || umount -l "$m"; done
@@ -58,6 +64,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM   # the EXIT trap still cleans up
 [[ -z ${BENCH_HALT_POLL_NS:-} ]] || { HALT_POLL0=$(cat "$HALT_POLL"); echo "$BENCH_HALT_POLL_NS" >"$HALT_POLL"; }
+if [[ -w $URING ]]; then URING0=$(cat "$URING"); echo "$FUSE_URING" >"$URING"
+elif [[ $FUSE_URING == Y ]]; then echo "note: this kernel has no FUSE over io_uring ($URING): fuse mode uses /dev/fuse" >&2; fi
 
 rate() { awk -v b="$1" -v a="$2" -v c="$(now)" 'BEGIN {printf "%.1f", b / 1e6 / (c - a)}'; }   # MB/s of b bytes since a
 last() { awk '{print $NF}' <<<"$1"; }; per() { awk -v a="$1" -v b="$2" -v r="$3" 'BEGIN {printf "%.3f", (b - a) / r}'; }
@@ -189,6 +197,7 @@ declare -A MF; for m in "${MODES[@]}"; do MF[$m]=$(median "${FULL[$m]:-}"); done
 fratio() { awk -v a="${MF[$1]:--}" -v b="${MF[local]:--}" 'BEGIN {if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2fx", a / b}'; }
 echo
 echo "machine: $(machine)"
+[[ ! -r $URING ]] || echo "fuse:    enable_uring $(cat "$URING")${URING0:+ for this run (was $URING0)}: Y = fuse mode served through FUSE over io_uring (fuse-daemon never is)"
 [[ ! -r $HALT_POLL ]] || echo "idle:    cpuidle $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null), guest_halt_poll_ns $(cat "$HALT_POLL")${HALT_POLL0:+ for this run (was $HALT_POLL0)}: 0 = an idle CPU halts at once, and waking a reader on it costs a VM exit"
 echo "load:    $LOAD0 (1/5/15 min) before, $(cut -d' ' -f1-3 /proc/loadavg) after: other work on this machine (e.g. another build) makes the numbers noisy"
 echo "naiad:   $REV (at build time), default options (1 MiB chunks, zstd); lazy modes with --no-prefetch and a fresh cache per run"
