@@ -37,7 +37,9 @@ pub enum Mode {
     /// fetching and verifying chunks as they are read. Needs file-backed EROFS (6.12+).
     Kernel,
     /// Lazy, the whole filesystem served from user space over FUSE (no file-backed EROFS
-    /// needed).
+    /// needed). Through FUSE over io_uring, a server thread per CPU, where the kernel offers
+    /// it (Linux 6.14+ with the fuse.enable_uring module parameter on), except for daemon
+    /// mounts, which must survive a daemon restart.
     Fuse,
 }
 
