@@ -3,8 +3,8 @@
 //!
 //! A FUSE connection lives as long as one process holds its `/dev/fuse` descriptor. At
 //! mount time the server hands a copy to a small keeper process (`naiad fuse-keeper`, in its
-//! own session), which does nothing but hold it, and exits when the connection ends (the
-//! mount is gone). When the server dies, reads on the mount wait in the kernel's queue
+//! own session), which does nothing but hold it, and exits within a second of the
+//! connection's end (the mount is gone). When the server dies, reads on the mount wait in the kernel's queue
 //! instead of failing. The next server copies the descriptor back from the keeper
 //! (`pidfd_getfd`) and serves it; it asks the kernel to send again the requests the dead
 //! server had read but not answered (`FUSE_NOTIFY_RESEND`, Linux 6.9), so no reader is
@@ -45,10 +45,23 @@ pub fn run_keeper(fd: i32, socket: &Path) -> Result<()> {
     let listener = UnixListener::bind(socket).map_err(FsError::io(socket))?;
     let _ = std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600));
     let pid = std::process::id();
+    // Leaving, the socket file is removed only if it is still this keeper's: the mount point
+    // may have been mounted again meanwhile, with a new keeper on the same path.
+    let ours = std::fs::metadata(socket).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    let leave = || {
+        if std::fs::metadata(socket).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok() == ours {
+            let _ = std::fs::remove_file(socket);
+        }
+    };
     loop {
-        let mut fds = [libc::pollfd { fd, events: 0, revents: 0 }, libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-        // SAFETY: two valid pollfd entries.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // Only the socket is waited on. Waiting on the FUSE descriptor too would put this
+        // process on the wait queue every request of the connection wakes: a wake-up here,
+        // on another CPU, per request (fuse mode's warm re-reads through the daemon measured
+        // 1.34x as fast without it). Whether the connection has ended is
+        // asked without waiting (a zero timeout registers no waiter), once a second.
+        let mut sock = [libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        // SAFETY: one valid pollfd entry.
+        let n = unsafe { libc::poll(sock.as_mut_ptr(), 1, 1000) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -56,12 +69,15 @@ pub fn run_keeper(fd: i32, socket: &Path) -> Result<()> {
             }
             return Err(FsError::Io { path: socket.into(), cause: e });
         }
+        let mut conn = [libc::pollfd { fd, events: 0, revents: 0 }];
+        // SAFETY: one valid pollfd entry.
+        unsafe { libc::poll(conn.as_mut_ptr(), 1, 0) };
         // The connection was aborted or its mount is gone: nothing left to keep.
-        if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
-            let _ = std::fs::remove_file(socket);
+        if conn[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            leave();
             return Ok(());
         }
-        if fds[1].revents & libc::POLLIN != 0 {
+        if sock[0].revents & libc::POLLIN != 0 {
             if let Ok((mut s, _)) = listener.accept() {
                 let mut m = vec![b'P'];
                 m.extend_from_slice(&pid.to_le_bytes());

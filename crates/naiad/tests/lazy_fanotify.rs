@@ -257,6 +257,52 @@ fn restart_under_readers(mode: &str) {
     assert!(daemon.wait().unwrap().success());
 }
 
+/// The process holding a daemon mount's FUSE connection sleeps while the mount is used: it
+/// must not wait on the queue every request of the connection wakes (that cost a wake-up of
+/// it, on another CPU, per request).
+#[test]
+fn the_fuse_keeper_sleeps_through_requests() {
+    let img = image();
+    let work = img.dir.path().join("k");
+    let mnt = work.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut daemon = start_daemon(&work);
+    let _g = MountGuard(mnt.clone());
+    naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "mount", img.bootstrap(), mnt, "--blob-dir", img.dir.path().join("out"), "--mode", "fuse", "--no-prefetch"]);
+    let keeper = process_running(&["fuse-keeper", mnt.to_str().unwrap()]).expect("a fuse keeper for the mount");
+    // A lookup of a missing name is not cached (no negative entry): every one is a request.
+    let (before, started) = (context_switches(keeper), Instant::now());
+    let lookups = 3000;
+    for i in 0..lookups {
+        assert!(std::fs::metadata(mnt.join(format!("missing-{}", i % 7))).is_err());
+    }
+    let (woke, secs) = (context_switches(keeper) - before, started.elapsed().as_secs());
+    naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "umount", mnt]);
+    rustix::process::kill_process(rustix::process::Pid::from_child(&daemon), rustix::process::Signal::TERM).unwrap();
+    assert!(daemon.wait().unwrap().success());
+    // It looks at the connection once a second.
+    assert!(woke <= 3 + 2 * secs, "the keeper woke {woke} times during {lookups} lookups in {secs} s");
+}
+
+/// The pid of the process whose command line has every one of `words`.
+fn process_running(words: &[&str]) -> Option<u32> {
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?).replace('\0', " ");
+        words.iter().all(|w| cmd.contains(w)).then_some(pid)
+    })
+}
+
+/// Context switches of every thread of process `pid` so far.
+fn context_switches(pid: u32) -> u64 {
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        n += status.lines().filter(|l| l.contains("ctxt_switches:")).filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).sum::<u64>();
+    }
+    n
+}
+
 /// Regular files under `root`.
 fn walk(root: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
