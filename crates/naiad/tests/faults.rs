@@ -97,13 +97,18 @@ impl Image {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     Kernel,
     Fuse,
+    /// Fuse mode served through FUSE over io_uring.
+    FuseRing,
 }
 
-const MODES: [Mode; 2] = [Mode::Kernel, Mode::Fuse];
+/// The modes this kernel has.
+fn modes() -> Vec<Mode> {
+    [Mode::Kernel, Mode::Fuse, Mode::FuseRing].into_iter().filter(|m| *m != Mode::FuseRing || has_fuse_uring()).collect()
+}
 
 /// A lazy mount made in this process, its blobs read from `registry` ("host:port"), with a
 /// fresh work directory (and so a cold kernel page cache) each time. Unmounted on drop.
@@ -130,6 +135,7 @@ impl Lazy {
                 let fs = naiad_fs::image_fs::ImageFs::new(img.bs.clone(), blobs.clone(), fetcher.clone());
                 Box::new(naiad_fs::image_fs::mount_fuse_mode(fs, &mnt, None).unwrap())
             }
+            Mode::FuseRing => Box::new(mount_fuse_ring(naiad_fs::image_fs::ImageFs::new(img.bs.clone(), blobs.clone(), fetcher.clone()), &mnt)),
         };
         Lazy { handle: Some(handle), _guard: MountGuard(mnt.clone()), mnt, fetcher, blobs, _work: work }
     }
@@ -197,7 +203,7 @@ fn setup() -> (Image, FaultyProxy) {
 #[test]
 fn connection_refused_gives_eio_in_bounded_time_then_reads_recover() {
     let (img, proxy) = setup();
-    for mode in MODES {
+    for mode in modes() {
         fails_then_recovers(&img, &proxy, mode, Fault::Refuse);
     }
 }
@@ -205,7 +211,7 @@ fn connection_refused_gives_eio_in_bounded_time_then_reads_recover() {
 #[test]
 fn a_reset_mid_body_is_retried_or_eio_never_cached() {
     let (img, proxy) = setup();
-    for mode in MODES {
+    for mode in modes() {
         rides_out(&img, &proxy, mode, Fault::ResetAfter(1000), 1);
         fails_then_recovers(&img, &proxy, mode, Fault::ResetAfter(1000));
     }
@@ -214,7 +220,7 @@ fn a_reset_mid_body_is_retried_or_eio_never_cached() {
 #[test]
 fn bursts_of_503_are_retried_and_a_longer_burst_is_eio_until_it_ends() {
     let (img, proxy) = setup();
-    for mode in MODES {
+    for mode in modes() {
         rides_out(&img, &proxy, mode, Fault::Unavailable, ATTEMPTS - 1);
         fails_then_recovers(&img, &proxy, mode, Fault::Unavailable);
     }
@@ -232,7 +238,7 @@ fn assert_retried_after(proxy: &FaultyProxy, not_before: impl Fn(&common::faulty
 #[test]
 fn too_many_requests_waits_as_retry_after_says_within_the_bound() {
     let (img, proxy) = setup();
-    for mode in MODES {
+    for mode in modes() {
         // Seconds: the retry waits at least that long, and the read succeeds.
         rides_out(&img, &proxy, mode, Fault::TooMany("1".into()), 1);
         let seen = proxy.seen();
@@ -261,7 +267,7 @@ fn too_many_requests_waits_as_retry_after_says_within_the_bound() {
 #[test]
 fn a_truncated_body_is_retried_or_eio_never_cached() {
     let (img, proxy) = setup();
-    for mode in MODES {
+    for mode in modes() {
         rides_out(&img, &proxy, mode, Fault::Truncate, 1);
         fails_then_recovers(&img, &proxy, mode, Fault::Truncate);
     }
@@ -270,7 +276,7 @@ fn a_truncated_body_is_retried_or_eio_never_cached() {
 #[test]
 fn wrong_bytes_are_eio_counted_and_never_cached() {
     let (img, proxy) = setup();
-    for mode in MODES {
+    for mode in modes() {
         // One bad answer: that read may fail (EIO, never wrong bytes) or be served by another
         // fetch of the same chunks; the next read succeeds.
         let m = Lazy::mount(&img, mode, &proxy.addr, None);
@@ -296,7 +302,7 @@ fn a_slow_trickle_times_out_into_eio_then_reads_recover() {
     let (img, proxy) = setup();
     // A chunk of 1 MiB at 1 KiB/s would take 17 minutes.
     const TRICKLE: Fault = Fault::Trickle(1024);
-    for mode in MODES {
+    for mode in modes() {
         rides_out(&img, &proxy, mode, TRICKLE, 1);
         fails_then_recovers(&img, &proxy, mode, TRICKLE);
     }

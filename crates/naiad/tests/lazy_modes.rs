@@ -69,14 +69,12 @@ fn fuse_mode_shows_the_source_tree() {
 /// symlinks, statfs, 16 concurrent readers).
 #[test]
 fn fuse_mode_over_io_uring_shows_the_source_tree() {
-    if !std::path::Path::new(ENABLE_URING).exists() {
+    if !has_fuse_uring() {
         eprintln!("skipped: this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)");
         return;
     }
     fuse_mode_check(true);
 }
-
-const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
 fn fuse_mode_check(ring: bool) {
     assert!(is_root(), "mounting needs root");
@@ -86,19 +84,7 @@ fn fuse_mode_check(ring: bool) {
     let f = fetcher(&img);
     let mnt = img.dir.path().join("mnt");
     let fs = naiad_fs::image_fs::ImageFs::new(img.bs.clone(), blobs, f.clone());
-    let mut session = if ring {
-        // The module parameter only decides what the kernel offers at INIT: it goes back
-        // at once, and this connection keeps its ring.
-        let old = std::fs::read_to_string(ENABLE_URING).unwrap();
-        std::fs::write(ENABLE_URING, "Y").unwrap();
-        let s = naiad_fs::image_fs::mount_fuse_mode(fs, &mnt, None);
-        std::fs::write(ENABLE_URING, old.trim()).unwrap();
-        let s = s.unwrap();
-        assert!(s.uses_ring(), "mounted with enable_uring=Y but not served through the ring");
-        s
-    } else {
-        naiad_fs::image_fs::mount_fuse_mode(fs, &mnt, None).unwrap()
-    };
+    let mut session = if ring { mount_fuse_ring(fs, &mnt) } else { naiad_fs::image_fs::mount_fuse_mode(fs, &mnt, None).unwrap() };
     let _g = MountGuard(mnt.clone());
     // Nothing is fetched to list the tree.
     let _ = std::fs::read_dir(mnt.join("many")).unwrap().count();

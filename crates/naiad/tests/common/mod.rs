@@ -313,3 +313,24 @@ pub fn random_readers(path: &Path, want: &Arc<Vec<u8>>) {
         t.join().unwrap();
     }
 }
+
+/// The fuse module's switch for FUSE over io_uring.
+pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Whether this kernel has FUSE over io_uring (CONFIG_FUSE_IO_URING).
+pub fn has_fuse_uring() -> bool {
+    Path::new(ENABLE_URING).exists()
+}
+
+/// Mounts `fs` in fuse mode served through FUSE over io_uring. The module parameter only
+/// decides what the kernel offers at INIT: it is on while mounting and back as it was at
+/// once; the connection keeps its ring.
+pub fn mount_fuse_ring(fs: naiad_fs::image_fs::ImageFs, mnt: &Path) -> naiad_fs::fuse_keep::FuseServer {
+    let old = std::fs::read_to_string(ENABLE_URING).unwrap();
+    std::fs::write(ENABLE_URING, "Y").unwrap();
+    let s = naiad_fs::image_fs::mount_fuse_mode(fs, mnt, None);
+    std::fs::write(ENABLE_URING, old.trim()).unwrap();
+    let s = s.unwrap();
+    assert!(s.uses_ring(), "mounted with enable_uring=Y but not served through the ring");
+    s
+}
