@@ -23,8 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Server threads per CPU queue, each pinned to that CPU: a thread blocked on a backend
-/// fetch does not hold up the CPU's other readers.
-const THREADS_PER_QUEUE: usize = 4;
+/// fetch does not hold up the CPU's other readers. Four (measured, 2 CPUs), fewer on big
+/// machines, at least two: every thread holds a payload buffer.
+fn threads_per_queue(cpus: usize) -> usize {
+    (16 / cpus.max(1)).clamp(2, 4)
+}
+
 /// Ring entries (requests in hand at once) per thread. One: a second would wait behind a
 /// backend fetch of the first even when its own data is cached.
 const ENTRIES_PER_THREAD: usize = 1;
@@ -43,7 +47,6 @@ const FUSE_OUT_HEADER_SIZE: u32 = 16;
 pub struct RingRequest<'a> {
     pub opcode: u32,
     pub nodeid: u64,
-    pub uid: u32,
     /// The opcode's fixed argument (`fuse_read_in`, ...), zero-padded to 128 bytes.
     pub op_in: &'a [u8],
     /// Bytes of variable argument (a name, ...) at the start of the payload buffer.
@@ -108,16 +111,18 @@ pub fn enabled() -> bool {
     std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring").is_ok_and(|s| s.trim() == "Y")
 }
 
-/// CPUs the kernel makes queues for (`num_possible_cpus`).
+/// How many queues the kernel makes: one per possible CPU (`num_possible_cpus`, a count;
+/// a request goes to the queue numbered as its reader's CPU).
 fn possible_cpus() -> usize {
     let s = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
-    let mut n = 0;
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
-            n = n.max(b + 1).max(a + 1);
-        }
-    }
+    let n: usize = s
+        .trim()
+        .split(',')
+        .filter_map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            Some(b.parse::<usize>().ok()?.checked_sub(a.parse::<usize>().ok()?)? + 1)
+        })
+        .sum();
     n.max(1)
 }
 
@@ -132,9 +137,10 @@ pub struct Prepared {
 /// Makes one io_uring per server thread, or says why not.
 pub fn prepare() -> std::io::Result<Prepared> {
     let cpus = possible_cpus();
-    let mut rings = Vec::with_capacity(cpus * THREADS_PER_QUEUE);
+    let per_queue = threads_per_queue(cpus);
+    let mut rings = Vec::with_capacity(cpus * per_queue);
     for cpu in 0..cpus {
-        for _ in 0..THREADS_PER_QUEUE {
+        for _ in 0..per_queue {
             let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build((ENTRIES_PER_THREAD * 2) as u32)?;
             rings.push((cpu, ring));
         }
@@ -291,12 +297,11 @@ fn answer(e: &mut Entry, handler: &dyn RingHandler) -> u64 {
     let opcode = u32_at(h, 4);
     let unique = u64_at(h, 8);
     let nodeid = u64_at(h, 16);
-    let uid = u32_at(h, 24);
     let commit_id = u64_at(h, ENT_IN_OUT_AT + 8);
     let payload_len = (u32_at(h, ENT_IN_OUT_AT + 16) as usize).min(e.payload.len());
     let mut op_in = [0u8; 128];
     op_in.copy_from_slice(&h[OP_IN_AT..OP_IN_AT + 128]);
-    let req = RingRequest { opcode, nodeid, uid, op_in: &op_in, payload_len };
+    let req = RingRequest { opcode, nodeid, op_in: &op_in, payload_len };
     // A panic answers EIO: the reader must not wait for ever on a request no thread holds.
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&req, &mut e.payload)));
     let (error, len) = match res {
