@@ -132,32 +132,52 @@ fn concurrent_readers_share_fetches_and_get_exact_bytes() {
 
 #[test]
 fn a_fully_cached_image_is_read_without_the_mount_process() {
+    read_without_the_mount_process("fanotify", false);
+}
+
+/// Kernel mode mounts a blob complete in the cache straight from its cache file: a cached
+/// image mounted again reads without the process (no FUSE view in between).
+#[test]
+fn a_cached_image_mounted_again_in_kernel_mode_is_read_without_the_mount_process() {
+    read_without_the_mount_process("kernel", true);
+}
+
+/// Mounts the image in `mode`, reads everything once (every blob complete in the cache),
+/// mounts it again if `remount`, then freezes the mount process: a read that needed it would
+/// wait, so with the page cache dropped a reader with a deadline shows it does not.
+fn read_without_the_mount_process(mode: &str, remount: bool) {
     let img = image();
     let work = img.dir.path().join("f");
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
-        .arg("mount")
-        .arg(img.bootstrap())
-        .arg(&mnt)
-        .args(["--mode", "fanotify", "--no-prefetch", "--blob-dir"])
-        .arg(img.dir.path().join("out"))
-        .arg("--cache-dir")
-        .arg(work.join("cache"))
-        .arg("--runtime-dir")
-        .arg(work.join("run"))
-        .spawn()
-        .unwrap();
+    let mount = || {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+            .arg("mount")
+            .arg(img.bootstrap())
+            .arg(&mnt)
+            .args(["--mode", mode, "--no-prefetch", "--blob-dir"])
+            .arg(img.dir.path().join("out"))
+            .arg("--cache-dir")
+            .arg(work.join("cache"))
+            .arg("--runtime-dir")
+            .arg(work.join("run"))
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while !mnt.join("files").exists() {
+            assert!(started.elapsed() < Duration::from_secs(20), "mount did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    let mut child = mount();
     let _g = MountGuard(mnt.clone());
-    let started = Instant::now();
-    while !mnt.join("files").exists() {
-        assert!(started.elapsed() < Duration::from_secs(20), "mount did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Read everything once: every blob becomes complete, and unwatched.
     assert_same_tree("first read", &snapshot(&img.src()), &snapshot(&mnt), Skip::default());
-    // Freeze the mount process: a read that needed it would wait. With the page cache
-    // dropped, a reader in another process (with a deadline) reads the cache files directly.
+    if remount {
+        naiad_ok(args!["umount", mnt]);
+        assert!(child.wait().unwrap().success());
+        child = mount();
+    }
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
