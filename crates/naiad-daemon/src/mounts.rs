@@ -181,10 +181,6 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
     );
     let mountpoint = std::path::absolute(&spec.mountpoint).map_err(DaemonError::io(spec.mountpoint.display()))?;
     let blobs = bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size)).collect::<std::result::Result<Vec<_>, _>>()?;
-    // The connection to the backend is opened while the image mounts, not by its first read.
-    if let Some((b, _)) = bs.extension().blobs.iter().zip(&blobs).find(|(_, c)| !c.is_complete()) {
-        fetcher.warm_up(b.digest);
-    }
     let mode = match spec.mode {
         Mode::Auto => {
             let (mode, why) = auto_mode(cache.dir());

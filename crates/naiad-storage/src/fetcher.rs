@@ -198,38 +198,6 @@ impl Fetcher {
     }
 
     /// Runs `f` as one of at most `max_requests` concurrent backend requests.
-    /// One backend request, counted and timed.
-    fn request(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let t = Instant::now();
-        let read = self.limited(|| self.backend.read(digest, offset, len));
-        let secs = t.elapsed().as_secs_f64();
-        let bucket = LATENCY_BUCKETS_SECS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS_SECS.len());
-        self.stats.latency[bucket].fetch_add(1, Ordering::Relaxed);
-        self.stats.latency_sum_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
-        read
-    }
-
-    /// Opens the way to the backend ahead of the first read, in the background. A cold
-    /// image's first read would otherwise also pay for the connection (TCP, TLS, a pull
-    /// token, a redirect to remember). One byte of blob `digest` is read and dropped; a
-    /// failure counts as an error and is logged, and does not hold back the reads after it.
-    pub fn warm_up(self: &Arc<Self>, digest: Digest32) {
-        let f = self.clone();
-        let spawned = std::thread::Builder::new().name("naiad-warm-up".into()).spawn(move || match f.request(&digest, 0, 1) {
-            Ok(b) => {
-                f.stats.bytes_fetched.fetch_add(b.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                f.stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "warming up the backend failed");
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::debug!(error = %e, "no thread to warm up the backend");
-        }
-    }
-
     fn limited<T>(&self, f: impl FnOnce() -> T) -> T {
         let (count, cv) = &self.requests;
         let mut n = count.lock().expect("request count");
@@ -397,11 +365,17 @@ impl Fetcher {
                     return Err(StorageError::Backend { backend: self.backend.name(), detail: format!("unavailable (retried shortly): {why}") });
                 }
             }
-            let read = self.request(blob.digest(), start, len);
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let t = Instant::now();
+            let read = self.limited(|| self.backend.read(blob.digest(), start, len));
             *self.down.lock().expect("down lock") = match &read {
                 Err(StorageError::Backend { detail, .. }) => Some((Instant::now() + BACKEND_RETRY_AFTER, detail.clone())),
                 _ => None,
             };
+            let secs = t.elapsed().as_secs_f64();
+            let bucket = LATENCY_BUCKETS_SECS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS_SECS.len());
+            self.stats.latency[bucket].fetch_add(1, Ordering::Relaxed);
+            self.stats.latency_sum_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
             let bytes = read?;
             if bytes.len() as u64 != len {
                 return Err(StorageError::Mismatch { blob: to_hex(blob.digest()), detail: format!("backend {} returned {} bytes, asked {len}", self.backend.name(), bytes.len()) });

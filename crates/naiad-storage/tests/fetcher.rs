@@ -215,31 +215,3 @@ fn after_a_backend_failure_reads_fail_fast_then_the_backend_is_tried_again() {
         assert_eq!(buf, big[i << 20..(i << 20) + r.size as usize]);
     }
 }
-
-/// The warm-up reads one byte, counted as a request; a failed one is an error in the
-/// counters and does not make the next read fail fast.
-#[test]
-fn a_warm_up_is_one_counted_request_and_a_failed_one_holds_nothing_back() {
-    let (_dir, bs, _big, backend, cache) = setup(false);
-    let ext = bs.extension();
-    let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
-    let fetcher = Arc::new(Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES));
-    let settled = |what: &str, f: &dyn Fn() -> bool| {
-        let started = std::time::Instant::now();
-        while !f() {
-            assert!(started.elapsed() < std::time::Duration::from_secs(10), "{what}");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    };
-    fetcher.warm_up(ext.blobs[0].digest);
-    settled("the warm-up was not sent", &|| fetcher.stats.bytes_fetched.load(Ordering::SeqCst) == 1);
-    assert_eq!((backend.requests.load(Ordering::SeqCst), fetcher.stats.requests.load(Ordering::SeqCst)), (1, 1));
-    assert_eq!(blob.present_bytes(), 0, "a warm-up caches nothing");
-    backend.down.store(true, Ordering::SeqCst);
-    fetcher.warm_up(ext.blobs[0].digest);
-    settled("the failed warm-up was not counted", &|| fetcher.stats.errors.load(Ordering::SeqCst) == 1);
-    backend.down.store(false, Ordering::SeqCst);
-    let recs = records(&bs, b"/big");
-    fetcher.ensure(&blob, &recs[..1]).unwrap();
-    assert_eq!(backend.requests.load(Ordering::SeqCst), 3);
-}
