@@ -4,8 +4,8 @@
 //! A FUSE connection lives as long as one process holds its `/dev/fuse` descriptor. At
 //! mount time the server hands a copy to a small keeper process (`naiad fuse-keeper`, in its
 //! own session), which does nothing but hold it, and exits within a second of the
-//! connection's end (the mount is gone). When the server dies, reads on the mount wait in the kernel's queue
-//! instead of failing. The next server copies the descriptor back from the keeper
+//! connection's end (the mount is gone). When the server dies, reads on the mount wait in
+//! the kernel's queue instead of failing. The next server copies the descriptor back from the keeper
 //! (`pidfd_getfd`) and serves it; it asks the kernel to send again the requests the dead
 //! server had read but not answered (`FUSE_NOTIFY_RESEND`, Linux 6.9), so no reader is
 //! left waiting.
@@ -47,9 +47,10 @@ pub fn run_keeper(fd: i32, socket: &Path) -> Result<()> {
     let pid = std::process::id();
     // Leaving, the socket file is removed only if it is still this keeper's: the mount point
     // may have been mounted again meanwhile, with a new keeper on the same path.
-    let ours = std::fs::metadata(socket).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    let ino = || std::fs::metadata(socket).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    let ours = ino();
     let leave = || {
-        if std::fs::metadata(socket).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok() == ours {
+        if ino() == ours {
             let _ = std::fs::remove_file(socket);
         }
     };

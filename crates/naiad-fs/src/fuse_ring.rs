@@ -56,13 +56,21 @@ pub struct RingRequest<'a> {
 impl RingRequest<'_> {
     /// The `u64` at byte `at` of the fixed argument.
     pub fn u64_at(&self, at: usize) -> u64 {
-        u64::from_le_bytes(self.op_in[at..at + 8].try_into().expect("8 bytes"))
+        le_u64(self.op_in, at)
     }
 
     /// The `u32` at byte `at` of the fixed argument.
     pub fn u32_at(&self, at: usize) -> u32 {
-        u32::from_le_bytes(self.op_in[at..at + 4].try_into().expect("4 bytes"))
+        le_u32(self.op_in, at)
     }
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// A filesystem that answers requests from the ring. `payload` holds the request's variable
@@ -291,17 +299,11 @@ fn serve(mut ring: Ring, cpu: usize, fd: &OwnedFd, handler: &dyn RingHandler, re
 
 /// Answers the request in `e` in place; returns its commit id.
 fn answer(e: &mut Entry, handler: &dyn RingHandler) -> u64 {
-    let h = &mut e.header.0;
-    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
-    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-    let opcode = u32_at(h, 4);
-    let unique = u64_at(h, 8);
-    let nodeid = u64_at(h, 16);
-    let commit_id = u64_at(h, ENT_IN_OUT_AT + 8);
-    let payload_len = (u32_at(h, ENT_IN_OUT_AT + 16) as usize).min(e.payload.len());
-    let mut op_in = [0u8; 128];
-    op_in.copy_from_slice(&h[OP_IN_AT..OP_IN_AT + 128]);
-    let req = RingRequest { opcode, nodeid, op_in: &op_in, payload_len };
+    let h = &e.header.0;
+    let (opcode, unique, nodeid) = (le_u32(h, 4), le_u64(h, 8), le_u64(h, 16));
+    let commit_id = le_u64(h, ENT_IN_OUT_AT + 8);
+    let payload_len = (le_u32(h, ENT_IN_OUT_AT + 16) as usize).min(e.payload.len());
+    let req = RingRequest { opcode, nodeid, op_in: &h[OP_IN_AT..ENT_IN_OUT_AT], payload_len };
     // A panic answers EIO: the reader must not wait for ever on a request no thread holds.
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&req, &mut e.payload)));
     let (error, len) = match res {
@@ -312,6 +314,7 @@ fn answer(e: &mut Entry, handler: &dyn RingHandler) -> u64 {
             (-libc::EIO, 0)
         }
     };
+    let h = &mut e.header.0;
     h[0..4].copy_from_slice(&(FUSE_OUT_HEADER_SIZE + len as u32).to_le_bytes());
     h[4..8].copy_from_slice(&error.to_le_bytes());
     h[8..16].copy_from_slice(&unique.to_le_bytes());

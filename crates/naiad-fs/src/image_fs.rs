@@ -142,6 +142,15 @@ impl ImageFs {
         self.bs.inode(entries[i].nid).map_err(|_| Errno::EIO)
     }
 
+    /// A regular file's inode (EISDIR for anything else: the only reads the kernel sends).
+    fn regular(&self, ino: INodeNo) -> Result<Inode, Errno> {
+        self.inode(ino).and_then(|i| if i.is_reg() { Ok(i) } else { Err(Errno::EISDIR) })
+    }
+
+    fn symlink_target(&self, ino: INodeNo) -> Result<Vec<u8>, Errno> {
+        self.inode(ino).and_then(|i| self.bs.symlink_target(&i).map_err(|_| Errno::EIO))
+    }
+
     fn xattrs(&self, ino: INodeNo) -> Result<Xattrs, Errno> {
         self.inode(ino).and_then(|i| self.bs.xattrs(&i).map_err(|_| Errno::EIO))
     }
@@ -268,7 +277,7 @@ impl fuser::Filesystem for ImageFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.inode(ino).and_then(|i| self.bs.symlink_target(&i).map_err(|_| Errno::EIO)) {
+        match self.symlink_target(ino) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
@@ -288,8 +297,7 @@ impl fuser::Filesystem for ImageFs {
     }
 
     fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<fuser::LockOwner>, reply: ReplyData) {
-        let res = self.inode(ino).and_then(|i| if i.is_reg() { self.read_file(&i, offset, u64::from(size)) } else { Err(Errno::EISDIR) });
-        match res {
+        match self.regular(ino).and_then(|i| self.read_file(&i, offset, u64::from(size))) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
         }
@@ -352,29 +360,26 @@ impl RingHandler for ImageFs {
     fn handle(&self, req: &RingRequest<'_>, buf: &mut [u8]) -> Result<usize, i32> {
         let ino = INodeNo(req.nodeid);
         let errno = |e: Errno| i32::from(e);
-        // The variable argument: a NUL-terminated name.
-        let name = |buf: &[u8]| -> Vec<u8> {
-            let n = &buf[..req.payload_len];
-            n.strip_suffix(&[0]).unwrap_or(n).to_vec()
-        };
+        // The variable argument: a NUL-terminated name (read before the reply overwrites it).
+        let len = req.payload_len;
+        fn name(buf: &[u8], len: usize) -> &[u8] {
+            buf[..len].strip_suffix(&[0]).unwrap_or(&buf[..len])
+        }
         match req.opcode {
             op::LOOKUP => {
-                let child = self.child(ino, &name(buf)).map_err(errno)?;
+                let child = self.child(ino, name(buf, len)).map_err(errno)?;
                 Ok(wire::entry(buf, &self.attr(&child), TTL))
             }
             op::GETATTR => Ok(wire::attr_out(buf, &self.attr(&self.inode(ino).map_err(errno)?), TTL)),
             op::READLINK => {
-                let t = self.inode(ino).and_then(|i| self.bs.symlink_target(&i).map_err(|_| Errno::EIO)).map_err(errno)?;
+                let t = self.symlink_target(ino).map_err(errno)?;
                 let n = t.len().min(buf.len());
                 buf[..n].copy_from_slice(&t[..n]);
                 Ok(n)
             }
             op::READ => {
                 let (offset, size) = (req.u64_at(8), req.u32_at(16) as usize);
-                let i = self.inode(ino).map_err(errno)?;
-                if !i.is_reg() {
-                    return Err(libc::EISDIR);
-                }
+                let i = self.regular(ino).map_err(errno)?;
                 let n = size.min(buf.len());
                 self.read_file_into(&i, offset, &mut buf[..n]).map_err(errno)
             }
@@ -398,7 +403,7 @@ impl RingHandler for ImageFs {
             }
             op::STATFS => Ok(wire::statfs(buf, self.total_blocks(), 0, 0, 0, 0, BLOCK_SIZE_BYTES as u32, 255, BLOCK_SIZE_BYTES as u32)),
             op::GETXATTR => {
-                let v = self.xattr_value(ino, &name(buf)).map_err(errno)?;
+                let v = self.xattr_value(ino, name(buf, len)).map_err(errno)?;
                 wire::xattr(buf, &v, req.u32_at(0))
             }
             op::LISTXATTR => wire::xattr(buf, &self.xattr_names(ino).map_err(errno)?, req.u32_at(0)),

@@ -35,16 +35,17 @@ pub fn mount_kernel_mode(
     keep: Option<&Keep>,
 ) -> Result<LazyMount> {
     let ext = bs.extension();
-    let (mut files, mut devices) = (Vec::new(), Vec::new());
+    let (mut files, mut complete) = (Vec::new(), Vec::new());
     for (i, b) in ext.blobs.iter().enumerate() {
         let blob = cache.blob(&b.digest, b.view_size)?;
         // A blob complete in the cache is read by EROFS straight from its cache file, like a
         // local one: nothing of it goes through this process (a remount of a cached image).
-        devices.push(if blob.is_complete() { blob.data_path().to_path_buf() } else { views_dir.join(naiad_format::digest::to_hex(&b.digest)) });
+        complete.push(blob.is_complete().then(|| blob.data_path().to_path_buf()));
         let chunks = ext.blob_chunks(i as u32).to_vec();
         files.push(ViewFile::new(blob, chunks));
     }
     let fs = BlobViewFs::new(files, fetcher.clone());
+    let devices: Vec<PathBuf> = complete.into_iter().enumerate().map(|(i, c)| c.unwrap_or_else(|| views_dir.join(fs.file_name(i)))).collect();
     let mut config = fuser::Config::default();
     config.mount_options = vec![fuser::MountOption::RO, fuser::MountOption::FSName("naiad-views".into()), fuser::MountOption::Subtype("naiad".into())];
     // Only take over views that still carry the image: otherwise start afresh.

@@ -215,12 +215,7 @@ fn a_killed_daemon_costs_readers_a_delay_in_fuse_mode() {
 /// killed with `kill -9` (first before any read, then mid-read) and started again.
 fn restart_under_readers(mode: &str) {
     let img = image();
-    let work = img.dir.path().join("g");
-    let mnt = work.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mut daemon = start_daemon(&work);
-    let _g = MountGuard(mnt.clone());
-    naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "mount", img.bootstrap(), mnt, "--blob-dir", img.dir.path().join("out"), "--mode", mode, "--no-prefetch"]);
+    let (work, mnt, mut daemon, _g) = daemon_mount(&img, "g", mode);
     // Every regular file of the source, with its bytes.
     let files: Vec<(PathBuf, Vec<u8>)> = walk(&img.src()).into_iter().map(|p| (p.strip_prefix(img.src()).unwrap().to_path_buf(), std::fs::read(&p).unwrap())).collect();
     assert!(files.len() > 10);
@@ -283,12 +278,7 @@ fn restart_under_readers(mode: &str) {
 #[test]
 fn the_fuse_keeper_sleeps_through_requests() {
     let img = image();
-    let work = img.dir.path().join("k");
-    let mnt = work.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mut daemon = start_daemon(&work);
-    let _g = MountGuard(mnt.clone());
-    naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "mount", img.bootstrap(), mnt, "--blob-dir", img.dir.path().join("out"), "--mode", "fuse", "--no-prefetch"]);
+    let (work, mnt, mut daemon, _g) = daemon_mount(&img, "k", "fuse");
     let keeper = process_running(&["fuse-keeper", mnt.to_str().unwrap()]).expect("a fuse keeper for the mount");
     // A lookup of a missing name is not cached (no negative entry): every one is a request.
     let (before, started) = (context_switches(keeper), Instant::now());
@@ -302,6 +292,18 @@ fn the_fuse_keeper_sleeps_through_requests() {
     assert!(daemon.wait().unwrap().success());
     // It looks at the connection once a second.
     assert!(woke <= 3 + 2 * secs, "the keeper woke {woke} times during {lookups} lookups in {secs} s");
+}
+
+/// A daemon started in the work directory `dir` of the image's temp dir, and the image
+/// mounted through it in `mode` at `dir/mnt`: (work dir, mount point, daemon, guard).
+fn daemon_mount(img: &Image, dir: &str, mode: &str) -> (PathBuf, PathBuf, std::process::Child, MountGuard) {
+    let work = img.dir.path().join(dir);
+    let mnt = work.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let daemon = start_daemon(&work);
+    let guard = MountGuard(mnt.clone());
+    naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "mount", img.bootstrap(), mnt, "--blob-dir", img.dir.path().join("out"), "--mode", mode, "--no-prefetch"]);
+    (work, mnt, daemon, guard)
 }
 
 /// The pid of the process whose command line has every one of `words`.
