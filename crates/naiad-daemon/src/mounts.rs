@@ -181,7 +181,7 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
     );
     let mountpoint = std::path::absolute(&spec.mountpoint).map_err(DaemonError::io(spec.mountpoint.display()))?;
     let blobs = bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size)).collect::<std::result::Result<Vec<_>, _>>()?;
-    let mode = match spec.mode {
+    let mut mode = match spec.mode {
         Mode::Auto => {
             let (mode, why) = auto_mode(cache.dir());
             if let Some(why) = why {
@@ -200,7 +200,18 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
         Mode::Auto => unreachable!("resolved above"),
         Mode::Fanotify => {
             let exe = std::env::current_exe().map_err(DaemonError::io("the naiad executable"))?;
-            Box::new(naiad_fs::fanotify::mount_fanotify_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &mountpoint, runtime_dir, &exe)?)
+            match naiad_fs::fanotify::mount_fanotify_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &mountpoint, runtime_dir, &exe) {
+                Ok(m) => Box::new(m),
+                // The mode was not asked for: a cache that cannot hold the frame files (a
+                // full disk) still lets kernel mode serve reads, from memory.
+                Err(e @ naiad_fs::FsError::Storage(_)) if spec.mode == Mode::Auto => {
+                    tracing::warn!(error = %e, "fanotify mode cannot set up its cache files; mounting in kernel mode");
+                    mode = Mode::Kernel;
+                    let keep = keep_fuse.then(|| fuse_keep(runtime_dir)).transpose()?;
+                    Box::new(naiad_fs::lazy::mount_kernel_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &views_dir(runtime_dir, &mountpoint), &mountpoint, keep.as_ref())?)
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Mode::Kernel => {
             Box::new(naiad_fs::lazy::mount_kernel_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &views_dir(runtime_dir, &mountpoint), &mountpoint, keep.as_ref())?)

@@ -449,8 +449,7 @@ impl Bootstrap {
         if !ino.is_chunk_based() || index >= ino.chunk_count() {
             return Err(bad("no such chunk".into()));
         }
-        let body = ino.offset(self) + ino.header_size + ino.xattr_size;
-        let at = align8(body) + index * CHUNK_INDEX_SIZE_BYTES;
+        let at = self.chunk_index_offset(ino, index);
         let raw = ChunkIndex::read_from_bytes(slice(self.erofs(), at, 8, "chunk index")?).map_err(|_| bad("unreadable".into()))?;
         let blk = raw.blkaddr.get();
         if blk == NULL_ADDR {
@@ -469,6 +468,11 @@ impl Bootstrap {
             return Err(bad(format!("chunk record holds {} bytes, file needs {want}", rec.size)));
         }
         Ok(ChunkSlot::Data(rec))
+    }
+
+    /// Byte offset of chunk index `index` of a chunk-based file.
+    pub(crate) fn chunk_index_offset(&self, ino: &Inode, index: u64) -> u64 {
+        align8(ino.offset(self) + ino.header_size + ino.xattr_size) + index * CHUNK_INDEX_SIZE_BYTES
     }
 
     /// Visits every entry of the tree depth first in sorted order (the root first, with an

@@ -34,6 +34,10 @@ pub const FEATURE_INCOMPAT_DEVICE_TABLE: u32 = 0x0000_0008;
 pub const FEATURE_INCOMPAT_ZERO_PADDING: u32 = 0x0000_0001;
 /// Compat feature: per-inode mtime in compact inodes.
 pub const FEATURE_COMPAT_MTIME: u32 = 0x0000_0002;
+/// Feature bit: the superblock carries a CRC32C checksum.
+pub const FEATURE_COMPAT_SB_CHKSUM: u32 = 0x0000_0001;
+/// Offset of `i_u` (raw block address, rdev or chunk format) in both inode forms.
+pub const I_U_OFFSET_BYTES: usize = 16;
 
 /// Data layouts (bits 1..3 of `i_format`).
 pub const LAYOUT_FLAT_PLAIN: u16 = 0;

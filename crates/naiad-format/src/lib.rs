@@ -20,6 +20,7 @@ pub mod digest;
 pub mod erofs;
 mod error;
 pub mod extension;
+pub mod remap;
 pub mod tree;
 pub mod writer;
 

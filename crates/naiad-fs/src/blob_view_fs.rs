@@ -53,6 +53,21 @@ impl BlobViewFs {
         BlobViewFs { files, fetcher, mounted_at: SystemTime::now() }
     }
 
+    /// Number of blob files.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether there is no blob file.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Blob file `i`.
+    pub fn file(&self, i: usize) -> &ViewFile {
+        &self.files[i]
+    }
+
     /// File name of blob `i` (its hex digest).
     pub fn file_name(&self, i: usize) -> String {
         to_hex(self.files[i].blob.digest())

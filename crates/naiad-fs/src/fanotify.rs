@@ -1,14 +1,15 @@
-//! The fanotify mode: the kernel's EROFS mounted straight on the chunk cache's data files
-//! (sparse, in the blob's uncompressed-view layout), each file not yet complete watched by a
-//! fanotify pre-content group (`FAN_CLASS_PRE_CONTENT`, `FAN_PRE_ACCESS`, Linux 6.14+).
+//! The fanotify mode: the kernel's EROFS mounted straight on the chunk cache's frame files
+//! (one sparse file per frame, its chunks at their view offsets; one EROFS device each), each
+//! file not yet complete watched by a fanotify pre-content group (`FAN_CLASS_PRE_CONTENT`,
+//! `FAN_PRE_ACCESS`, Linux 6.14+).
 //!
-//! A read of a data file — EROFS reading its device — first raises an event naming the file
+//! A read of a frame file — EROFS reading its device — first raises an event naming the file
 //! range. A worker fetches the chunks covering the range (verified, one fetch per chunk, the
-//! same fetcher as the other modes), writes them into the cache file, and only then answers
+//! same fetcher as the other modes), writes them into the cache, and only then answers
 //! `FAN_ALLOW`; if they cannot be fetched it answers a denial with `EIO`, so a hole is never
-//! read as data. Nothing sits on the data path once data is cached but the event round trip,
-//! and a file whose whole view is present is unwatched: from then on the kernel reads it like
-//! any local file.
+//! read as data. A fetch fills whole frames, so the file read is complete from then on, and
+//! the keeper unwatches it: the kernel reads it like any local file, with nothing in user
+//! space. Only reads of frames never read before cost an event.
 //!
 //! The fetcher's own writes into a watched file raise no event (pre-content events are for
 //! reads), so filling never waits on itself.
@@ -28,7 +29,7 @@ use naiad_storage::fetcher::{chunks_starting_in, Fetcher, FrameIndex, Readahead}
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc, Mutex};
 use crate::fanotify_keeper::{i32_at, recv, send, socket_path, u64_at};
@@ -46,22 +47,30 @@ const METADATA_LEN: usize = 24;
 /// Threads answering events (each may wait on the backend).
 pub const FANOTIFY_WORKERS: usize = 8;
 
-/// One watched cache file.
+/// One blob of the image.
 struct Watched {
     blob: Arc<CachedBlob>,
     /// The image's chunks of this blob, by view offset.
     chunks: Vec<ChunkRecord>,
     frames: Arc<FrameIndex>,
     ra: Readahead,
-    /// Identity of the data file, as the keeper names it.
+}
+
+/// One frame file of the mount: its identity as the keeper names it, its blob, its frame,
+/// the view range its chunks span, and whether it was complete when the mount was made.
+struct FrameFile {
     dev: u64,
     ino: u64,
-    /// Whether the file is still watched.
-    marked: AtomicBool,
+    blob: usize,
+    frame: u64,
+    span: std::ops::Range<u64>,
+    complete: bool,
 }
 
 struct Shared {
     files: Vec<Watched>,
+    /// Blob of each frame file, by (dev, ino).
+    blob_of: HashMap<(u64, u64), usize>,
     fetcher: Arc<Fetcher>,
     /// The connection to the keeper (writes; a clone reads).
     keeper: Mutex<UnixStream>,
@@ -110,6 +119,16 @@ pub(crate) fn fan_mark(group: &OwnedFd, add: bool, path: &Path) -> std::io::Resu
     Ok(())
 }
 
+/// Removes the group's mark of the file `fd` refers to.
+pub(crate) fn fan_unmark_fd(group: &OwnedFd, fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: valid fds; a null path means the file `fd` itself.
+    let r = unsafe { libc::fanotify_mark(group.as_raw_fd(), libc::FAN_MARK_REMOVE, FAN_PRE_ACCESS, fd, std::ptr::null()) };
+    if r < 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
 /// Answers the event whose fd is `fd`: allow, or deny with EIO.
 pub(crate) fn respond(group: &OwnedFd, fd: RawFd, allow: bool) {
     let response = if allow { libc::FAN_ALLOW } else { libc::FAN_DENY | ((libc::EIO as u32) << FAN_ERRNO_SHIFT) };
@@ -137,7 +156,10 @@ pub fn supported(dir: &Path) -> std::result::Result<(), String> {
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<PathBuf> {
-    let p = dir.join(format!(".fanotify-probe-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Unique per call: threads of one process may probe at once.
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = dir.join(format!(".fanotify-probe-{}-{n}", std::process::id()));
     std::fs::File::create(&p)?;
     Ok(p)
 }
@@ -203,36 +225,58 @@ pub fn keeper_alive(runtime_dir: &Path, mountpoint: &Path) -> bool {
 pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCache, fetcher: Arc<Fetcher>, mountpoint: &Path, runtime_dir: &Path, keeper_exe: &Path) -> Result<FanotifyMount> {
     let ext = bs.extension();
     let mut files = Vec::new();
+    let mut frames = Vec::new();
     for (i, b) in ext.blobs.iter().enumerate() {
         let blob = cache.blob(&b.digest, b.view_size)?;
-        let md = std::fs::metadata(blob.data_path()).map_err(FsError::io(blob.data_path()))?;
         let chunks = ext.blob_chunks(i as u32).to_vec();
-        let frames = Arc::new(FrameIndex::new(chunks.clone()));
-        let marked = AtomicBool::new(!blob.is_complete());
-        files.push(Watched { blob, chunks, frames, ra: Readahead::default(), dev: md.dev(), ino: md.ino(), marked });
+        let index = Arc::new(FrameIndex::new(chunks.clone()));
+        for f in index.frames() {
+            let frame = f[0].compressed_offset;
+            // Opened (and created) here, before any watch: see `start_keeper`.
+            let file = blob.frame(frame)?;
+            let md = std::fs::metadata(file.path()).map_err(FsError::io(file.path()))?;
+            let span = f.iter().map(|c| c.view_offset).min().unwrap_or(0)..f.iter().map(|c| c.view_offset + block_align(u64::from(c.size))).max().unwrap_or(0);
+            frames.push(FrameFile { dev: md.dev(), ino: md.ino(), blob: i, frame, span, complete: blob.all_present(f) });
+        }
+        files.push(Watched { blob, chunks, frames: index, ra: Readahead::default() });
     }
     let sock = socket_path(runtime_dir, mountpoint);
     let attach = UnixStream::connect(&sock).ok().filter(|_| crate::kernel::is_erofs_mounted(mountpoint));
     let attached = attach.is_some();
+    let plan = if attached {
+        None
+    } else {
+        let blobs: Vec<_> = files.iter().map(|w| crate::devices::BlobDevices { blob: &w.blob, frames: &w.frames, view: None }).collect();
+        Some(crate::devices::plan(bs, &blobs, |_, _| true)?)
+    };
     let stream = match attach {
         Some(s) => s,
-        None => start_keeper(&files, mountpoint, runtime_dir, keeper_exe, &sock)?,
+        None => start_keeper(&files, &frames, mountpoint, runtime_dir, keeper_exe, &sock)?,
     };
     let io = |e: std::io::Error| FsError::Io { path: sock.clone(), cause: e };
-    take_writers(&stream, &files).map_err(|e| FsError::Invalid(format!("fanotify keeper {}: {e}", sock.display())))?;
+    take_writers(&stream, &files, &frames).map_err(|e| FsError::Invalid(format!("fanotify keeper {}: {e}", sock.display())))?;
     let mut w = stream.try_clone().map_err(io)?;
-    for f in &files {
-        let (map, data) = (f.blob.data_path().with_extension("map"), f.blob.data_path());
+    for (i, f) in files.iter().enumerate() {
         let mut m = vec![b'R'];
-        for v in [f.dev, f.ino, f.blob.view_size(), map.as_os_str().len() as u64] {
-            m.extend_from_slice(&v.to_le_bytes());
+        m.extend_from_slice(&(i as u32).to_le_bytes());
+        m.extend_from_slice(&f.blob.view_size().to_le_bytes());
+        m.extend_from_slice(f.blob.map_path().as_os_str().as_encoded_bytes());
+        send(&mut w, &m).map_err(io)?;
+    }
+    for batch in frames.chunks(FRAMES_PER_MESSAGE) {
+        let mut m = vec![b'F'];
+        for f in batch {
+            m.extend_from_slice(&f.dev.to_le_bytes());
+            m.extend_from_slice(&f.ino.to_le_bytes());
+            m.extend_from_slice(&(f.blob as u32).to_le_bytes());
+            m.extend_from_slice(&f.span.start.to_le_bytes());
+            m.extend_from_slice(&f.span.end.to_le_bytes());
         }
-        m.extend_from_slice(map.as_os_str().as_encoded_bytes());
-        m.extend_from_slice(data.as_os_str().as_encoded_bytes());
         send(&mut w, &m).map_err(io)?;
     }
     send(&mut w, b"G").map_err(io)?;
-    let shared = Arc::new(Shared { files, fetcher: fetcher.clone(), keeper: Mutex::new(w) });
+    let blob_of = frames.iter().map(|f| ((f.dev, f.ino), f.blob)).collect();
+    let shared = Arc::new(Shared { files, blob_of, fetcher: fetcher.clone(), keeper: Mutex::new(w) });
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     let mut threads = Vec::new();
@@ -244,17 +288,22 @@ pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkC
     let s = shared.clone();
     threads.push(std::thread::Builder::new().name("naiad-fan-listen".into()).spawn(move || listen(&s, stream, tx)).map_err(spawn_err)?);
     let mut m = FanotifyMount { mountpoint: mountpoint.into(), shared, threads, mounted: attached, fetcher };
-    if !attached {
+    if let Some(plan) = plan {
         std::fs::create_dir_all(mountpoint).map_err(FsError::io(mountpoint))?;
-        crate::kernel::mount_erofs(bootstrap_path, &m.shared.files.iter().map(|f| f.blob.data_path().to_path_buf()).collect::<Vec<_>>(), mountpoint)?;
+        let scratch = sock.with_extension("erofs");
+        crate::devices::mount(&plan, bootstrap_path, &scratch, mountpoint)?;
         m.mounted = true;
     }
     Ok(m)
 }
 
-/// Reads the keeper's `P` frame and makes every file's fills write through the keeper's
-/// descriptor of it (copied with `pidfd_getfd`), which raises no event.
-fn take_writers(stream: &UnixStream, files: &[Watched]) -> std::io::Result<()> {
+/// Frame registrations per message to the keeper (36 bytes each).
+const FRAMES_PER_MESSAGE: usize = 1024;
+
+/// Reads the keeper's `P` frame and makes every frame's fills write through the keeper's
+/// descriptor of its file (copied with `pidfd_getfd`), which raises no event. Frames the
+/// keeper has no descriptor for were complete when the image was mounted: never watched.
+fn take_writers(stream: &UnixStream, files: &[Watched], frames: &[FrameFile]) -> std::io::Result<()> {
     let mut r = stream.try_clone()?;
     r.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let f = recv(&mut r)?;
@@ -264,33 +313,34 @@ fn take_writers(stream: &UnixStream, files: &[Watched]) -> std::io::Result<()> {
     }
     let pid = u32::from_le_bytes(f[1..5].try_into().expect("4 bytes"));
     let n = u32::from_le_bytes(f[5..9].try_into().expect("4 bytes")) as usize;
+    let by_id: HashMap<(u64, u64), &FrameFile> = frames.iter().map(|fr| ((fr.dev, fr.ino), fr)).collect();
     for i in 0..n {
         let at = 9 + i * 20;
         let (dev, ino, fd) = (u64_at(&f, at), u64_at(&f, at + 8), i32_at(&f, at + 16));
-        let Some(w) = files.iter().find(|w| w.dev == dev && w.ino == ino) else { continue };
+        let Some(fr) = by_id.get(&(dev, ino)) else { continue };
         let file = std::fs::File::from(copy_fd(pid, fd)?);
-        w.blob.set_writer(file);
-    }
-    if let Some(w) = files.iter().find(|w| w.marked.load(Ordering::Relaxed) && !f[9..].chunks_exact(20).any(|e| u64_at(e, 0) == w.dev && u64_at(e, 8) == w.ino)) {
-        return Err(std::io::Error::other(format!("no writer for {}", w.blob.data_path().display())));
+        files[fr.blob].blob.set_frame_writer(fr.frame, file).map_err(|e| std::io::Error::other(e.to_string()))?;
     }
     Ok(())
 }
 
-/// Creates the group, watches the files not complete yet, and starts a keeper holding it;
-/// returns the connection to the keeper.
-fn start_keeper(files: &[Watched], mountpoint: &Path, runtime_dir: &Path, keeper_exe: &Path, sock: &Path) -> Result<UnixStream> {
+/// Creates the group, watches the frame files not complete yet, and starts a keeper holding
+/// it; returns the connection to the keeper.
+fn start_keeper(files: &[Watched], frames: &[FrameFile], mountpoint: &Path, runtime_dir: &Path, keeper_exe: &Path, sock: &Path) -> Result<UnixStream> {
     let group = fan_init().map_err(|e| FsError::Invalid(format!("fanotify_init: {e}")))?;
-    // The marks go on before EROFS opens the files: whether a file raises pre-content
-    // events is settled when it is opened.
-    for f in files.iter().filter(|f| f.marked.load(Ordering::Relaxed)) {
-        fan_mark(&group, true, f.blob.data_path()).map_err(|e| FsError::Invalid(format!("watching {}: {e}", f.blob.data_path().display())))?;
+    let watched: Vec<&FrameFile> = frames.iter().filter(|f| !f.complete).collect();
+    let mut writers = Vec::with_capacity(watched.len());
+    for f in &watched {
+        let file = files[f.blob].blob.frame(f.frame)?;
+        // The marks go on before EROFS opens the files: whether a file raises pre-content
+        // events is settled when it is opened.
+        fan_mark(&group, true, file.path()).map_err(|e| FsError::Invalid(format!("watching {}: {e}", file.path().display())))?;
+        // Opened before the watch (above, with the cache entry): writes through these raise
+        // no event. The keeper keeps them for later workers.
+        writers.push(file.writer_fd().as_raw_fd());
     }
     std::fs::create_dir_all(runtime_dir).map_err(FsError::io(runtime_dir))?;
     let raw = group.as_raw_fd();
-    // Opened before the watch (the cache entries were opened before it): writes through
-    // these raise no event. The keeper keeps them for later workers.
-    let writers: Vec<i32> = files.iter().map(|f| f.blob.writer_fd().as_raw_fd()).collect();
     let list = writers.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(",");
     let mut cmd = std::process::Command::new(keeper_exe);
     cmd.args(["fanotify-keeper", "--group-fd", &raw.to_string(), "--writer-fds", &list, "--socket"]).arg(sock).arg("--mountpoint").arg(mountpoint);
@@ -374,14 +424,14 @@ fn listen(s: &Shared, mut stream: UnixStream, tx: mpsc::Sender<Job>) {
             continue;
         }
         let (id, dev, ino, offset, count) = (i32_at(&f, 1), u64_at(&f, 5), u64_at(&f, 13), u64_at(&f, 21), u64_at(&f, 29));
-        match s.files.iter().position(|w| w.dev == dev && w.ino == ino) {
+        match s.blob_of.get(&(dev, ino)).copied() {
             Some(file) => {
                 let count = if count == u64::MAX { s.files[file].blob.view_size() } else { count };
                 if tx.send(Job { id, file, offset, count }).is_err() {
                     return;
                 }
             }
-            None => answer(s, id, true), // not a file of this image (cannot happen: the keeper asks per file)
+            None => answer(s, id, true), // not a file of this mount (cannot happen: the keeper asks per file)
         }
     }
 }
@@ -401,16 +451,9 @@ fn worker(s: &Shared, rx: &Mutex<mpsc::Receiver<Job>>) {
             Ok(j) => j,
             Err(_) => return,
         };
+        // The keeper unwatches the frame file once its whole frame is present.
         let ok = fill(s, &job);
         answer(s, job.id, ok);
-        let w = &s.files[job.file];
-        if ok && w.blob.is_complete() && w.marked.swap(false, Ordering::AcqRel) {
-            // Everything is here: the kernel may read this file without asking from now on.
-            let mut m = vec![b'U'];
-            m.extend_from_slice(&w.dev.to_le_bytes());
-            m.extend_from_slice(&w.ino.to_le_bytes());
-            let _ = send(&mut *s.keeper.lock().expect("keeper lock"), &m);
-        }
     }
 }
 
@@ -437,7 +480,7 @@ fn fill(s: &Shared, job: &Job) -> bool {
     match s.fetcher.ensure_with(&w.blob, &wanted, Some(&w.frames)) {
         Ok(()) => true,
         Err(e) => {
-            tracing::warn!(blob = %w.blob.data_path().display(), offset = job.offset, count = job.count, error = %e, "read failed");
+            tracing::warn!(blob = %naiad_format::digest::to_hex(w.blob.digest()), offset = job.offset, count = job.count, error = %e, "read failed");
             false
         }
     }

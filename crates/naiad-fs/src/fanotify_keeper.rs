@@ -24,11 +24,17 @@
 //! * the keeper itself is killed: the group closes; the worker sees its socket close and
 //!   reports it. It does nothing else, so it has nothing to crash on.
 //!
+//! Unwatching: every file is one frame of a blob (its chunks at their view offsets). When the
+//! keeper allows a read and the frame's whole span is present, it removes the file's mark:
+//! from then on the kernel reads that file without asking anyone. Frames filled ahead of any
+//! reader (readahead, prefetch) cost one event, answered here, and are unwatched then.
+//!
 //! Protocol: frames of `u32` length (little endian) then the payload, whose first byte is the
-//! kind. Worker to keeper: `R` register a file (dev, ino, view size, map path, data path),
-//! `G` go (registrations done; send pending events), `A` answer (event id, allow), `U` unwatch
-//! a complete file (dev, ino), `B` bye. Keeper to worker: `P` on connecting (its pid and the
-//! fd numbers of the writers, see below), `E` event (id, dev, ino, offset, count).
+//! kind. Worker to keeper: `R` register a blob (its number, view size, presence map path),
+//! `F` register frame files (per file: dev, ino, blob number, start and end of its span in
+//! the view), `G` go (registrations done; send pending events), `A` answer (event id, allow),
+//! `B` bye. Keeper to worker: `P` on connecting (its pid and the fd numbers of the writers,
+//! see below), `E` event (id, dev, ino, offset, count).
 //!
 //! Writers: a write into a watched file raises a pre-content event too, unless it goes
 //! through a descriptor opened before the file was watched. The first worker opens the files
@@ -72,12 +78,16 @@ pub(crate) fn send(s: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
     s.write_all(&frame)
 }
 
-/// Reads one frame (at most 64 KiB).
+/// Largest frame accepted: a writer list or a batch of registrations of an image with tens
+/// of thousands of frames fits.
+const MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// Reads one frame.
 pub(crate) fn recv(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
-    if len == 0 || len > 64 << 10 {
+    if len == 0 || len > MAX_FRAME_BYTES {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad frame length {len}")));
     }
     let mut buf = vec![0u8; len];
@@ -93,14 +103,13 @@ pub(crate) fn i32_at(b: &[u8], at: usize) -> i32 {
     b.get(at..at + 4).map_or(-1, |x| i32::from_le_bytes(x.try_into().expect("4 bytes")))
 }
 
-struct Registered {
+/// A blob's presence map.
+struct Blob {
     map: std::fs::File,
     view_size: u64,
-    data_path: PathBuf,
-    marked: bool,
 }
 
-impl Registered {
+impl Blob {
     /// Whether every block of the range is marked present in the map.
     fn present(&self, offset: u64, count: u64) -> bool {
         let end = offset.saturating_add(count).min(self.view_size);
@@ -119,6 +128,14 @@ impl Registered {
     }
 }
 
+/// A watched frame file.
+struct Registered {
+    blob: u32,
+    /// The view range its frame's chunks span.
+    span: std::ops::Range<u64>,
+    marked: bool,
+}
+
 struct Pending {
     fd: OwnedFd,
     dev: u64,
@@ -132,6 +149,7 @@ struct Keeper {
     /// Descriptors of the watched files opened before they were watched, by (dev, ino):
     /// writes through them raise no event. Handed to each worker (by `pidfd_getfd`).
     writers: Vec<(u64, u64, OwnedFd)>,
+    blobs: HashMap<u32, Blob>,
     files: HashMap<(u64, u64), Registered>,
     pending: BTreeMap<i32, Pending>,
     worker: Option<UnixStream>,
@@ -140,8 +158,23 @@ struct Keeper {
 
 impl Keeper {
     fn answer(&mut self, id: i32, allow: bool) {
-        if let Some(p) = self.pending.remove(&id) {
-            crate::fanotify::respond(&self.group, p.fd.as_raw_fd(), allow);
+        let Some(p) = self.pending.remove(&id) else { return };
+        if allow {
+            self.unwatch_if_complete(&p);
+        }
+        crate::fanotify::respond(&self.group, p.fd.as_raw_fd(), allow);
+    }
+
+    /// Unwatches the event's file if its whole frame is present: the kernel may read it
+    /// without asking from now on.
+    fn unwatch_if_complete(&mut self, p: &Pending) {
+        let Some(r) = self.files.get_mut(&(p.dev, p.ino)) else { return };
+        if !r.marked || !self.blobs.get(&r.blob).is_some_and(|b| b.present(r.span.start, r.span.end - r.span.start)) {
+            return;
+        }
+        match crate::fanotify::fan_unmark_fd(&self.group, p.fd.as_raw_fd()) {
+            Ok(()) => r.marked = false,
+            Err(e) => eprintln!("naiad fanotify-keeper: unwatching a complete frame: {e}"),
         }
     }
 
@@ -161,10 +194,14 @@ impl Keeper {
     /// Answers what the map shows present; forwards the rest.
     fn dispatch(&mut self, id: i32) {
         let Some(p) = self.pending.get(&id) else { return };
-        match self.files.get(&(p.dev, p.ino)) {
-            Some(f) if f.present(p.offset, p.count) => self.answer(id, true),
-            Some(_) => self.forward(id),
-            None => {} // registered later (a worker attaching): held until then
+        let present = match self.files.get(&(p.dev, p.ino)) {
+            Some(f) => self.blobs.get(&f.blob).is_some_and(|b| b.present(p.offset, p.count)),
+            None => return, // registered later (a worker attaching): held until then
+        };
+        if present {
+            self.answer(id, true);
+        } else {
+            self.forward(id);
         }
     }
 
@@ -185,16 +222,23 @@ impl Keeper {
     fn on_frame(&mut self, f: &[u8]) -> bool {
         match f[0] {
             b'R' => {
-                let (dev, ino, view_size) = (u64_at(f, 1), u64_at(f, 9), u64_at(f, 17));
-                let plen = u64_at(f, 25) as usize;
-                let (Some(map), Some(data)) = (f.get(33..33 + plen), f.get(33 + plen..)) else { return true };
-                let map_path = PathBuf::from(std::ffi::OsStr::from_bytes(map));
+                let (blob, view_size) = (u32::from_le_bytes(f.get(1..5).and_then(|b| b.try_into().ok()).unwrap_or([0; 4])), u64_at(f, 5));
+                let map_path = PathBuf::from(std::ffi::OsStr::from_bytes(f.get(13..).unwrap_or_default()));
                 match std::fs::File::open(&map_path) {
                     Ok(map) => {
-                        let data_path = PathBuf::from(std::ffi::OsStr::from_bytes(data));
-                        self.files.insert((dev, ino), Registered { map, view_size, data_path, marked: true });
+                        self.blobs.insert(blob, Blob { map, view_size });
                     }
                     Err(e) => eprintln!("naiad fanotify-keeper: {}: {e}", map_path.display()),
+                }
+            }
+            b'F' => {
+                for e in f[1..].chunks_exact(36) {
+                    let blob = u32::from_le_bytes(e[16..20].try_into().expect("4 bytes"));
+                    let span = u64_at(e, 20)..u64_at(e, 28).max(u64_at(e, 20));
+                    let key = (u64_at(e, 0), u64_at(e, 8));
+                    // A worker attaching registers again: what was unwatched stays so.
+                    let marked = self.files.get(&key).is_none_or(|r| r.marked);
+                    self.files.insert(key, Registered { blob, span, marked });
                 }
             }
             b'G' => {
@@ -205,13 +249,6 @@ impl Keeper {
                 }
             }
             b'A' => self.answer(i32_at(f, 1), f.get(5) == Some(&1)),
-            b'U' => {
-                if let Some(r) = self.files.get_mut(&(u64_at(f, 1), u64_at(f, 9))) {
-                    if std::mem::take(&mut r.marked) {
-                        let _ = crate::fanotify::fan_mark(&self.group, false, &r.data_path);
-                    }
-                }
-            }
             b'B' => return false,
             _ => {}
         }
@@ -249,7 +286,7 @@ pub fn run(group: i32, writers: &[i32], socket: &Path, mountpoint: &Path) -> std
         .collect::<std::io::Result<Vec<_>>>()?;
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
-    let mut k = Keeper { group, writers, files: HashMap::new(), pending: BTreeMap::new(), worker: None, ready: false };
+    let mut k = Keeper { group, writers, blobs: HashMap::new(), files: HashMap::new(), pending: BTreeMap::new(), worker: None, ready: false };
     let mut buf = vec![0u8; 64 << 10];
     let (mut seen_mounted, mut last_check, started) = (false, Instant::now(), Instant::now());
     let mut last_event = started.checked_sub(SPIN).unwrap_or(started);

@@ -8,6 +8,7 @@ use naiad_format::bootstrap::Bootstrap;
 use naiad_storage::chunk_cache::ChunkCache;
 use naiad_storage::fetcher::Fetcher;
 use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 
 /// A mounted lazy image; dropping it (or [`LazyMount::unmount`]) unmounts both layers.
@@ -35,17 +36,20 @@ pub fn mount_kernel_mode(
     keep: Option<&Keep>,
 ) -> Result<LazyMount> {
     let ext = bs.extension();
-    let (mut files, mut complete) = (Vec::new(), Vec::new());
+    let mut files = Vec::new();
     for (i, b) in ext.blobs.iter().enumerate() {
         let blob = cache.blob(&b.digest, b.view_size)?;
-        // A blob complete in the cache is read by EROFS straight from its cache file, like a
-        // local one: nothing of it goes through this process (a remount of a cached image).
-        complete.push(blob.is_complete().then(|| blob.data_path().to_path_buf()));
-        let chunks = ext.blob_chunks(i as u32).to_vec();
-        files.push(ViewFile::new(blob, chunks));
+        files.push(ViewFile::new(blob, ext.blob_chunks(i as u32).to_vec()));
     }
     let fs = BlobViewFs::new(files, fetcher.clone());
-    let devices: Vec<PathBuf> = complete.into_iter().enumerate().map(|(i, c)| c.unwrap_or_else(|| views_dir.join(fs.file_name(i)))).collect();
+    // Frames complete in the cache are read by EROFS straight from their files, like a local
+    // image: nothing of them goes through this process (a remount of a cached image, or of
+    // one partly cached). The rest is read through the views.
+    let blobs: Vec<_> = (0..fs.len())
+        .map(|i| crate::devices::BlobDevices { blob: &fs.file(i).blob, frames: &fs.file(i).frames, view: Some(views_dir.join(fs.file_name(i))) })
+        .collect();
+    let plan = crate::devices::plan(bs, &blobs, |i, frame| blobs[i].blob.all_present(frame))?;
+    drop(blobs);
     let mut config = fuser::Config::default();
     config.mount_options = vec![fuser::MountOption::RO, fuser::MountOption::FSName("naiad-views".into()), fuser::MountOption::Subtype("naiad".into())];
     // Only take over views that still carry the image: otherwise start afresh.
@@ -54,7 +58,7 @@ pub fn mount_kernel_mode(
     let m = LazyMount { mountpoint: mountpoint.into(), views: Some(views), fetcher };
     if !adopted {
         std::fs::create_dir_all(mountpoint).map_err(FsError::io(mountpoint))?;
-        crate::kernel::mount_erofs(bootstrap_path, &devices, mountpoint)?;
+        crate::devices::mount(&plan, bootstrap_path, &views_dir.with_extension("erofs"), mountpoint)?;
     }
     Ok(m)
 }

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod compare;
+mod devices;
 pub mod fanotify;
 pub mod fanotify_keeper;
 pub mod fuse_keep;

@@ -4,7 +4,7 @@
 //! a full disk or a suspect storage device. With `repair`, the bits of a chunk that fails are
 //! cleared, so that the next read fetches it again.
 
-use crate::chunk_cache::{map_len, DATA_SUFFIX, MAP_SUFFIX};
+use crate::chunk_cache::{map_len, ENTRY_SUFFIX, FRAMES_SUFFIX, MAP_SUFFIX};
 use crate::{Result, StorageError};
 use naiad_format::digest::{to_hex, Digest32, Digester};
 use naiad_format::extension::ChunkRecord;
@@ -56,21 +56,21 @@ fn hex_digest<S: serde::Serializer>(d: &Digest32, s: S) -> std::result::Result<S
 /// process has it open, since that process keeps its own copy of the bits).
 pub fn check_cached_blob(cache_dir: &Path, digest: &Digest32, view_size: u64, chunks: &[ChunkRecord], digester: Digester, repair: bool) -> Result<BlobCheckReport> {
     let hex = to_hex(digest);
-    let data_path = cache_dir.join(format!("{hex}{DATA_SUFFIX}"));
+    let entry_path = cache_dir.join(format!("{hex}{ENTRY_SUFFIX}"));
     let map_path = cache_dir.join(format!("{hex}{MAP_SUFFIX}"));
+    let frames_dir = cache_dir.join(format!("{hex}{FRAMES_SUFFIX}"));
     let mut chunks = chunks.to_vec();
     chunks.sort_by_key(|c| c.view_offset);
     chunks.dedup_by_key(|c| c.view_offset);
     let mut report = BlobCheckReport { digest: *digest, chunks: chunks.len() as u64, ..Default::default() };
-    let (data, map) = match (File::open(&data_path), std::fs::read(&map_path)) {
+    let (entry_md, map) = match (std::fs::metadata(&entry_path), std::fs::read(&map_path)) {
         (Ok(d), Ok(m)) => (d, m),
         (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
-        (Err(e), _) => return Err(StorageError::Io { path: data_path, cause: e }),
+        (Err(e), _) => return Err(StorageError::Io { path: entry_path, cause: e }),
         (_, Err(e)) => return Err(StorageError::Io { path: map_path, cause: e }),
     };
     report.cached = true;
-    let data_len = data.metadata().map_err(StorageError::io(&data_path))?.len();
-    if data_len != view_size || map.len() as u64 != map_len(view_size) {
+    if entry_md.len() != view_size || map.len() as u64 != map_len(view_size) {
         report.stale = true;
         return Ok(report);
     }
@@ -86,7 +86,9 @@ pub fn check_cached_blob(cache_dir: &Path, digest: &Digest32, view_size: u64, ch
         }
         report.present += 1;
         buf.resize(c.size as usize, 0);
-        let detail = match data.read_exact_at(&mut buf, c.view_offset) {
+        let frame_path = frames_dir.join(format!("{:016x}", c.compressed_offset));
+        let read = File::open(&frame_path).and_then(|f| f.read_exact_at(&mut buf, c.view_offset));
+        let detail = match read {
             Err(e) => Some(format!("cannot read it: {e}")),
             Ok(()) => {
                 let actual = digester.digest(&buf);
@@ -100,18 +102,18 @@ pub fn check_cached_blob(cache_dir: &Path, digest: &Digest32, view_size: u64, ch
     }
     report.unchecked_blocks = (0..view_size / BLOCK_SIZE_BYTES).filter(|&b| bit(b) && !covered[b as usize]).count() as u64;
     if repair && !report.bad.is_empty() {
-        clear_bits(&data_path, &map_path, view_size, report.bad.iter().map(|b| (b.view_offset, b.size)))?;
+        clear_bits(&entry_path, &map_path, view_size, report.bad.iter().map(|b| (b.view_offset, b.size)))?;
         report.repaired = true;
     }
     Ok(report)
 }
 
 /// Clears the bits of the chunks `(view offset, size)`, holding the entry's lock exclusively.
-fn clear_bits(data_path: &Path, map_path: &Path, view_size: u64, chunks: impl Iterator<Item = (u64, u32)>) -> Result<()> {
-    let data = File::open(data_path).map_err(StorageError::io(data_path))?;
-    if rustix::fs::flock(&data, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+fn clear_bits(entry_path: &Path, map_path: &Path, view_size: u64, chunks: impl Iterator<Item = (u64, u32)>) -> Result<()> {
+    let entry = File::open(entry_path).map_err(StorageError::io(entry_path))?;
+    if rustix::fs::flock(&entry, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         return Err(StorageError::Io {
-            path: data_path.to_path_buf(),
+            path: entry_path.to_path_buf(),
             cause: std::io::Error::other("in use by a mount: unmount it or stop the daemon to repair"),
         });
     }
@@ -159,14 +161,14 @@ mod tests {
         {
             let cache = ChunkCache::open(dir.path()).unwrap();
             let blob = cache.blob(&d, view).unwrap();
-            blob.fill(&[(0, &a[..]), (8192, &b[..])]).unwrap();
+            blob.fill(&[(0, 0, &a[..]), (0, 8192, &b[..])]).unwrap();
             let r = check_cached_blob(dir.path(), &d, view, &recs, Digester::Blake3, false).unwrap();
             assert_eq!((r.cached, r.chunks, r.present, r.verified, r.bad.len()), (true, 3, 2, 2, 0), "{r:?}");
             let err = check_cached_blob(dir.path(), &d, view, &[record(0, &[7u8; 5000])], Digester::Blake3, true).unwrap_err();
             assert!(err.to_string().contains("in use"), "{err}");
         }
         // Damage a present chunk: found, then repaired (its bits cleared).
-        let data = OpenOptions::new().write(true).open(dir.path().join(format!("{}.data", to_hex(&d)))).unwrap();
+        let data = OpenOptions::new().write(true).open(dir.path().join(format!("{}.frames/{:016x}", to_hex(&d), 0))).unwrap();
         data.write_all_at(&[9], 8192 + 10).unwrap();
         let r = check_cached_blob(dir.path(), &d, view, &recs, Digester::Blake3, false).unwrap();
         assert_eq!((r.present, r.verified), (2, 1));
@@ -190,7 +192,7 @@ mod tests {
         let d = [8u8; 32];
         let r = check_cached_blob(dir.path(), &d, 4096, &[record(0, &[1])], Digester::Blake3, false).unwrap();
         assert!(!r.cached && r.present == 0);
-        ChunkCache::open(dir.path()).unwrap().blob(&d, 8192).unwrap().fill(&[(0, &[1u8][..])]).unwrap();
+        ChunkCache::open(dir.path()).unwrap().blob(&d, 8192).unwrap().fill(&[(0, 0, &[1u8][..])]).unwrap();
         let r = check_cached_blob(dir.path(), &d, 4096, &[record(0, &[1])], Digester::Blake3, false).unwrap();
         assert!(r.cached && r.stale && r.present == 0, "{r:?}");
     }

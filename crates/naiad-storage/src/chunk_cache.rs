@@ -1,11 +1,20 @@
-//! The lazy chunk cache: per blob, a sparse file in uncompressed-view layout and a presence
-//! bitmap.
+//! The lazy chunk cache: per blob, one sparse file per frame and a presence bitmap.
 //!
-//! * `<dir>/<digest>.data` is exactly the blob's uncompressed view, filled as chunks arrive:
-//!   it is the file the kernel can use as the blob's EROFS device.
-//! * `<dir>/<digest>.map` holds one bit per 4 KiB block of the view; a set bit means the
+//! * `<dir>/<digest>.frames/<frame>` (the frame's compressed offset, 16 hex digits) holds the
+//!   chunks of one frame at their offsets in the blob's uncompressed view, and nothing else:
+//!   a sparse file the length of the view. Given as an EROFS device, it reads as the view
+//!   wherever that frame's chunks lie, so a bootstrap whose chunk indexes name the frame files
+//!   instead of the blob ([`naiad_format::remap`]) mounts on them. A frame is fetched and
+//!   filled whole, so its file is complete once any of it was read: the fanotify mode can then
+//!   stop watching it, and only the frames still missing cost the kernel a question.
+//! * `<dir>/<digest>.present` holds one bit per 4 KiB block of the view; a set bit means the
 //!   block is filled with verified data. The bitmap is the only truth about what is filled:
 //!   a hole is never read as data.
+//! * `<dir>/<digest>.blob` is empty, the length of the view. A process that has the entry open
+//!   holds a shared `flock` on it, so `gc` never removes an entry in use.
+//!
+//! Which frame a view block belongs to is the blob's own layout, the same for every image
+//! that names the blob; callers pass the chunk records they know.
 //!
 //! Crash safety: a fill writes the data, makes it durable (`fdatasync`), and only then sets
 //! the bits and writes the bitmap. Bits only ever go from 0 to 1, so even a torn bitmap
@@ -17,8 +26,8 @@
 //! kept in memory instead (a bounded *spill*, oldest fills dropped first), their bits stay
 //! unset, and `read_at` serves them from there. So the reader that fetched them gets its
 //! bytes, the next reader of those chunks fetches them again, and the files on disk only
-//! ever hold what their bits say. A reader of the data file itself (the kernel, in fanotify
-//! mode) must go by the bits alone: for it such chunks are missing.
+//! ever hold what their bits say. A reader of the frame files themselves (the kernel, in
+//! fanotify mode) must go by the bits alone: for it such chunks are missing.
 //!
 //! Whole-block reads into a block-aligned buffer ([`BlockBuf`]: the kernel mode's blob-view
 //! reads, 128 KiB and more) use direct I/O where the filesystem allows it: the data goes
@@ -30,18 +39,24 @@
 
 use crate::{Result, StorageError};
 use naiad_format::digest::{to_hex, Digest32};
+use naiad_format::extension::ChunkRecord;
 use naiad_format::{block_align, BLOCK_SIZE_BYTES};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
-/// Suffix of a blob's data file.
-pub const DATA_SUFFIX: &str = ".data";
+/// Suffix of a blob's entry file (empty, the length of the view; locked while in use).
+pub const ENTRY_SUFFIX: &str = ".blob";
 /// Suffix of a blob's presence bitmap.
-pub const MAP_SUFFIX: &str = ".map";
+pub const MAP_SUFFIX: &str = ".present";
+/// Suffix of a blob's directory of frame files.
+pub const FRAMES_SUFFIX: &str = ".frames";
+/// Suffixes of the entries of the cache's first layout (one data file per blob), removed
+/// when a cache is opened.
+const OLD_SUFFIXES: [&str; 2] = [".data", ".map"];
 /// Bytes of verified chunks a blob keeps in memory when the cache cannot store them. The
 /// last fill is always kept whole, whatever its size, so the read that made it is served.
 pub const SPILL_LIMIT_BYTES: usize = 16 << 20;
@@ -53,20 +68,43 @@ pub struct ChunkCache {
     open: Mutex<HashMap<Digest32, Weak<CachedBlob>>>,
 }
 
+/// One frame's file.
+#[derive(Debug)]
+pub struct FrameFile {
+    path: PathBuf,
+    file: File,
+    /// The file opened for direct I/O (on first use), if its filesystem supports that.
+    direct: std::sync::OnceLock<Option<File>>,
+    /// Where fills write instead of `file`, once set ([`CachedBlob::set_frame_writer`]).
+    writer: std::sync::OnceLock<File>,
+}
+
+impl FrameFile {
+    /// The file's path (a valid EROFS device for this frame's chunks once they are present).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The descriptor fills write through.
+    pub fn writer_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.writer.get().unwrap_or(&self.file).as_fd()
+    }
+}
+
 /// One cached blob. Cheap presence checks (atomic words, no lock); fills serialize only on
-/// the bitmap write of their own blob.
+/// the bitmap write of their own blob; frame files are opened once and shared.
 #[derive(Debug)]
 pub struct CachedBlob {
     digest: Digest32,
-    data_path: PathBuf,
-    data: File,
-    /// The data file opened for direct I/O (on first use), if its filesystem supports that.
-    direct: std::sync::OnceLock<Option<File>>,
-    /// Set when a direct read failed: reads go through `data` from then on.
+    /// Held open for its shared lock.
+    _entry: File,
+    frames_dir: PathBuf,
+    frames: RwLock<HashMap<u64, Arc<FrameFile>>>,
+    /// Set when a direct read failed: reads go through the page cache from then on.
     direct_failed: AtomicBool,
-    /// Where fills write instead of `data`, once set ([`CachedBlob::set_writer`]).
-    writer: std::sync::OnceLock<File>,
     map: File,
+    map_path: PathBuf,
     view_size: u64,
     bits: Vec<AtomicU64>,
     map_lock: Mutex<()>,
@@ -148,15 +186,21 @@ pub(crate) fn map_len(view_size: u64) -> u64 {
 }
 
 impl ChunkCache {
-    /// Uses (and creates) `dir`.
+    /// Uses (and creates) `dir`. Entries of the cache's first layout (`<digest>.data` and
+    /// `.map`) are removed, unless a process still has them open.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(StorageError::io(dir))?;
+        remove_old_layout(dir);
         Ok(ChunkCache { dir: dir.to_path_buf(), open: Mutex::new(HashMap::new()) })
     }
 
     /// The cache directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn paths(&self, hex: &str) -> [PathBuf; 3] {
+        [ENTRY_SUFFIX, MAP_SUFFIX, FRAMES_SUFFIX].map(|s| self.dir.join(format!("{hex}{s}")))
     }
 
     /// Opens the cache entry of a blob whose view is `view_size` bytes, creating it empty if
@@ -170,26 +214,26 @@ impl ChunkCache {
             return Ok(b);
         }
         let hex = to_hex(digest);
-        let data_path = self.dir.join(format!("{hex}{DATA_SUFFIX}"));
-        let map_path = self.dir.join(format!("{hex}{MAP_SUFFIX}"));
-        let sizes_ok = std::fs::metadata(&data_path).is_ok_and(|m| m.len() == view_size)
+        let [entry_path, map_path, frames_dir] = self.paths(&hex);
+        let sizes_ok = std::fs::metadata(&entry_path).is_ok_and(|m| m.len() == view_size)
             && std::fs::metadata(&map_path).is_ok_and(|m| m.len() == map_len(view_size));
         if !sizes_ok {
             // New, or left inconsistent: start over (the map first, so no bit survives).
             let _ = std::fs::remove_file(&map_path);
-            let _ = std::fs::remove_file(&data_path);
+            let _ = std::fs::remove_dir_all(&frames_dir);
+            let _ = std::fs::remove_file(&entry_path);
         }
-        let opts = || {
-            let mut o = OpenOptions::new();
-            o.read(true).write(true).create(true).truncate(false);
-            o
-        };
-        let data = opts().open(&data_path).map_err(StorageError::io(&data_path))?;
-        data.set_len(view_size).map_err(StorageError::io(&data_path))?;
+        let entry = rw_create().open(&entry_path).map_err(StorageError::io(&entry_path))?;
+        entry.set_len(view_size).map_err(StorageError::io(&entry_path))?;
         // A shared lock for as long as the entry is open marks it in use for other
         // processes (`gc` takes the lock exclusively before removing an entry).
-        rustix::fs::flock(&data, rustix::fs::FlockOperation::LockShared).map_err(|e| StorageError::Io { path: data_path.clone(), cause: e.into() })?;
-        let map = opts().open(&map_path).map_err(StorageError::io(&map_path))?;
+        rustix::fs::flock(&entry, rustix::fs::FlockOperation::LockShared).map_err(|e| StorageError::Io { path: entry_path.clone(), cause: e.into() })?;
+        // Made again when a frame is first stored, if it cannot be now (a full disk): reads
+        // are then served from memory, and nothing is lost.
+        if let Err(e) = std::fs::create_dir_all(&frames_dir) {
+            tracing::debug!(dir = %frames_dir.display(), error = %e, "cannot create the frames directory yet");
+        }
+        let map = rw_create().open(&map_path).map_err(StorageError::io(&map_path))?;
         map.set_len(map_len(view_size)).map_err(StorageError::io(&map_path))?;
         // The map's mtime is the entry's last use, for LRU eviction.
         let now = rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW };
@@ -199,12 +243,12 @@ impl ChunkCache {
         let bits = raw.chunks_exact(8).map(|w| AtomicU64::new(u64::from_le_bytes(w.try_into().expect("8 bytes")))).collect();
         let blob = Arc::new(CachedBlob {
             digest: *digest,
-            data_path,
-            data,
-            direct: std::sync::OnceLock::new(),
+            _entry: entry,
+            frames_dir,
+            frames: RwLock::new(HashMap::new()),
             direct_failed: AtomicBool::new(false),
-            writer: std::sync::OnceLock::new(),
             map,
+            map_path,
             view_size,
             bits,
             map_lock: Mutex::new(()),
@@ -223,22 +267,26 @@ impl ChunkCache {
         for e in std::fs::read_dir(&self.dir).map_err(StorageError::io(&self.dir))? {
             let e = e.map_err(StorageError::io(&self.dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(hex) = name.strip_suffix(DATA_SUFFIX) else { continue };
+            let Some(hex) = name.strip_suffix(ENTRY_SUFFIX) else { continue };
             let Some(digest) = naiad_format::digest::from_hex(hex) else { continue };
-            let data_md = e.metadata().map_err(StorageError::io(e.path()))?;
-            let map_path = self.dir.join(format!("{hex}{MAP_SUFFIX}"));
-            let (present_bytes, last_used) = match std::fs::read(&map_path) {
+            let entry_md = e.metadata().map_err(StorageError::io(e.path()))?;
+            let [_, map_path, frames_dir] = self.paths(hex);
+            let (present_bytes, last_used, map_bytes) = match std::fs::read(&map_path) {
                 Ok(bits) => {
                     let md = std::fs::metadata(&map_path).map_err(StorageError::io(&map_path))?;
-                    (bits.iter().map(|b| u64::from(b.count_ones())).sum::<u64>() * BLOCK_SIZE_BYTES, md.mtime())
+                    (bits.iter().map(|b| u64::from(b.count_ones())).sum::<u64>() * BLOCK_SIZE_BYTES, md.mtime(), md.blocks() * 512)
                 }
-                Err(_) => (0, data_md.mtime()),
+                Err(_) => (0, entry_md.mtime(), 0),
+            };
+            let frame_bytes: u64 = match std::fs::read_dir(&frames_dir) {
+                Ok(rd) => rd.filter_map(|f| f.ok()?.metadata().ok()).map(|m| m.blocks() * 512).sum(),
+                Err(_) => 0,
             };
             out.push(CacheEntry {
                 digest,
-                view_size: data_md.len(),
+                view_size: entry_md.len(),
                 present_bytes,
-                disk_bytes: data_md.blocks() * 512,
+                disk_bytes: frame_bytes + map_bytes,
                 last_used,
                 in_use: self.in_use(&digest, &e.path()),
             });
@@ -248,11 +296,11 @@ impl ChunkCache {
     }
 
     /// Whether this process or another holds the entry open.
-    fn in_use(&self, digest: &Digest32, data_path: &Path) -> bool {
+    fn in_use(&self, digest: &Digest32, entry_path: &Path) -> bool {
         if self.open.lock().expect("cache lock").get(digest).and_then(Weak::upgrade).is_some() {
             return true;
         }
-        let Ok(f) = File::open(data_path) else { return false };
+        let Ok(f) = File::open(entry_path) else { return false };
         rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
     }
 
@@ -262,10 +310,9 @@ impl ChunkCache {
         if open.get(digest).and_then(Weak::upgrade).is_some() {
             return Ok(false);
         }
-        let hex = to_hex(digest);
-        let data_path = self.dir.join(format!("{hex}{DATA_SUFFIX}"));
+        let [entry_path, map_path, frames_dir] = self.paths(&to_hex(digest));
         // Hold the exclusive lock while removing, so no process opens it meanwhile.
-        let _lock = match File::open(&data_path) {
+        let _lock = match File::open(&entry_path) {
             Ok(f) => {
                 if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
                     return Ok(false);
@@ -274,14 +321,14 @@ impl ChunkCache {
             }
             Err(_) => None,
         };
-        for suffix in [MAP_SUFFIX, DATA_SUFFIX] {
-            let p = self.dir.join(format!("{hex}{suffix}"));
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::Io { path: p, cause: e }),
-            }
-        }
+        let gone = |r: std::io::Result<()>, p: &Path| match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Io { path: p.to_path_buf(), cause: e }),
+            _ => Ok(()),
+        };
+        // The map first: once it is gone, no bit claims anything in the frame files.
+        gone(std::fs::remove_file(&map_path), &map_path)?;
+        gone(std::fs::remove_dir_all(&frames_dir), &frames_dir)?;
+        gone(std::fs::remove_file(&entry_path), &entry_path)?;
         Ok(true)
     }
 
@@ -302,6 +349,33 @@ impl ChunkCache {
             }
         }
         Ok(removed)
+    }
+}
+
+fn rw_create() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true).create(true).truncate(false);
+    o
+}
+
+/// Removes the entries of the first cache layout (a data file and a `.map` per blob) that no
+/// process holds (its lock was on the data file). Their bits describe a file this layout does
+/// not read, so they must never be mistaken for an entry of this one.
+fn remove_old_layout(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(hex) = name.strip_suffix(OLD_SUFFIXES[0]) else { continue };
+        if naiad_format::digest::from_hex(hex).is_none() {
+            continue;
+        }
+        let Ok(f) = File::open(e.path()) else { continue };
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue;
+        }
+        tracing::info!(blob = hex, "removing a cache entry of the old layout");
+        let _ = std::fs::remove_file(dir.join(format!("{hex}{}", OLD_SUFFIXES[1])));
+        let _ = std::fs::remove_file(e.path());
     }
 }
 
@@ -331,23 +405,44 @@ impl CachedBlob {
     pub fn view_size(&self) -> u64 {
         self.view_size
     }
-    /// Makes fills write through `file` (the same data file, opened elsewhere) from now on;
-    /// false if a writer was set already. The fanotify mode needs a descriptor opened before
-    /// the file was watched: writes through one opened after would raise the very events
-    /// they are answering.
-    pub fn set_writer(&self, file: File) -> bool {
-        self.writer.set(file).is_ok()
+    /// The presence bitmap's path.
+    pub fn map_path(&self) -> &Path {
+        &self.map_path
     }
 
-    /// The descriptor fills write through.
-    pub fn writer_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.writer.get().unwrap_or(&self.data).as_fd()
+    /// Path of the file of the frame at compressed offset `frame`.
+    pub fn frame_path(&self, frame: u64) -> PathBuf {
+        self.frames_dir.join(format!("{frame:016x}"))
     }
 
-    /// The data file (a valid EROFS device once the blocks read are present).
-    pub fn data_path(&self) -> &Path {
-        &self.data_path
+    /// The file of the frame at compressed offset `frame`, opened (and created, sparse, the
+    /// length of the view) on first use and kept open.
+    pub fn frame(&self, frame: u64) -> Result<Arc<FrameFile>> {
+        if let Some(f) = self.frames.read().expect("frames lock").get(&frame) {
+            return Ok(f.clone());
+        }
+        let path = self.frame_path(frame);
+        let file = match rw_create().open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.frames_dir).map_err(StorageError::io(&self.frames_dir))?;
+                rw_create().open(&path)
+            }
+            r => r,
+        }
+        .map_err(StorageError::io(&path))?;
+        if file.metadata().map_err(StorageError::io(&path))?.len() != self.view_size {
+            file.set_len(self.view_size).map_err(StorageError::io(&path))?;
+        }
+        let f = Arc::new(FrameFile { path, file, direct: std::sync::OnceLock::new(), writer: std::sync::OnceLock::new() });
+        Ok(self.frames.write().expect("frames lock").entry(frame).or_insert(f).clone())
+    }
+
+    /// Makes fills of frame `frame` write through `file` (the same frame file, opened
+    /// elsewhere) from now on; false if a writer was set already. The fanotify mode needs a
+    /// descriptor opened before the file was watched: writes through one opened after would
+    /// raise the very events they are answering.
+    pub fn set_frame_writer(&self, frame: u64, file: File) -> Result<bool> {
+        Ok(self.frame(frame)?.writer.set(file).is_ok())
     }
 
     fn block_range(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
@@ -364,14 +459,14 @@ impl CachedBlob {
         self.block_range(offset, len).all(|b| self.bit(b))
     }
 
+    /// Whether every chunk of `chunks` is filled.
+    pub fn all_present(&self, chunks: &[ChunkRecord]) -> bool {
+        chunks.iter().all(|c| self.is_present(c.view_offset, u64::from(c.size)))
+    }
+
     /// Bytes of the view filled.
     pub fn present_bytes(&self) -> u64 {
         self.bits.iter().map(|w| u64::from(w.load(Ordering::Relaxed).count_ones())).sum::<u64>() * BLOCK_SIZE_BYTES
-    }
-
-    /// Whether the whole view is filled.
-    pub fn is_complete(&self) -> bool {
-        self.is_present(0, self.view_size)
     }
 
     /// Why chunks fetched for this blob are not in the cache: the last write error (after a
@@ -381,43 +476,62 @@ impl CachedBlob {
             0 => eio_errno(),
             e => e,
         };
-        StorageError::Io { path: self.data_path.clone(), cause: std::io::Error::from_raw_os_error(errno) }
+        StorageError::Io { path: self.frames_dir.clone(), cause: std::io::Error::from_raw_os_error(errno) }
     }
 
-    /// Reads filled bytes (from the data file, or from the chunks a full disk left in
-    /// memory); an error if any block of the range is in neither.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let len = buf.len();
-        let missing = || StorageError::Mismatch { blob: to_hex(&self.digest), detail: format!("range {offset}+{len} is not in the cache") };
-        let end = offset.checked_add(len as u64).filter(|e| *e <= self.view_size).ok_or_else(missing)?;
-        if self.is_present(offset, buf.len() as u64) {
-            if self.read_direct(buf, offset) {
-                return Ok(());
-            }
-            return self.data.read_exact_at(buf, offset).map_err(StorageError::io(&self.data_path));
-        }
-        // Runs of present blocks from the file, the rest from the spill.
+    /// Reads `buf.len()` bytes of the view at `offset`: filled bytes from the frame files, or
+    /// chunks a full disk left in memory. `chunks` (sorted by view offset) must cover the
+    /// range: they say which frame holds which block, and the tail of a chunk's last block
+    /// reads as zeros. An error if any part of the range is in neither place or covered by
+    /// none of `chunks`.
+    pub fn read_at(&self, chunks: &[ChunkRecord], buf: &mut [u8], offset: u64) -> Result<()> {
+        let len = buf.len() as u64;
+        let missing = |at: u64| StorageError::Mismatch { blob: to_hex(&self.digest), detail: format!("range {offset}+{len} is not in the cache (at {at})") };
+        let end = offset.checked_add(len).filter(|e| *e <= self.view_size).ok_or_else(|| missing(offset))?;
+        let first = chunks.partition_point(|c| c.view_offset + block_align(u64::from(c.size)) <= offset);
         let mut pos = offset;
+        let mut i = first;
         while pos < end {
-            let at = (pos - offset) as usize;
-            if self.bit(pos / BLOCK_SIZE_BYTES) {
-                let mut run_end = (pos / BLOCK_SIZE_BYTES + 1) * BLOCK_SIZE_BYTES;
-                while run_end < end && self.bit(run_end / BLOCK_SIZE_BYTES) {
-                    run_end += BLOCK_SIZE_BYTES;
+            let c = chunks.get(i).filter(|c| c.view_offset <= pos).ok_or_else(|| missing(pos))?;
+            let chunk_end = (c.view_offset + block_align(u64::from(c.size))).min(end);
+            if self.is_present(pos, chunk_end - pos) {
+                // This chunk and the following ones of the same frame, present and adjacent:
+                // one read of the frame file.
+                let mut run_end = chunk_end;
+                let mut j = i + 1;
+                while run_end < end {
+                    match chunks.get(j) {
+                        Some(n) if n.compressed_offset == c.compressed_offset && n.view_offset == run_end => {
+                            let e = (n.view_offset + block_align(u64::from(n.size))).min(end);
+                            if !self.is_present(run_end, e - run_end) {
+                                break;
+                            }
+                            run_end = e;
+                            j += 1;
+                        }
+                        _ => break,
+                    }
                 }
-                let run_end = run_end.min(end);
-                self.data.read_exact_at(&mut buf[at..(run_end - offset) as usize], pos).map_err(StorageError::io(&self.data_path))?;
+                let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+                let frame = self.frame(c.compressed_offset)?;
+                if !self.read_direct(&frame, out, pos) {
+                    frame.file.read_exact_at(out, pos).map_err(StorageError::io(&frame.path))?;
+                }
                 pos = run_end;
+                i = j;
             } else {
-                let (off, bytes) = self.spill.lock().expect("spill lock").covering(pos).ok_or_else(missing)?;
-                // The chunk's blocks: its bytes, then zeros up to the block boundary.
+                // Not on disk: the chunk a full disk left in memory, if any.
+                let (off, bytes) = self.spill.lock().expect("spill lock").covering(pos).ok_or_else(|| missing(pos))?;
                 let run_end = (off + block_align(bytes.len() as u64)).min(end);
-                let out = &mut buf[at..(run_end - offset) as usize];
+                let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
                 let from = ((pos - off) as usize).min(bytes.len());
                 let n = (bytes.len() - from).min(out.len());
                 out[..n].copy_from_slice(&bytes[from..from + n]);
                 out[n..].fill(0);
                 pos = run_end;
+                while chunks.get(i).is_some_and(|c| c.view_offset + block_align(u64::from(c.size)) <= pos) {
+                    i += 1;
+                }
             }
         }
         Ok(())
@@ -425,56 +539,57 @@ impl CachedBlob {
 
     /// Reads present bytes with direct I/O, if `buf` and the range are block aligned and
     /// the filesystem allows it; false if not done (the caller reads through the page cache).
-    fn read_direct(&self, buf: &mut [u8], offset: u64) -> bool {
+    fn read_direct(&self, frame: &FrameFile, buf: &mut [u8], offset: u64) -> bool {
         if !BlockBuf::fits(buf, offset) || self.direct_failed.load(Ordering::Relaxed) {
             return false;
         }
-        let Some(direct) = self.direct.get_or_init(|| {
+        let Some(direct) = frame.direct.get_or_init(|| {
             use std::os::unix::fs::OpenOptionsExt;
-            OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(&self.data_path).ok()
+            OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(&frame.path).ok()
         }) else {
             return false;
         };
         match direct.read_exact_at(buf, offset) {
             Ok(()) => true,
             Err(e) => {
-                tracing::debug!(file = %self.data_path.display(), error = %e, "direct read failed; reading through the page cache from now on");
+                tracing::debug!(file = %frame.path.display(), error = %e, "direct read failed; reading through the page cache from now on");
                 self.direct_failed.store(true, Ordering::Relaxed);
                 false
             }
         }
     }
 
-    /// Stores verified chunks (`(view offset, bytes)`, offsets block aligned) and marks
-    /// their blocks present, data first and durably, bitmap second. When the data cannot be
-    /// written or made durable (disk full, I/O error), no bit is set and the chunks are kept
-    /// in memory instead ([`Filled::InMemory`]); an error only for chunks outside the view.
-    pub fn fill(&self, chunks: &[(u64, &[u8])]) -> Result<Filled> {
+    /// Stores verified chunks (`(frame, view offset, bytes)`: the frame's compressed offset,
+    /// view offsets block aligned) and marks their blocks present, data first and durably,
+    /// bitmap second. When the data cannot be written or made durable (disk full, I/O
+    /// error), no bit is set and the chunks are kept in memory instead
+    /// ([`Filled::InMemory`]); an error only for chunks outside the view.
+    pub fn fill(&self, chunks: &[(u64, u64, &[u8])]) -> Result<Filled> {
         let mut touched = Vec::new();
-        for &(off, bytes) in chunks {
+        for &(_, off, bytes) in chunks {
             if off % BLOCK_SIZE_BYTES != 0 || off.checked_add(bytes.len() as u64).is_none_or(|e| e > self.view_size) {
                 return Err(StorageError::Mismatch { blob: to_hex(&self.digest), detail: format!("chunk at {off} does not fit the view") });
             }
             touched.push(self.block_range(off, block_align(bytes.len() as u64)));
         }
-        let data = self.writer.get().unwrap_or(&self.data);
-        let written = chunks.iter().try_for_each(|&(off, bytes)| data.write_all_at(bytes, off)).and_then(|()| data.sync_data());
-        if let Err(e) = written {
-            // Whatever part did reach the file has no bit: it is never read as data.
-            self.spill.lock().expect("spill lock").keep(chunks);
+        let spill_refs = || chunks.iter().map(|&(_, o, b)| (o, b)).collect::<Vec<_>>();
+        let written = self.write_frames(chunks);
+        if let Err((path, e)) = written {
+            // Whatever part did reach the files has no bit: it is never read as data.
+            self.spill.lock().expect("spill lock").keep(&spill_refs());
             self.write_errno.store(e.raw_os_error().unwrap_or(eio_errno()), Ordering::Relaxed);
             if !self.write_failing.swap(true, Ordering::Relaxed) {
-                tracing::warn!(file = %self.data_path.display(), error = %e, "cannot write to the cache; serving fetched data from memory until it can");
+                tracing::warn!(file = %path.display(), error = %e, "cannot write to the cache; serving fetched data from memory until it can");
             }
             return Ok(Filled::InMemory);
         }
         if self.write_failing.swap(false, Ordering::Relaxed) {
-            tracing::info!(file = %self.data_path.display(), "writing to the cache again");
+            tracing::info!(blob = %to_hex(&self.digest), "writing to the cache again");
         }
         {
             let mut spill = self.spill.lock().expect("spill lock");
             if !spill.chunks.is_empty() {
-                chunks.iter().for_each(|&(off, _)| spill.forget(off));
+                chunks.iter().for_each(|&(_, off, _)| spill.forget(off));
             }
         }
         let _guard = self.map_lock.lock().expect("map lock");
@@ -495,11 +610,30 @@ impl CachedBlob {
             if let Err(e) = self.map.write_all_at(&v, w as u64 * 8) {
                 // The data is durable and the bits in memory are true; the map on disk just
                 // lacks them (a later process fetches those chunks again).
-                tracing::warn!(file = %self.data_path.with_extension("map").display(), error = %e, "cannot write the presence bitmap");
+                tracing::warn!(file = %self.map_path.display(), error = %e, "cannot write the presence bitmap");
                 break;
             }
         }
         Ok(Filled::Cached)
+    }
+
+    /// Writes the chunks into their frame files and makes them durable.
+    fn write_frames(&self, chunks: &[(u64, u64, &[u8])]) -> std::result::Result<(), (PathBuf, std::io::Error)> {
+        let mut synced: Vec<u64> = Vec::new();
+        for (k, &(frame, off, bytes)) in chunks.iter().enumerate() {
+            let f = self.frame(frame).map_err(|e| match e {
+                StorageError::Io { path, cause } => (path, cause),
+                other => (self.frame_path(frame), std::io::Error::other(other.to_string())),
+            })?;
+            let w = f.writer.get().unwrap_or(&f.file);
+            w.write_all_at(bytes, off).map_err(|e| (f.path.clone(), e))?;
+            // Sync once per frame, after its last chunk of this fill.
+            if !chunks[k + 1..].iter().any(|c| c.0 == frame) && !synced.contains(&frame) {
+                w.sync_data().map_err(|e| (f.path.clone(), e))?;
+                synced.push(frame);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -548,6 +682,21 @@ mod tests {
     use super::*;
     use std::os::unix::fs::OpenOptionsExt;
 
+    /// A chunk record that says where a chunk lies: its frame and view range.
+    fn rec(frame: u64, view_offset: u64, size: u32) -> ChunkRecord {
+        ChunkRecord {
+            blob_index: 0,
+            view_offset,
+            size,
+            compressed_offset: frame,
+            compressed_size: 0,
+            frame_size: 0,
+            frame_offset: 0,
+            compressor: naiad_format::compression::Compressor::None,
+            digest: [0; 32],
+        }
+    }
+
     #[test]
     fn presence_survives_reopening_and_holes_are_never_data() {
         let dir = tempfile::tempdir().unwrap();
@@ -557,13 +706,24 @@ mod tests {
             let cache = ChunkCache::open(dir.path()).unwrap();
             let b = cache.blob(&d, view).unwrap();
             assert!(!b.is_present(0, 1));
-            b.fill(&[(8192, &[1u8; 5000][..]), (40960, &[2u8; 4096][..])]).unwrap();
+            b.fill(&[(0, 8192, &[1u8; 5000][..]), (77, 40960, &[2u8; 4096][..])]).unwrap();
             assert!(b.is_present(8192, 8192) && b.is_present(40960, 4096));
             assert!(!b.is_present(0, 8193));
+            let chunks = [rec(5, 0, 4096), rec(0, 8192, 5000), rec(77, 40960, 4096)];
             let mut buf = [0u8; 4096];
-            assert!(b.read_at(&mut buf, 0).is_err(), "a hole must not read as data");
-            b.read_at(&mut buf, 8192).unwrap();
+            assert!(b.read_at(&chunks, &mut buf, 0).is_err(), "a hole must not read as data");
+            b.read_at(&chunks, &mut buf, 8192).unwrap();
             assert_eq!(buf, [1u8; 4096]);
+            let mut buf = [9u8; 4096];
+            b.read_at(&chunks, &mut buf, 12288).unwrap();
+            assert!(buf[..904].iter().all(|&x| x == 1) && buf[904..].iter().all(|&x| x == 0), "the chunk's tail block, zero padded");
+            assert!(b.read_at(&chunks, &mut [0u8; 4096], 16384).is_err(), "a block no chunk covers is not data");
+            // Each frame's chunks are in its own file, at their view offsets, and only there.
+            let f0 = std::fs::read(b.frame_path(0)).unwrap();
+            let f77 = std::fs::read(b.frame_path(77)).unwrap();
+            assert_eq!((f0.len() as u64, f77.len() as u64), (view, view));
+            assert!(f0[8192..13192].iter().all(|&x| x == 1) && f0[40960..45056].iter().all(|&x| x == 0));
+            assert!(f77[40960..45056].iter().all(|&x| x == 2) && f77[8192..13192].iter().all(|&x| x == 0));
             assert_eq!(b.present_bytes(), 3 * 4096);
         }
         let cache = ChunkCache::open(dir.path()).unwrap();
@@ -585,7 +745,7 @@ mod tests {
         let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
         for d in [&a, &b, &c] {
             let blob = cache.blob(d, 16 * 4096).unwrap();
-            blob.fill(&[(0, &[9u8; 8192][..])]).unwrap();
+            blob.fill(&[(0, 0, &[9u8; 8192][..])]).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct mtimes
         }
         let held = cache.blob(&a, 16 * 4096).unwrap(); // oldest, but in use (and now recent)
@@ -606,7 +766,7 @@ mod tests {
         let d = [9u8; 32];
         let cache = ChunkCache::open(dir.path()).unwrap();
         let b = cache.blob(&d, 8 * 4096).unwrap();
-        b.data.write_all_at(&[5u8; 4096], 0).unwrap();
+        b.frame(0).unwrap().file.write_all_at(&[5u8; 4096], 0).unwrap();
         drop(b);
         let b = ChunkCache::open(dir.path()).unwrap().blob(&d, 8 * 4096).unwrap();
         assert!(!b.is_present(0, 4096));
@@ -617,21 +777,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(dir.path()).unwrap();
         let b = cache.blob(&[4u8; 32], 8 * 4096).unwrap();
-        assert_eq!(b.fill(&[(0, &[1u8; 4096][..])]).unwrap(), Filled::Cached);
+        assert_eq!(b.fill(&[(0, 0, &[1u8; 4096][..])]).unwrap(), Filled::Cached);
         // What a full disk leaves: a chunk of 5000 bytes at 4096 only in memory.
         b.spill.lock().unwrap().keep(&[(4096, &[2u8; 5000][..])]);
         assert!(!b.is_present(4096, 1), "a spilled chunk is not present");
+        let chunks = [rec(0, 0, 4096), rec(1, 4096, 5000), rec(1, 12288, 4096)];
         let mut buf = vec![9u8; 3 * 4096];
-        b.read_at(&mut buf, 0).unwrap();
+        b.read_at(&chunks, &mut buf, 0).unwrap();
         assert_eq!(&buf[..4096], &[1u8; 4096][..], "from the file");
         assert_eq!(&buf[4096..9096], &[2u8; 5000][..], "from memory");
         assert!(buf[9096..].iter().all(|&x| x == 0), "the chunk's block padding reads as zeros");
         let mut buf = vec![0u8; 100];
-        b.read_at(&mut buf, 4096 + 4000).unwrap();
+        b.read_at(&chunks, &mut buf, 4096 + 4000).unwrap();
         assert_eq!(buf, vec![2u8; 100], "an unaligned read inside the chunk");
-        assert!(b.read_at(&mut vec![0u8; 4096 * 4], 0).is_err(), "a block in neither is an error");
+        assert!(b.read_at(&chunks, &mut vec![0u8; 4096 * 4], 0).is_err(), "a block in neither is an error");
         // Once the disk takes it, it is present and leaves memory.
-        assert_eq!(b.fill(&[(4096, &[2u8; 5000][..])]).unwrap(), Filled::Cached);
+        assert_eq!(b.fill(&[(1, 4096, &[2u8; 5000][..])]).unwrap(), Filled::Cached);
         assert!(b.is_present(4096, 5000) && b.spill.lock().unwrap().chunks.is_empty());
     }
 
@@ -662,34 +823,38 @@ mod tests {
         let view = 10 * 4096 + 100; // the last block is partial
         let b = cache.blob(&[6u8; 32], view).unwrap();
         let data: Vec<u8> = (0..view as usize).map(|i| (i * 7 + i / 4096) as u8).collect();
-        b.fill(&[(0, &data[..3 * 4096])]).unwrap();
+        // Two frames: blocks 0-4 and 5-10, one chunk per block (the last one 100 bytes).
+        let chunks: Vec<ChunkRecord> = (0..11u64).map(|i| rec(if i < 5 { 0 } else { 1 }, i * 4096, if i < 10 { 4096 } else { 100 })).collect();
+        let piece = |c: &ChunkRecord| (c.compressed_offset, c.view_offset, &data[c.view_offset as usize..(c.view_offset + u64::from(c.size)) as usize]);
+        b.fill(&chunks[..3].iter().map(piece).collect::<Vec<_>>()).unwrap();
         // Aligned buffer and range: read directly, same bytes as the file holds.
         let mut buf = BlockBuf::new(2 * 4096);
         assert_eq!(buf.as_ptr() as usize % 4096, 0);
-        b.read_at(&mut buf, 4096).unwrap();
+        b.read_at(&chunks, &mut buf, 4096).unwrap();
         assert_eq!(&buf[..], &data[4096..3 * 4096]);
-        let probe = std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(b.data_path());
+        let probe = std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(b.frame_path(0));
         if probe.is_ok() {
-            assert!(b.direct.get().is_some_and(|d| d.is_some()) && !b.direct_failed.load(Ordering::Relaxed), "the read went direct");
+            assert!(b.frame(0).unwrap().direct.get().is_some_and(|d| d.is_some()) && !b.direct_failed.load(Ordering::Relaxed), "the read went direct");
         } else {
             eprintln!("{}: no O_DIRECT here; only the fallback is checked", dir.path().display());
         }
-        // Data filled after the direct descriptor was opened reads right through it.
-        b.fill(&[(3 * 4096, &data[3 * 4096..])]).unwrap();
+        // Data filled after the direct descriptor was opened reads right through it, across
+        // the two frames' files.
+        b.fill(&chunks[3..].iter().map(piece).collect::<Vec<_>>()).unwrap();
         let mut buf = BlockBuf::new(7 * 4096);
-        b.read_at(&mut buf, 3 * 4096).unwrap();
+        b.read_at(&chunks, &mut buf, 3 * 4096).unwrap();
         assert_eq!(&buf[..], &data[3 * 4096..10 * 4096]);
         // Unaligned reads (a misaligned buffer, a partial last block) go through the page cache.
         let mut raw = BlockBuf::new(4096 + 1);
-        b.read_at(&mut raw[1..], 8192).unwrap();
+        b.read_at(&chunks, &mut raw[1..], 8192).unwrap();
         assert_eq!(&raw[1..], &data[8192..12288]);
         let mut tail = BlockBuf::new(100);
-        b.read_at(&mut tail, 10 * 4096).unwrap();
+        b.read_at(&chunks, &mut tail, 10 * 4096).unwrap();
         assert_eq!(&tail[..], &data[10 * 4096..]);
         // A hole is never read as data, aligned or not.
         let c = cache.blob(&[8u8; 32], 4 * 4096).unwrap();
-        c.fill(&[(0, &[1u8; 4096][..])]).unwrap();
-        assert!(c.read_at(&mut BlockBuf::new(2 * 4096), 0).is_err());
+        c.fill(&[(0, 0, &[1u8; 4096][..])]).unwrap();
+        assert!(c.read_at(&[rec(0, 0, 4096), rec(0, 4096, 4096)], &mut BlockBuf::new(2 * 4096), 0).is_err());
         assert!(!b.direct_failed.load(Ordering::Relaxed));
     }
 
@@ -698,8 +863,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(dir.path()).unwrap();
         let b = cache.blob(&[1u8; 32], 4096).unwrap();
-        assert!(b.fill(&[(4096, &[0u8; 10][..])]).is_err());
-        assert!(b.fill(&[(100, &[0u8; 10][..])]).is_err());
+        assert!(b.fill(&[(0, 4096, &[0u8; 10][..])]).is_err());
+        assert!(b.fill(&[(0, 100, &[0u8; 10][..])]).is_err());
         assert!(!b.is_present(0, 4096));
     }
 }

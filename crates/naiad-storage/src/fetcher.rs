@@ -41,6 +41,11 @@ impl FrameIndex {
         &self.chunks[start..end]
     }
 
+    /// Every frame: its chunks, frame by frame in blob order.
+    pub fn frames(&self) -> impl Iterator<Item = &[ChunkRecord]> {
+        self.chunks.chunk_by(|a, b| a.compressed_offset == b.compressed_offset)
+    }
+
     /// Where in the view the data of the whole frames holding `chunks` ends (filling those
     /// chunks fills their frames); None for no chunks.
     pub fn frames_end(&self, chunks: &[ChunkRecord]) -> Option<u64> {
@@ -229,13 +234,13 @@ impl Fetcher {
     }
 
     /// Reads `buf.len()` bytes of `blob`'s view at `offset`, fetching first those of
-    /// `chunks` (which must cover the range) not present. Unlike [`Fetcher::ensure_with`],
-    /// succeeds when the cache cannot store them (disk full): the verified chunks just
+    /// `chunks` (sorted by view offset; they must cover the range) not present. Unlike
+    /// [`Fetcher::ensure_with`], succeeds when the cache cannot store them (disk full): the verified chunks just
     /// fetched are served from memory ([`Filled::InMemory`]), so reads still work, from the
     /// backend.
     pub fn read_with(&self, blob: &CachedBlob, chunks: &[ChunkRecord], frames: Option<&FrameIndex>, buf: &mut [u8], offset: u64) -> Result<()> {
         self.fetch_missing(blob, chunks, frames)?;
-        blob.read_at(buf, offset)
+        blob.read_at(chunks, buf, offset)
     }
 
     /// Fetches those of `chunks` not present (or waits for their fetch in flight).
@@ -381,7 +386,7 @@ impl Fetcher {
                 return Err(StorageError::Mismatch { blob: to_hex(blob.digest()), detail: format!("backend {} returned {} bytes, asked {len}", self.backend.name(), bytes.len()) });
             }
             self.stats.bytes_fetched.fetch_add(len, Ordering::Relaxed);
-            let mut verified: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut verified: Vec<(u64, u64, Vec<u8>)> = Vec::new();
             for (head, wanted) in &run {
                 let at = (head.compressed_offset - start) as usize;
                 let input = &bytes[at..at + head.compressed_size as usize];
@@ -395,10 +400,10 @@ impl Fetcher {
                     if actual != c.digest {
                         return Err(self.corrupt(blob, c.view_offset, format!("digest mismatch: expected {}, computed {}", to_hex(&c.digest), to_hex(&actual))));
                     }
-                    verified.push((c.view_offset, data.to_vec()));
+                    verified.push((c.compressed_offset, c.view_offset, data.to_vec()));
                 }
             }
-            let refs: Vec<(u64, &[u8])> = verified.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+            let refs: Vec<(u64, u64, &[u8])> = verified.iter().map(|(f, o, d)| (*f, *o, d.as_slice())).collect();
             if blob.fill(&refs)? == Filled::InMemory {
                 self.stats.cache_write_failures.fetch_add(1, Ordering::Relaxed);
             }

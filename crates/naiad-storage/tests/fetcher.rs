@@ -93,7 +93,7 @@ fn only_requested_chunks_are_fetched_verified_and_kept() {
     assert!(blob.is_present(recs[1].view_offset, u64::from(recs[1].size)));
     assert!(!blob.is_present(recs[0].view_offset, 1) && !blob.is_present(recs[2].view_offset, 1));
     let mut buf = vec![0u8; recs[1].size as usize];
-    blob.read_at(&mut buf, recs[1].view_offset).unwrap();
+    blob.read_at(&recs[1..2], &mut buf, recs[1].view_offset).unwrap();
     assert_eq!(buf, big[1 << 20..2 << 20]);
     // Present chunks are not fetched again.
     fetcher.ensure(&blob, &recs[1..2]).unwrap();
@@ -105,7 +105,7 @@ fn only_requested_chunks_are_fetched_verified_and_kept() {
     assert!(reqs <= 3, "{reqs} requests for 4 adjacent chunks around a present one");
     for (i, r) in recs.iter().enumerate() {
         let mut buf = vec![0u8; r.size as usize];
-        blob.read_at(&mut buf, r.view_offset).unwrap();
+        blob.read_at(std::slice::from_ref(r), &mut buf, r.view_offset).unwrap();
         assert_eq!(buf, big[i << 20..(i << 20) + r.size as usize]);
     }
     // Small files packed in one frame.
@@ -169,7 +169,7 @@ fn backend_requests_are_limited_to_the_configured_concurrency() {
         assert_eq!(backend.peak.load(Ordering::SeqCst), limit as u64, "peak concurrent requests with a limit of {limit}");
         for (i, r) in recs.iter().enumerate() {
             let mut buf = vec![0u8; r.size as usize];
-            blob.read_at(&mut buf, r.view_offset).unwrap();
+            blob.read_at(std::slice::from_ref(r), &mut buf, r.view_offset).unwrap();
             assert_eq!(buf, big[i << 20..(i << 20) + r.size as usize]);
         }
     }
@@ -211,7 +211,7 @@ fn after_a_backend_failure_reads_fail_fast_then_the_backend_is_tried_again() {
     fetcher.ensure(&blob, &recs).unwrap();
     for (i, r) in recs.iter().enumerate() {
         let mut buf = vec![0u8; r.size as usize];
-        blob.read_at(&mut buf, r.view_offset).unwrap();
+        blob.read_at(std::slice::from_ref(r), &mut buf, r.view_offset).unwrap();
         assert_eq!(buf, big[i << 20..(i << 20) + r.size as usize]);
     }
 }

@@ -121,7 +121,7 @@ fn chunks_come_through_the_fetcher_byte_exact() {
         let blob = cache.blob(&meta.digest, meta.view_size).unwrap();
         fetcher.ensure(&blob, std::slice::from_ref(r)).unwrap();
         let mut buf = vec![0u8; r.size as usize];
-        blob.read_at(&mut buf, r.view_offset).unwrap();
+        blob.read_at(std::slice::from_ref(r), &mut buf, r.view_offset).unwrap();
         out.extend_from_slice(&buf);
     }
     assert_eq!(out, big);

@@ -62,11 +62,26 @@ struct KeeperArgs {
     mountpoint: std::path::PathBuf,
 }
 
+/// Raises the soft limit of open files to the hard one: the chunk cache keeps a file per
+/// frame open, and a fanotify-mode mount (with its keeper) one per frame not yet cached,
+/// thousands for a large image.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::debug!(error = %e, "cannot raise the open file limit");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NAIAD_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    raise_open_file_limit();
     let cli = Cli::parse();
     let cfg = match config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,

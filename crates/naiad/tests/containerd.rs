@@ -177,12 +177,12 @@ fn removing_an_image_removes_its_mounts_and_cache() {
     let cache = env.sn.root.join("cache");
     let cached =
         |suffix: &str| std::fs::read_dir(&cache).map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(suffix)).count()).unwrap_or(0);
-    assert!(cached(".data") > 0, "the container's reads were cached");
+    assert!(cached(".blob") > 0, "the container's reads were cached");
     assert_eq!(env.sn.image_mounts().len(), 1);
 
     env.ctd.ctr_ok(&["images", "rm", "--sync", &env.naiad]);
     wait_for(|| env.sn.image_mounts().is_empty(), "the lazy mount to go");
-    assert_eq!(cached(".data"), 0, "cache entries left: {:?}", std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>());
+    assert_eq!(cached(".blob"), 0, "cache entries left: {:?}", std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>());
     let snaps = env.ctd.ctr_ok(&["snapshots", "--snapshotter", "naiad", "ls"]);
     assert_eq!(snaps.lines().count(), 1, "only the header is left: {snaps}");
     assert_eq!(std::fs::read_dir(env.sn.root.join("images")).unwrap().count(), 0, "mountpoint directories left");

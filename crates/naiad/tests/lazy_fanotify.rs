@@ -1,8 +1,8 @@
 //! The fanotify mode against the real kernel: EROFS mounted straight on the cache files,
 //! filled through fanotify pre-content events. Only the ranges read are fetched (the metrics
 //! and the cache file's allocated blocks show it), the whole tree matches the source, a hole
-//! is never read as data, concurrent readers share fetches, and a fully cached blob is read
-//! without the daemon. Needs root and a kernel with pre-content events (6.14+).
+//! is never read as data, concurrent readers share fetches, and what was read once is read
+//! again with nothing in user space. Needs root and a kernel with pre-content events (6.14+).
 
 mod common;
 
@@ -58,13 +58,13 @@ fn local(img: &Image) -> Arc<dyn Backend> {
     Arc::new(LocalBackend::new(BlobDirs::new(vec![img.dir.path().join("out")])))
 }
 
-/// Bytes the cache data files hold on disk (allocated blocks).
+/// Bytes the cache's frame files hold on disk (allocated blocks).
 fn allocated(cache: &ChunkCache) -> u64 {
     std::fs::read_dir(cache.dir())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "data"))
-        .map(|p| std::fs::metadata(p).unwrap().blocks() * 512)
+        .filter(|p| p.extension().is_some_and(|x| x == "frames"))
+        .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().metadata().unwrap().blocks() * 512))
         .sum()
 }
 
@@ -142,6 +142,37 @@ fn a_cached_image_mounted_again_in_kernel_mode_is_read_without_the_mount_process
     read_without_the_mount_process("kernel", true);
 }
 
+/// Starts `naiad mount` of the image in `mode` at `work/mnt` (cache and runtime dir in
+/// `work`) and waits for the tree to show.
+fn spawn_mount(img: &Image, mode: &str, work: &std::path::Path) -> std::process::Child {
+    let mnt = work.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+        .arg("mount")
+        .arg(img.bootstrap())
+        .arg(&mnt)
+        .args(["--mode", mode, "--no-prefetch", "--blob-dir"])
+        .arg(img.dir.path().join("out"))
+        .arg("--cache-dir")
+        .arg(work.join("cache"))
+        .arg("--runtime-dir")
+        .arg(work.join("run"))
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !mnt.join("files").exists() {
+        assert!(started.elapsed() < Duration::from_secs(20), "mount did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// `sha256sum` of `path` within `secs` seconds: the digest, or None if it did not finish.
+fn sha256_within(path: &std::path::Path, secs: u32) -> Option<String> {
+    let out = std::process::Command::new("timeout").args([secs.to_string().as_str(), "sha256sum"]).arg(path).output().unwrap();
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string())
+}
+
 /// Mounts the image in `mode`, reads everything once (every blob complete in the cache),
 /// mounts it again if `remount`, then freezes the mount process: a read that needed it would
 /// wait, so with the page cache dropped a reader with a deadline shows it does not.
@@ -149,44 +180,84 @@ fn read_without_the_mount_process(mode: &str, remount: bool) {
     let img = image();
     let work = img.dir.path().join("f");
     let mnt = work.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mount = || {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
-            .arg("mount")
-            .arg(img.bootstrap())
-            .arg(&mnt)
-            .args(["--mode", mode, "--no-prefetch", "--blob-dir"])
-            .arg(img.dir.path().join("out"))
-            .arg("--cache-dir")
-            .arg(work.join("cache"))
-            .arg("--runtime-dir")
-            .arg(work.join("run"))
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while !mnt.join("files").exists() {
-            assert!(started.elapsed() < Duration::from_secs(20), "mount did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child
-    };
-    let mut child = mount();
+    let mut child = spawn_mount(&img, mode, &work);
     let _g = MountGuard(mnt.clone());
     assert_same_tree("first read", &snapshot(&img.src()), &snapshot(&mnt), Skip::default());
     if remount {
         naiad_ok(args!["umount", mnt]);
         assert!(child.wait().unwrap().success());
-        child = mount();
+        child = spawn_mount(&img, mode, &work);
     }
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
-    let out = std::process::Command::new("timeout").args(["20", "sha256sum"]).arg(mnt.join("files/multi_chunk")).output().unwrap();
+    let got = sha256_within(&mnt.join("files/multi_chunk"), 20);
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
-    assert!(out.status.success(), "a read waited for the frozen mount process: {}", String::from_utf8_lossy(&out.stderr));
-    let local = std::process::Command::new("sha256sum").arg(img.src().join("files/multi_chunk")).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().next(), String::from_utf8_lossy(&local.stdout).split_whitespace().next());
+    assert_eq!(got, sha256_within(&img.src().join("files/multi_chunk"), 20), "a read waited for the frozen mount process, or read wrong bytes");
     naiad_ok(args!["umount", mnt]);
+    assert!(child.wait().unwrap().success());
+}
+
+/// The pids of the fanotify keepers serving `mnt`.
+fn keepers_of(mnt: &std::path::Path) -> Vec<rustix::process::Pid> {
+    let needle = mnt.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+            (args.contains(&&b"fanotify-keeper"[..]) && args.contains(&needle)).then(|| rustix::process::Pid::from_raw(pid))?
+        })
+        .collect()
+}
+
+/// The frames of a partly cached image that were read are files no one watches any more:
+/// with the mount process *and* the keeper frozen, re-reading what was read works (page
+/// cache dropped), while a read of data never read waits for them.
+#[test]
+fn the_frames_read_are_read_again_with_nothing_in_user_space() {
+    let img = image();
+    let work = img.dir.path().join("f");
+    let mnt = work.join("mnt");
+    let child = spawn_mount(&img, "fanotify", &work);
+    let _g = MountGuard(mnt.clone());
+    let first = sha256_within(&mnt.join("files/multi_chunk"), 20);
+    assert_eq!(first, sha256_within(&img.src().join("files/multi_chunk"), 20));
+    // A file none of whose chunks are cached yet (the cache is this mount's, opened here only
+    // to look).
+    let cache = ChunkCache::open(&work.join("cache")).unwrap();
+    let ext = img.bs.extension();
+    let blobs: Vec<_> = ext.blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap()).collect();
+    let unread = ["files/one_chunk", "files/text", "many/entry-00001", "files/holey"]
+        .into_iter()
+        .find(|p| {
+            let ino = img.bs.lookup(format!("/{p}").as_bytes()).unwrap();
+            (0..ino.chunk_count()).all(|i| match img.bs.chunk(&ino, i).unwrap() {
+                naiad_format::bootstrap::ChunkSlot::Data(c) => !blobs[c.blob_index as usize].is_present(c.view_offset, u64::from(c.size)),
+                naiad_format::bootstrap::ChunkSlot::Hole => true,
+            })
+        })
+        .expect("a file with nothing cached");
+    drop(blobs);
+    let keepers = keepers_of(&mnt);
+    assert_eq!(keepers.len(), 1, "one keeper serves the mount");
+    let frozen = [rustix::process::Pid::from_child(&child), keepers[0]];
+    for p in frozen {
+        rustix::process::kill_process(p, rustix::process::Signal::STOP).unwrap();
+    }
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let again = sha256_within(&mnt.join("files/multi_chunk"), 20);
+    let blocked = sha256_within(&mnt.join(unread), 3);
+    for p in frozen {
+        rustix::process::kill_process(p, rustix::process::Signal::CONT).unwrap();
+    }
+    assert_eq!(again, first, "re-reading what was read needed user space, or read wrong bytes");
+    assert_eq!(blocked, None, "{unread}, never read, was read with the keeper frozen");
+    assert_eq!(sha256_within(&mnt.join(unread), 20), sha256_within(&img.src().join(unread), 20), "{unread} after the thaw");
+    naiad_ok(args!["umount", mnt]);
+    let mut child = child;
     assert!(child.wait().unwrap().success());
 }
 

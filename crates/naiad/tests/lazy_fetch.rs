@@ -56,7 +56,7 @@ fn read_file_through_cache(bs: &Bootstrap, backend: Arc<dyn Backend>, cache_dir:
         let blob = cache.blob(&b.digest, b.view_size).unwrap();
         fetcher.ensure(&blob, std::slice::from_ref(r)).unwrap();
         let mut buf = vec![0u8; r.size as usize];
-        blob.read_at(&mut buf, r.view_offset).unwrap();
+        blob.read_at(std::slice::from_ref(r), &mut buf, r.view_offset).unwrap();
         out.extend_from_slice(&buf);
     }
     out
