@@ -223,38 +223,39 @@ pub fn keeper_alive(runtime_dir: &Path, mountpoint: &Path) -> bool {
 /// serves `mountpoint` (its previous server died), this attaches to it instead: the image is
 /// mounted already, and the reads waiting are answered now.
 pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCache, fetcher: Arc<Fetcher>, mountpoint: &Path, runtime_dir: &Path, keeper_exe: &Path) -> Result<FanotifyMount> {
+    let t0 = std::time::Instant::now();
     let ext = bs.extension();
     let mut files = Vec::new();
-    let mut frames = Vec::new();
     for (i, b) in ext.blobs.iter().enumerate() {
         let blob = cache.blob(&b.digest, b.view_size)?;
         let chunks = ext.blob_chunks(i as u32).to_vec();
         let index = Arc::new(FrameIndex::new(chunks.clone()));
-        for f in index.frames() {
-            let frame = f[0].compressed_offset;
-            // Opened (and created) here, before any watch: see `start_keeper`.
-            let file = blob.frame(frame)?;
-            let md = std::fs::metadata(file.path()).map_err(FsError::io(file.path()))?;
-            let span = f.iter().map(|c| c.view_offset).min().unwrap_or(0)..f.iter().map(|c| c.view_offset + block_align(u64::from(c.size))).max().unwrap_or(0);
-            frames.push(FrameFile { dev: md.dev(), ino: md.ino(), blob: i, frame, span, complete: blob.all_present(f) });
-        }
         files.push(Watched { blob, chunks, frames: index, ra: Readahead::default() });
     }
     let sock = socket_path(runtime_dir, mountpoint);
     let attach = UnixStream::connect(&sock).ok().filter(|_| crate::kernel::is_erofs_mounted(mountpoint));
     let attached = attach.is_some();
-    let plan = if attached {
-        None
-    } else {
-        let blobs: Vec<_> = files.iter().map(|w| crate::devices::BlobDevices { blob: &w.blob, frames: &w.frames, view: None }).collect();
-        Some(crate::devices::plan(bs, &blobs, |_, _| true)?)
-    };
+    // The remapped bootstrap (a walk of the tree) is made while the frame files are opened.
+    let (plan, frames) = std::thread::scope(|scope| {
+        let plan = (!attached).then(|| {
+            scope.spawn(|| {
+                let blobs: Vec<_> = files.iter().map(|w| crate::devices::BlobDevices { blob: &w.blob, frames: &w.frames, view: None }).collect();
+                crate::devices::plan(bs, &blobs, |_, _| true)
+            })
+        });
+        let frames = frame_files(&files);
+        let plan = plan.map(|h| h.join().expect("planning panicked")).transpose();
+        (plan, frames)
+    });
+    let (plan, frames) = (plan?, frames?);
     let stream = match attach {
         Some(s) => s,
         None => start_keeper(&files, &frames, mountpoint, runtime_dir, keeper_exe, &sock)?,
     };
     let io = |e: std::io::Error| FsError::Io { path: sock.clone(), cause: e };
-    take_writers(&stream, &files, &frames).map_err(|e| FsError::Invalid(format!("fanotify keeper {}: {e}", sock.display())))?;
+    // A keeper started here holds copies of this process's own pre-watch descriptors; one
+    // attached to must hand over its copies.
+    take_writers(&stream, &files, &frames, attached).map_err(|e| FsError::Invalid(format!("fanotify keeper {}: {e}", sock.display())))?;
     let mut w = stream.try_clone().map_err(io)?;
     for (i, f) in files.iter().enumerate() {
         let mut m = vec![b'R'];
@@ -294,7 +295,24 @@ pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkC
         crate::devices::mount(&plan, bootstrap_path, &scratch, mountpoint)?;
         m.mounted = true;
     }
+    tracing::debug!(frame_files = m.shared.blob_of.len(), ms = t0.elapsed().as_millis() as u64, "fanotify mode set up");
     Ok(m)
+}
+
+/// Opens (and creates) the frame file of every frame of the image, before any watch (see
+/// `start_keeper`).
+fn frame_files(files: &[Watched]) -> Result<Vec<FrameFile>> {
+    let mut frames = Vec::new();
+    for (i, w) in files.iter().enumerate() {
+        for f in w.frames.frames() {
+            let frame = f[0].compressed_offset;
+            let file = w.blob.frame(frame)?;
+            let md = file.metadata().map_err(FsError::io(file.path()))?;
+            let span = f.iter().map(|c| c.view_offset).min().unwrap_or(0)..f.iter().map(|c| c.view_offset + block_align(u64::from(c.size))).max().unwrap_or(0);
+            frames.push(FrameFile { dev: md.dev(), ino: md.ino(), blob: i, frame, span, complete: w.blob.all_present(f) });
+        }
+    }
+    Ok(frames)
 }
 
 /// Frame registrations per message to the keeper (36 bytes each).
@@ -303,13 +321,16 @@ const FRAMES_PER_MESSAGE: usize = 1024;
 /// Reads the keeper's `P` frame and makes every frame's fills write through the keeper's
 /// descriptor of its file (copied with `pidfd_getfd`), which raises no event. Frames the
 /// keeper has no descriptor for were complete when the image was mounted: never watched.
-fn take_writers(stream: &UnixStream, files: &[Watched], frames: &[FrameFile]) -> std::io::Result<()> {
+fn take_writers(stream: &UnixStream, files: &[Watched], frames: &[FrameFile], attached: bool) -> std::io::Result<()> {
     let mut r = stream.try_clone()?;
     r.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let f = recv(&mut r)?;
     r.set_read_timeout(None)?;
     if f[0] != b'P' || f.len() < 9 {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no writer list"));
+    }
+    if !attached {
+        return Ok(());
     }
     let pid = u32::from_le_bytes(f[1..5].try_into().expect("4 bytes"));
     let n = u32::from_le_bytes(f[5..9].try_into().expect("4 bytes")) as usize;
@@ -386,7 +407,8 @@ pub(crate) fn spawn_keeper(mut cmd: std::process::Command, fds: Vec<i32>, sock: 
             let _ = child.kill();
             return Err(FsError::Invalid(format!("the {what} did not start within 10 s")));
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        // It starts in a few milliseconds: a mount waits for it.
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! * `<dir>/<digest>.frames/<frame>` (the frame's compressed offset, 16 hex digits) holds the
 //!   chunks of one frame at their offsets in the blob's uncompressed view, and nothing else:
-//!   a sparse file the length of the view. Given as an EROFS device, it reads as the view
+//!   a sparse file, ending with its last chunk's block. Given as an EROFS device, it reads as the view
 //!   wherever that frame's chunks lie, so a bootstrap whose chunk indexes name the frame files
 //!   instead of the blob ([`naiad_format::remap`]) mounts on them. A frame is fetched and
 //!   filled whole, so its file is complete once any of it was read: the fanotify mode can then
@@ -83,6 +83,11 @@ impl FrameFile {
     /// The file's path (a valid EROFS device for this frame's chunks once they are present).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's metadata (`fstat`).
+    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.file.metadata()
     }
 
     /// The descriptor fills write through.
@@ -415,8 +420,8 @@ impl CachedBlob {
         self.frames_dir.join(format!("{frame:016x}"))
     }
 
-    /// The file of the frame at compressed offset `frame`, opened (and created, sparse, the
-    /// length of the view) on first use and kept open.
+    /// The file of the frame at compressed offset `frame`, opened (and created, empty) on
+    /// first use and kept open. It ends with the last block written.
     pub fn frame(&self, frame: u64) -> Result<Arc<FrameFile>> {
         if let Some(f) = self.frames.read().expect("frames lock").get(&frame) {
             return Ok(f.clone());
@@ -430,9 +435,6 @@ impl CachedBlob {
             r => r,
         }
         .map_err(StorageError::io(&path))?;
-        if file.metadata().map_err(StorageError::io(&path))?.len() != self.view_size {
-            file.set_len(self.view_size).map_err(StorageError::io(&path))?;
-        }
         let f = Arc::new(FrameFile { path, file, direct: std::sync::OnceLock::new(), writer: std::sync::OnceLock::new() });
         Ok(self.frames.write().expect("frames lock").entry(frame).or_insert(f).clone())
     }
@@ -627,6 +629,12 @@ impl CachedBlob {
             })?;
             let w = f.writer.get().unwrap_or(&f.file);
             w.write_all_at(bytes, off).map_err(|e| (f.path.clone(), e))?;
+            // The rest of the chunk's last block too: the kernel's EROFS reads whole blocks
+            // and fails a read that ends early (the file ends where its last write does).
+            let pad = (block_align(bytes.len() as u64) - bytes.len() as u64) as usize;
+            if pad > 0 {
+                w.write_all_at(&ZERO_BLOCK[..pad], off + bytes.len() as u64).map_err(|e| (f.path.clone(), e))?;
+            }
             // Sync once per frame, after its last chunk of this fill.
             if !chunks[k + 1..].iter().any(|c| c.0 == frame) && !synced.contains(&frame) {
                 w.sync_data().map_err(|e| (f.path.clone(), e))?;
@@ -671,6 +679,8 @@ impl std::ops::DerefMut for BlockBuf {
         &mut self.raw[self.at..self.at + self.len]
     }
 }
+
+static ZERO_BLOCK: [u8; BLOCK_SIZE_BYTES as usize] = [0; BLOCK_SIZE_BYTES as usize];
 
 /// EIO, for a failed write that carries no errno.
 fn eio_errno() -> i32 {
@@ -721,9 +731,9 @@ mod tests {
             // Each frame's chunks are in its own file, at their view offsets, and only there.
             let f0 = std::fs::read(b.frame_path(0)).unwrap();
             let f77 = std::fs::read(b.frame_path(77)).unwrap();
-            assert_eq!((f0.len() as u64, f77.len() as u64), (view, view));
-            assert!(f0[8192..13192].iter().all(|&x| x == 1) && f0[40960..45056].iter().all(|&x| x == 0));
-            assert!(f77[40960..45056].iter().all(|&x| x == 2) && f77[8192..13192].iter().all(|&x| x == 0));
+            assert_eq!((f0.len(), f77.len()), (16384, 40960 + 4096), "each ends with its last chunk's block");
+            assert!(f0[8192..13192].iter().all(|&x| x == 1) && f0[..8192].iter().all(|&x| x == 0));
+            assert!(f77[40960..45056].iter().all(|&x| x == 2) && f77[..40960].iter().all(|&x| x == 0));
             assert_eq!(b.present_bytes(), 3 * 4096);
         }
         let cache = ChunkCache::open(dir.path()).unwrap();

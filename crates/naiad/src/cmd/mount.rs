@@ -28,10 +28,10 @@ pub enum Mode {
     /// mounts EROFS on the views; no process stays behind. The default for a bootstrap file
     /// with --blob-dir.
     Local,
-    /// Lazy: the kernel mounts EROFS straight on the cache files, which this process fills
-    /// through fanotify pre-content events as they are read: no FUSE on the data path, and a
-    /// fully cached image is read like local files. Needs Linux 6.14+ (pre-content events)
-    /// with file-backed EROFS.
+    /// Lazy: the kernel mounts EROFS straight on the cache's frame files, which this process
+    /// fills through fanotify pre-content events as they are read: no FUSE on the data path,
+    /// and what was read once is read again like local files. Needs Linux 6.14+
+    /// (pre-content events) with file-backed EROFS.
     Fanotify,
     /// Lazy: the kernel mounts EROFS on blob-view files that this process serves over FUSE,
     /// fetching and verifying chunks as they are read. Needs file-backed EROFS (6.12+).

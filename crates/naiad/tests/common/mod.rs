@@ -162,7 +162,7 @@ pub fn hash_file(path: &Path) -> String {
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).unwrap();
+        let n = f.read(&mut buf).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         if n == 0 {
             break;
         }
