@@ -470,8 +470,9 @@ impl Bootstrap {
         Ok(ChunkSlot::Data(rec))
     }
 
-    /// Byte offset of chunk index `index` of a chunk-based file.
-    pub(crate) fn chunk_index_offset(&self, ino: &Inode, index: u64) -> u64 {
+    /// Byte offset of chunk index `index` of a chunk-based file (unchecked: see
+    /// [`Bootstrap::chunk`]).
+    pub fn chunk_index_offset(&self, ino: &Inode, index: u64) -> u64 {
         align8(ino.offset(self) + ino.header_size + ino.xattr_size) + index * CHUNK_INDEX_SIZE_BYTES
     }
 

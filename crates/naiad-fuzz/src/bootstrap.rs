@@ -67,6 +67,46 @@ pub fn walk(bs: &Bootstrap) {
     for path in &ext.prefetch {
         let _ = bs.lookup(path);
     }
+    if walked.is_ok() {
+        remap(bs);
+    }
+}
+
+/// What a lazy mount gives the kernel: the image remapped to a device per frame. Cross-checks
+/// the copy: the superblock moved the metadata by the room the new device table took, and
+/// every chunk index names its frame's device at the same block address.
+fn remap(bs: &Bootstrap) {
+    use naiad_format::remap::{remap_devices, Device};
+    let ext = bs.extension();
+    let mut ids = std::collections::BTreeMap::new();
+    for c in &ext.chunks {
+        let next = ids.len() + 1;
+        ids.entry((c.blob_index, c.compressed_offset)).or_insert(next);
+    }
+    if ids.is_empty() || ids.len() > naiad_format::remap::MAX_DEVICES {
+        return;
+    }
+    let devices: Vec<Device> = ids.keys().map(|(b, f)| Device { tag: format!("{b}-{f:x}"), blocks: 1 }).collect();
+    let id = |c: &naiad_format::extension::ChunkRecord| ids.get(&(c.blob_index, c.compressed_offset)).map_or(0, |&i| i as u16);
+    let Ok(out) = remap_devices(bs, &devices, id) else { return };
+    // Superblock fields (at 1024): meta_blkaddr at 40, extra_devices at 86, devt_slotoff at 88.
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[1024 + at..1028 + at].try_into().expect("4 bytes"));
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes(b[1024 + at..1026 + at].try_into().expect("2 bytes"));
+    let shift = u64::from(u32_at(&out, 40) - u32_at(bs.bytes(), 40)) * naiad_format::BLOCK_SIZE_BYTES;
+    assert_eq!(out.len() as u64, bs.erofs_len() + shift, "the copy is the image moved up by the new table's room");
+    assert_eq!(usize::from(u16_at(&out, 86)), devices.len());
+    assert!(u64::from(u16_at(&out, 88)) * 128 + devices.len() as u64 * 128 <= shift, "the device table overlaps the moved image");
+    let _ = bs.walk(|_, _, ino| -> naiad_format::Result<()> {
+        for i in 0..ino.chunk_count().min(MAX_CHUNKS_PER_INODE) {
+            if let Ok(ChunkSlot::Data(rec)) = bs.chunk(ino, i) {
+                let at = bs.chunk_index_offset(ino, i) as usize;
+                let (was, now) = (&bs.bytes()[at..at + 8], &out[at + shift as usize..at + shift as usize + 8]);
+                assert_eq!(u16::from_le_bytes([now[2], now[3]]), id(rec), "nid {} chunk {i}: not its frame's device", ino.nid);
+                assert_eq!((&was[..2], &was[4..]), (&now[..2], &now[4..]), "nid {} chunk {i}: the block address changed", ino.nid);
+            }
+        }
+        Ok(())
+    });
 }
 
 fn read_inode(bs: &Bootstrap, ino: &Inode) {
