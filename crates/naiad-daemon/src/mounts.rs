@@ -195,31 +195,31 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
         }
         m => m,
     };
-    let keep = (keep_fuse && matches!(mode, Mode::Kernel | Mode::Fuse)).then(|| fuse_keep(runtime_dir)).transpose()?;
-    let handle: Box<dyn std::any::Any + Send> = match mode {
-        Mode::Auto => unreachable!("resolved above"),
-        Mode::Fanotify => {
-            let exe = std::env::current_exe().map_err(DaemonError::io("the naiad executable"))?;
-            match naiad_fs::fanotify::mount_fanotify_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &mountpoint, runtime_dir, &exe) {
-                Ok(m) => Box::new(m),
-                // The mode was not asked for: a cache that cannot hold the frame files (a
-                // full disk) still lets kernel mode serve reads, from memory.
-                Err(e @ naiad_fs::FsError::Storage(_)) if spec.mode == Mode::Auto => {
-                    tracing::warn!(error = %e, "fanotify mode cannot set up its cache files; mounting in kernel mode");
-                    mode = Mode::Kernel;
-                    let keep = keep_fuse.then(|| fuse_keep(runtime_dir)).transpose()?;
-                    Box::new(naiad_fs::lazy::mount_kernel_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &views_dir(runtime_dir, &mountpoint), &mountpoint, keep.as_ref())?)
-                }
-                Err(e) => return Err(e.into()),
+    let mut handle: Option<Box<dyn std::any::Any + Send>> = None;
+    if mode == Mode::Fanotify {
+        let exe = std::env::current_exe().map_err(DaemonError::io("the naiad executable"))?;
+        match naiad_fs::fanotify::mount_fanotify_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &mountpoint, runtime_dir, &exe) {
+            Ok(m) => handle = Some(Box::new(m)),
+            // The mode was not asked for: a cache that cannot hold the frame files (a full
+            // disk) still lets kernel mode serve reads, from memory.
+            Err(e @ naiad_fs::FsError::Storage(_)) if spec.mode == Mode::Auto => {
+                tracing::warn!(error = %e, "fanotify mode cannot set up its cache files; mounting in kernel mode");
+                mode = Mode::Kernel;
             }
+            Err(e) => return Err(e.into()),
         }
-        Mode::Kernel => {
+    }
+    let keep = (keep_fuse && matches!(mode, Mode::Kernel | Mode::Fuse)).then(|| fuse_keep(runtime_dir)).transpose()?;
+    let handle: Box<dyn std::any::Any + Send> = match (handle, mode) {
+        (Some(h), _) => h,
+        (None, Mode::Kernel) => {
             Box::new(naiad_fs::lazy::mount_kernel_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &views_dir(runtime_dir, &mountpoint), &mountpoint, keep.as_ref())?)
         }
-        Mode::Fuse => {
+        (None, Mode::Fuse) => {
             let fs = naiad_fs::image_fs::ImageFs::new(bs.clone(), blobs.clone(), fetcher.clone());
             Box::new(naiad_fs::image_fs::mount_fuse_mode(fs, &mountpoint, keep.as_ref())?)
         }
+        (None, Mode::Auto | Mode::Fanotify) => unreachable!("resolved, or mounted above"),
     };
     let m = ActiveMount {
         spec: MountSpec { mountpoint, mode, bootstrap: image.is_some().then_some(bootstrap_path), ..spec },

@@ -34,11 +34,11 @@ pub(crate) struct BlobDevices<'a> {
 /// without a view must have every frame accepted. With more devices than a device table
 /// holds, blobs that have a view are read through it alone; an error if that is not enough.
 pub(crate) fn plan(bs: &Bootstrap, blobs: &[BlobDevices], mut use_frame: impl FnMut(usize, &[ChunkRecord]) -> bool) -> Result<Plan> {
-    let chosen: Vec<Vec<&[ChunkRecord]>> = blobs.iter().enumerate().map(|(i, b)| b.frames.frames().filter(|f| use_frame(i, f)).collect()).collect();
-    let count = |chosen: &[Vec<&[ChunkRecord]>]| -> usize {
-        blobs.iter().zip(chosen).map(|(b, c)| c.len() + usize::from(c.len() < b.frames.frames().count())).sum()
-    };
-    let mut chosen = chosen;
+    let mut chosen: Vec<Vec<&[ChunkRecord]>> = blobs.iter().enumerate().map(|(i, b)| b.frames.frames().filter(|f| use_frame(i, f)).collect()).collect();
+    let totals: Vec<usize> = blobs.iter().map(|b| b.frames.frames().count()).collect();
+    // A blob needs its view as a device too when some of its frames are not chosen.
+    let needs_view = |i: usize, chosen: &[Vec<&[ChunkRecord]>]| chosen[i].len() < totals[i];
+    let count = |chosen: &[Vec<&[ChunkRecord]>]| -> usize { (0..blobs.len()).map(|i| chosen[i].len() + usize::from(needs_view(i, chosen))).sum() };
     if count(&chosen) > MAX_DEVICES {
         tracing::info!(devices = count(&chosen), max = MAX_DEVICES, "too many frame files for one mount; blobs with a view are read through it");
         for (b, c) in blobs.iter().zip(chosen.iter_mut()) {
@@ -53,8 +53,10 @@ pub(crate) fn plan(bs: &Bootstrap, blobs: &[BlobDevices], mut use_frame: impl Fn
             )));
         }
     }
-    if chosen.iter().all(Vec::is_empty) && blobs.iter().all(|b| b.view.is_some()) {
-        return Ok(Plan { paths: blobs.iter().map(|b| b.view.clone().expect("checked")).collect(), image: None });
+    if chosen.iter().all(Vec::is_empty) {
+        if let Some(paths) = blobs.iter().map(|b| b.view.clone()).collect::<Option<Vec<_>>>() {
+            return Ok(Plan { paths, image: None });
+        }
     }
     let mut devices = Vec::new();
     let mut paths = Vec::new();
@@ -62,7 +64,7 @@ pub(crate) fn plan(bs: &Bootstrap, blobs: &[BlobDevices], mut use_frame: impl Fn
     let mut frame_id: HashMap<(u32, u64), u16> = HashMap::new();
     for (i, (b, frames)) in blobs.iter().zip(&chosen).enumerate() {
         let hex = to_hex(b.blob.digest());
-        if frames.len() < b.frames.frames().count() {
+        if needs_view(i, &chosen) {
             let view = b.view.clone().ok_or_else(|| FsError::Invalid(format!("blob {hex}: some frames are not to be read from their files, and there is no view")))?;
             devices.push(Device { tag: hex.clone(), blocks: (b.blob.view_size() / BLOCK_SIZE_BYTES) as u32 });
             paths.push(view);

@@ -24,7 +24,7 @@ use crate::{FsError, Result};
 use naiad_format::block_align;
 use naiad_format::bootstrap::Bootstrap;
 use naiad_format::extension::ChunkRecord;
-use naiad_storage::chunk_cache::{CachedBlob, ChunkCache};
+use naiad_storage::chunk_cache::{CachedBlob, ChunkCache, FrameFile};
 use naiad_storage::fetcher::{chunks_starting_in, Fetcher, FrameIndex, Readahead};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
@@ -56,13 +56,14 @@ struct Watched {
     ra: Readahead,
 }
 
-/// One frame file of the mount: its identity as the keeper names it, its blob, its frame,
-/// the view range its chunks span, and whether it was complete when the mount was made.
-struct FrameFile {
+/// One frame of the mount: its cache file and that file's identity as the keeper names it,
+/// its blob, the view range its chunks span, and whether it was complete when the mount was
+/// made.
+struct MountedFrame {
+    file: Arc<FrameFile>,
     dev: u64,
     ino: u64,
     blob: usize,
-    frame: u64,
     span: std::ops::Range<u64>,
     complete: bool,
 }
@@ -250,12 +251,12 @@ pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkC
     let (plan, frames) = (plan?, frames?);
     let stream = match attach {
         Some(s) => s,
-        None => start_keeper(&files, &frames, mountpoint, runtime_dir, keeper_exe, &sock)?,
+        None => start_keeper(&frames, mountpoint, runtime_dir, keeper_exe, &sock)?,
     };
     let io = |e: std::io::Error| FsError::Io { path: sock.clone(), cause: e };
     // A keeper started here holds copies of this process's own pre-watch descriptors; one
     // attached to must hand over its copies.
-    take_writers(&stream, &files, &frames, attached).map_err(|e| FsError::Invalid(format!("fanotify keeper {}: {e}", sock.display())))?;
+    take_writers(&stream, &frames, attached).map_err(|e| FsError::Invalid(format!("fanotify keeper {}: {e}", sock.display())))?;
     let mut w = stream.try_clone().map_err(io)?;
     for (i, f) in files.iter().enumerate() {
         let mut m = vec![b'R'];
@@ -301,15 +302,14 @@ pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkC
 
 /// Opens (and creates) the frame file of every frame of the image, before any watch (see
 /// `start_keeper`).
-fn frame_files(files: &[Watched]) -> Result<Vec<FrameFile>> {
+fn frame_files(files: &[Watched]) -> Result<Vec<MountedFrame>> {
     let mut frames = Vec::new();
     for (i, w) in files.iter().enumerate() {
         for f in w.frames.frames() {
-            let frame = f[0].compressed_offset;
-            let file = w.blob.frame(frame)?;
+            let file = w.blob.frame(f[0].compressed_offset)?;
             let md = file.metadata().map_err(FsError::io(file.path()))?;
             let span = f.iter().map(|c| c.view_offset).min().unwrap_or(0)..f.iter().map(|c| c.view_offset + block_align(u64::from(c.size))).max().unwrap_or(0);
-            frames.push(FrameFile { dev: md.dev(), ino: md.ino(), blob: i, frame, span, complete: w.blob.all_present(f) });
+            frames.push(MountedFrame { file, dev: md.dev(), ino: md.ino(), blob: i, span, complete: w.blob.all_present(f) });
         }
     }
     Ok(frames)
@@ -321,7 +321,7 @@ const FRAMES_PER_MESSAGE: usize = 1024;
 /// Reads the keeper's `P` frame and makes every frame's fills write through the keeper's
 /// descriptor of its file (copied with `pidfd_getfd`), which raises no event. Frames the
 /// keeper has no descriptor for were complete when the image was mounted: never watched.
-fn take_writers(stream: &UnixStream, files: &[Watched], frames: &[FrameFile], attached: bool) -> std::io::Result<()> {
+fn take_writers(stream: &UnixStream, frames: &[MountedFrame], attached: bool) -> std::io::Result<()> {
     let mut r = stream.try_clone()?;
     r.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let f = recv(&mut r)?;
@@ -334,25 +334,23 @@ fn take_writers(stream: &UnixStream, files: &[Watched], frames: &[FrameFile], at
     }
     let pid = u32::from_le_bytes(f[1..5].try_into().expect("4 bytes"));
     let n = u32::from_le_bytes(f[5..9].try_into().expect("4 bytes")) as usize;
-    let by_id: HashMap<(u64, u64), &FrameFile> = frames.iter().map(|fr| ((fr.dev, fr.ino), fr)).collect();
+    let by_id: HashMap<(u64, u64), &MountedFrame> = frames.iter().map(|fr| ((fr.dev, fr.ino), fr)).collect();
     for i in 0..n {
         let at = 9 + i * 20;
         let (dev, ino, fd) = (u64_at(&f, at), u64_at(&f, at + 8), i32_at(&f, at + 16));
         let Some(fr) = by_id.get(&(dev, ino)) else { continue };
         let file = std::fs::File::from(copy_fd(pid, fd)?);
-        files[fr.blob].blob.set_frame_writer(fr.frame, file).map_err(|e| std::io::Error::other(e.to_string()))?;
+        fr.file.set_writer(file);
     }
     Ok(())
 }
 
 /// Creates the group, watches the frame files not complete yet, and starts a keeper holding
 /// it; returns the connection to the keeper.
-fn start_keeper(files: &[Watched], frames: &[FrameFile], mountpoint: &Path, runtime_dir: &Path, keeper_exe: &Path, sock: &Path) -> Result<UnixStream> {
+fn start_keeper(frames: &[MountedFrame], mountpoint: &Path, runtime_dir: &Path, keeper_exe: &Path, sock: &Path) -> Result<UnixStream> {
     let group = fan_init().map_err(|e| FsError::Invalid(format!("fanotify_init: {e}")))?;
-    let watched: Vec<&FrameFile> = frames.iter().filter(|f| !f.complete).collect();
-    let mut writers = Vec::with_capacity(watched.len());
-    for f in &watched {
-        let file = files[f.blob].blob.frame(f.frame)?;
+    let mut writers = Vec::new();
+    for file in frames.iter().filter(|f| !f.complete).map(|f| &f.file) {
         // The marks go on before EROFS opens the files: whether a file raises pre-content
         // events is settled when it is opened.
         fan_mark(&group, true, file.path()).map_err(|e| FsError::Invalid(format!("watching {}: {e}", file.path().display())))?;

@@ -99,6 +99,10 @@ pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     b.get(at..at + 8).map_or(0, |x| u64::from_le_bytes(x.try_into().expect("8 bytes")))
 }
 
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4).map_or(0, |x| u32::from_le_bytes(x.try_into().expect("4 bytes")))
+}
+
 pub(crate) fn i32_at(b: &[u8], at: usize) -> i32 {
     b.get(at..at + 4).map_or(-1, |x| i32::from_le_bytes(x.try_into().expect("4 bytes")))
 }
@@ -222,7 +226,7 @@ impl Keeper {
     fn on_frame(&mut self, f: &[u8]) -> bool {
         match f[0] {
             b'R' => {
-                let (blob, view_size) = (u32::from_le_bytes(f.get(1..5).and_then(|b| b.try_into().ok()).unwrap_or([0; 4])), u64_at(f, 5));
+                let (blob, view_size) = (u32_at(f, 1), u64_at(f, 5));
                 let map_path = PathBuf::from(std::ffi::OsStr::from_bytes(f.get(13..).unwrap_or_default()));
                 match std::fs::File::open(&map_path) {
                     Ok(map) => {
@@ -233,12 +237,11 @@ impl Keeper {
             }
             b'F' => {
                 for e in f[1..].chunks_exact(36) {
-                    let blob = u32::from_le_bytes(e[16..20].try_into().expect("4 bytes"));
                     let span = u64_at(e, 20)..u64_at(e, 28).max(u64_at(e, 20));
                     let key = (u64_at(e, 0), u64_at(e, 8));
                     // A worker attaching registers again: what was unwatched stays so.
                     let marked = self.files.get(&key).is_none_or(|r| r.marked);
-                    self.files.insert(key, Registered { blob, span, marked });
+                    self.files.insert(key, Registered { blob: u32_at(e, 16), span, marked });
                 }
             }
             b'G' => {

@@ -45,11 +45,12 @@ pub fn mount_kernel_mode(
     // Frames complete in the cache are read by EROFS straight from their files, like a local
     // image: nothing of them goes through this process (a remount of a cached image, or of
     // one partly cached). The rest is read through the views.
-    let blobs: Vec<_> = (0..fs.len())
-        .map(|i| crate::devices::BlobDevices { blob: &fs.file(i).blob, frames: &fs.file(i).frames, view: Some(views_dir.join(fs.file_name(i))) })
-        .collect();
-    let plan = crate::devices::plan(bs, &blobs, |i, frame| blobs[i].blob.all_present(frame))?;
-    drop(blobs);
+    let plan = {
+        let blobs: Vec<_> = (0..fs.len())
+            .map(|i| crate::devices::BlobDevices { blob: &fs.file(i).blob, frames: &fs.file(i).frames, view: Some(views_dir.join(fs.file_name(i))) })
+            .collect();
+        crate::devices::plan(bs, &blobs, |i, frame| blobs[i].blob.all_present(frame))?
+    };
     let mut config = fuser::Config::default();
     config.mount_options = vec![fuser::MountOption::RO, fuser::MountOption::FSName("naiad-views".into()), fuser::MountOption::Subtype("naiad".into())];
     // Only take over views that still carry the image: otherwise start afresh.

@@ -78,6 +78,8 @@ pub fn check_cached_blob(cache_dir: &Path, digest: &Digest32, view_size: u64, ch
     let blocks_of = |c: &ChunkRecord| c.view_offset / BLOCK_SIZE_BYTES..(c.view_offset + block_align(u64::from(c.size))).div_ceil(BLOCK_SIZE_BYTES).min(view_size / BLOCK_SIZE_BYTES);
     let mut covered = vec![false; (view_size / BLOCK_SIZE_BYTES) as usize];
     let mut buf = Vec::new();
+    // The frame file last opened: chunks in view order mostly come frame after frame.
+    let mut open: Option<(u64, std::io::Result<File>)> = None;
     for c in &chunks {
         let blocks = blocks_of(c);
         blocks.clone().for_each(|b| covered[b as usize] = true);
@@ -86,8 +88,14 @@ pub fn check_cached_blob(cache_dir: &Path, digest: &Digest32, view_size: u64, ch
         }
         report.present += 1;
         buf.resize(c.size as usize, 0);
-        let frame_path = frames_dir.join(format!("{:016x}", c.compressed_offset));
-        let read = File::open(&frame_path).and_then(|f| f.read_exact_at(&mut buf, c.view_offset));
+        if open.as_ref().is_none_or(|(frame, _)| *frame != c.compressed_offset) {
+            open = Some((c.compressed_offset, File::open(frames_dir.join(format!("{:016x}", c.compressed_offset)))));
+        }
+        let read = match &open {
+            Some((_, Ok(f))) => f.read_exact_at(&mut buf, c.view_offset),
+            Some((_, Err(e))) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            None => unreachable!("opened above"),
+        };
         let detail = match read {
             Err(e) => Some(format!("cannot read it: {e}")),
             Ok(()) => {

@@ -85,6 +85,14 @@ impl FrameFile {
         &self.path
     }
 
+    /// Makes fills of this frame write through `file` (the same frame file, opened elsewhere)
+    /// from now on; false if a writer was set already. The fanotify mode needs a descriptor
+    /// opened before the file was watched: writes through one opened after would raise the
+    /// very events they are answering.
+    pub fn set_writer(&self, file: File) -> bool {
+        self.writer.set(file).is_ok()
+    }
+
     /// The file's metadata (`fstat`).
     pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
         self.file.metadata()
@@ -423,28 +431,25 @@ impl CachedBlob {
     /// The file of the frame at compressed offset `frame`, opened (and created, empty) on
     /// first use and kept open. It ends with the last block written.
     pub fn frame(&self, frame: u64) -> Result<Arc<FrameFile>> {
+        self.open_frame(frame).map_err(|(path, cause)| StorageError::Io { path, cause })
+    }
+
+    /// [`CachedBlob::frame`], failing with the path that could not be opened or created.
+    fn open_frame(&self, frame: u64) -> std::result::Result<Arc<FrameFile>, (PathBuf, std::io::Error)> {
         if let Some(f) = self.frames.read().expect("frames lock").get(&frame) {
             return Ok(f.clone());
         }
         let path = self.frame_path(frame);
         let file = match rw_create().open(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&self.frames_dir).map_err(StorageError::io(&self.frames_dir))?;
+                std::fs::create_dir_all(&self.frames_dir).map_err(|e| (self.frames_dir.clone(), e))?;
                 rw_create().open(&path)
             }
             r => r,
-        }
-        .map_err(StorageError::io(&path))?;
+        };
+        let file = file.map_err(|e| (path.clone(), e))?;
         let f = Arc::new(FrameFile { path, file, direct: std::sync::OnceLock::new(), writer: std::sync::OnceLock::new() });
         Ok(self.frames.write().expect("frames lock").entry(frame).or_insert(f).clone())
-    }
-
-    /// Makes fills of frame `frame` write through `file` (the same frame file, opened
-    /// elsewhere) from now on; false if a writer was set already. The fanotify mode needs a
-    /// descriptor opened before the file was watched: writes through one opened after would
-    /// raise the very events they are answering.
-    pub fn set_frame_writer(&self, frame: u64, file: File) -> Result<bool> {
-        Ok(self.frame(frame)?.writer.set(file).is_ok())
     }
 
     fn block_range(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
@@ -574,11 +579,10 @@ impl CachedBlob {
             }
             touched.push(self.block_range(off, block_align(bytes.len() as u64)));
         }
-        let spill_refs = || chunks.iter().map(|&(_, o, b)| (o, b)).collect::<Vec<_>>();
         let written = self.write_frames(chunks);
         if let Err((path, e)) = written {
             // Whatever part did reach the files has no bit: it is never read as data.
-            self.spill.lock().expect("spill lock").keep(&spill_refs());
+            self.spill.lock().expect("spill lock").keep(&chunks.iter().map(|&(_, o, b)| (o, b)).collect::<Vec<_>>());
             self.write_errno.store(e.raw_os_error().unwrap_or(eio_errno()), Ordering::Relaxed);
             if !self.write_failing.swap(true, Ordering::Relaxed) {
                 tracing::warn!(file = %path.display(), error = %e, "cannot write to the cache; serving fetched data from memory until it can");
@@ -621,12 +625,9 @@ impl CachedBlob {
 
     /// Writes the chunks into their frame files and makes them durable.
     fn write_frames(&self, chunks: &[(u64, u64, &[u8])]) -> std::result::Result<(), (PathBuf, std::io::Error)> {
-        let mut synced: Vec<u64> = Vec::new();
-        for (k, &(frame, off, bytes)) in chunks.iter().enumerate() {
-            let f = self.frame(frame).map_err(|e| match e {
-                StorageError::Io { path, cause } => (path, cause),
-                other => (self.frame_path(frame), std::io::Error::other(other.to_string())),
-            })?;
+        let mut written: Vec<(u64, Arc<FrameFile>)> = Vec::new();
+        for &(frame, off, bytes) in chunks {
+            let f = self.open_frame(frame)?;
             let w = f.writer.get().unwrap_or(&f.file);
             w.write_all_at(bytes, off).map_err(|e| (f.path.clone(), e))?;
             // The rest of the chunk's last block too: the kernel's EROFS reads whole blocks
@@ -635,11 +636,13 @@ impl CachedBlob {
             if pad > 0 {
                 w.write_all_at(&ZERO_BLOCK[..pad], off + bytes.len() as u64).map_err(|e| (f.path.clone(), e))?;
             }
-            // Sync once per frame, after its last chunk of this fill.
-            if !chunks[k + 1..].iter().any(|c| c.0 == frame) && !synced.contains(&frame) {
-                w.sync_data().map_err(|e| (f.path.clone(), e))?;
-                synced.push(frame);
+            if !written.iter().any(|(k, _)| *k == frame) {
+                written.push((frame, f));
             }
+        }
+        // Durable once per frame file.
+        for (_, f) in written {
+            f.writer.get().unwrap_or(&f.file).sync_data().map_err(|e| (f.path.clone(), e))?;
         }
         Ok(())
     }

@@ -246,7 +246,7 @@ impl Fetcher {
     /// Fetches those of `chunks` not present (or waits for their fetch in flight).
     fn fetch_missing(&self, blob: &CachedBlob, chunks: &[ChunkRecord], frames: Option<&FrameIndex>) -> Result<()> {
         // Warm reads (everything present) take no lock: the in-flight table is one per fetcher.
-        if chunks.iter().all(|c| blob.is_present(c.view_offset, u64::from(c.size))) {
+        if blob.all_present(chunks) {
             self.stats.hits.fetch_add(chunks.len() as u64, Ordering::Relaxed);
             return Ok(());
         }
