@@ -13,6 +13,7 @@
 //! [`BATCH_BYTES`]) of chunks or frames.
 
 use crate::chunk_dict::ChunkDict;
+use crate::temp_path::TempPath;
 use crate::{BuildError, Result};
 use naiad_format::blob::{BlobChunk, Frame, Toc};
 use naiad_format::compression::{Compressor, ZSTD_LEVEL};
@@ -30,7 +31,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use crate::temp_path::TempPath;
 
 /// Chunk bytes gathered before a batch is handed to the processing thread.
 pub const BATCH_BYTES: usize = 16 << 20;
@@ -184,7 +184,10 @@ impl Pipeline {
         let tx = self.tx.as_ref().expect("pipeline is running");
         if tx.send(msg).is_err() {
             // The decider stopped early: its error says why.
-            return Err(self.join().err().unwrap_or_else(|| BuildError::Invalid("chunk pipeline stopped".into())));
+            return Err(self
+                .join()
+                .err()
+                .unwrap_or_else(|| BuildError::Invalid("chunk pipeline stopped".into())));
         }
         Ok(())
     }
@@ -356,7 +359,10 @@ impl Decider {
                 Some(d) => d,
                 None => {
                     stats.zero_chunks += 1;
-                    *self.zero_digests.entry(len as u32).or_insert_with(|| digester.digest(&vec![0u8; len]))
+                    *self
+                        .zero_digests
+                        .entry(len as u32)
+                        .or_insert_with(|| digester.digest(&vec![0u8; len]))
                 }
             };
             let addr = if let Some(a) = self.seen.get(&d) {
@@ -365,8 +371,15 @@ impl Decider {
             } else {
                 let a = if let Some(rec) = self.cfg.dict.as_ref().and_then(|dict| dict.get(&d)) {
                     stats.dict_hits += 1;
-                    self.out.dict_used.entry(rec.blob_index).or_default().insert(rec.view_offset, *rec);
-                    ChunkAddr { blob: DICT_BLOB_BASE + rec.blob_index, view_offset: rec.view_offset }
+                    self.out
+                        .dict_used
+                        .entry(rec.blob_index)
+                        .or_default()
+                        .insert(rec.view_offset, *rec);
+                    ChunkAddr {
+                        blob: DICT_BLOB_BASE + rec.blob_index,
+                        view_offset: rec.view_offset,
+                    }
                 } else {
                     stats.stored_chunks += 1;
                     stats.stored_bytes += len as u64;
@@ -397,7 +410,12 @@ fn is_zero(data: &[u8]) -> bool {
 }
 
 /// The writer thread: compresses frames and writes blobs, one after the other.
-fn write_blobs(dir: &Path, compressor: Compressor, digester: Digester, rx: Receiver<WriteMsg>) -> Result<Vec<SealedBlob>> {
+fn write_blobs(
+    dir: &Path,
+    compressor: Compressor,
+    digester: Digester,
+    rx: Receiver<WriteMsg>,
+) -> Result<Vec<SealedBlob>> {
     let mut sealed = Vec::new();
     let mut current: Option<BlobFile> = None;
     while let Ok(msg) = rx.recv() {
@@ -413,7 +431,9 @@ fn write_blobs(dir: &Path, compressor: Compressor, digester: Digester, rx: Recei
                     Some(b) => b,
                     None => BlobFile::create(dir)?,
                 };
-                sealed.push(blob.seal(Toc { digester, frames: Vec::new(), chunks, view_size }, compressor)?);
+                sealed.push(
+                    blob.seal(Toc { digester, frames: Vec::new(), chunks, view_size }, compressor)?,
+                );
             }
         }
     }
@@ -433,12 +453,19 @@ impl BlobFile {
     fn create(dir: &Path) -> Result<Self> {
         let tmp = TempPath::new(dir)?;
         let file = File::create(&tmp.path).map_err(BuildError::io(&tmp.path))?;
-        Ok(BlobFile { tmp, file: BufWriter::with_capacity(1 << 20, file), hasher: sha2::Sha256::new(), written: 0, frames: Vec::new() })
+        Ok(BlobFile {
+            tmp,
+            file: BufWriter::with_capacity(1 << 20, file),
+            hasher: sha2::Sha256::new(),
+            written: 0,
+            frames: Vec::new(),
+        })
     }
 
     /// Compresses frames in parallel and appends them in order.
     fn append(&mut self, frames: Vec<Vec<u8>>, compressor: Compressor) -> Result<()> {
-        let packed: Vec<Option<Vec<u8>>> = frames.par_iter().map(|data| compress_frame(compressor, data)).collect();
+        let packed: Vec<Option<Vec<u8>>> =
+            frames.par_iter().map(|data| compress_frame(compressor, data)).collect();
         for (data, comp) in frames.iter().zip(packed) {
             let (bytes, used) = match &comp {
                 Some(c) => (c.as_slice(), compressor),
@@ -467,7 +494,10 @@ impl BlobFile {
         toc.frames = std::mem::take(&mut self.frames);
         let tail = toc.encode_tail(self.written);
         self.write(&tail)?;
-        let file = self.file.into_inner().map_err(|e| BuildError::Io { path: self.tmp.path.clone(), cause: e.into_error() })?;
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| BuildError::Io { path: self.tmp.path.clone(), cause: e.into_error() })?;
         file.sync_data().map_err(BuildError::io(&self.tmp.path))?;
         let digest: Digest32 = self.hasher.finalize().into();
         let name = self.tmp.path.with_file_name(digest::to_hex(&digest));
@@ -487,7 +517,9 @@ fn compress_frame(compressor: Compressor, data: &[u8]) -> Option<Vec<u8>> {
         Compressor::Lz4 => lz4_flex::block::compress(data),
         Compressor::Zstd => ZSTD.with(|z| {
             let mut z = z.borrow_mut();
-            let c = z.get_or_insert_with(|| zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"));
+            let c = z.get_or_insert_with(|| {
+                zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context")
+            });
             c.compress(data).ok()
         })?,
     };

@@ -13,13 +13,20 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Adds the tree under `root` (the root's own metadata included).
-pub fn add_dir(root: &Path, tb: &mut TreeBuilder, pipe: &mut Pipeline, chunk_size: u32, warnings: &mut Vec<String>) -> Result<()> {
+pub fn add_dir(
+    root: &Path,
+    tb: &mut TreeBuilder,
+    pipe: &mut Pipeline,
+    chunk_size: u32,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
     let md = std::fs::symlink_metadata(root).map_err(BuildError::io(root))?;
     if !md.is_dir() {
         return Err(BuildError::Invalid(format!("{} is not a directory", root.display())));
     }
     let root_meta = meta_of(root, &md, warnings)?;
-    tb.insert(&[], Node { meta: root_meta, kind: NodeKind::Dir(BTreeMap::new()) }).map_err(|d| entry_err(root, d))?;
+    tb.insert(&[], Node { meta: root_meta, kind: NodeKind::Dir(BTreeMap::new()) })
+        .map_err(|d| entry_err(root, d))?;
     let mut links: HashMap<(u64, u64), NodeId> = HashMap::new();
     let mut stack: Vec<(PathBuf, NodeId)> = vec![(root.to_path_buf(), naiad_format::tree::ROOT)];
     while let Some((dir, dir_id)) = stack.pop() {
@@ -61,7 +68,8 @@ pub fn add_dir(root: &Path, tb: &mut TreeBuilder, pipe: &mut Pipeline, chunk_siz
             } else {
                 return Err(entry_err(&path, "unknown file type".into()));
             };
-            let id = tb.insert_at(dir_id, name.as_bytes(), node).map_err(|d| entry_err(&path, d))?;
+            let id =
+                tb.insert_at(dir_id, name.as_bytes(), node).map_err(|d| entry_err(&path, d))?;
             if !ft.is_dir() && md.nlink() > 1 {
                 links.insert(key, id);
             }
@@ -82,7 +90,13 @@ fn entry_err(path: &Path, detail: String) -> BuildError {
 
 /// Reads a regular file chunk by chunk into the pipeline; chunks that lie wholly in a hole
 /// of a sparse file are passed on as zeros without being read.
-fn push_file(path: &Path, md: &Metadata, node: NodeId, chunk_size: u32, pipe: &mut Pipeline) -> Result<()> {
+fn push_file(
+    path: &Path,
+    md: &Metadata,
+    node: NodeId,
+    chunk_size: u32,
+    pipe: &mut Pipeline,
+) -> Result<()> {
     let file = File::open(path).map_err(BuildError::io(path))?;
     let size = md.len();
     let sparse = md.blocks() * 512 < size;
@@ -124,13 +138,19 @@ fn meta_of(path: &Path, md: &Metadata, warnings: &mut Vec<String>) -> Result<Met
     let mut xattrs = Vec::new();
     let names = match xattr::list(path) {
         Ok(n) => n.collect::<Vec<_>>(),
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => Vec::new(),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => {
+            Vec::new()
+        }
         Err(e) => return Err(BuildError::Io { path: path.into(), cause: e }),
     };
     for name in names {
         let nb = name.as_bytes().to_vec();
         if naiad_format::writer::split_xattr_name(&nb).is_err() {
-            warnings.push(format!("{}: xattr {:?} skipped (namespace EROFS cannot store)", path.display(), name));
+            warnings.push(format!(
+                "{}: xattr {:?} skipped (namespace EROFS cannot store)",
+                path.display(),
+                name
+            ));
             continue;
         }
         if let Some(value) = xattr::get(path, &name).map_err(BuildError::io(path))? {

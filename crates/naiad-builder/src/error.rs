@@ -12,21 +12,14 @@ pub type Result<T, E = BuildError> = std::result::Result<T, E>;
 pub enum BuildError {
     /// Reading a source file or writing an output failed.
     #[error("{path}: {cause}")]
-    Io {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    Io { path: PathBuf, cause: std::io::Error },
     /// A tar layer could not be read (bad header checksum, truncated stream, ...).
     #[error("layer {layer}: {detail}")]
     Layer { layer: String, detail: String },
     /// One entry of the source is invalid or hostile (`..`, absolute path, a write through a
     /// symlink, a hardlink to a missing target, ...).
     #[error("{source_name}: entry {entry:?}: {detail}")]
-    Entry {
-        source_name: String,
-        entry: String,
-        detail: String,
-    },
+    Entry { source_name: String, entry: String, detail: String },
     /// Options that do not go together, or a bad chunk dictionary.
     #[error("{0}")]
     Invalid(String),

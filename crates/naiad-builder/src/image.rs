@@ -79,10 +79,17 @@ pub fn build(source: Source, mut opts: BuildOptions, out_dir: &Path) -> Result<B
     });
     let mut tb = TreeBuilder::new();
     let mut warnings = Vec::new();
-    let layer_opts = tar_source::LayerOptions { chunk_size: opts.chunk_size, keep_whiteouts: opts.keep_whiteouts };
+    let layer_opts = tar_source::LayerOptions {
+        chunk_size: opts.chunk_size,
+        keep_whiteouts: opts.keep_whiteouts,
+    };
     match source {
-        Source::Dir(dir) => dir_source::add_dir(&dir, &mut tb, &mut pipe, opts.chunk_size, &mut warnings)?,
-        Source::Stream { reader, name } => tar_source::add_layer(reader, &name, &mut tb, &mut pipe, &layer_opts, &mut warnings)?,
+        Source::Dir(dir) => {
+            dir_source::add_dir(&dir, &mut tb, &mut pipe, opts.chunk_size, &mut warnings)?
+        }
+        Source::Stream { reader, name } => {
+            tar_source::add_layer(reader, &name, &mut tb, &mut pipe, &layer_opts, &mut warnings)?
+        }
         Source::Layers(layers) => {
             for (i, layer) in layers.iter().enumerate() {
                 if i > 0 {
@@ -91,7 +98,14 @@ pub fn build(source: Source, mut opts: BuildOptions, out_dir: &Path) -> Result<B
                 }
                 let reader = tar_source::open_layer(layer)?;
                 let name = layer.display().to_string();
-                tar_source::add_layer(reader, &name, &mut tb, &mut pipe, &layer_opts, &mut warnings)?;
+                tar_source::add_layer(
+                    reader,
+                    &name,
+                    &mut tb,
+                    &mut pipe,
+                    &layer_opts,
+                    &mut warnings,
+                )?;
             }
         }
     }
@@ -126,9 +140,9 @@ pub fn build(source: Source, mut opts: BuildOptions, out_dir: &Path) -> Result<B
     for (&dict_idx, used) in &out.dict_used {
         let idx = blobs.len() as u32;
         final_id.insert(DICT_BLOB_BASE + dict_idx, idx);
-        let b = dict_blobs
-            .get(dict_idx as usize)
-            .ok_or_else(|| BuildError::Invalid("chunk dictionary references a missing blob".into()))?;
+        let b = dict_blobs.get(dict_idx as usize).ok_or_else(|| {
+            BuildError::Invalid("chunk dictionary references a missing blob".into())
+        })?;
         chunks.extend(used.values().map(|r| ChunkRecord { blob_index: idx, ..*r }));
         summaries.push(BlobSummary {
             digest: to_hex(&b.digest),
@@ -156,7 +170,14 @@ pub fn build(source: Source, mut opts: BuildOptions, out_dir: &Path) -> Result<B
 
     let prefetch = resolve_prefetch(&tree, &opts.prefetch, &mut warnings);
 
-    let ext = Extension { digester: opts.digester, chunk_size: opts.chunk_size, blobs, chunks, prefetch, block_checksums: Vec::new() };
+    let ext = Extension {
+        digester: opts.digester,
+        chunk_size: opts.chunk_size,
+        blobs,
+        chunks,
+        prefetch,
+        block_checksums: Vec::new(),
+    };
     let bytes = naiad_format::writer::write_bootstrap(&tree, &ext)?;
     let bootstrap = out_dir.join(BOOTSTRAP_FILE_NAME);
     write_atomically(&bootstrap, &bytes)?;
@@ -190,13 +211,20 @@ fn records_of(sealed: &SealedBlob, blob_index: u32) -> impl Iterator<Item = Chun
 }
 
 /// The prefetch paths that exist in `tree`, made absolute; the others become warnings.
-pub(crate) fn resolve_prefetch(tree: &Tree, paths: &[Vec<u8>], warnings: &mut Vec<String>) -> Vec<Vec<u8>> {
+pub(crate) fn resolve_prefetch(
+    tree: &Tree,
+    paths: &[Vec<u8>],
+    warnings: &mut Vec<String>,
+) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for p in paths {
         let rel = p.strip_prefix(b"/").unwrap_or(p);
         match TreeBuilder::split_path(rel).ok().and_then(|c| lookup(tree, &c)) {
             Some(()) => out.push([b"/", rel].concat()),
-            None => warnings.push(format!("prefetch path {:?} is not in the image; skipped", String::from_utf8_lossy(p))),
+            None => warnings.push(format!(
+                "prefetch path {:?} is not in the image; skipped",
+                String::from_utf8_lossy(p)
+            )),
         }
     }
     out

@@ -14,11 +14,11 @@ pub mod chunk_dict;
 pub mod chunk_pipeline;
 pub mod dir_source;
 mod error;
-mod temp_path;
 pub mod image;
 pub mod merge;
 pub mod options;
 pub mod tar_source;
+mod temp_path;
 pub mod tree_builder;
 
 pub use error::{BuildError, Result};

@@ -31,7 +31,8 @@ pub struct Merged {
 
 /// Merges layer bootstraps (lowest first) into one bootstrap.
 pub fn merge_layers(layers: &[Bootstrap], prefetch: &[Vec<u8>]) -> Result<Merged> {
-    let first = layers.first().ok_or_else(|| BuildError::Invalid("no layers to merge".into()))?.extension();
+    let first =
+        layers.first().ok_or_else(|| BuildError::Invalid("no layers to merge".into()))?.extension();
     let (digester, chunk_size) = (first.digester, first.chunk_size);
     let mut blobs: Vec<BlobEntry> = Vec::new();
     let mut blob_index: HashMap<Digest32, u32> = HashMap::new();
@@ -40,7 +41,9 @@ pub fn merge_layers(layers: &[Bootstrap], prefetch: &[Vec<u8>]) -> Result<Merged
     for (li, layer) in layers.iter().enumerate() {
         let ext = layer.extension();
         if ext.digester != digester || ext.chunk_size != chunk_size {
-            return Err(BuildError::Invalid(format!("layer {li} was built with other chunk options than layer 0")));
+            return Err(BuildError::Invalid(format!(
+                "layer {li} was built with other chunk options than layer 0"
+            )));
         }
         if li > 0 {
             tb.next_layer();
@@ -67,7 +70,14 @@ pub fn merge_layers(layers: &[Bootstrap], prefetch: &[Vec<u8>]) -> Result<Merged
     let tree = tb.into_tree();
     let mut warnings = Vec::new();
     let prefetch = resolve_prefetch(&tree, prefetch, &mut warnings);
-    let ext = Extension { digester, chunk_size, blobs: blobs.clone(), chunks: records.into_values().collect(), prefetch, block_checksums: Vec::new() };
+    let ext = Extension {
+        digester,
+        chunk_size,
+        blobs: blobs.clone(),
+        chunks: records.into_values().collect(),
+        prefetch,
+        block_checksums: Vec::new(),
+    };
     let bootstrap = naiad_format::writer::write_bootstrap(&tree, &ext)?;
     Ok(Merged { bootstrap, blobs, warnings })
 }
@@ -77,7 +87,11 @@ fn replay(layer: &Bootstrap, li: usize, remap: &[u32], tb: &mut TreeBuilder) -> 
     let mut links: HashMap<u64, NodeId> = HashMap::new();
     let implicit = implicit_dir_meta();
     layer.walk(|path, _ty, ino| -> Result<()> {
-        let bad = |detail: String| BuildError::Entry { source_name: format!("layer {li}"), entry: String::from_utf8_lossy(path).into_owned(), detail };
+        let bad = |detail: String| BuildError::Entry {
+            source_name: format!("layer {li}"),
+            entry: String::from_utf8_lossy(path).into_owned(),
+            detail,
+        };
         let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
         if let Some((last, dirs)) = comps.split_last() {
             if *last == OPAQUE_MARKER {
@@ -92,19 +106,31 @@ fn replay(layer: &Bootstrap, li: usize, remap: &[u32], tb: &mut TreeBuilder) -> 
         }
         if !ino.is_dir() && ino.nlink > 1 {
             if let Some(&id) = links.get(&ino.nid) {
-                let (name, dirs) = comps.split_last().ok_or_else(|| bad("hardlink at the root".into()))?;
-                let parent = tb.lookup(dirs).ok_or_else(|| bad("parent of a hardlink is missing".into()))?;
+                let (name, dirs) =
+                    comps.split_last().ok_or_else(|| bad("hardlink at the root".into()))?;
+                let parent =
+                    tb.lookup(dirs).ok_or_else(|| bad("parent of a hardlink is missing".into()))?;
                 return tb.link_at(parent, name, id).map_err(bad);
             }
         }
-        let mut xattrs: Vec<Xattr> = layer.xattrs(ino)?.into_iter().map(|(name, value)| Xattr { name, value }).collect();
+        let mut xattrs: Vec<Xattr> =
+            layer.xattrs(ino)?.into_iter().map(|(name, value)| Xattr { name, value }).collect();
         xattrs.sort();
-        let meta = Meta { perm: ino.mode & 0o7777, uid: ino.uid, gid: ino.gid, mtime: ino.mtime, mtime_nsec: ino.mtime_nsec, xattrs };
+        let meta = Meta {
+            perm: ino.mode & 0o7777,
+            uid: ino.uid,
+            gid: ino.gid,
+            mtime: ino.mtime,
+            mtime_nsec: ino.mtime_nsec,
+            xattrs,
+        };
         let kind = match ino.type_bits() {
             0o040000 => {
                 if meta == implicit {
                     let existing = tb.lookup(&comps);
-                    if existing.is_some_and(|id| tb.tree().children(id).is_some()) || comps.is_empty() {
+                    if existing.is_some_and(|id| tb.tree().children(id).is_some())
+                        || comps.is_empty()
+                    {
                         return Ok(());
                     }
                 }
@@ -115,7 +141,10 @@ fn replay(layer: &Bootstrap, li: usize, remap: &[u32], tb: &mut TreeBuilder) -> 
                 for i in 0..ino.chunk_count() {
                     chunks.push(match layer.chunk(ino, i)? {
                         ChunkSlot::Hole => None,
-                        ChunkSlot::Data(r) => Some(ChunkAddr { blob: remap[r.blob_index as usize], view_offset: r.view_offset }),
+                        ChunkSlot::Data(r) => Some(ChunkAddr {
+                            blob: remap[r.blob_index as usize],
+                            view_offset: r.view_offset,
+                        }),
                     });
                 }
                 NodeKind::File(FileData { size: ino.size, chunks })

@@ -1,9 +1,9 @@
 //! Build options.
 
 use crate::chunk_dict::ChunkDict;
-use std::sync::Arc;
 use naiad_format::compression::Compressor;
 use naiad_format::digest::Digester;
+use std::sync::Arc;
 
 /// Default chunk size.
 pub const DEFAULT_CHUNK_SIZE_BYTES: u32 = 1 << 20;
@@ -47,7 +47,10 @@ impl BuildOptions {
     /// Checks the options against the format's limits.
     pub fn validate(&self) -> crate::Result<()> {
         let cs = self.chunk_size;
-        if !cs.is_power_of_two() || !(naiad_format::MIN_CHUNK_SIZE_BYTES..=naiad_format::MAX_CHUNK_SIZE_BYTES).contains(&cs) {
+        if !cs.is_power_of_two()
+            || !(naiad_format::MIN_CHUNK_SIZE_BYTES..=naiad_format::MAX_CHUNK_SIZE_BYTES)
+                .contains(&cs)
+        {
             return Err(crate::BuildError::Invalid(format!(
                 "chunk size {cs} must be a power of two from 4 KiB to 16 MiB"
             )));

@@ -28,9 +28,19 @@ pub fn decompress_layer(reader: Box<dyn Read + Send>, name: &str) -> Result<Box<
     let head = r.fill_buf().map_err(|e| layer(format!("unreadable: {e}")))?;
     Ok(match head {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(|e| layer(e.to_string()))?),
-        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => return Err(layer("xz-compressed layers cannot be read; use gzip, zstd or plain tar".into())),
-        [b'B', b'Z', b'h', ..] => return Err(layer("bzip2-compressed layers cannot be read; use gzip, zstd or plain tar".into())),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(|e| layer(e.to_string()))?)
+        }
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => {
+            return Err(layer(
+                "xz-compressed layers cannot be read; use gzip, zstd or plain tar".into(),
+            ))
+        }
+        [b'B', b'Z', b'h', ..] => {
+            return Err(layer(
+                "bzip2-compressed layers cannot be read; use gzip, zstd or plain tar".into(),
+            ))
+        }
         _ => Box::new(r),
     })
 }
@@ -72,16 +82,30 @@ impl<R: Read> Read for PadLastBlock<R> {
 }
 
 /// Adds every entry of one layer.
-pub fn add_layer(reader: impl Read, layer_name: &str, tb: &mut TreeBuilder, pipe: &mut Pipeline, opts: &LayerOptions, warnings: &mut Vec<String>) -> Result<()> {
+pub fn add_layer(
+    reader: impl Read,
+    layer_name: &str,
+    tb: &mut TreeBuilder,
+    pipe: &mut Pipeline,
+    opts: &LayerOptions,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
     let data_end = std::rc::Rc::new(std::cell::Cell::new(0));
-    let mut archive = tar::Archive::new(PadLastBlock { inner: reader, pos: 0, data_end: data_end.clone(), padded: false, pad_left: 0 });
+    let mut archive = tar::Archive::new(PadLastBlock {
+        inner: reader,
+        pos: 0,
+        data_end: data_end.clone(),
+        padded: false,
+        pad_left: 0,
+    });
     let layer_err = |detail: String| BuildError::Layer { layer: layer_name.into(), detail };
     let entries = archive.entries().map_err(|e| layer_err(e.to_string()))?;
     add_entries(entries, layer_name, tb, pipe, opts, warnings, &data_end)?;
     // Read to the end so that the decompressor checks its trailer (gzip CRC and length,
     // zstd checksum): a layer cut short after its last entry is still an error.
     let mut stream = archive.into_inner();
-    std::io::copy(&mut stream, &mut std::io::sink()).map_err(|e| layer_err(format!("layer stream is damaged after its last entry: {e}")))?;
+    std::io::copy(&mut stream, &mut std::io::sink())
+        .map_err(|e| layer_err(format!("layer stream is damaged after its last entry: {e}")))?;
     if stream.padded {
         warnings.push(format!("layer {layer_name}: the tar stream ends without the padding of its last entry (read as containerd reads it)"));
     }
@@ -109,10 +133,18 @@ fn add_entries<R: Read>(
     let layer_err = |detail: String| BuildError::Layer { layer: layer_name.into(), detail };
     for entry in entries {
         let mut entry = entry.map_err(|e| layer_err(format!("unreadable tar header: {e}")))?;
-        data_end.set(entry.raw_file_position().saturating_add(entry.header().entry_size().unwrap_or(u64::MAX)));
+        data_end.set(
+            entry
+                .raw_file_position()
+                .saturating_add(entry.header().entry_size().unwrap_or(u64::MAX)),
+        );
         let raw_path = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw_path).into_owned();
-        let bad = |detail: String| BuildError::Entry { source_name: format!("layer {layer_name}"), entry: name.clone(), detail };
+        let bad = |detail: String| BuildError::Entry {
+            source_name: format!("layer {layer_name}"),
+            entry: name.clone(),
+            detail,
+        };
         let ty = entry.header().entry_type();
         if matches!(ty, EntryType::XGlobalHeader) {
             continue;
@@ -126,7 +158,9 @@ fn add_entries<R: Read>(
             }
             if let Some(target) = last.strip_prefix(WHITEOUT_PREFIX) {
                 if target.starts_with(WHITEOUT_PREFIX) {
-                    warnings.push(format!("layer {layer_name}: {name}: unknown whiteout marker skipped"));
+                    warnings.push(format!(
+                        "layer {layer_name}: {name}: unknown whiteout marker skipped"
+                    ));
                 } else {
                     tb.whiteout(dirs, target).map_err(&bad)?;
                 }
@@ -137,13 +171,23 @@ fn add_entries<R: Read>(
         let meta = entry_meta(&mut entry).map_err(&bad)?;
         let header = entry.header();
         let dev = || -> Result<(u32, u32), String> {
-            let major = header.device_major().map_err(|e| e.to_string())?.ok_or("device without numbers")?;
-            let minor = header.device_minor().map_err(|e| e.to_string())?.ok_or("device without numbers")?;
+            let major = header
+                .device_major()
+                .map_err(|e| e.to_string())?
+                .ok_or("device without numbers")?;
+            let minor = header
+                .device_minor()
+                .map_err(|e| e.to_string())?
+                .ok_or("device without numbers")?;
             Ok((major, minor))
         };
         let link = || -> Result<Vec<u8>, String> {
             let l = entry.link_name_bytes().ok_or("link without a target")?.into_owned();
-            if l.is_empty() { Err("link with an empty target".into()) } else { Ok(l) }
+            if l.is_empty() {
+                Err("link with an empty target".into())
+            } else {
+                Ok(l)
+            }
         };
         let node = match ty {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -166,7 +210,8 @@ fn add_entries<R: Read>(
             EntryType::Fifo => Node { meta, kind: NodeKind::Fifo },
             EntryType::Link => {
                 let target = link().map_err(&bad)?;
-                let tcomps = TreeBuilder::split_path(&target).map_err(|d| bad(format!("hardlink target: {d}")))?;
+                let tcomps = TreeBuilder::split_path(&target)
+                    .map_err(|d| bad(format!("hardlink target: {d}")))?;
                 tb.hardlink(&comps, &tcomps).map_err(&bad)?;
                 continue;
             }
@@ -204,7 +249,13 @@ fn check_size_field(h: &tar::Header) -> Result<(), String> {
 }
 
 /// Reads `size` bytes of an entry into the pipeline; a short stream is an error.
-fn push_stream(r: &mut impl Read, size: u64, node: usize, chunk_size: u32, pipe: &mut Pipeline) -> Result<()> {
+fn push_stream(
+    r: &mut impl Read,
+    size: u64,
+    node: usize,
+    chunk_size: u32,
+    pipe: &mut Pipeline,
+) -> Result<()> {
     let cs = u64::from(chunk_size);
     let mut index = 0u64;
     while index * cs < size {
@@ -216,7 +267,10 @@ fn push_stream(r: &mut impl Read, size: u64, node: usize, chunk_size: u32, pipe:
                 Ok(0) => {
                     let e = std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
-                        format!("layer ends after {} of the {size} bytes the entry claims", index * cs + got as u64),
+                        format!(
+                            "layer ends after {} of the {size} bytes the entry claims",
+                            index * cs + got as u64
+                        ),
                     );
                     return Err(BuildError::Io { path: "".into(), cause: e });
                 }
@@ -235,12 +289,15 @@ fn push_stream(r: &mut impl Read, size: u64, node: usize, chunk_size: u32, pipe:
 fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, String> {
     let h = entry.header();
     let mode = h.mode().map_err(|e| format!("bad mode: {e}"))?;
-    let uid = u32::try_from(h.uid().map_err(|e| format!("bad uid: {e}"))?).map_err(|_| "uid does not fit 32 bits".to_string())?;
-    let gid = u32::try_from(h.gid().map_err(|e| format!("bad gid: {e}"))?).map_err(|_| "gid does not fit 32 bits".to_string())?;
+    let uid = u32::try_from(h.uid().map_err(|e| format!("bad uid: {e}"))?)
+        .map_err(|_| "uid does not fit 32 bits".to_string())?;
+    let gid = u32::try_from(h.gid().map_err(|e| format!("bad gid: {e}"))?)
+        .map_err(|_| "gid does not fit 32 bits".to_string())?;
     if uid == u32::MAX || gid == u32::MAX {
         return Err("uid or gid 4294967295 is not a valid id".into());
     }
-    let mut mtime = i64::try_from(h.mtime().map_err(|e| format!("bad mtime: {e}"))?).map_err(|_| "mtime out of range".to_string())?;
+    let mut mtime = i64::try_from(h.mtime().map_err(|e| format!("bad mtime: {e}"))?)
+        .map_err(|_| "mtime out of range".to_string())?;
     let mut mtime_nsec = 0;
     let mut xattrs = Vec::new();
     if let Some(exts) = entry.pax_extensions().map_err(|e| format!("bad PAX header: {e}"))? {
@@ -251,15 +308,24 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, String> {
                 (mtime, mtime_nsec) = parse_pax_time(ext.value_bytes()).ok_or("bad PAX mtime")?;
             } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                 if naiad_format::writer::split_xattr_name(name).is_err() {
-                    return Err(format!("xattr {:?} is in a namespace EROFS cannot store", String::from_utf8_lossy(name)));
+                    return Err(format!(
+                        "xattr {:?} is in a namespace EROFS cannot store",
+                        String::from_utf8_lossy(name)
+                    ));
                 }
                 xattrs.push(Xattr { name: name.to_vec(), value: ext.value_bytes().to_vec() });
             } else if key == b"size" {
                 // The tar reader quietly falls back to the header's size when this does not
                 // parse; a layer claiming a size it cannot state is refused instead.
-                std::str::from_utf8(ext.value_bytes()).ok().and_then(|s| s.parse::<u64>().ok()).ok_or("bad PAX size")?;
+                std::str::from_utf8(ext.value_bytes())
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or("bad PAX size")?;
             } else if matches!(key, b"uid" | b"gid") {
-                let v: u64 = std::str::from_utf8(ext.value_bytes()).ok().and_then(|s| s.parse().ok()).ok_or("bad PAX uid/gid")?;
+                let v: u64 = std::str::from_utf8(ext.value_bytes())
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("bad PAX uid/gid")?;
                 if v > u64::from(u32::MAX) {
                     return Err("PAX uid/gid does not fit 32 bits".into());
                 }
@@ -279,7 +345,10 @@ fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
         None => (false, s),
     };
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if secs.is_empty()
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let secs: i64 = secs.parse().ok()?;

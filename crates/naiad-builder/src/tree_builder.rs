@@ -80,7 +80,9 @@ impl TreeBuilder {
             match c {
                 b"" | b"." => {}
                 b".." => return Err("path escapes the root ('..' component)".into()),
-                c if c.len() > naiad_format::erofs::MAX_NAME_LEN => return Err("name longer than 255 bytes".into()),
+                c if c.len() > naiad_format::erofs::MAX_NAME_LEN => {
+                    return Err("name longer than 255 bytes".into())
+                }
                 c => out.push(c),
             }
         }
@@ -96,12 +98,18 @@ impl TreeBuilder {
                 Some(id) => match &self.tree.nodes[id].kind {
                     NodeKind::Dir(_) => id,
                     NodeKind::Symlink(_) => {
-                        return Err(format!("path passes through the symlink {:?}", lossy(&comps[..=i])))
+                        return Err(format!(
+                            "path passes through the symlink {:?}",
+                            lossy(&comps[..=i])
+                        ))
                     }
                     _ => return Err(format!("{:?} is not a directory", lossy(&comps[..=i]))),
                 },
                 None if create => {
-                    let id = self.add_node(Node { meta: implicit_dir_meta(), kind: NodeKind::Dir(BTreeMap::new()) });
+                    let id = self.add_node(Node {
+                        meta: implicit_dir_meta(),
+                        kind: NodeKind::Dir(BTreeMap::new()),
+                    });
                     self.tree.children_mut(cur).expect("cur is a directory").insert(c.to_vec(), id);
                     id
                 }
@@ -134,26 +142,36 @@ impl TreeBuilder {
     pub fn insert_at(&mut self, parent: NodeId, name: &[u8], node: Node) -> Result<NodeId, String> {
         let existing = self.tree.children(parent).and_then(|c| c.get(name)).copied();
         if let Some(id) = existing {
-            if matches!(self.tree.nodes[id].kind, NodeKind::Dir(_)) && matches!(node.kind, NodeKind::Dir(_)) {
+            if matches!(self.tree.nodes[id].kind, NodeKind::Dir(_))
+                && matches!(node.kind, NodeKind::Dir(_))
+            {
                 self.tree.nodes[id].meta = node.meta;
                 self.layer_of[id] = self.layer;
                 return Ok(id);
             }
         }
         let id = self.add_node(node);
-        self.tree.children_mut(parent).ok_or("parent is not a directory")?.insert(name.to_vec(), id);
+        self.tree
+            .children_mut(parent)
+            .ok_or("parent is not a directory")?
+            .insert(name.to_vec(), id);
         Ok(id)
     }
 
     /// Links an existing node under another name (a hardlink).
     pub fn link_at(&mut self, parent: NodeId, name: &[u8], target: NodeId) -> Result<(), String> {
-        self.tree.children_mut(parent).ok_or("parent is not a directory")?.insert(name.to_vec(), target);
+        self.tree
+            .children_mut(parent)
+            .ok_or("parent is not a directory")?
+            .insert(name.to_vec(), target);
         Ok(())
     }
 
     /// Adds a hardlink at `comps` to the existing entry at `target`.
     pub fn hardlink(&mut self, comps: &[&[u8]], target: &[&[u8]]) -> Result<NodeId, String> {
-        let id = self.lookup(target).ok_or_else(|| format!("hardlink target {:?} does not exist", lossy(target)))?;
+        let id = self
+            .lookup(target)
+            .ok_or_else(|| format!("hardlink target {:?} does not exist", lossy(target)))?;
         if matches!(self.tree.nodes[id].kind, NodeKind::Dir(_)) {
             return Err(format!("hardlink target {:?} is a directory", lossy(target)));
         }
@@ -236,7 +254,8 @@ mod tests {
     #[test]
     fn writes_through_symlinks_are_refused() {
         let mut tb = TreeBuilder::new();
-        tb.insert(&[b"link"], Node { meta: meta(), kind: NodeKind::Symlink(b"/etc".to_vec()) }).unwrap();
+        tb.insert(&[b"link"], Node { meta: meta(), kind: NodeKind::Symlink(b"/etc".to_vec()) })
+            .unwrap();
         let err = tb.insert(&[b"link", b"passwd"], file_node(meta(), 0)).unwrap_err();
         assert!(err.contains("symlink"), "{err}");
     }

@@ -18,9 +18,7 @@ pub const LEASE_HEADER: &str = "containerd-lease";
 /// is not a valid metadata value (containerd's own rules are stricter: `[a-zA-Z0-9._-]`).
 pub fn with_namespace<T>(message: T, namespace: &str) -> Result<Request<T>, InvalidMetadataValue> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(NAMESPACE_HEADER, namespace.parse()?);
+    request.metadata_mut().insert(NAMESPACE_HEADER, namespace.parse()?);
     Ok(request)
 }
 
@@ -53,18 +51,12 @@ pub struct NamespaceInterceptor {
 impl NamespaceInterceptor {
     /// An interceptor that adds `namespace`; fails only if it is not a valid metadata value.
     pub fn new(namespace: &str) -> Result<Self, InvalidMetadataValue> {
-        Ok(Self {
-            namespace: namespace.parse()?,
-            lease: None,
-        })
+        Ok(Self { namespace: namespace.parse()?, lease: None })
     }
 
     /// The same interceptor, also adding `lease` to every request.
     pub fn with_lease(self, lease: &str) -> Result<Self, InvalidMetadataValue> {
-        Ok(Self {
-            lease: Some(lease.parse()?),
-            ..self
-        })
+        Ok(Self { lease: Some(lease.parse()?), ..self })
     }
 }
 
@@ -97,13 +89,9 @@ mod tests {
 
     #[test]
     fn interceptor_keeps_an_explicit_namespace() {
-        let mut interceptor = NamespaceInterceptor::new("default")
-            .unwrap()
-            .with_lease("l")
-            .unwrap();
-        let out = interceptor
-            .call(with_namespace((), "mine").unwrap())
-            .unwrap();
+        let mut interceptor =
+            NamespaceInterceptor::new("default").unwrap().with_lease("l").unwrap();
+        let out = interceptor.call(with_namespace((), "mine").unwrap()).unwrap();
         assert_eq!(namespace_of(&out), Some("mine"));
         assert_eq!(out.metadata().get(LEASE_HEADER).unwrap(), "l");
         let out = interceptor.call(Request::new(())).unwrap();

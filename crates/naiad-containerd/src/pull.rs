@@ -63,8 +63,9 @@ impl Cx {
     /// A request in our namespace and lease, with a deadline so that containerd (which
     /// waits for a proxy snapshotter that does not answer) cannot hang us.
     fn req<T>(&self, msg: T) -> Result<tonic::Request<T>> {
-        let mut r = crate::with_namespace_and_lease(msg, &self.ns, &self.lease)
-            .map_err(|_| Error::Invalid(format!("namespace {:?} is not a valid header value", self.ns)))?;
+        let mut r = crate::with_namespace_and_lease(msg, &self.ns, &self.lease).map_err(|_| {
+            Error::Invalid(format!("namespace {:?} is not a valid header value", self.ns))
+        })?;
         r.set_timeout(REQUEST_TIMEOUT);
         Ok(r)
     }
@@ -86,12 +87,22 @@ pub async fn pull(name: &str, opts: &PullOptions) -> Result<PullReport> {
     let image = ImageRef::parse(&format!("docker://{name}")).map_err(Error::image(name))?;
     let bad = Error::image(name);
     let store = Store::open(&image, opts.insecure, false).map_err(bad)?;
-    let (mut bytes, mut media_type, mut digest) = store.manifest(image.reference()).await.map_err(bad)?;
+    let (mut bytes, mut media_type, mut digest) =
+        store.manifest(image.reference()).await.map_err(bad)?;
     if is_index(&media_type) {
         let index = Index::parse(&bytes, name).map_err(bad)?;
         let want = opts.platform.clone().unwrap_or_else(host_platform);
-        let fits: Vec<&Descriptor> = index.manifests.iter().filter(|d| d.platform.as_ref().is_some_and(|p| p.matches(&want))).collect();
-        let is_naiad = |d: &&&Descriptor| d.platform.as_ref().and_then(|p| p.os_features.as_ref()).is_some_and(|f| f.iter().any(|x| x == NAIAD_OS_FEATURE));
+        let fits: Vec<&Descriptor> = index
+            .manifests
+            .iter()
+            .filter(|d| d.platform.as_ref().is_some_and(|p| p.matches(&want)))
+            .collect();
+        let is_naiad = |d: &&&Descriptor| {
+            d.platform
+                .as_ref()
+                .and_then(|p| p.os_features.as_ref())
+                .is_some_and(|f| f.iter().any(|x| x == NAIAD_OS_FEATURE))
+        };
         let chosen = fits
             .iter()
             .find(is_naiad)
@@ -105,32 +116,80 @@ pub async fn pull(name: &str, opts: &PullOptions) -> Result<PullReport> {
     let config = store.blob_bytes(&manifest.config, MAX_CONFIG_BYTES).await.map_err(bad)?;
     let diff_ids = diff_ids(&config, name)?;
     if diff_ids.len() != manifest.layers.len() {
-        return Err(Error::Invalid(format!("image {name}: {} layers but {} diff_ids in its config", manifest.layers.len(), diff_ids.len())));
+        return Err(Error::Invalid(format!(
+            "image {name}: {} layers but {} diff_ids in its config",
+            manifest.layers.len(),
+            diff_ids.len()
+        )));
     }
     let chain = chain_ids(&diff_ids);
-    let top = chain.last().cloned().ok_or_else(|| Error::Invalid(format!("image {name} has no layers")))?;
+    let top = chain
+        .last()
+        .cloned()
+        .ok_or_else(|| Error::Invalid(format!("image {name} has no layers")))?;
 
-    let ch = crate::connect(&opts.socket).await.map_err(|e| Error::Connect { socket: opts.socket.display().to_string(), cause: e.to_string() })?;
-    let lease_id =
-        format!("naiad-pull-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    let expire = humantime_rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(24 * 3600));
+    let ch = crate::connect(&opts.socket).await.map_err(|e| Error::Connect {
+        socket: opts.socket.display().to_string(),
+        cause: e.to_string(),
+    })?;
+    let lease_id = format!(
+        "naiad-pull-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let expire =
+        humantime_rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(24 * 3600));
     let mut leases = leases::leases_client::LeasesClient::new(ch.clone());
     leases
         .create(
             crate::with_namespace(
-                leases::CreateRequest { id: lease_id.clone(), labels: HashMap::from([("containerd.io/gc.expire".to_string(), expire)]) },
+                leases::CreateRequest {
+                    id: lease_id.clone(),
+                    labels: HashMap::from([("containerd.io/gc.expire".to_string(), expire)]),
+                },
                 &opts.namespace,
             )
-            .map_err(|_| Error::Invalid(format!("namespace {:?} is not a valid header value", opts.namespace)))?,
+            .map_err(|_| {
+                Error::Invalid(format!(
+                    "namespace {:?} is not a valid header value",
+                    opts.namespace
+                ))
+            })?,
         )
         .await?;
     let cx = Cx { ch, ns: opts.namespace.clone(), lease: lease_id.clone() };
-    let result = pull_under_lease(&cx, opts, name, &store, &manifest, &bytes, &media_type, &digest, &config, &diff_ids, &chain).await;
-    if let Ok(r) = crate::with_namespace(leases::DeleteRequest { id: lease_id, sync: false }, &opts.namespace) {
+    let result = pull_under_lease(
+        &cx,
+        opts,
+        name,
+        &store,
+        &manifest,
+        &bytes,
+        &media_type,
+        &digest,
+        &config,
+        &diff_ids,
+        &chain,
+    )
+    .await;
+    if let Ok(r) =
+        crate::with_namespace(leases::DeleteRequest { id: lease_id, sync: false }, &opts.namespace)
+    {
         let _ = leases.delete(r).await;
     }
     let (layers_unpacked, bytes_downloaded) = result?;
-    Ok(PullReport { name: name.to_string(), manifest_digest: digest, naiad, layers: manifest.layers.len(), layers_unpacked, bytes_downloaded, chain_id: top })
+    Ok(PullReport {
+        name: name.to_string(),
+        manifest_digest: digest,
+        naiad,
+        layers: manifest.layers.len(),
+        layers_unpacked,
+        bytes_downloaded,
+        chain_id: top,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -149,17 +208,35 @@ async fn pull_under_lease(
 ) -> Result<(usize, u64)> {
     let top = chain.last().expect("at least one layer");
     let config_digest = &manifest.config.digest;
-    put_content(cx, config_digest, config, HashMap::from([(format!("containerd.io/gc.ref.snapshot.{}", opts.snapshotter), top.clone())])).await?;
+    put_content(
+        cx,
+        config_digest,
+        config,
+        HashMap::from([(
+            format!("containerd.io/gc.ref.snapshot.{}", opts.snapshotter),
+            top.clone(),
+        )]),
+    )
+    .await?;
 
     let mut sn = snapshots::snapshots_client::SnapshotsClient::new(cx.ch.clone());
     let mut differ = diff::diff_client::DiffClient::new(cx.ch.clone());
-    let layer_list = manifest.layers.iter().map(|l| l.digest.as_str()).collect::<Vec<_>>().join(",");
+    let layer_list =
+        manifest.layers.iter().map(|l| l.digest.as_str()).collect::<Vec<_>>().join(",");
     let mut unpacked = 0;
     let mut downloaded = 0u64;
-    let mut content_labels = HashMap::from([("containerd.io/gc.ref.content.config".to_string(), config_digest.clone())]);
+    let mut content_labels =
+        HashMap::from([("containerd.io/gc.ref.content.config".to_string(), config_digest.clone())]);
     for (i, layer) in manifest.layers.iter().enumerate() {
         let parent = if i == 0 { String::new() } else { chain[i - 1].clone() };
-        if sn.stat(cx.req(snapshots::StatSnapshotRequest { snapshotter: opts.snapshotter.clone(), key: chain[i].clone() })?).await.is_ok() {
+        if sn
+            .stat(cx.req(snapshots::StatSnapshotRequest {
+                snapshotter: opts.snapshotter.clone(),
+                key: chain[i].clone(),
+            })?)
+            .await
+            .is_ok()
+        {
             continue;
         }
         let mut labels = HashMap::from([
@@ -173,7 +250,14 @@ async fn pull_under_lease(
             labels.insert(LABEL_CRI_IMAGE_LAYERS.to_string(), layer_list.clone());
         }
         let key = format!("extract-{}-{i} {}", std::process::id(), chain[i]);
-        let prepared = sn.prepare(cx.req(snapshots::PrepareSnapshotRequest { snapshotter: opts.snapshotter.clone(), key: key.clone(), parent, labels })?).await;
+        let prepared = sn
+            .prepare(cx.req(snapshots::PrepareSnapshotRequest {
+                snapshotter: opts.snapshotter.clone(),
+                key: key.clone(),
+                parent,
+                labels,
+            })?)
+            .await;
         let mounts = match prepared {
             Ok(r) => r.into_inner().mounts,
             Err(s) if s.code() == tonic::Code::AlreadyExists => continue,
@@ -181,12 +265,26 @@ async fn pull_under_lease(
         };
         let applied = async {
             downloaded += fetch_layer(cx, store, layer, name).await?;
-            let desc =
-                types::Descriptor { media_type: layer.media_type.clone(), digest: layer.digest.clone(), size: layer.size as i64, annotations: HashMap::new() };
-            let r = differ.apply(cx.req(diff::ApplyRequest { diff: Some(desc), mounts, payloads: HashMap::new() })?).await?.into_inner();
+            let desc = types::Descriptor {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size as i64,
+                annotations: HashMap::new(),
+            };
+            let r = differ
+                .apply(cx.req(diff::ApplyRequest {
+                    diff: Some(desc),
+                    mounts,
+                    payloads: HashMap::new(),
+                })?)
+                .await?
+                .into_inner();
             let got = r.applied.map(|d| d.digest).unwrap_or_default();
             if got != diff_ids[i] {
-                return Err(Error::Invalid(format!("image {name}: layer {} unpacks to {got}, but the config says {}", layer.digest, diff_ids[i])));
+                return Err(Error::Invalid(format!(
+                    "image {name}: layer {} unpacks to {got}, but the config says {}",
+                    layer.digest, diff_ids[i]
+                )));
             }
             sn.commit(cx.req(snapshots::CommitSnapshotRequest {
                 snapshotter: opts.snapshotter.clone(),
@@ -199,7 +297,12 @@ async fn pull_under_lease(
         }
         .await;
         if let Err(e) = applied {
-            let _ = sn.remove(cx.req(snapshots::RemoveSnapshotRequest { snapshotter: opts.snapshotter.clone(), key })?).await;
+            let _ = sn
+                .remove(cx.req(snapshots::RemoveSnapshotRequest {
+                    snapshotter: opts.snapshotter.clone(),
+                    key,
+                })?)
+                .await;
             return Err(e);
         }
         content_labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), layer.digest.clone());
@@ -223,7 +326,10 @@ async fn pull_under_lease(
     match imgs.create(cx.req(images::CreateImageRequest { image: Some(record.clone()) })?).await {
         Ok(_) => {}
         Err(s) if s.code() == tonic::Code::AlreadyExists => {
-            imgs.update(cx.req(images::UpdateImageRequest { image: Some(record), update_mask: None })?).await?;
+            imgs.update(
+                cx.req(images::UpdateImageRequest { image: Some(record), update_mask: None })?,
+            )
+            .await?;
         }
         Err(s) => return Err(s.into()),
     }
@@ -246,7 +352,12 @@ async fn fetch_layer(cx: &Cx, store: &Store, layer: &Descriptor, name: &str) -> 
 }
 
 /// Puts a small blob into the content store (or updates the labels of the one there).
-async fn put_content(cx: &Cx, digest: &str, bytes: &[u8], labels: HashMap<String, String>) -> Result<()> {
+async fn put_content(
+    cx: &Cx,
+    digest: &str,
+    bytes: &[u8],
+    labels: HashMap<String, String>,
+) -> Result<()> {
     let data = bytes::Bytes::copy_from_slice(bytes);
     let one = futures_util::stream::iter([Ok::<_, std::io::Error>(data)]);
     write_stream(cx, digest, bytes.len() as u64, Box::pin(one), labels).await
@@ -266,39 +377,55 @@ async fn write_stream(
     let mut cs = content::content_client::ContentClient::new(cx.ch.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<content::WriteContentRequest>(2);
     let reference = format!("naiad-pull-{digest}");
-    let msg = |action: content::WriteAction, offset: u64, data: Vec<u8>| content::WriteContentRequest {
-        action: action as i32,
-        r#ref: reference.clone(),
-        total: size as i64,
-        expected: digest.to_string(),
-        offset: offset as i64,
-        data,
-        labels: HashMap::new(),
-    };
+    let msg =
+        |action: content::WriteAction, offset: u64, data: Vec<u8>| content::WriteContentRequest {
+            action: action as i32,
+            r#ref: reference.clone(),
+            total: size as i64,
+            expected: digest.to_string(),
+            offset: offset as i64,
+            data,
+            labels: HashMap::new(),
+        };
     let send = |m| {
         let tx = tx.clone();
-        async move { tx.send(m).await.map_err(|_| Error::Internal("containerd closed the content write stream".into())) }
+        async move {
+            tx.send(m)
+                .await
+                .map_err(|_| Error::Internal("containerd closed the content write stream".into()))
+        }
     };
     // Where a previous, interrupted write of the same ref left off.
     // (Queued before the call: tonic waits for containerd's response headers, which come
     // only once containerd has a first message.)
     send(msg(content::WriteAction::Stat, 0, Vec::new())).await?;
-    let mut responses = match cs.write(cx.req(tokio_stream::wrappers::ReceiverStream::new(rx))?).await {
-        Ok(r) => r.into_inner(),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => return set_labels(cx, digest, labels).await,
-        Err(s) => return Err(s.into()),
-    };
+    let mut responses =
+        match cs.write(cx.req(tokio_stream::wrappers::ReceiverStream::new(rx))?).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                return set_labels(cx, digest, labels).await
+            }
+            Err(s) => return Err(s.into()),
+        };
     let stat = match responses.message().await {
         Ok(Some(r)) => r,
-        Ok(None) => return Err(Error::Internal("containerd ended the content write stream".into())),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => return set_labels(cx, digest, labels).await,
+        Ok(None) => {
+            return Err(Error::Internal("containerd ended the content write stream".into()))
+        }
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            return set_labels(cx, digest, labels).await
+        }
         Err(s) => return Err(s.into()),
     };
     let mut skip = stat.offset.max(0) as u64;
     let mut offset = 0u64;
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
     loop {
-        let chunk = data.next().await.transpose().map_err(|e| Error::Internal(format!("downloading {digest}: {e}")))?;
+        let chunk = data
+            .next()
+            .await
+            .transpose()
+            .map_err(|e| Error::Internal(format!("downloading {digest}: {e}")))?;
         if let Some(mut c) = chunk {
             let drop_n = skip.min(c.len() as u64) as usize;
             skip -= drop_n as u64;
@@ -322,8 +449,12 @@ async fn write_stream(
         offset += n;
         match responses.message().await {
             Ok(Some(_)) => {}
-            Ok(None) => return Err(Error::Internal("containerd ended the content write stream".into())),
-            Err(s) if s.code() == tonic::Code::AlreadyExists => return set_labels(cx, digest, labels).await,
+            Ok(None) => {
+                return Err(Error::Internal("containerd ended the content write stream".into()))
+            }
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                return set_labels(cx, digest, labels).await
+            }
             Err(s) => return Err(s.into()),
         }
         if last {
@@ -338,16 +469,36 @@ async fn set_labels(cx: &Cx, digest: &str, labels: HashMap<String, String>) -> R
     }
     let mut cs = content::content_client::ContentClient::new(cx.ch.clone());
     let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
-    let info = content::Info { digest: digest.to_string(), size: 0, created_at: None, updated_at: None, labels };
-    cs.update(cx.req(content::UpdateRequest { info: Some(info), update_mask: Some(prost_types::FieldMask { paths }) })?).await?;
+    let info = content::Info {
+        digest: digest.to_string(),
+        size: 0,
+        created_at: None,
+        updated_at: None,
+        labels,
+    };
+    cs.update(cx.req(content::UpdateRequest {
+        info: Some(info),
+        update_mask: Some(prost_types::FieldMask { paths }),
+    })?)
+    .await?;
     Ok(())
 }
 
 /// `rootfs.diff_ids` of an image config.
 fn diff_ids(config: &[u8], name: &str) -> Result<Vec<String>> {
-    let v: serde_json::Value = serde_json::from_slice(config).map_err(|e| Error::Invalid(format!("image {name}: config does not parse: {e}")))?;
-    let ids = v.pointer("/rootfs/diff_ids").and_then(|d| d.as_array()).ok_or_else(|| Error::Invalid(format!("image {name}: config has no rootfs.diff_ids")))?;
-    ids.iter().map(|d| d.as_str().map(str::to_string).ok_or_else(|| Error::Invalid(format!("image {name}: a diff_id is not a string")))).collect()
+    let v: serde_json::Value = serde_json::from_slice(config)
+        .map_err(|e| Error::Invalid(format!("image {name}: config does not parse: {e}")))?;
+    let ids = v
+        .pointer("/rootfs/diff_ids")
+        .and_then(|d| d.as_array())
+        .ok_or_else(|| Error::Invalid(format!("image {name}: config has no rootfs.diff_ids")))?;
+    ids.iter()
+        .map(|d| {
+            d.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::Invalid(format!("image {name}: a diff_id is not a string")))
+        })
+        .collect()
 }
 
 /// The chain IDs of the OCI image spec: the first layer's diff ID, then
@@ -398,6 +549,11 @@ mod tests {
     #[test]
     fn lease_expiry_is_rfc3339() {
         assert_eq!(humantime_rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(humantime_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000)), "2026-11-18T11:06:40Z");
+        assert_eq!(
+            humantime_rfc3339(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000)
+            ),
+            "2026-11-18T11:06:40Z"
+        );
     }
 }

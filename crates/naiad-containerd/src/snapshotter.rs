@@ -84,10 +84,18 @@ pub struct Snapshotter {
 impl Snapshotter {
     pub fn open(cfg: Config, runtime: tokio::runtime::Handle) -> Result<Snapshotter> {
         for d in ["snapshots", "images"] {
-            std::fs::create_dir_all(cfg.root.join(d)).map_err(Error::io(cfg.root.join(d).display()))?;
+            std::fs::create_dir_all(cfg.root.join(d))
+                .map_err(Error::io(cfg.root.join(d).display()))?;
         }
         let store = Store::open(&cfg.root.join("metadata.redb"))?;
-        Ok(Snapshotter { cfg, store, runtime, images: Mutex::new(HashMap::new()), mounting: Mutex::new(()), creating: std::sync::RwLock::new(()) })
+        Ok(Snapshotter {
+            cfg,
+            store,
+            runtime,
+            images: Mutex::new(HashMap::new()),
+            mounting: Mutex::new(()),
+            creating: std::sync::RwLock::new(()),
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -115,7 +123,13 @@ impl Snapshotter {
     }
 
     /// Prepare (`kind` Active) or View.
-    pub fn prepare(&self, key: &str, parent: &str, labels: BTreeMap<String, String>, kind: Kind) -> Result<Vec<MountOut>> {
+    pub fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+        kind: Kind,
+    ) -> Result<Vec<MountOut>> {
         let _creating = self.creating.read().expect("creating lock");
         if kind == Kind::Active {
             if let Some(target) = labels.get(LABEL_REF).cloned() {
@@ -131,7 +145,13 @@ impl Snapshotter {
         }
         let s = self.store.create(key, kind, parent, labels, None)?;
         let dir = self.dir(&s);
-        let made = std::fs::create_dir_all(dir.join("fs")).and_then(|()| if kind == Kind::Active { std::fs::create_dir_all(dir.join("work")) } else { Ok(()) });
+        let made = std::fs::create_dir_all(dir.join("fs")).and_then(|()| {
+            if kind == Kind::Active {
+                std::fs::create_dir_all(dir.join("work"))
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = made {
             let _ = self.store.remove(key);
             let _ = std::fs::remove_dir_all(&dir);
@@ -142,33 +162,56 @@ impl Snapshotter {
 
     /// For a layer of a Naiad image: commits its snapshot and returns the AlreadyExists
     /// error to answer with. `None` for an ordinary layer.
-    fn prepare_naiad_layer(&self, target: &str, parent: &str, labels: &BTreeMap<String, String>) -> Result<Option<Error>> {
-        let (Some(image_ref), Some(manifest), Some(layer)) = (labels.get(LABEL_CRI_IMAGE_REF), labels.get(LABEL_CRI_MANIFEST), labels.get(LABEL_CRI_LAYER))
-        else {
+    fn prepare_naiad_layer(
+        &self,
+        target: &str,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Option<Error>> {
+        let (Some(image_ref), Some(manifest), Some(layer)) = (
+            labels.get(LABEL_CRI_IMAGE_REF),
+            labels.get(LABEL_CRI_MANIFEST),
+            labels.get(LABEL_CRI_LAYER),
+        ) else {
             return Ok(None);
         };
-        let ImageKind::Naiad { source, blobs, bootstrap, insecure } = &*self.image_kind(image_ref, manifest)? else {
+        let ImageKind::Naiad { source, blobs, bootstrap, insecure } =
+            &*self.image_kind(image_ref, manifest)?
+        else {
             return Ok(None);
         };
         let mut labels = labels.clone();
         let remote = if layer == bootstrap {
             let _guard = self.mounting.lock().expect("mounting lock");
-            let mountpoint = self.cfg.root.join("images").join(&naiad_oci::manifest::sha256_digest(target.as_bytes())[7..39]);
-            let remote = Remote::Image { source: source.clone(), mountpoint: mountpoint.clone(), blobs: blobs.clone(), insecure: *insecure };
+            let mountpoint = self
+                .cfg
+                .root
+                .join("images")
+                .join(&naiad_oci::manifest::sha256_digest(target.as_bytes())[7..39]);
+            let remote = Remote::Image {
+                source: source.clone(),
+                mountpoint: mountpoint.clone(),
+                blobs: blobs.clone(),
+                insecure: *insecure,
+            };
             self.mount_image(&remote)?;
             labels.insert(LABEL_NAIAD_MOUNT.into(), mountpoint.display().to_string());
             remote
         } else if blobs.contains(layer) {
             Remote::Blob { digest: layer.clone() }
         } else {
-            return Err(Error::Invalid(format!("layer {layer} is not in Naiad image {image_ref} ({manifest})")));
+            return Err(Error::Invalid(format!(
+                "layer {layer} is not in Naiad image {image_ref} ({manifest})"
+            )));
         };
         match self.store.create(target, Kind::Committed, parent, labels, Some(remote.clone())) {
             Ok(s) => {
                 tracing::info!(snapshot = %target, id = s.id, "{}", match &remote { Remote::Image { source, .. } => format!("lazy image {source}"), Remote::Blob { digest } => format!("data blob {digest}") });
                 Ok(Some(Error::AlreadyExists(format!("snapshot {target:?}"))))
             }
-            Err(Error::AlreadyExists(_)) => Ok(Some(Error::AlreadyExists(format!("snapshot {target:?}")))),
+            Err(Error::AlreadyExists(_)) => {
+                Ok(Some(Error::AlreadyExists(format!("snapshot {target:?}"))))
+            }
             Err(e) => {
                 if let Remote::Image { mountpoint, .. } = &remote {
                     let _ = self.unmount_image(mountpoint);
@@ -183,20 +226,36 @@ impl Snapshotter {
         if let Some(k) = self.images.lock().expect("images lock").get(manifest_digest) {
             return Ok(k.clone());
         }
-        let (registry, repository) = split_image_ref(image_ref).ok_or_else(|| Error::Invalid(format!("cannot parse image reference {image_ref:?}")))?;
+        let (registry, repository) = split_image_ref(image_ref)
+            .ok_or_else(|| Error::Invalid(format!("cannot parse image reference {image_ref:?}")))?;
         let insecure = self.cfg.insecure_registries.iter().any(|h| h == &registry);
         let pinned = format!("docker://{registry}/{repository}@{manifest_digest}");
         let r = naiad_oci::reference::ImageRef::parse(&pinned).map_err(Error::image(image_ref))?;
-        let store = naiad_oci::store::Store::open(&r, insecure, false).map_err(Error::image(image_ref))?;
-        let (bytes, _, _) = self.runtime.block_on(store.manifest(Some(manifest_digest))).map_err(Error::image(image_ref))?;
+        let store =
+            naiad_oci::store::Store::open(&r, insecure, false).map_err(Error::image(image_ref))?;
+        let (bytes, _, _) = self
+            .runtime
+            .block_on(store.manifest(Some(manifest_digest)))
+            .map_err(Error::image(image_ref))?;
         let kind = match Manifest::parse(&bytes, &pinned) {
             Ok(m) => match m.bootstrap_layer() {
-                Some(b) if m.layers.iter().all(|l| l.digest == b.digest || l.media_type == NAIAD_BLOB) => ImageKind::Naiad {
-                    source: pinned,
-                    blobs: m.layers.iter().filter(|l| l.media_type == NAIAD_BLOB).map(|l| l.digest.clone()).collect(),
-                    bootstrap: b.digest.clone(),
-                    insecure,
-                },
+                Some(b)
+                    if m.layers
+                        .iter()
+                        .all(|l| l.digest == b.digest || l.media_type == NAIAD_BLOB) =>
+                {
+                    ImageKind::Naiad {
+                        source: pinned,
+                        blobs: m
+                            .layers
+                            .iter()
+                            .filter(|l| l.media_type == NAIAD_BLOB)
+                            .map(|l| l.digest.clone())
+                            .collect(),
+                        bootstrap: b.digest.clone(),
+                        insecure,
+                    }
+                }
                 _ => ImageKind::Plain,
             },
             Err(_) => ImageKind::Plain,
@@ -231,21 +290,38 @@ impl Snapshotter {
         }
         let dir = self.dir(s);
         let fs = dir.join("fs").display().to_string();
-        let bind = |source: String, ro: bool| MountOut { kind: "bind".into(), source, options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()] };
+        let bind = |source: String, ro: bool| MountOut {
+            kind: "bind".into(),
+            source,
+            options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
+        };
         Ok(vec![match (s.kind, lowers.len()) {
             (Kind::Active, 0) => bind(fs, false),
             (Kind::Active, _) => MountOut {
                 kind: "overlay".into(),
                 source: "overlay".into(),
-                options: vec![format!("workdir={}", dir.join("work").display()), format!("upperdir={fs}"), format!("lowerdir={}", lowers.join(":"))],
+                options: vec![
+                    format!("workdir={}", dir.join("work").display()),
+                    format!("upperdir={fs}"),
+                    format!("lowerdir={}", lowers.join(":")),
+                ],
             },
             (_, 0) => bind(fs, true),
             (_, 1) => bind(lowers.remove(0), true),
-            (_, _) => MountOut { kind: "overlay".into(), source: "overlay".into(), options: vec![format!("lowerdir={}", lowers.join(":"))] },
+            (_, _) => MountOut {
+                kind: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![format!("lowerdir={}", lowers.join(":"))],
+            },
         }])
     }
 
-    pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<Snapshot> {
+    pub fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Snapshot> {
         self.store.commit(key, name, labels)
     }
 
@@ -253,7 +329,8 @@ impl Snapshotter {
         let s = self.store.need(key)?;
         if let Some(Remote::Image { mountpoint, blobs, .. }) = &s.remote {
             // Checked before unmounting (the store checks again as it removes).
-            if let Some((child, _)) = self.store.list()?.into_iter().find(|(_, c)| c.parent == key) {
+            if let Some((child, _)) = self.store.list()?.into_iter().find(|(_, c)| c.parent == key)
+            {
                 return Err(Error::Invalid(format!("snapshot {key:?} has a child, {child:?}")));
             }
             let _guard = self.mounting.lock().expect("mounting lock");
@@ -288,19 +365,30 @@ impl Snapshotter {
         let cache = naiad_storage::chunk_cache::ChunkCache::open(&self.cfg.cache_dir)
             .map_err(|e| Error::Internal(format!("cache {}: {e}", self.cfg.cache_dir.display())))?;
         for b in blobs.iter().filter(|b| !still_used.contains(*b)) {
-            let Some(d) = b.strip_prefix("sha256:").and_then(|h| hex::decode(h).ok()).and_then(|v| <[u8; 32]>::try_from(v).ok()) else {
+            let Some(d) = b
+                .strip_prefix("sha256:")
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|v| <[u8; 32]>::try_from(v).ok())
+            else {
                 continue;
             };
             match cache.remove(&d) {
                 Ok(true) => tracing::info!("cache entry of blob {b} removed"),
-                Ok(false) => tracing::info!("cache entry of blob {b} still in use: left for the cache's own collection"),
+                Ok(false) => tracing::info!(
+                    "cache entry of blob {b} still in use: left for the cache's own collection"
+                ),
                 Err(e) => tracing::warn!("cache entry of blob {b}: {e}"),
             }
         }
         Ok(())
     }
 
-    pub fn update_labels(&self, key: &str, labels: BTreeMap<String, String>, fields: &[String]) -> Result<Snapshot> {
+    pub fn update_labels(
+        &self,
+        key: &str,
+        labels: BTreeMap<String, String>,
+        fields: &[String],
+    ) -> Result<Snapshot> {
         self.store.update_labels(key, labels, fields)
     }
 
@@ -340,9 +428,18 @@ impl Snapshotter {
     pub fn cleanup(&self) -> Result<()> {
         let _exclusive = self.creating.write().expect("creating lock");
         let all = self.store.list()?;
-        let ids: std::collections::HashSet<String> = all.iter().map(|(_, s)| s.id.to_string()).collect();
-        let mounts: std::collections::HashSet<PathBuf> =
-            all.iter().filter_map(|(_, s)| if let Some(Remote::Image { mountpoint, .. }) = &s.remote { Some(mountpoint.clone()) } else { None }).collect();
+        let ids: std::collections::HashSet<String> =
+            all.iter().map(|(_, s)| s.id.to_string()).collect();
+        let mounts: std::collections::HashSet<PathBuf> = all
+            .iter()
+            .filter_map(|(_, s)| {
+                if let Some(Remote::Image { mountpoint, .. }) = &s.remote {
+                    Some(mountpoint.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
         let snaps = self.cfg.root.join("snapshots");
         for e in std::fs::read_dir(&snaps).map_err(Error::io(snaps.display()))?.flatten() {
             if !ids.contains(&e.file_name().to_string_lossy().to_string()) {
@@ -387,7 +484,9 @@ impl Snapshotter {
         // A mount left from before (the daemon kept it, or brought it back itself).
         let (_, list) = self.daemon_request("GET", "/v1/mounts", None)?;
         let listed: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap_or_default();
-        if listed.iter().any(|m| m.get("mountpoint").and_then(|p| p.as_str()) == Some(&mountpoint.display().to_string())) {
+        if listed.iter().any(|m| {
+            m.get("mountpoint").and_then(|p| p.as_str()) == Some(&mountpoint.display().to_string())
+        }) {
             if is_mounted(mountpoint, Mode::Auto) {
                 return Ok(());
             }
@@ -396,7 +495,11 @@ impl Snapshotter {
         let body = serde_json::json!({ "source": source, "mountpoint": mountpoint, "mode": self.cfg.mode, "insecure": insecure });
         let (code, text) = self.daemon_request("POST", "/v1/mounts", Some(&body))?;
         if !(200..300).contains(&code) {
-            return Err(Error::Daemon(format!("mounting {source} at {}: {}", mountpoint.display(), text.trim())));
+            return Err(Error::Daemon(format!(
+                "mounting {source} at {}: {}",
+                mountpoint.display(),
+                text.trim()
+            )));
         }
         Ok(())
     }
@@ -414,22 +517,37 @@ impl Snapshotter {
         Err(Error::Daemon(format!("unmounting {}: {}", mountpoint.display(), text.trim())))
     }
 
-    fn daemon_request(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<(u16, String)> {
-        naiad_daemon::client::request(&self.cfg.daemon.api, method, path, body).map_err(|e| Error::Daemon(e.to_string()))
+    fn daemon_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, String)> {
+        naiad_daemon::client::request(&self.cfg.daemon.api, method, path, body)
+            .map_err(|e| Error::Daemon(e.to_string()))
     }
 
     /// Starts the daemon if none answers on its socket and we know how.
     pub fn ensure_daemon(&self) -> Result<()> {
         let api = &self.cfg.daemon.api;
-        if naiad_daemon::client::request(api, "GET", "/v1/status", None).is_ok_and(|(c, _)| c == 200) {
+        if naiad_daemon::client::request(api, "GET", "/v1/status", None)
+            .is_ok_and(|(c, _)| c == 200)
+        {
             return Ok(());
         }
         let Some(cmd) = &self.cfg.daemon.spawn else {
             return Err(Error::Daemon(format!("no daemon answers on {}", api.display())));
         };
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.cfg.daemon.log).map_err(Error::io(self.cfg.daemon.log.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.cfg.daemon.log)
+            .map_err(Error::io(self.cfg.daemon.log.display()))?;
         let mut c = Command::new(&cmd[0]);
-        c.args(&cmd[1..]).stdin(std::process::Stdio::null()).stdout(log.try_clone().map_err(Error::io("daemon log"))?).stderr(log);
+        c.args(&cmd[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(Error::io("daemon log"))?)
+            .stderr(log);
         use std::os::unix::process::CommandExt;
         // Its own session: a daemon that outlives the snapshotter (and its restarts).
         unsafe {
@@ -442,16 +560,25 @@ impl Snapshotter {
         tracing::info!(pid = child.id(), "started the Naiad daemon on {}", api.display());
         let until = Instant::now() + Duration::from_secs(30);
         loop {
-            if naiad_daemon::client::request(api, "GET", "/v1/status", None).is_ok_and(|(c, _)| c == 200) {
+            if naiad_daemon::client::request(api, "GET", "/v1/status", None)
+                .is_ok_and(|(c, _)| c == 200)
+            {
                 // Reap it later without blocking: it lives on in its own session.
                 std::thread::spawn(move || child.wait());
                 return Ok(());
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(Error::Daemon(format!("it exited ({status}) at start; see {}", self.cfg.daemon.log.display())));
+                return Err(Error::Daemon(format!(
+                    "it exited ({status}) at start; see {}",
+                    self.cfg.daemon.log.display()
+                )));
             }
             if Instant::now() > until {
-                return Err(Error::Daemon(format!("no answer on {} 30 s after starting it; see {}", api.display(), self.cfg.daemon.log.display())));
+                return Err(Error::Daemon(format!(
+                    "no answer on {} 30 s after starting it; see {}",
+                    api.display(),
+                    self.cfg.daemon.log.display()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -464,7 +591,9 @@ pub fn split_image_ref(s: &str) -> Option<(String, String)> {
     let s = s.strip_prefix("docker://").unwrap_or(s);
     let s = s.split_once('@').map_or(s, |(n, _)| n);
     let (first, rest) = match s.split_once('/') {
-        Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => (h.to_string(), r.to_string()),
+        Some((h, r)) if h.contains('.') || h.contains(':') || h == "localhost" => {
+            (h.to_string(), r.to_string())
+        }
         Some(_) => ("docker.io".to_string(), s.to_string()),
         None => ("docker.io".to_string(), format!("library/{s}")),
     };
@@ -481,8 +610,18 @@ mod tests {
 
     fn snapshotter(root: &Path) -> (Snapshotter, tokio::runtime::Runtime) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let daemon = DaemonLink { api: root.join("no-daemon.sock"), spawn: None, log: root.join("daemon.log") };
-        let cfg = Config { root: root.to_path_buf(), daemon, cache_dir: root.join("cache"), insecure_registries: Vec::new(), mode: Mode::Auto };
+        let daemon = DaemonLink {
+            api: root.join("no-daemon.sock"),
+            spawn: None,
+            log: root.join("daemon.log"),
+        };
+        let cfg = Config {
+            root: root.to_path_buf(),
+            daemon,
+            cache_dir: root.join("cache"),
+            insecure_registries: Vec::new(),
+            mode: Mode::Auto,
+        };
         (Snapshotter::open(cfg, rt.handle().clone()).unwrap(), rt)
     }
 
@@ -493,14 +632,35 @@ mod tests {
         let snaps = dir.path().join("snapshots");
         let fs = |id: u64| snaps.join(id.to_string()).join("fs").display().to_string();
         let m = sn.prepare("a", "", BTreeMap::new(), Kind::Active).unwrap();
-        assert_eq!(m, vec![MountOut { kind: "bind".into(), source: fs(1), options: vec!["rw".into(), "rbind".into()] }]);
+        assert_eq!(
+            m,
+            vec![MountOut {
+                kind: "bind".into(),
+                source: fs(1),
+                options: vec!["rw".into(), "rbind".into()]
+            }]
+        );
         std::fs::write(snaps.join("1/fs/f"), "layer 1").unwrap();
         sn.commit("l1", "a", BTreeMap::new()).unwrap();
         let m = sn.prepare("b", "l1", BTreeMap::new(), Kind::Active).unwrap();
         assert_eq!(m[0].kind, "overlay");
-        assert_eq!(m[0].options, vec![format!("workdir={}", snaps.join("2/work").display()), format!("upperdir={}", fs(2)), format!("lowerdir={}", fs(1))]);
+        assert_eq!(
+            m[0].options,
+            vec![
+                format!("workdir={}", snaps.join("2/work").display()),
+                format!("upperdir={}", fs(2)),
+                format!("lowerdir={}", fs(1))
+            ]
+        );
         let v = sn.prepare("v", "l1", BTreeMap::new(), Kind::View).unwrap();
-        assert_eq!(v, vec![MountOut { kind: "bind".into(), source: fs(1), options: vec!["ro".into(), "rbind".into()] }]);
+        assert_eq!(
+            v,
+            vec![MountOut {
+                kind: "bind".into(),
+                source: fs(1),
+                options: vec!["ro".into(), "rbind".into()]
+            }]
+        );
         assert_eq!(sn.mounts("b").unwrap(), m);
         assert!(sn.usage("l1").unwrap().0 > 0);
 
@@ -508,7 +668,9 @@ mod tests {
         std::fs::create_dir_all(snaps.join("99/fs")).unwrap();
         sn.cleanup().unwrap();
         assert!(!snaps.join("99").exists());
-        assert!(snaps.join("1/fs/f").exists() && snaps.join("2").exists() && snaps.join("3").exists());
+        assert!(
+            snaps.join("1/fs/f").exists() && snaps.join("2").exists() && snaps.join("3").exists()
+        );
 
         assert!(matches!(sn.remove("l1"), Err(Error::Invalid(_))), "l1 has children");
         for k in ["b", "v", "l1"] {
@@ -520,11 +682,23 @@ mod tests {
 
     #[test]
     fn image_refs_split_like_containerd_names_them() {
-        assert_eq!(split_image_ref("127.0.0.1:5000/app:v1"), Some(("127.0.0.1:5000".into(), "app".into())));
-        assert_eq!(split_image_ref("docker://reg.example/a/b@sha256:00"), Some(("reg.example".into(), "a/b".into())));
+        assert_eq!(
+            split_image_ref("127.0.0.1:5000/app:v1"),
+            Some(("127.0.0.1:5000".into(), "app".into()))
+        );
+        assert_eq!(
+            split_image_ref("docker://reg.example/a/b@sha256:00"),
+            Some(("reg.example".into(), "a/b".into()))
+        );
         assert_eq!(split_image_ref("localhost/x"), Some(("localhost".into(), "x".into())));
-        assert_eq!(split_image_ref("docker.io/library/busybox:latest"), Some(("docker.io".into(), "library/busybox".into())));
-        assert_eq!(split_image_ref("busybox"), Some(("docker.io".into(), "library/busybox".into())));
+        assert_eq!(
+            split_image_ref("docker.io/library/busybox:latest"),
+            Some(("docker.io".into(), "library/busybox".into()))
+        );
+        assert_eq!(
+            split_image_ref("busybox"),
+            Some(("docker.io".into(), "library/busybox".into()))
+        );
         assert_eq!(split_image_ref("user/app:1"), Some(("docker.io".into(), "user/app".into())));
     }
 }

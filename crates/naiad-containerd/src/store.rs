@@ -75,7 +75,10 @@ impl Store {
     }
 
     /// Runs `f` in one write transaction, committed only if it returns Ok.
-    fn write<T>(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>, &mut redb::Table<&str, u64>) -> Result<T>) -> Result<T> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut redb::Table<&str, &[u8]>, &mut redb::Table<&str, u64>) -> Result<T>,
+    ) -> Result<T> {
         let tx = self.db.begin_write().map_err(|e| self.dberr(e))?;
         let out = {
             let mut snaps = tx.open_table(SNAPSHOTS).map_err(|e| self.dberr(e))?;
@@ -110,7 +113,14 @@ impl Store {
     }
 
     /// Adds a snapshot under `key` with a new id; the parent must exist and be committed.
-    pub fn create(&self, key: &str, kind: Kind, parent: &str, labels: BTreeMap<String, String>, remote: Option<Remote>) -> Result<Snapshot> {
+    pub fn create(
+        &self,
+        key: &str,
+        kind: Kind,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+        remote: Option<Remote>,
+    ) -> Result<Snapshot> {
         if key.is_empty() {
             return Err(Error::Invalid("a snapshot key must not be empty".into()));
         }
@@ -119,22 +129,41 @@ impl Store {
                 return Err(Error::AlreadyExists(format!("snapshot {key:?}")));
             }
             if !parent.is_empty() {
-                let p = snaps.get(parent).map_err(|e| self.dberr(e))?.ok_or_else(|| Error::NotFound(format!("parent snapshot {parent:?}")))?;
+                let p = snaps
+                    .get(parent)
+                    .map_err(|e| self.dberr(e))?
+                    .ok_or_else(|| Error::NotFound(format!("parent snapshot {parent:?}")))?;
                 if decode(parent, p.value())?.kind != Kind::Committed {
-                    return Err(Error::Invalid(format!("parent {parent:?} is not a committed snapshot")));
+                    return Err(Error::Invalid(format!(
+                        "parent {parent:?} is not a committed snapshot"
+                    )));
                 }
             }
-            let id = counters.get("next_id").map_err(|e| self.dberr(e))?.map(|v| v.value()).unwrap_or(1);
+            let id =
+                counters.get("next_id").map_err(|e| self.dberr(e))?.map(|v| v.value()).unwrap_or(1);
             counters.insert("next_id", id + 1).map_err(|e| self.dberr(e))?;
             let t = now();
-            let s = Snapshot { id, kind, parent: parent.to_string(), labels, created: t, updated: t, remote };
+            let s = Snapshot {
+                id,
+                kind,
+                parent: parent.to_string(),
+                labels,
+                created: t,
+                updated: t,
+                remote,
+            };
             snaps.insert(key, encode(&s).as_slice()).map_err(|e| self.dberr(e))?;
             Ok(s)
         })
     }
 
     /// Turns the active snapshot `key` into the committed snapshot `name`.
-    pub fn commit(&self, key: &str, name: &str, labels: BTreeMap<String, String>) -> Result<Snapshot> {
+    pub fn commit(
+        &self,
+        key: &str,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Snapshot> {
         self.write(|snaps, _| {
             let mut s = match snaps.get(key).map_err(|e| self.dberr(e))? {
                 Some(v) => decode(key, v.value())?,
@@ -156,7 +185,12 @@ impl Store {
     }
 
     /// Replaces the labels (all of them, or only the keys in `fields`).
-    pub fn update_labels(&self, key: &str, labels: BTreeMap<String, String>, fields: &[String]) -> Result<Snapshot> {
+    pub fn update_labels(
+        &self,
+        key: &str,
+        labels: BTreeMap<String, String>,
+        fields: &[String],
+    ) -> Result<Snapshot> {
         self.write(|snaps, _| {
             let mut s = match snaps.get(key).map_err(|e| self.dberr(e))? {
                 Some(v) => decode(key, v.value())?,
@@ -171,7 +205,9 @@ impl Store {
                             s.labels = labels.clone();
                             continue;
                         }
-                        return Err(Error::Invalid(format!("cannot update field {f:?} of a snapshot")));
+                        return Err(Error::Invalid(format!(
+                            "cannot update field {f:?} of a snapshot"
+                        )));
                     };
                     match labels.get(l) {
                         Some(v) => s.labels.insert(l.to_string(), v.clone()),
@@ -195,7 +231,10 @@ impl Store {
             for r in snaps.iter().map_err(|e| self.dberr(e))? {
                 let (k, v) = r.map_err(|e| self.dberr(e))?;
                 if decode(k.value(), v.value())?.parent == key {
-                    return Err(Error::Invalid(format!("snapshot {key:?} has a child, {:?}", k.value())));
+                    return Err(Error::Invalid(format!(
+                        "snapshot {key:?} has a child, {:?}",
+                        k.value()
+                    )));
                 }
             }
             snaps.remove(key).map_err(|e| self.dberr(e))?;
@@ -209,7 +248,8 @@ fn encode(s: &Snapshot) -> Vec<u8> {
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Snapshot> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Internal(format!("snapshot record {key:?} is damaged: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Internal(format!("snapshot record {key:?} is damaged: {e}")))
 }
 
 #[cfg(test)]
@@ -223,21 +263,39 @@ mod tests {
         {
             let s = Store::open(&path).unwrap();
             let a = s.create("a", Kind::Active, "", BTreeMap::new(), None).unwrap();
-            assert!(matches!(s.create("a", Kind::Active, "", BTreeMap::new(), None), Err(Error::AlreadyExists(_))));
-            assert!(matches!(s.create("b", Kind::Active, "a", BTreeMap::new(), None), Err(Error::Invalid(_))), "parent must be committed");
+            assert!(matches!(
+                s.create("a", Kind::Active, "", BTreeMap::new(), None),
+                Err(Error::AlreadyExists(_))
+            ));
+            assert!(
+                matches!(
+                    s.create("b", Kind::Active, "a", BTreeMap::new(), None),
+                    Err(Error::Invalid(_))
+                ),
+                "parent must be committed"
+            );
             let c = s.commit("a", "layer1", BTreeMap::from([("x".into(), "1".into())])).unwrap();
             assert_eq!(c.id, a.id);
             assert!(s.get("a").unwrap().is_none());
             let b = s.create("b", Kind::Active, "layer1", BTreeMap::new(), None).unwrap();
             assert_ne!(b.id, a.id);
             assert!(matches!(s.remove("layer1"), Err(Error::Invalid(_))), "has a child");
-            assert!(matches!(s.create("c", Kind::View, "nope", BTreeMap::new(), None), Err(Error::NotFound(_))));
+            assert!(matches!(
+                s.create("c", Kind::View, "nope", BTreeMap::new(), None),
+                Err(Error::NotFound(_))
+            ));
         }
         let s = Store::open(&path).unwrap();
         let l = s.need("layer1").unwrap();
         assert_eq!(l.kind, Kind::Committed);
         assert_eq!(l.labels["x"], "1");
-        let u = s.update_labels("layer1", BTreeMap::from([("y".into(), "2".into())]), &["labels.y".into(), "labels.x".into()]).unwrap();
+        let u = s
+            .update_labels(
+                "layer1",
+                BTreeMap::from([("y".into(), "2".into())]),
+                &["labels.y".into(), "labels.x".into()],
+            )
+            .unwrap();
         assert_eq!(u.labels, BTreeMap::from([("y".into(), "2".into())]));
         s.remove("b").unwrap();
         s.remove("layer1").unwrap();

@@ -72,10 +72,8 @@ pub async fn serve_unix<F>(
 where
     F: Future<Output = ()>,
 {
-    let path = listener
-        .local_addr()
-        .ok()
-        .and_then(|addr| addr.as_pathname().map(Path::to_path_buf));
+    let path =
+        listener.local_addr().ok().and_then(|addr| addr.as_pathname().map(Path::to_path_buf));
     let served = Server::builder()
         .add_routes(routes)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)

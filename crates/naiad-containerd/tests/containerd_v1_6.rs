@@ -40,9 +40,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Where containerd is looked for.
 fn containerd_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/usr/sbin".into());
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("containerd"))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join("containerd")).find(|p| p.is_file())
 }
 
 /// A containerd process of our own; stopped (SIGTERM, then SIGKILL) when dropped, so a
@@ -87,11 +85,7 @@ impl Containerd {
                     return channel;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not start:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "containerd did not start:\n{}", self.log());
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
@@ -216,51 +210,29 @@ impl Snapshots for TestSnapshotter {
             parent: r.parent,
             labels: r.labels,
         });
-        Ok(Response::new(PrepareSnapshotResponse {
-            mounts: vec![fixed_mount()],
-        }))
+        Ok(Response::new(PrepareSnapshotResponse { mounts: vec![fixed_mount()] }))
     }
 
     async fn view(
         &self,
         r: Request<ViewSnapshotRequest>,
     ) -> Result<Response<ViewSnapshotResponse>, Status> {
-        self.record(
-            "View",
-            namespace_of(&r),
-            &r.get_ref().snapshotter,
-            &r.get_ref().key,
-        );
+        self.record("View", namespace_of(&r), &r.get_ref().snapshotter, &r.get_ref().key);
         Err(Status::unimplemented("View"))
     }
 
     async fn mounts(&self, r: Request<MountsRequest>) -> Result<Response<MountsResponse>, Status> {
-        self.record(
-            "Mounts",
-            namespace_of(&r),
-            &r.get_ref().snapshotter,
-            &r.get_ref().key,
-        );
+        self.record("Mounts", namespace_of(&r), &r.get_ref().snapshotter, &r.get_ref().key);
         Err(Status::unimplemented("Mounts"))
     }
 
     async fn commit(&self, r: Request<CommitSnapshotRequest>) -> Result<Response<()>, Status> {
-        self.record(
-            "Commit",
-            namespace_of(&r),
-            &r.get_ref().snapshotter,
-            &r.get_ref().key,
-        );
+        self.record("Commit", namespace_of(&r), &r.get_ref().snapshotter, &r.get_ref().key);
         Err(Status::unimplemented("Commit"))
     }
 
     async fn remove(&self, r: Request<RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
-        self.record(
-            "Remove",
-            namespace_of(&r),
-            &r.get_ref().snapshotter,
-            &r.get_ref().key,
-        );
+        self.record("Remove", namespace_of(&r), &r.get_ref().snapshotter, &r.get_ref().key);
         Err(Status::unimplemented("Remove"))
     }
 
@@ -268,12 +240,7 @@ impl Snapshots for TestSnapshotter {
         &self,
         r: Request<StatSnapshotRequest>,
     ) -> Result<Response<StatSnapshotResponse>, Status> {
-        self.record(
-            "Stat",
-            namespace_of(&r),
-            &r.get_ref().snapshotter,
-            &r.get_ref().key,
-        );
+        self.record("Stat", namespace_of(&r), &r.get_ref().snapshotter, &r.get_ref().key);
         Err(Status::unimplemented("Stat"))
     }
 
@@ -296,12 +263,7 @@ impl Snapshots for TestSnapshotter {
     }
 
     async fn usage(&self, r: Request<UsageRequest>) -> Result<Response<UsageResponse>, Status> {
-        self.record(
-            "Usage",
-            namespace_of(&r),
-            &r.get_ref().snapshotter,
-            &r.get_ref().key,
-        );
+        self.record("Usage", namespace_of(&r), &r.get_ref().snapshotter, &r.get_ref().key);
         Err(Status::unimplemented("Usage"))
     }
 
@@ -351,11 +313,8 @@ async fn write_blob(
         },
     ];
     let request = with_namespace_and_lease(tokio_stream::iter(messages), NAMESPACE, lease).unwrap();
-    let mut responses = ContentClient::new(channel.clone())
-        .write(request)
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses =
+        ContentClient::new(channel.clone()).write(request).await.unwrap().into_inner();
     let mut out = Vec::new();
     while let Some(response) = responses.next().await {
         out.push(response.unwrap());
@@ -403,10 +362,7 @@ async fn talks_to_containerd_1_6() {
     let lease = LeasesClient::new(channel.clone())
         .create(
             with_namespace(
-                CreateLeaseRequest {
-                    id: "naiad-test-lease".into(),
-                    labels: HashMap::new(),
-                },
+                CreateLeaseRequest { id: "naiad-test-lease".into(), labels: HashMap::new() },
                 NAMESPACE,
             )
             .unwrap(),
@@ -436,11 +392,7 @@ async fn talks_to_containerd_1_6() {
     let mut read = ContentClient::new(channel.clone())
         .read(
             with_namespace(
-                ReadContentRequest {
-                    digest: digest.clone(),
-                    offset: 0,
-                    size: 0,
-                },
+                ReadContentRequest { digest: digest.clone(), offset: 0, size: 0 },
                 NAMESPACE,
             )
             .unwrap(),
@@ -489,21 +441,12 @@ async fn talks_to_containerd_1_6() {
         .unwrap();
     assert_eq!(got.name, name);
     assert_eq!(got.target, Some(target));
-    assert_eq!(
-        got.labels.get("naiad.test/image").map(String::as_str),
-        Some("yes")
-    );
+    assert_eq!(got.labels.get("naiad.test/image").map(String::as_str), Some("yes"));
 
     // Snapshots.Prepare through containerd reaches the proxy plugin.
     let labels = HashMap::from([
-        (
-            "containerd.io/snapshot/naiad.test".to_string(),
-            "inherited".to_string(),
-        ),
-        (
-            "naiad.test/not-inherited".to_string(),
-            "dropped".to_string(),
-        ),
+        ("containerd.io/snapshot/naiad.test".to_string(), "inherited".to_string()),
+        ("naiad.test/not-inherited".to_string(), "dropped".to_string()),
     ]);
     let prepared = SnapshotsClient::new(channel.clone())
         .prepare(
@@ -525,10 +468,8 @@ async fn talks_to_containerd_1_6() {
 
     let seen = snapshotter.seen.lock().unwrap().clone();
     eprintln!("the proxy snapshotter saw: {seen:#?}");
-    let prepare = seen
-        .iter()
-        .find(|c| c.method == "Prepare")
-        .expect("no Prepare reached the plugin");
+    let prepare =
+        seen.iter().find(|c| c.method == "Prepare").expect("no Prepare reached the plugin");
     // containerd's metadata layer renames keys to "<namespace>/<sequence>/<key>" and passes on
     // only inheritable labels.
     let parts: Vec<&str> = prepare.key.splitn(3, '/').collect();
@@ -540,10 +481,7 @@ async fn talks_to_containerd_1_6() {
     assert_eq!(prepare.parent, "");
     assert_eq!(
         prepare.labels,
-        HashMap::from([(
-            "containerd.io/snapshot/naiad.test".to_string(),
-            "inherited".to_string()
-        )])
+        HashMap::from([("containerd.io/snapshot/naiad.test".to_string(), "inherited".to_string())])
     );
     // containerd 1.6 does not forward the namespace header to proxy plugins (the namespace is
     // only in the key); accept it either way, but never a wrong one.
@@ -555,25 +493,13 @@ async fn talks_to_containerd_1_6() {
 
     // Tidy up in containerd, then stop it and the plugin.
     LeasesClient::new(channel.clone())
-        .delete(
-            with_namespace(
-                DeleteRequest {
-                    id: lease.id,
-                    sync: false,
-                },
-                NAMESPACE,
-            )
-            .unwrap(),
-        )
+        .delete(with_namespace(DeleteRequest { id: lease.id, sync: false }, NAMESPACE).unwrap())
         .await
         .unwrap();
     drop(channel);
     containerd.stop();
     let _ = stop_plugin.send(());
     plugin.await.unwrap().unwrap();
-    assert!(
-        !dir.path().join("sn.sock").exists(),
-        "serve_unix removes its socket"
-    );
+    assert!(!dir.path().join("sn.sock").exists(), "serve_unix removes its socket");
     eprintln!("containerd test took {:?}", started.elapsed());
 }

@@ -121,26 +121,44 @@ async fn list(State(d): State<Arc<Daemon>>) -> Json<Vec<MountInfo>> {
     Json(d.mounts.all().iter().map(|m| info(m)).collect())
 }
 
-async fn do_mount(State(d): State<Arc<Daemon>>, Json(spec): Json<MountSpec>) -> std::result::Result<(StatusCode, Json<MountInfo>), ApiError> {
+async fn do_mount(
+    State(d): State<Arc<Daemon>>,
+    Json(spec): Json<MountSpec>,
+) -> std::result::Result<(StatusCode, Json<MountInfo>), ApiError> {
     let spec = MountSpec { mountpoint: absolute(&spec.mountpoint)?, ..spec };
     if d.mounts.get(&spec.mountpoint).is_some() {
-        return Err(DaemonError::Invalid(format!("{} is already mounted", spec.mountpoint.display())).into());
+        return Err(DaemonError::Invalid(format!(
+            "{} is already mounted",
+            spec.mountpoint.display()
+        ))
+        .into());
     }
     let m = crate::mounts::mount(spec, d.cache.clone(), &d.runtime_dir, true).await?;
     let m = d.mounts.insert(m)?;
     Ok((StatusCode::CREATED, Json(info(&m))))
 }
 
-async fn do_umount(State(d): State<Arc<Daemon>>, Json(req): Json<UnmountRequest>) -> std::result::Result<StatusCode, ApiError> {
+async fn do_umount(
+    State(d): State<Arc<Daemon>>,
+    Json(req): Json<UnmountRequest>,
+) -> std::result::Result<StatusCode, ApiError> {
     let mp = absolute(&req.mountpoint)?;
-    tokio::task::spawn_blocking(move || d.mounts.remove(&mp)).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tokio::task::spawn_blocking(move || d.mounts.remove(&mp))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(StatusCode::OK)
 }
 
-async fn prefetch(State(d): State<Arc<Daemon>>, Json(req): Json<PrefetchRequest>) -> std::result::Result<StatusCode, ApiError> {
+async fn prefetch(
+    State(d): State<Arc<Daemon>>,
+    Json(req): Json<PrefetchRequest>,
+) -> std::result::Result<StatusCode, ApiError> {
     let mp = absolute(&req.mountpoint)?;
     let m = d.mounts.get(&mp).ok_or_else(|| DaemonError::NotMounted(mp.display().to_string()))?;
-    m.start_prefetch(naiad_fs::prefetch::PrefetchPlan { everything: req.all, rate_bytes_per_sec: req.rate })?;
+    m.start_prefetch(naiad_fs::prefetch::PrefetchPlan {
+        everything: req.all,
+        rate_bytes_per_sec: req.rate,
+    })?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -159,13 +177,19 @@ pub fn router(d: Arc<Daemon>) -> Router {
 }
 
 /// Serves the API on `socket` until `shutdown` completes, then unmounts everything.
-pub async fn serve(d: Arc<Daemon>, socket: &Path, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn serve(
+    d: Arc<Daemon>,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(DaemonError::io(dir.display()))?;
     }
     let _ = std::fs::remove_file(socket);
-    let listener = tokio::net::UnixListener::bind(socket).map_err(DaemonError::io(socket.display()))?;
-    rustix::fs::chmod(socket, rustix::fs::Mode::from_raw_mode(0o600)).map_err(|e| DaemonError::Io { path: socket.display().to_string(), cause: e.into() })?;
+    let listener =
+        tokio::net::UnixListener::bind(socket).map_err(DaemonError::io(socket.display()))?;
+    rustix::fs::chmod(socket, rustix::fs::Mode::from_raw_mode(0o600))
+        .map_err(|e| DaemonError::Io { path: socket.display().to_string(), cause: e.into() })?;
     let app = router(d.clone());
     let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = std::fs::remove_file(socket);

@@ -8,7 +8,10 @@ use naiad_format::bootstrap::Bootstrap;
 use naiad_fs::kernel::MountTable;
 use naiad_fs::prefetch::{PrefetchPlan, PrefetchProgress};
 use naiad_oci::reference::ImageRef;
-use naiad_storage::backend::{Backend, LocalBackend, MirroredBackend, RegistryBackend, RegistryOptions, S3Backend, S3Location, S3Options};
+use naiad_storage::backend::{
+    Backend, LocalBackend, MirroredBackend, RegistryBackend, RegistryOptions, S3Backend,
+    S3Location, S3Options,
+};
 use naiad_storage::blob_store::BlobDirs;
 use naiad_storage::chunk_cache::ChunkCache;
 use naiad_storage::fetcher::{Fetcher, DEFAULT_MAX_REQUESTS, DEFAULT_MERGE_LIMIT_BYTES};
@@ -40,8 +43,13 @@ pub enum Mode {
 pub fn auto_mode(cache_dir: &Path) -> (Mode, Option<String>) {
     match naiad_fs::fanotify::supported(cache_dir) {
         Ok(()) => (Mode::Fanotify, None),
-        Err(why) if naiad_fs::kernel::has_erofs() => (Mode::Kernel, Some(format!("fanotify mode unavailable: {why}; using kernel mode"))),
-        Err(why) => (Mode::Fuse, Some(format!("fanotify mode unavailable: {why}; no EROFS either: using fuse mode"))),
+        Err(why) if naiad_fs::kernel::has_erofs() => {
+            (Mode::Kernel, Some(format!("fanotify mode unavailable: {why}; using kernel mode")))
+        }
+        Err(why) => (
+            Mode::Fuse,
+            Some(format!("fanotify mode unavailable: {why}; no EROFS either: using fuse mode")),
+        ),
     }
 }
 
@@ -123,16 +131,31 @@ fn host_platform() -> &'static str {
 }
 
 /// Resolves the source, mounts it, and starts the prefetch.
-pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, keep_fuse: bool) -> Result<ActiveMount> {
-    let image = (spec.source.starts_with("docker://") || spec.source.starts_with("oci:")).then(|| ImageRef::parse(&spec.source)).transpose()?;
+pub async fn mount(
+    spec: MountSpec,
+    cache: Arc<ChunkCache>,
+    runtime_dir: &Path,
+    keep_fuse: bool,
+) -> Result<ActiveMount> {
+    let image = (spec.source.starts_with("docker://") || spec.source.starts_with("oci:"))
+        .then(|| ImageRef::parse(&spec.source))
+        .transpose()?;
     if image.is_some() && spec.s3.is_some() {
         return Err(DaemonError::Invalid("S3 storage is for a bootstrap source: an image reference reads its blobs from its registry".into()));
     }
     let (bootstrap_path, bytes, backend): (PathBuf, Vec<u8>, Arc<dyn Backend>) = match &image {
         None => {
             let backend: Arc<dyn Backend> = match (&spec.s3, spec.blob_dirs.is_empty()) {
-                (None, true) => return Err(DaemonError::Invalid("a bootstrap source needs blob directories or S3 storage".into())),
-                (Some(_), false) => return Err(DaemonError::Invalid("blob directories or S3 storage, not both".into())),
+                (None, true) => {
+                    return Err(DaemonError::Invalid(
+                        "a bootstrap source needs blob directories or S3 storage".into(),
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(DaemonError::Invalid(
+                        "blob directories or S3 storage, not both".into(),
+                    ))
+                }
                 (None, false) => Arc::new(LocalBackend::new(BlobDirs::new(spec.blob_dirs.clone()))),
                 // The credentials are this process's own (S3Options::new), never the spec's.
                 (Some(loc), true) => Arc::new(S3Backend::new(S3Options {
@@ -149,14 +172,24 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
             let kept = spec.bootstrap.as_ref().and_then(|p| std::fs::read(p).ok());
             let bytes = match kept {
                 Some(b) => b,
-                None => naiad_oci::check::fetch_bootstrap(r, spec.insecure, host_platform()).await?,
+                None => {
+                    naiad_oci::check::fetch_bootstrap(r, spec.insecure, host_platform()).await?
+                }
             };
             let backend: Arc<dyn Backend> = match r {
                 ImageRef::Registry { registry, repository, .. } => {
                     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
                     for host in spec.mirrors.iter().chain(std::iter::once(registry)) {
-                        let opts = RegistryOptions { insecure: spec.insecure, timeout: Duration::from_secs(spec.timeout_secs.max(1)), ..RegistryOptions::new(host, repository) };
-                        backends.push(Arc::new(tokio::task::spawn_blocking(move || RegistryBackend::new(opts)).await.map_err(|e| DaemonError::Invalid(e.to_string()))??));
+                        let opts = RegistryOptions {
+                            insecure: spec.insecure,
+                            timeout: Duration::from_secs(spec.timeout_secs.max(1)),
+                            ..RegistryOptions::new(host, repository)
+                        };
+                        backends.push(Arc::new(
+                            tokio::task::spawn_blocking(move || RegistryBackend::new(opts))
+                                .await
+                                .map_err(|e| DaemonError::Invalid(e.to_string()))??,
+                        ));
                     }
                     if backends.len() == 1 {
                         backends.remove(0)
@@ -164,11 +197,14 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
                         Arc::new(MirroredBackend::new(backends))
                     }
                 }
-                ImageRef::Layout { dir, .. } => Arc::new(LocalBackend::new(BlobDirs::new(vec![dir.join("blobs/sha256")]))),
+                ImageRef::Layout { dir, .. } => {
+                    Arc::new(LocalBackend::new(BlobDirs::new(vec![dir.join("blobs/sha256")])))
+                }
             };
             let dir = runtime_dir.join("bootstraps");
             std::fs::create_dir_all(&dir).map_err(DaemonError::io(dir.display()))?;
-            let path = dir.join(format!("{}.boot", hex::encode(naiad_format::digest::sha256(&bytes))));
+            let path =
+                dir.join(format!("{}.boot", hex::encode(naiad_format::digest::sha256(&bytes))));
             std::fs::write(&path, &bytes).map_err(DaemonError::io(path.display()))?;
             (path, bytes, backend)
         }
@@ -176,11 +212,21 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
     let bs = Arc::new(Bootstrap::open(bytes)?);
     let backend_name = backend.name();
     let fetcher = Arc::new(
-        Fetcher::new(backend, bs.extension().digester, spec.fetch_merge_max.unwrap_or(DEFAULT_MERGE_LIMIT_BYTES))
-            .with_max_requests(spec.fetch_concurrency.unwrap_or(DEFAULT_MAX_REQUESTS)),
+        Fetcher::new(
+            backend,
+            bs.extension().digester,
+            spec.fetch_merge_max.unwrap_or(DEFAULT_MERGE_LIMIT_BYTES),
+        )
+        .with_max_requests(spec.fetch_concurrency.unwrap_or(DEFAULT_MAX_REQUESTS)),
     );
-    let mountpoint = std::path::absolute(&spec.mountpoint).map_err(DaemonError::io(spec.mountpoint.display()))?;
-    let blobs = bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let mountpoint = std::path::absolute(&spec.mountpoint)
+        .map_err(DaemonError::io(spec.mountpoint.display()))?;
+    let blobs = bs
+        .extension()
+        .blobs
+        .iter()
+        .map(|b| cache.blob(&b.digest, b.view_size))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let mut mode = match spec.mode {
         Mode::Auto => {
             let (mode, why) = auto_mode(cache.dir());
@@ -190,7 +236,9 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
             mode
         }
         Mode::Fanotify => {
-            naiad_fs::fanotify::supported(cache.dir()).map_err(|why| DaemonError::Invalid(format!("fanotify mode: {why} (use --mode kernel or fuse)")))?;
+            naiad_fs::fanotify::supported(cache.dir()).map_err(|why| {
+                DaemonError::Invalid(format!("fanotify mode: {why} (use --mode kernel or fuse)"))
+            })?;
             Mode::Fanotify
         }
         m => m,
@@ -198,7 +246,15 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
     let mut handle: Option<Box<dyn std::any::Any + Send>> = None;
     if mode == Mode::Fanotify {
         let exe = std::env::current_exe().map_err(DaemonError::io("the naiad executable"))?;
-        match naiad_fs::fanotify::mount_fanotify_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &mountpoint, runtime_dir, &exe) {
+        match naiad_fs::fanotify::mount_fanotify_mode(
+            &bootstrap_path,
+            &bs,
+            &cache,
+            fetcher.clone(),
+            &mountpoint,
+            runtime_dir,
+            &exe,
+        ) {
             Ok(m) => handle = Some(Box::new(m)),
             // The mode was not asked for: a cache that cannot hold the frame files (a full
             // disk) still lets kernel mode serve reads, from memory.
@@ -209,12 +265,20 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
             Err(e) => return Err(e.into()),
         }
     }
-    let keep = (keep_fuse && matches!(mode, Mode::Kernel | Mode::Fuse)).then(|| fuse_keep(runtime_dir)).transpose()?;
+    let keep = (keep_fuse && matches!(mode, Mode::Kernel | Mode::Fuse))
+        .then(|| fuse_keep(runtime_dir))
+        .transpose()?;
     let handle: Box<dyn std::any::Any + Send> = match (handle, mode) {
         (Some(h), _) => h,
-        (None, Mode::Kernel) => {
-            Box::new(naiad_fs::lazy::mount_kernel_mode(&bootstrap_path, &bs, &cache, fetcher.clone(), &views_dir(runtime_dir, &mountpoint), &mountpoint, keep.as_ref())?)
-        }
+        (None, Mode::Kernel) => Box::new(naiad_fs::lazy::mount_kernel_mode(
+            &bootstrap_path,
+            &bs,
+            &cache,
+            fetcher.clone(),
+            &views_dir(runtime_dir, &mountpoint),
+            &mountpoint,
+            keep.as_ref(),
+        )?),
         (None, Mode::Fuse) => {
             let fs = naiad_fs::image_fs::ImageFs::new(bs.clone(), blobs.clone(), fetcher.clone());
             Box::new(naiad_fs::image_fs::mount_fuse_mode(fs, &mountpoint, keep.as_ref())?)
@@ -222,7 +286,12 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
         (None, Mode::Auto | Mode::Fanotify) => unreachable!("resolved, or mounted above"),
     };
     let m = ActiveMount {
-        spec: MountSpec { mountpoint, mode, bootstrap: image.is_some().then_some(bootstrap_path), ..spec },
+        spec: MountSpec {
+            mountpoint,
+            mode,
+            bootstrap: image.is_some().then_some(bootstrap_path),
+            ..spec
+        },
         backend: backend_name,
         bootstrap: bs,
         fetcher,
@@ -232,7 +301,10 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
         handle: Mutex::new(Some(handle)),
     };
     if m.spec.prefetch || m.spec.prefetch_all {
-        m.start_prefetch(PrefetchPlan { everything: m.spec.prefetch_all, rate_bytes_per_sec: m.spec.prefetch_rate })?;
+        m.start_prefetch(PrefetchPlan {
+            everything: m.spec.prefetch_all,
+            rate_bytes_per_sec: m.spec.prefetch_rate,
+        })?;
     }
     Ok(m)
 }
@@ -240,8 +312,20 @@ pub async fn mount(spec: MountSpec, cache: Arc<ChunkCache>, runtime_dir: &Path, 
 impl ActiveMount {
     /// Starts (or restarts) a background prefetch.
     pub fn start_prefetch(&self, plan: PrefetchPlan) -> Result<()> {
-        let blobs = self.bootstrap.extension().blobs.iter().map(|b| self.cache.blob(&b.digest, b.view_size)).collect::<std::result::Result<Vec<_>, _>>()?;
-        let p = naiad_fs::prefetch::spawn(self.bootstrap.clone(), blobs, self.fetcher.clone(), plan, self.stop.clone());
+        let blobs = self
+            .bootstrap
+            .extension()
+            .blobs
+            .iter()
+            .map(|b| self.cache.blob(&b.digest, b.view_size))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let p = naiad_fs::prefetch::spawn(
+            self.bootstrap.clone(),
+            blobs,
+            self.fetcher.clone(),
+            plan,
+            self.stop.clone(),
+        );
         *self.prefetch.lock().expect("prefetch lock") = Some(p);
         Ok(())
     }
@@ -280,7 +364,6 @@ fn is_mounted_in(table: &MountTable, mountpoint: &Path, mode: Mode) -> bool {
     table.has(mountpoint, types)
 }
 
-
 /// The daemon's table of mounts, by mount point; with a [`StateFile`], every change is saved
 /// so a restarted daemon can bring the mounts back ([`restore`]).
 #[derive(Default)]
@@ -309,7 +392,10 @@ impl Mounts {
     pub fn insert(&self, m: ActiveMount) -> Result<Arc<ActiveMount>> {
         let mut t = self.table.lock().expect("mounts lock");
         if t.contains_key(&m.spec.mountpoint) {
-            return Err(DaemonError::Invalid(format!("{} is already mounted", m.spec.mountpoint.display())));
+            return Err(DaemonError::Invalid(format!(
+                "{} is already mounted",
+                m.spec.mountpoint.display()
+            )));
         }
         let m = Arc::new(m);
         t.insert(m.spec.mountpoint.clone(), m.clone());
@@ -321,7 +407,9 @@ impl Mounts {
     pub fn remove(&self, mountpoint: &Path) -> Result<()> {
         let m = {
             let mut t = self.table.lock().expect("mounts lock");
-            let m = t.remove(mountpoint).ok_or_else(|| DaemonError::NotMounted(mountpoint.display().to_string()))?;
+            let m = t
+                .remove(mountpoint)
+                .ok_or_else(|| DaemonError::NotMounted(mountpoint.display().to_string()))?;
             self.save(&t);
             m
         };
@@ -342,7 +430,12 @@ impl Mounts {
     /// Drops the mounts whose kernel mount went away (an external `umount`).
     pub fn reap(&self) {
         let table = MountTable::read();
-        let gone: Vec<PathBuf> = self.all().into_iter().filter(|m| !is_mounted_in(&table, &m.spec.mountpoint, m.spec.mode)).map(|m| m.spec.mountpoint.clone()).collect();
+        let gone: Vec<PathBuf> = self
+            .all()
+            .into_iter()
+            .filter(|m| !is_mounted_in(&table, &m.spec.mountpoint, m.spec.mode))
+            .map(|m| m.spec.mountpoint.clone())
+            .collect();
         for p in gone {
             let _ = self.remove(&p);
         }
@@ -380,10 +473,22 @@ fn fuse_keep(runtime_dir: &Path) -> Result<naiad_fs::fuse_keep::Keep> {
 /// hold files open there keep the old mount (their reads fail), and the image is mounted
 /// afresh with the same spec, its data served from the cache the dead daemon filled. Returns
 /// the mount points restored and, for each that failed, the error (the spec is dropped).
-pub async fn restore(mounts: &Mounts, cache: &Arc<ChunkCache>, runtime_dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, DaemonError)>) {
+pub async fn restore(
+    mounts: &Mounts,
+    cache: &Arc<ChunkCache>,
+    runtime_dir: &Path,
+) -> (Vec<PathBuf>, Vec<(PathBuf, DaemonError)>) {
     let specs = match mounts.state.as_ref().map(|s| s.load()) {
         Some(Ok(specs)) => specs,
-        Some(Err(e)) => return (Vec::new(), vec![(mounts.state.as_ref().map(|s| s.path().to_path_buf()).unwrap_or_default(), e)]),
+        Some(Err(e)) => {
+            return (
+                Vec::new(),
+                vec![(
+                    mounts.state.as_ref().map(|s| s.path().to_path_buf()).unwrap_or_default(),
+                    e,
+                )],
+            )
+        }
         None => return (Vec::new(), Vec::new()),
     };
     let (mut ok, mut failed) = (Vec::new(), Vec::new());
@@ -393,7 +498,9 @@ pub async fn restore(mounts: &Mounts, cache: &Arc<ChunkCache>, runtime_dir: &Pat
         // takes it over.
         let kept = match spec.mode {
             Mode::Fanotify => naiad_fs::fanotify::keeper_alive(runtime_dir, &mp),
-            Mode::Kernel => naiad_fs::fuse_keep::keeper_alive(runtime_dir, &views_dir(runtime_dir, &mp)),
+            Mode::Kernel => {
+                naiad_fs::fuse_keep::keeper_alive(runtime_dir, &views_dir(runtime_dir, &mp))
+            }
             Mode::Fuse => naiad_fs::fuse_keep::keeper_alive(runtime_dir, &mp),
             Mode::Auto => false,
         };

@@ -39,7 +39,9 @@ impl StateFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(DaemonError::io(self.path.display())(e)),
         };
-        serde_json::from_slice(&bytes).map_err(|e| DaemonError::Invalid(format!("{}: not a mount table: {e}", self.path.display())))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            DaemonError::Invalid(format!("{}: not a mount table: {e}", self.path.display()))
+        })
     }
 
     /// Replaces the table with `specs`, atomically.
@@ -47,7 +49,8 @@ impl StateFile {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(DaemonError::io(dir.display()))?;
         let tmp = self.path.with_extension("json.tmp");
-        let json = serde_json::to_vec_pretty(specs).map_err(|e| DaemonError::Invalid(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(specs).map_err(|e| DaemonError::Invalid(e.to_string()))?;
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&json)?;
@@ -68,12 +71,24 @@ impl RuntimeLock {
     pub fn acquire(runtime_dir: &Path) -> Result<RuntimeLock> {
         std::fs::create_dir_all(runtime_dir).map_err(DaemonError::io(runtime_dir.display()))?;
         let path = runtime_dir.join("daemon.lock");
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(DaemonError::io(path.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(DaemonError::io(path.display()))?;
         if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            return Err(DaemonError::Invalid(format!("another naiad daemon (pid {}) uses {}", holder.trim(), runtime_dir.display())));
+            return Err(DaemonError::Invalid(format!(
+                "another naiad daemon (pid {}) uses {}",
+                holder.trim(),
+                runtime_dir.display()
+            )));
         }
-        file.set_len(0).and_then(|_| write!(file, "{}", std::process::id())).map_err(DaemonError::io(path.display()))?;
+        file.set_len(0)
+            .and_then(|_| write!(file, "{}", std::process::id()))
+            .map_err(DaemonError::io(path.display()))?;
         Ok(RuntimeLock { _file: file })
     }
 }
@@ -84,7 +99,10 @@ mod tests {
     use crate::mounts::Mode;
 
     fn spec(mp: &str) -> MountSpec {
-        serde_json::from_value(serde_json::json!({ "source": "docker://h/r:t", "mountpoint": mp, "mode": "fuse" })).unwrap()
+        serde_json::from_value(
+            serde_json::json!({ "source": "docker://h/r:t", "mountpoint": mp, "mode": "fuse" }),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -95,7 +113,10 @@ mod tests {
         let (a, b) = (spec("/a"), spec("/b"));
         st.save(&[&a, &b]).unwrap();
         let back = st.load().unwrap();
-        assert_eq!(back.iter().map(|s| s.mountpoint.clone()).collect::<Vec<_>>(), vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            back.iter().map(|s| s.mountpoint.clone()).collect::<Vec<_>>(),
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
         assert_eq!(back[0].mode, Mode::Fuse);
         st.save(&[]).unwrap();
         assert!(st.load().unwrap().is_empty());

@@ -14,7 +14,9 @@ use crate::compression::Compressor;
 use crate::digest::{Digest32, Digester};
 use crate::error::slice;
 use crate::extension::ChunkRecord;
-use crate::{block_align, FormatError, Result, BLOCK_SIZE_BYTES, MAX_CHUNK_SIZE_BYTES, MAX_FRAME_SIZE_BYTES};
+use crate::{
+    block_align, FormatError, Result, BLOCK_SIZE_BYTES, MAX_CHUNK_SIZE_BYTES, MAX_FRAME_SIZE_BYTES,
+};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -169,8 +171,13 @@ impl Toc {
                 actual: hex::encode(actual),
             });
         }
-        let (h, mut rest) = RawTocHeader::read_from_prefix(bytes)
-            .map_err(|_| FormatError::Truncated { what: "blob TOC", offset: 0, need: 64, have: bytes.len() as u64 })?;
+        let (h, mut rest) =
+            RawTocHeader::read_from_prefix(bytes).map_err(|_| FormatError::Truncated {
+                what: "blob TOC",
+                offset: 0,
+                need: 64,
+                have: bytes.len() as u64,
+            })?;
         if h.magic != TOC_MAGIC {
             return Err(FormatError::BadMagic { what: "blob TOC" });
         }
@@ -179,15 +186,20 @@ impl Toc {
         }
         let digester = Digester::from_code(h.digester)?;
         let (nf, nc) = (h.frame_count.get(), h.chunk_count.get());
-        let need = nf.checked_mul(24).and_then(|f| nc.checked_mul(64).and_then(|c| c.checked_add(f)));
+        let need =
+            nf.checked_mul(24).and_then(|f| nc.checked_mul(64).and_then(|c| c.checked_add(f)));
         if need != Some(rest.len() as u64) {
-            return Err(FormatError::invalid("blob TOC", format!("{nf} frames and {nc} chunks do not fill {} bytes", rest.len())));
+            return Err(FormatError::invalid(
+                "blob TOC",
+                format!("{nf} frames and {nc} chunks do not fill {} bytes", rest.len()),
+            ));
         }
         let bad = |d: String| FormatError::invalid("blob TOC", d);
         let mut frames = Vec::with_capacity(nf as usize);
         let mut expect_offset = 0u64;
         for i in 0..nf {
-            let (f, r) = RawFrame::read_from_prefix(rest).map_err(|_| bad("short frame table".into()))?;
+            let (f, r) =
+                RawFrame::read_from_prefix(rest).map_err(|_| bad("short frame table".into()))?;
             rest = r;
             let frame = Frame {
                 compressed_offset: f.compressed_offset.get(),
@@ -195,19 +207,26 @@ impl Toc {
                 size: f.size.get(),
                 compressor: Compressor::from_code(f.compressor)?,
             };
-            if frame.compressed_offset != expect_offset || frame.size == 0 || frame.size > MAX_FRAME_SIZE_BYTES {
+            if frame.compressed_offset != expect_offset
+                || frame.size == 0
+                || frame.size > MAX_FRAME_SIZE_BYTES
+            {
                 return Err(bad(format!("frame {i} is misplaced or has a bad size")));
             }
             expect_offset += u64::from(frame.compressed_size);
             frames.push(frame);
         }
         if expect_offset != trailer.toc_offset {
-            return Err(bad(format!("frames end at {expect_offset}, TOC starts at {}", trailer.toc_offset)));
+            return Err(bad(format!(
+                "frames end at {expect_offset}, TOC starts at {}",
+                trailer.toc_offset
+            )));
         }
         let mut chunks: Vec<BlobChunk> = Vec::with_capacity(nc as usize);
         let mut view_end = 0u64;
         for i in 0..nc {
-            let (c, r) = RawBlobChunk::read_from_prefix(rest).map_err(|_| bad("short chunk table".into()))?;
+            let (c, r) = RawBlobChunk::read_from_prefix(rest)
+                .map_err(|_| bad("short chunk table".into()))?;
             rest = r;
             let chunk = BlobChunk {
                 digest: c.digest,
@@ -216,7 +235,9 @@ impl Toc {
                 frame_offset: c.frame_offset.get(),
                 size: c.size.get(),
             };
-            let frame = frames.get(chunk.frame_index as usize).ok_or_else(|| bad(format!("chunk {i}: frame out of range")))?;
+            let frame = frames
+                .get(chunk.frame_index as usize)
+                .ok_or_else(|| bad(format!("chunk {i}: frame out of range")))?;
             let placed = chunk.size != 0
                 && chunk.size <= MAX_CHUNK_SIZE_BYTES
                 && u64::from(chunk.frame_offset) + u64::from(chunk.size) <= u64::from(frame.size)
@@ -225,7 +246,11 @@ impl Toc {
             // The end is checked too: a chunk in the last block of the 64-bit view has none.
             match chunk.view_offset.checked_add(block_align(u64::from(chunk.size))) {
                 Some(end) if placed => view_end = end,
-                _ => return Err(bad(format!("chunk {i} lies outside its frame or overlaps the previous chunk"))),
+                _ => {
+                    return Err(bad(format!(
+                        "chunk {i} lies outside its frame or overlaps the previous chunk"
+                    )))
+                }
             }
             chunks.push(chunk);
         }
@@ -261,14 +286,28 @@ impl BlobTrailer {
     /// Decodes the trailer from the last [`BLOB_TRAILER_SIZE_BYTES`] of a blob of `blob_len` bytes.
     pub fn decode(last: &[u8], blob_len: u64) -> Result<Self> {
         let raw = slice(last, 0, BLOB_TRAILER_SIZE_BYTES, "blob trailer")?;
-        let t = RawBlobTrailer::read_from_bytes(raw).map_err(|_| FormatError::invalid("blob trailer", "unreadable"))?;
+        let t = RawBlobTrailer::read_from_bytes(raw)
+            .map_err(|_| FormatError::invalid("blob trailer", "unreadable"))?;
         if t.magic != BLOB_TRAILER_MAGIC {
-            return Err(FormatError::BadMagic { what: "blob trailer (blob truncated or not a Naiad blob)" });
+            return Err(FormatError::BadMagic {
+                what: "blob trailer (blob truncated or not a Naiad blob)",
+            });
         }
-        let tr = BlobTrailer { toc_offset: t.toc_offset.get(), toc_size: t.toc_size.get(), toc_sha256: t.toc_sha256 };
-        match tr.toc_offset.checked_add(tr.toc_size).and_then(|e| e.checked_add(BLOB_TRAILER_SIZE_BYTES)) {
+        let tr = BlobTrailer {
+            toc_offset: t.toc_offset.get(),
+            toc_size: t.toc_size.get(),
+            toc_sha256: t.toc_sha256,
+        };
+        match tr
+            .toc_offset
+            .checked_add(tr.toc_size)
+            .and_then(|e| e.checked_add(BLOB_TRAILER_SIZE_BYTES))
+        {
             Some(end) if end == blob_len => Ok(tr),
-            _ => Err(FormatError::invalid("blob trailer", format!("TOC range does not end the {blob_len}-byte blob"))),
+            _ => Err(FormatError::invalid(
+                "blob trailer",
+                format!("TOC range does not end the {blob_len}-byte blob"),
+            )),
         }
     }
 }
@@ -296,9 +335,25 @@ mod tests {
     /// overlap it).
     #[test]
     fn a_chunk_at_the_end_of_the_address_space_is_refused() {
-        let frame = Frame { compressed_offset: 0, compressed_size: 4096, size: 4096, compressor: Compressor::None };
-        let chunk = |view_offset| BlobChunk { digest: [0; 32], view_offset, frame_index: 0, frame_offset: 0, size: 4096 };
-        let toc = |view_offset, view_size| Toc { digester: Digester::Blake3, frames: vec![frame], chunks: vec![chunk(view_offset)], view_size };
+        let frame = Frame {
+            compressed_offset: 0,
+            compressed_size: 4096,
+            size: 4096,
+            compressor: Compressor::None,
+        };
+        let chunk = |view_offset| BlobChunk {
+            digest: [0; 32],
+            view_offset,
+            frame_index: 0,
+            frame_offset: 0,
+            size: 4096,
+        };
+        let toc = |view_offset, view_size| Toc {
+            digester: Digester::Blake3,
+            frames: vec![frame],
+            chunks: vec![chunk(view_offset)],
+            view_size,
+        };
         assert!(decode(&blob_of(&toc(0, 4096), 4096)).is_ok());
         let last_block = u64::MAX - (BLOCK_SIZE_BYTES - 1);
         let err = decode(&blob_of(&toc(last_block, 4096), 4096)).unwrap_err();

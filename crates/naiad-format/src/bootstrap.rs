@@ -79,7 +79,9 @@ impl Inode {
         let body = start + self.header_size + self.xattr_size;
         let end = match self.layout {
             LAYOUT_FLAT_INLINE => body + self.size % BS,
-            LAYOUT_CHUNK_BASED => align8(body) + CHUNK_INDEX_SIZE_BYTES * self.size.div_ceil(self.chunk_size()),
+            LAYOUT_CHUNK_BASED => {
+                align8(body) + CHUNK_INDEX_SIZE_BYTES * self.size.div_ceil(self.chunk_size())
+            }
             _ => body,
         };
         start..end
@@ -90,7 +92,9 @@ impl Inode {
             LAYOUT_FLAT_PLAIN if self.size > 0 && !self.is_device_like() => {
                 u64::from(self.i_u)..u64::from(self.i_u) + self.size.div_ceil(BS)
             }
-            LAYOUT_FLAT_INLINE if self.size >= BS => u64::from(self.i_u)..u64::from(self.i_u) + self.size / BS,
+            LAYOUT_FLAT_INLINE if self.size >= BS => {
+                u64::from(self.i_u)..u64::from(self.i_u) + self.size / BS
+            }
             _ => 0..0,
         }
     }
@@ -146,43 +150,74 @@ impl Bootstrap {
         let ext_bytes = slice(&bytes, trailer.ext_offset, trailer.ext_size, "extension")?;
         let ext = Extension::decode(ext_bytes)?;
         let sb_bytes = slice(&bytes, SUPER_OFFSET_BYTES, 128, "superblock")?;
-        let sb = SuperBlock::read_from_bytes(sb_bytes).map_err(|_| FormatError::invalid("superblock", "unreadable"))?;
+        let sb = SuperBlock::read_from_bytes(sb_bytes)
+            .map_err(|_| FormatError::invalid("superblock", "unreadable"))?;
         if sb.magic.get() != SUPER_MAGIC {
             return Err(FormatError::BadMagic { what: "superblock" });
         }
         if sb.blkszbits != BLOCK_SIZE_BITS {
             return Err(FormatError::unsupported("block size", format!("2^{}", sb.blkszbits)));
         }
-        let known = FEATURE_INCOMPAT_CHUNKED_FILE | FEATURE_INCOMPAT_DEVICE_TABLE | FEATURE_INCOMPAT_ZERO_PADDING;
+        let known = FEATURE_INCOMPAT_CHUNKED_FILE
+            | FEATURE_INCOMPAT_DEVICE_TABLE
+            | FEATURE_INCOMPAT_ZERO_PADDING;
         let incompat = sb.feature_incompat.get();
         if incompat & !known != 0 {
-            return Err(FormatError::unsupported("EROFS features", format!("{:#x}", incompat & !known)));
+            return Err(FormatError::unsupported(
+                "EROFS features",
+                format!("{:#x}", incompat & !known),
+            ));
         }
         let erofs_len = u64::from(sb.blocks.get()) * BS;
         if erofs_len > trailer.ext_offset || erofs_len < BS {
-            return Err(FormatError::invalid("superblock", format!("{} blocks do not fit before the extension", sb.blocks.get())));
+            return Err(FormatError::invalid(
+                "superblock",
+                format!("{} blocks do not fit before the extension", sb.blocks.get()),
+            ));
         }
         let meta_base = u64::from(sb.meta_blkaddr.get()) * BS;
         if meta_base >= erofs_len {
             return Err(FormatError::invalid("superblock", "metadata area outside the image"));
         }
         // Device table: one slot per blob, tags must name the blob table's digests.
-        let ndev = if incompat & FEATURE_INCOMPAT_DEVICE_TABLE != 0 { usize::from(sb.extra_devices.get()) } else { 0 };
+        let ndev = if incompat & FEATURE_INCOMPAT_DEVICE_TABLE != 0 {
+            usize::from(sb.extra_devices.get())
+        } else {
+            0
+        };
         if ndev != ext.blobs.len() {
-            return Err(FormatError::invalid("device table", format!("{ndev} devices but {} blobs", ext.blobs.len())));
+            return Err(FormatError::invalid(
+                "device table",
+                format!("{ndev} devices but {} blobs", ext.blobs.len()),
+            ));
         }
         let devt = u64::from(sb.devt_slotoff.get()) * DEVT_SLOT_SIZE_BYTES;
         for (i, blob) in ext.blobs.iter().enumerate() {
-            let raw = slice(&bytes[..erofs_len as usize], devt + i as u64 * DEVT_SLOT_SIZE_BYTES, DEVT_SLOT_SIZE_BYTES, "device table")?;
-            let slot = DeviceSlot::read_from_bytes(raw).map_err(|_| FormatError::invalid("device table", "unreadable"))?;
-            if slot.tag[..] != hex::encode(blob.digest).as_bytes()[..] || u64::from(slot.blocks.get()) * BS != blob.view_size {
-                return Err(FormatError::invalid("device table", format!("device {} does not match blob {}", i + 1, hex::encode(blob.digest))));
+            let raw = slice(
+                &bytes[..erofs_len as usize],
+                devt + i as u64 * DEVT_SLOT_SIZE_BYTES,
+                DEVT_SLOT_SIZE_BYTES,
+                "device table",
+            )?;
+            let slot = DeviceSlot::read_from_bytes(raw)
+                .map_err(|_| FormatError::invalid("device table", "unreadable"))?;
+            if slot.tag[..] != hex::encode(blob.digest).as_bytes()[..]
+                || u64::from(slot.blocks.get()) * BS != blob.view_size
+            {
+                return Err(FormatError::invalid(
+                    "device table",
+                    format!("device {} does not match blob {}", i + 1, hex::encode(blob.digest)),
+                ));
             }
         }
         if ext.block_checksums.len() as u64 != erofs_len / BS {
-            return Err(FormatError::invalid("extension", "block checksum count does not match the image size"));
+            return Err(FormatError::invalid(
+                "extension",
+                "block checksum count does not match the image size",
+            ));
         }
-        let bs = Bootstrap { bytes, erofs_len, meta_base, root_nid: u64::from(sb.root_nid.get()), ext };
+        let bs =
+            Bootstrap { bytes, erofs_len, meta_base, root_nid: u64::from(sb.root_nid.get()), ext };
         let root = bs.inode(bs.root_nid)?;
         if !root.is_dir() {
             return Err(FormatError::invalid("root inode", "not a directory"));
@@ -283,7 +318,9 @@ impl Bootstrap {
             (0o100000, LAYOUT_FLAT_PLAIN) if ino.size == 0 => {}
             (0o100000, LAYOUT_CHUNK_BASED) => {
                 let fmt = ino.i_u as u16;
-                if fmt & CHUNK_FORMAT_INDEXES == 0 || fmt & !(CHUNK_FORMAT_INDEXES | CHUNK_FORMAT_BLKBITS_MASK) != 0 {
+                if fmt & CHUNK_FORMAT_INDEXES == 0
+                    || fmt & !(CHUNK_FORMAT_INDEXES | CHUNK_FORMAT_BLKBITS_MASK) != 0
+                {
                     return Err(bad(format!("unsupported chunk format {fmt:#x}")));
                 }
                 if fmt & CHUNK_FORMAT_BLKBITS_MASK > 12 {
@@ -306,7 +343,9 @@ impl Bootstrap {
                     ino.i_u = 0;
                 }
             }
-            (0o100000, _) => return Err(bad(format!("regular file layout {layout} with size {}", ino.size))),
+            (0o100000, _) => {
+                return Err(bad(format!("regular file layout {layout} with size {}", ino.size)))
+            }
             (0o040000 | 0o120000 | 0o020000 | 0o060000 | 0o010000 | 0o140000, _) => {
                 return Err(bad(format!("layout {layout} not valid for mode {:o}", ino.mode)))
             }
@@ -323,7 +362,8 @@ impl Bootstrap {
             }
         }
         let blocks = ino.data_blocks();
-        if blocks.end > self.erofs_len / BS || (layout == LAYOUT_FLAT_INLINE && ino.size % BS == 0) {
+        if blocks.end > self.erofs_len / BS || (layout == LAYOUT_FLAT_INLINE && ino.size % BS == 0)
+        {
             return Err(bad("data blocks outside the image".into()));
         }
         Ok(ino)
@@ -332,7 +372,10 @@ impl Bootstrap {
     /// The whole data of a directory or symlink (bounded by the image size).
     pub fn flat_data(&self, ino: &Inode) -> Result<Vec<u8>> {
         if !(ino.is_dir() || ino.is_symlink()) {
-            return Err(FormatError::invalid("inode", format!("nid {}: not a directory or symlink", ino.nid)));
+            return Err(FormatError::invalid(
+                "inode",
+                format!("nid {}: not a directory or symlink", ino.nid),
+            ));
         }
         let mut out = Vec::with_capacity(ino.size as usize);
         let blocks = ino.data_blocks();
@@ -347,7 +390,10 @@ impl Bootstrap {
             out.extend_from_slice(slice(self.erofs(), at, tail, "inline data")?);
         }
         if out.len() as u64 != ino.size {
-            return Err(FormatError::invalid("inode", format!("nid {}: data shorter than its size", ino.nid)));
+            return Err(FormatError::invalid(
+                "inode",
+                format!("nid {}: data shorter than its size", ino.nid),
+            ));
         }
         Ok(out)
     }
@@ -356,7 +402,10 @@ impl Bootstrap {
     pub fn symlink_target(&self, ino: &Inode) -> Result<Vec<u8>> {
         let t = self.flat_data(ino)?;
         if t.contains(&0) {
-            return Err(FormatError::invalid("symlink", format!("nid {}: target holds NUL", ino.nid)));
+            return Err(FormatError::invalid(
+                "symlink",
+                format!("nid {}: target holds NUL", ino.nid),
+            ));
         }
         Ok(t)
     }
@@ -370,17 +419,27 @@ impl Bootstrap {
         let bad = |d: String| FormatError::invalid("directory", format!("nid {}: {d}", ino.nid));
         let mut out: Vec<DirEntry> = Vec::new();
         for (bi, block) in data.chunks(BS as usize).enumerate() {
-            let first = Dirent::read_from_prefix(block).map_err(|_| bad(format!("block {bi} too short")))?.0;
+            let first = Dirent::read_from_prefix(block)
+                .map_err(|_| bad(format!("block {bi} too short")))?
+                .0;
             let n0 = u64::from(first.nameoff.get());
             if n0 < DIRENT_SIZE_BYTES || n0 % DIRENT_SIZE_BYTES != 0 || n0 >= block.len() as u64 {
                 return Err(bad(format!("block {bi}: bad first name offset {n0}")));
             }
             let count = (n0 / DIRENT_SIZE_BYTES) as usize;
             for i in 0..count {
-                let d = Dirent::read_from_prefix(&block[i * 12..]).map_err(|_| bad("short entry".into()))?.0;
+                let d = Dirent::read_from_prefix(&block[i * 12..])
+                    .map_err(|_| bad("short entry".into()))?
+                    .0;
                 let start = u64::from(d.nameoff.get());
                 let end = if i + 1 < count {
-                    u64::from(Dirent::read_from_prefix(&block[(i + 1) * 12..]).map_err(|_| bad("short entry".into()))?.0.nameoff.get())
+                    u64::from(
+                        Dirent::read_from_prefix(&block[(i + 1) * 12..])
+                            .map_err(|_| bad("short entry".into()))?
+                            .0
+                            .nameoff
+                            .get(),
+                    )
                 } else {
                     let rest = &block[start.min(block.len() as u64) as usize..];
                     start + rest.iter().position(|&c| c == 0).unwrap_or(rest.len()) as u64
@@ -390,14 +449,24 @@ impl Bootstrap {
                 }
                 let name = &block[start as usize..end as usize];
                 if name.len() > MAX_NAME_LEN || name.contains(&b'/') || name.contains(&0) {
-                    return Err(bad(format!("entry {:?}: invalid name", String::from_utf8_lossy(name))));
+                    return Err(bad(format!(
+                        "entry {:?}: invalid name",
+                        String::from_utf8_lossy(name)
+                    )));
                 }
                 if let Some(prev) = out.last() {
                     if prev.name.as_slice() >= name {
-                        return Err(bad(format!("entry {:?}: names not sorted or duplicated", String::from_utf8_lossy(name))));
+                        return Err(bad(format!(
+                            "entry {:?}: names not sorted or duplicated",
+                            String::from_utf8_lossy(name)
+                        )));
                     }
                 }
-                out.push(DirEntry { name: name.to_vec(), nid: d.nid.get(), file_type: d.file_type });
+                out.push(DirEntry {
+                    name: name.to_vec(),
+                    nid: d.nid.get(),
+                    file_type: d.file_type,
+                });
             }
         }
         let dot = out.iter().find(|e| e.name == b".");
@@ -417,7 +486,10 @@ impl Bootstrap {
         let bad = |d: &str| FormatError::invalid("xattrs", format!("nid {}: {d}", ino.nid));
         let hdr = XattrIbodyHeader::read_from_prefix(area).map_err(|_| bad("short header"))?.0;
         if hdr.h_shared_count != 0 {
-            return Err(FormatError::unsupported("xattrs", format!("nid {}: shared xattrs", ino.nid)));
+            return Err(FormatError::unsupported(
+                "xattrs",
+                format!("nid {}: shared xattrs", ino.nid),
+            ));
         }
         let mut pos = 12usize;
         let mut out = Vec::new();
@@ -445,12 +517,15 @@ impl Bootstrap {
     /// Where chunk `index` of a chunk-based file lives. Checks the device, the address and
     /// that the chunk record covers exactly this part of the file.
     pub fn chunk(&self, ino: &Inode, index: u64) -> Result<ChunkSlot<'_>> {
-        let bad = |d: String| FormatError::invalid("chunk index", format!("nid {} chunk {index}: {d}", ino.nid));
+        let bad = |d: String| {
+            FormatError::invalid("chunk index", format!("nid {} chunk {index}: {d}", ino.nid))
+        };
         if !ino.is_chunk_based() || index >= ino.chunk_count() {
             return Err(bad("no such chunk".into()));
         }
         let at = self.chunk_index_offset(ino, index);
-        let raw = ChunkIndex::read_from_bytes(slice(self.erofs(), at, 8, "chunk index")?).map_err(|_| bad("unreadable".into()))?;
+        let raw = ChunkIndex::read_from_bytes(slice(self.erofs(), at, 8, "chunk index")?)
+            .map_err(|_| bad("unreadable".into()))?;
         let blk = raw.blkaddr.get();
         if blk == NULL_ADDR {
             return Ok(ChunkSlot::Hole);
@@ -461,7 +536,10 @@ impl Bootstrap {
         }
         let blob = u32::from(dev - 1);
         let view_offset = u64::from(blk) * BS;
-        let rec = self.ext.find_chunk(blob, view_offset).ok_or_else(|| bad(format!("no chunk record at blob {blob} offset {view_offset}")))?;
+        let rec = self
+            .ext
+            .find_chunk(blob, view_offset)
+            .ok_or_else(|| bad(format!("no chunk record at blob {blob} offset {view_offset}")))?;
         let cs = ino.chunk_size();
         let want = (ino.size - index * cs).min(cs);
         if u64::from(rec.size) != want {
@@ -480,7 +558,10 @@ impl Bootstrap {
     /// empty path; hardlinked files once per name). Detects directory cycles and directories
     /// reachable twice. `visit` gets the path (`/a/b`), the entry's type from the directory
     /// and the inode. Errors of the walk itself name the path; errors of `visit` pass through.
-    pub fn walk<E: From<FormatError>>(&self, mut visit: impl FnMut(&[u8], u8, &Inode) -> Result<(), E>) -> Result<(), E> {
+    pub fn walk<E: From<FormatError>>(
+        &self,
+        mut visit: impl FnMut(&[u8], u8, &Inode) -> Result<(), E>,
+    ) -> Result<(), E> {
         let root = self.inode(self.root_nid)?;
         visit(b"", file_type::DIR, &root)?;
         let mut seen_dirs: HashSet<u64> = HashSet::from([self.root_nid]);
@@ -498,12 +579,22 @@ impl Bootstrap {
                 p.extend_from_slice(&e.name);
                 let child = self.inode(e.nid).map_err(|err| err.at_path(&p))?;
                 if file_type_of_mode(child.mode) != e.file_type {
-                    return Err(FormatError::invalid("directory entry", "file type differs from the inode's").at_path(&p).into());
+                    return Err(FormatError::invalid(
+                        "directory entry",
+                        "file type differs from the inode's",
+                    )
+                    .at_path(&p)
+                    .into());
                 }
                 visit(&p, e.file_type, &child)?;
                 if child.is_dir() {
                     if !seen_dirs.insert(e.nid) {
-                        return Err(FormatError::invalid("directory", "reached twice (cycle or directory hardlink)").at_path(&p).into());
+                        return Err(FormatError::invalid(
+                            "directory",
+                            "reached twice (cycle or directory hardlink)",
+                        )
+                        .at_path(&p)
+                        .into());
                     }
                     subdirs.push((p, e.nid));
                 }
@@ -518,7 +609,9 @@ impl Bootstrap {
         let mut cur = self.inode(self.root_nid)?;
         for comp in path.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
             if !cur.is_dir() {
-                return Err(FormatError::invalid("path", "a component is not a directory").at_path(path));
+                return Err(
+                    FormatError::invalid("path", "a component is not a directory").at_path(path)
+                );
             }
             let entries = self.dir_entries(&cur)?;
             let e = entries

@@ -69,7 +69,9 @@ pub fn decompress_into(
     if uncompressed_size > MAX_FRAME_SIZE_BYTES {
         return Err(FormatError::Decompress {
             what: what(),
-            detail: format!("frame size {uncompressed_size} exceeds the limit {MAX_FRAME_SIZE_BYTES}"),
+            detail: format!(
+                "frame size {uncompressed_size} exceeds the limit {MAX_FRAME_SIZE_BYTES}"
+            ),
         });
     }
     let n = uncompressed_size as usize;
@@ -84,14 +86,16 @@ pub fn decompress_into(
         }
         Compressor::Zstd => {
             out.resize(n, 0);
-            let got = zstd::bulk::decompress_to_buffer(input, &mut out[..]).map_err(|e| fail(e.to_string()))?;
+            let got = zstd::bulk::decompress_to_buffer(input, &mut out[..])
+                .map_err(|e| fail(e.to_string()))?;
             if got != n {
                 return Err(fail(format!("got {got} bytes, expected {n}")));
             }
         }
         Compressor::Lz4 => {
             out.resize(n, 0);
-            let got = lz4_flex::block::decompress_into(input, &mut out[..]).map_err(|e| fail(e.to_string()))?;
+            let got = lz4_flex::block::decompress_into(input, &mut out[..])
+                .map_err(|e| fail(e.to_string()))?;
             if got != n {
                 return Err(fail(format!("got {got} bytes, expected {n}")));
             }

@@ -10,12 +10,7 @@ pub type Result<T, E = FormatError> = std::result::Result<T, E>;
 pub enum FormatError {
     /// The input ends before a structure that must be there.
     #[error("{what} is truncated: need {need} bytes at offset {offset}, have {have}")]
-    Truncated {
-        what: &'static str,
-        offset: u64,
-        need: u64,
-        have: u64,
-    },
+    Truncated { what: &'static str, offset: u64, need: u64, have: u64 },
     /// A magic number or version does not match.
     #[error("bad magic in {what}: not a Naiad/EROFS structure")]
     BadMagic { what: &'static str },
@@ -27,48 +22,35 @@ pub enum FormatError {
     Unsupported { what: &'static str, detail: String },
     /// A stored digest does not match the bytes it covers.
     #[error("digest mismatch in {what}: expected {expected}, computed {actual}")]
-    DigestMismatch {
-        what: String,
-        expected: String,
-        actual: String,
-    },
+    DigestMismatch { what: String, expected: String, actual: String },
     /// Decompression failed or produced the wrong number of bytes.
     #[error("decompression of {what} failed: {detail}")]
     Decompress { what: String, detail: String },
     /// An error found while looking at one entry of the tree.
     #[error("{path}: {cause}")]
-    AtPath {
-        path: String,
-        cause: Box<FormatError>,
-    },
+    AtPath { path: String, cause: Box<FormatError> },
     /// An I/O error from a `Read`/`Write` the caller handed in.
     #[error("i/o error while {context}: {cause}")]
-    Io {
-        context: &'static str,
-        cause: std::io::Error,
-    },
+    Io { context: &'static str, cause: std::io::Error },
 }
 
 impl FormatError {
     pub(crate) fn invalid(what: &'static str, detail: impl Into<String>) -> Self {
-        FormatError::Invalid {
-            what,
-            detail: detail.into(),
-        }
+        FormatError::Invalid { what, detail: detail.into() }
     }
 
     pub(crate) fn unsupported(what: &'static str, detail: impl Into<String>) -> Self {
-        FormatError::Unsupported {
-            what,
-            detail: detail.into(),
-        }
+        FormatError::Unsupported { what, detail: detail.into() }
     }
 
     /// Wraps this error with the path of the entry it was found at.
     pub fn at_path(self, path: &[u8]) -> Self {
         match self {
             e @ FormatError::AtPath { .. } => e,
-            e => FormatError::AtPath { path: String::from_utf8_lossy(path).into_owned(), cause: Box::new(e) },
+            e => FormatError::AtPath {
+                path: String::from_utf8_lossy(path).into_owned(),
+                cause: Box::new(e),
+            },
         }
     }
 
@@ -78,13 +60,18 @@ impl FormatError {
         match self {
             FormatError::Unsupported { .. } => 95, // EOPNOTSUPP
             FormatError::AtPath { cause, .. } => cause.to_errno(),
-            _ => 5,                                // EIO
+            _ => 5, // EIO
         }
     }
 }
 
 /// Returns `bytes[offset..offset+len]` or a [`FormatError::Truncated`] naming `what`.
-pub(crate) fn slice<'a>(bytes: &'a [u8], offset: u64, len: u64, what: &'static str) -> Result<&'a [u8]> {
+pub(crate) fn slice<'a>(
+    bytes: &'a [u8],
+    offset: u64,
+    len: u64,
+    what: &'static str,
+) -> Result<&'a [u8]> {
     let have = bytes.len() as u64;
     match offset.checked_add(len) {
         Some(end) if end <= have => Ok(&bytes[offset as usize..end as usize]),

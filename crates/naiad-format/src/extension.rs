@@ -12,7 +12,10 @@
 use crate::compression::Compressor;
 use crate::digest::{Digest32, Digester};
 use crate::error::slice;
-use crate::{FormatError, Result, BLOCK_SIZE_BYTES, MAX_CHUNK_SIZE_BYTES, MAX_FRAME_SIZE_BYTES, MIN_CHUNK_SIZE_BYTES};
+use crate::{
+    FormatError, Result, BLOCK_SIZE_BYTES, MAX_CHUNK_SIZE_BYTES, MAX_FRAME_SIZE_BYTES,
+    MIN_CHUNK_SIZE_BYTES,
+};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -163,7 +166,9 @@ impl Extension {
             checksum_count: (self.block_checksums.len() as u64).into(),
             reserved: [0; 16],
         };
-        let mut out = Vec::with_capacity(64 + self.blobs.len() * 64 + self.chunks.len() * 72 + prefetch_bytes);
+        let mut out = Vec::with_capacity(
+            64 + self.blobs.len() * 64 + self.chunks.len() * 72 + prefetch_bytes,
+        );
         out.extend_from_slice(header.as_bytes());
         for b in &self.blobs {
             let raw = RawBlob {
@@ -204,21 +209,27 @@ impl Extension {
     /// Decodes and validates an extension. Every count is checked against the bytes
     /// actually present before anything is allocated.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let (header, mut rest) = RawHeader::read_from_prefix(bytes).map_err(|_| FormatError::Truncated {
-            what: "extension header",
-            offset: 0,
-            need: std::mem::size_of::<RawHeader>() as u64,
-            have: bytes.len() as u64,
-        })?;
+        let (header, mut rest) =
+            RawHeader::read_from_prefix(bytes).map_err(|_| FormatError::Truncated {
+                what: "extension header",
+                offset: 0,
+                need: std::mem::size_of::<RawHeader>() as u64,
+                have: bytes.len() as u64,
+            })?;
         if header.magic != EXT_MAGIC {
             return Err(FormatError::BadMagic { what: "extension header" });
         }
         if header.version.get() != FORMAT_VERSION {
-            return Err(FormatError::unsupported("extension version", header.version.get().to_string()));
+            return Err(FormatError::unsupported(
+                "extension version",
+                header.version.get().to_string(),
+            ));
         }
         let digester = Digester::from_code(header.digester)?;
         let chunk_size = header.chunk_size.get();
-        if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE_BYTES..=MAX_CHUNK_SIZE_BYTES).contains(&chunk_size) {
+        if !chunk_size.is_power_of_two()
+            || !(MIN_CHUNK_SIZE_BYTES..=MAX_CHUNK_SIZE_BYTES).contains(&chunk_size)
+        {
             return Err(FormatError::invalid("chunk size", chunk_size.to_string()));
         }
         let blob_count = u64::from(header.blob_count.get());
@@ -227,7 +238,9 @@ impl Extension {
             .checked_mul(64)
             .and_then(|b| chunk_count.checked_mul(72).and_then(|c| c.checked_add(b)))
             .and_then(|n| n.checked_add(u64::from(header.prefetch_bytes.get())))
-            .and_then(|n| header.checksum_count.get().checked_mul(8).and_then(|c| c.checked_add(n)));
+            .and_then(|n| {
+                header.checksum_count.get().checked_mul(8).and_then(|c| c.checked_add(n))
+            });
         match need {
             Some(n) if n <= rest.len() as u64 => {}
             _ => {
@@ -241,10 +254,14 @@ impl Extension {
         }
         let mut blobs = Vec::with_capacity(blob_count as usize);
         for i in 0..blob_count {
-            let (raw, r) = RawBlob::read_from_prefix(rest).map_err(|_| FormatError::invalid("blob table", "short"))?;
+            let (raw, r) = RawBlob::read_from_prefix(rest)
+                .map_err(|_| FormatError::invalid("blob table", "short"))?;
             rest = r;
             if raw.view_size.get() % BLOCK_SIZE_BYTES != 0 {
-                return Err(FormatError::invalid("blob table", format!("blob {i}: view size not block aligned")));
+                return Err(FormatError::invalid(
+                    "blob table",
+                    format!("blob {i}: view size not block aligned"),
+                ));
             }
             blobs.push(BlobEntry {
                 digest: raw.digest,
@@ -256,7 +273,8 @@ impl Extension {
         }
         let mut chunks: Vec<ChunkRecord> = Vec::with_capacity(chunk_count as usize);
         for i in 0..chunk_count {
-            let (raw, r) = RawChunk::read_from_prefix(rest).map_err(|_| FormatError::invalid("chunk table", "short"))?;
+            let (raw, r) = RawChunk::read_from_prefix(rest)
+                .map_err(|_| FormatError::invalid("chunk table", "short"))?;
             rest = r;
             let c = ChunkRecord {
                 blob_index: raw.blob_index.get(),
@@ -269,13 +287,17 @@ impl Extension {
                 compressor: Compressor::from_code(raw.compressor)?,
                 digest: raw.digest,
             };
-            validate_chunk(&c, &blobs).map_err(|d| FormatError::invalid("chunk table", format!("chunk {i}: {d}")))?;
+            validate_chunk(&c, &blobs)
+                .map_err(|d| FormatError::invalid("chunk table", format!("chunk {i}: {d}")))?;
             if let Some(prev) = chunks.last() {
                 let prev_end = prev.view_offset + crate::block_align(u64::from(prev.size));
                 if (prev.blob_index, prev.view_offset) >= (c.blob_index, c.view_offset)
                     || (prev.blob_index == c.blob_index && prev_end > c.view_offset)
                 {
-                    return Err(FormatError::invalid("chunk table", format!("chunk {i}: not sorted or overlaps the previous chunk")));
+                    return Err(FormatError::invalid(
+                        "chunk table",
+                        format!("chunk {i}: not sorted or overlaps the previous chunk"),
+                    ));
                 }
             }
             chunks.push(c);
@@ -302,7 +324,9 @@ impl Extension {
 }
 
 fn validate_chunk(c: &ChunkRecord, blobs: &[BlobEntry]) -> std::result::Result<(), String> {
-    let blob = blobs.get(c.blob_index as usize).ok_or_else(|| format!("blob index {} out of range", c.blob_index))?;
+    let blob = blobs
+        .get(c.blob_index as usize)
+        .ok_or_else(|| format!("blob index {} out of range", c.blob_index))?;
     if !c.view_offset.is_multiple_of(BLOCK_SIZE_BYTES) {
         return Err("view offset not block aligned".into());
     }
@@ -312,10 +336,15 @@ fn validate_chunk(c: &ChunkRecord, blobs: &[BlobEntry]) -> std::result::Result<(
     if c.view_offset.checked_add(u64::from(c.size)).is_none_or(|e| e > blob.view_size) {
         return Err("extends past the blob's view".into());
     }
-    if c.frame_size > MAX_FRAME_SIZE_BYTES || u64::from(c.frame_offset) + u64::from(c.size) > u64::from(c.frame_size) {
+    if c.frame_size > MAX_FRAME_SIZE_BYTES
+        || u64::from(c.frame_offset) + u64::from(c.size) > u64::from(c.frame_size)
+    {
         return Err("lies outside its frame".into());
     }
-    if c.compressed_offset.checked_add(u64::from(c.compressed_size)).is_none_or(|e| e > blob.compressed_size) {
+    if c.compressed_offset
+        .checked_add(u64::from(c.compressed_size))
+        .is_none_or(|e| e > blob.compressed_size)
+    {
         return Err("frame extends past the blob".into());
     }
     Ok(())
@@ -355,17 +384,30 @@ pub fn seal(bootstrap: &mut [u8]) {
 pub fn decode_trailer(bootstrap: &[u8]) -> Result<Trailer> {
     let len = bootstrap.len() as u64;
     if len < TRAILER_SIZE_BYTES {
-        return Err(FormatError::Truncated { what: "bootstrap trailer", offset: 0, need: TRAILER_SIZE_BYTES, have: len });
+        return Err(FormatError::Truncated {
+            what: "bootstrap trailer",
+            offset: 0,
+            need: TRAILER_SIZE_BYTES,
+            have: len,
+        });
     }
     let raw = RawTrailer::read_from_bytes(&bootstrap[(len - TRAILER_SIZE_BYTES) as usize..])
         .map_err(|_| FormatError::invalid("bootstrap trailer", "unreadable"))?;
     if raw.magic != TRAILER_MAGIC {
-        return Err(FormatError::BadMagic { what: "bootstrap trailer (file truncated or not a Naiad bootstrap)" });
+        return Err(FormatError::BadMagic {
+            what: "bootstrap trailer (file truncated or not a Naiad bootstrap)",
+        });
     }
-    let t = Trailer { ext_offset: raw.ext_offset.get(), ext_size: raw.ext_size.get(), sha256: raw.sha256 };
+    let t = Trailer {
+        ext_offset: raw.ext_offset.get(),
+        ext_size: raw.ext_size.get(),
+        sha256: raw.sha256,
+    };
     match t.ext_offset.checked_add(t.ext_size) {
         Some(end) if end <= len - TRAILER_SIZE_BYTES => Ok(t),
-        _ => Err(FormatError::invalid("bootstrap trailer", "extension range lies outside the file")),
+        _ => {
+            Err(FormatError::invalid("bootstrap trailer", "extension range lies outside the file"))
+        }
     }
 }
 

@@ -19,7 +19,8 @@ use zerocopy::{FromBytes, IntoBytes};
 const DEVT_OFFSET_BYTES: u64 = SUPER_OFFSET_BYTES + 128;
 /// Most devices a table can hold: its slot offset is a 16-bit count of slots, and a chunk
 /// index names its device in 16 bits.
-pub const MAX_DEVICES: usize = (u16::MAX as usize) - (DEVT_OFFSET_BYTES / DEVT_SLOT_SIZE_BYTES) as usize;
+pub const MAX_DEVICES: usize =
+    (u16::MAX as usize) - (DEVT_OFFSET_BYTES / DEVT_SLOT_SIZE_BYTES) as usize;
 
 /// One device of the remapped image: the tag the kernel shows for it (at most 64 bytes; the
 /// path itself is given at mount) and its size in blocks.
@@ -31,9 +32,16 @@ pub struct Device {
 
 /// The EROFS image of `bs` with `devices` as its device table and every stored chunk on the
 /// device `device_of` names for its record (1-based, as in chunk indexes).
-pub fn remap_devices(bs: &Bootstrap, devices: &[Device], mut device_of: impl FnMut(&ChunkRecord) -> u16) -> Result<Vec<u8>> {
+pub fn remap_devices(
+    bs: &Bootstrap,
+    devices: &[Device],
+    mut device_of: impl FnMut(&ChunkRecord) -> u16,
+) -> Result<Vec<u8>> {
     if devices.is_empty() || devices.len() > MAX_DEVICES {
-        return Err(FormatError::invalid("device table", format!("{} devices (1 to {MAX_DEVICES})", devices.len())));
+        return Err(FormatError::invalid(
+            "device table",
+            format!("{} devices (1 to {MAX_DEVICES})", devices.len()),
+        ));
     }
     let erofs = &bs.bytes()[..bs.erofs_len() as usize];
     let table_end = DEVT_OFFSET_BYTES + devices.len() as u64 * DEVT_SLOT_SIZE_BYTES;
@@ -42,9 +50,11 @@ pub fn remap_devices(bs: &Bootstrap, devices: &[Device], mut device_of: impl FnM
     let mut out = vec![0u8; shift + erofs.len()];
     out[shift..].copy_from_slice(erofs);
     let sb_at = SUPER_OFFSET_BYTES as usize;
-    let mut sb = SuperBlock::read_from_bytes(&erofs[sb_at..sb_at + 128]).map_err(|_| FormatError::invalid("superblock", "unreadable"))?;
+    let mut sb = SuperBlock::read_from_bytes(&erofs[sb_at..sb_at + 128])
+        .map_err(|_| FormatError::invalid("superblock", "unreadable"))?;
     let add = |v: u32| {
-        v.checked_add(shift_blocks as u32).ok_or_else(|| FormatError::invalid("superblock", "image too large to move"))
+        v.checked_add(shift_blocks as u32)
+            .ok_or_else(|| FormatError::invalid("superblock", "image too large to move"))
     };
     sb.blocks = add(sb.blocks.get())?.into();
     sb.meta_blkaddr = add(sb.meta_blkaddr.get())?.into();
@@ -58,7 +68,12 @@ pub fn remap_devices(bs: &Bootstrap, devices: &[Device], mut device_of: impl FnM
     sb.devt_slotoff = ((DEVT_OFFSET_BYTES / DEVT_SLOT_SIZE_BYTES) as u16).into();
     out[sb_at..sb_at + 128].copy_from_slice(sb.as_bytes());
     for (i, d) in devices.iter().enumerate() {
-        let mut slot = DeviceSlot { tag: [0; 64], blocks: d.blocks.into(), mapped_blkaddr: 0.into(), reserved: [0; 56] };
+        let mut slot = DeviceSlot {
+            tag: [0; 64],
+            blocks: d.blocks.into(),
+            mapped_blkaddr: 0.into(),
+            reserved: [0; 56],
+        };
         let tag = d.tag.as_bytes();
         slot.tag[..tag.len().min(64)].copy_from_slice(&tag[..tag.len().min(64)]);
         let at = (DEVT_OFFSET_BYTES + i as u64 * DEVT_SLOT_SIZE_BYTES) as usize;
@@ -79,7 +94,10 @@ pub fn remap_devices(bs: &Bootstrap, devices: &[Device], mut device_of: impl FnM
             let ChunkSlot::Data(rec) = bs.chunk(ino, index)? else { continue };
             let dev = device_of(rec);
             if dev == 0 || usize::from(dev) > devices.len() {
-                return Err(FormatError::invalid("device map", format!("nid {} chunk {index}: device {dev} of {}", ino.nid, devices.len())));
+                return Err(FormatError::invalid(
+                    "device map",
+                    format!("nid {} chunk {index}: device {dev} of {}", ino.nid, devices.len()),
+                ));
             }
             let at = bs.chunk_index_offset(ino, index) as usize + shift + 2;
             out[at..at + 2].copy_from_slice(&dev.to_le_bytes());

@@ -53,8 +53,14 @@ pub enum NodeKind {
     Dir(BTreeMap<Vec<u8>, NodeId>),
     File(FileData),
     Symlink(Vec<u8>),
-    CharDev { major: u32, minor: u32 },
-    BlockDev { major: u32, minor: u32 },
+    CharDev {
+        major: u32,
+        minor: u32,
+    },
+    BlockDev {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
     Socket,
 }
@@ -94,12 +100,7 @@ pub const ROOT: NodeId = 0;
 impl Tree {
     /// A tree holding only a root directory with the given metadata.
     pub fn new(root_meta: Meta) -> Self {
-        Tree {
-            nodes: vec![Node {
-                meta: root_meta,
-                kind: NodeKind::Dir(BTreeMap::new()),
-            }],
-        }
+        Tree { nodes: vec![Node { meta: root_meta, kind: NodeKind::Dir(BTreeMap::new()) }] }
     }
 
     /// Adds a node (not yet linked into any directory) and returns its id.

@@ -54,7 +54,10 @@ struct Slot {
 /// Writes the bootstrap for `tree`. `ext.block_checksums` is ignored and recomputed.
 pub fn write_bootstrap(tree: &Tree, ext: &Extension) -> Result<Vec<u8>> {
     if ext.blobs.len() > MAX_BLOBS {
-        return Err(FormatError::invalid("image", format!("{} blobs, at most {MAX_BLOBS} allowed", ext.blobs.len())));
+        return Err(FormatError::invalid(
+            "image",
+            format!("{} blobs, at most {MAX_BLOBS} allowed", ext.blobs.len()),
+        ));
     }
     let chunk_bits = ext.chunk_size.trailing_zeros() as u16 - u16::from(BLOCK_SIZE_BITS);
     let mut slots = collect(tree)?;
@@ -63,7 +66,8 @@ pub fn write_bootstrap(tree: &Tree, ext: &Extension) -> Result<Vec<u8>> {
 
     // Pass 1: sizes, layouts and places in the metadata area.
     let devt_off = SUPER_OFFSET_BYTES + 128;
-    let mut cursor = align(devt_off + DEVT_SLOT_SIZE_BYTES * ext.blobs.len() as u64, ISLOT_SIZE_BYTES);
+    let mut cursor =
+        align(devt_off + DEVT_SLOT_SIZE_BYTES * ext.blobs.len() as u64, ISLOT_SIZE_BYTES);
     for slot in slots.iter_mut() {
         let node = &tree.nodes[slot.node];
         let (xattrs, icount) = encode_xattrs(&node.meta.xattrs)?;
@@ -79,7 +83,10 @@ pub fn write_bootstrap(tree: &Tree, ext: &Extension) -> Result<Vec<u8>> {
             }
             NodeKind::Symlink(target) => {
                 if target.is_empty() || target.len() >= 4096 || target.contains(&0) {
-                    return Err(FormatError::invalid("symlink", "target must be 1..4095 bytes without NUL"));
+                    return Err(FormatError::invalid(
+                        "symlink",
+                        "target must be 1..4095 bytes without NUL",
+                    ));
                 }
                 slot.size = target.len() as u64;
             }
@@ -87,7 +94,14 @@ pub fn write_bootstrap(tree: &Tree, ext: &Extension) -> Result<Vec<u8>> {
                 slot.size = f.size;
                 let want = f.size.div_ceil(u64::from(ext.chunk_size));
                 if f.chunks.len() as u64 != want {
-                    return Err(FormatError::invalid("file", format!("{} chunk entries for size {}, expected {want}", f.chunks.len(), f.size)));
+                    return Err(FormatError::invalid(
+                        "file",
+                        format!(
+                            "{} chunk entries for size {}, expected {want}",
+                            f.chunks.len(),
+                            f.size
+                        ),
+                    ));
                 }
             }
             _ => {}
@@ -132,13 +146,15 @@ pub fn write_bootstrap(tree: &Tree, ext: &Extension) -> Result<Vec<u8>> {
     let mut next_block = cursor.div_ceil(BS);
     for slot in slots.iter_mut() {
         if slot.full_blocks > 0 {
-            slot.raw_blkaddr = u32::try_from(next_block).map_err(|_| FormatError::invalid("image", "too many blocks"))?;
+            slot.raw_blkaddr = u32::try_from(next_block)
+                .map_err(|_| FormatError::invalid("image", "too many blocks"))?;
             next_block += slot.full_blocks;
         } else {
             slot.raw_blkaddr = NULL_ADDR;
         }
     }
-    let blocks = u32::try_from(next_block).map_err(|_| FormatError::invalid("image", "too many blocks"))?;
+    let blocks =
+        u32::try_from(next_block).map_err(|_| FormatError::invalid("image", "too many blocks"))?;
 
     // Pass 2: serialize.
     let mut img = vec![0u8; (next_block * BS) as usize];
@@ -190,7 +206,9 @@ pub fn write_bootstrap(tree: &Tree, ext: &Extension) -> Result<Vec<u8>> {
         let node = &tree.nodes[slot.node];
         let i_u = match &node.kind {
             NodeKind::File(f) if f.size > 0 => u32::from(CHUNK_FORMAT_INDEXES | chunk_bits),
-            NodeKind::CharDev { major, minor } | NodeKind::BlockDev { major, minor } => encode_dev(*major, *minor),
+            NodeKind::CharDev { major, minor } | NodeKind::BlockDev { major, minor } => {
+                encode_dev(*major, *minor)
+            }
             NodeKind::Fifo | NodeKind::Socket => 0,
             _ => slot.raw_blkaddr,
         };
@@ -220,16 +238,29 @@ pub fn write_bootstrap(tree: &Tree, ext: &Extension) -> Result<Vec<u8>> {
                 let mut pos = align(after, CHUNK_INDEX_SIZE_BYTES);
                 for c in &f.chunks {
                     let idx = match c {
-                        None => ChunkIndex { advise: 0.into(), device_id: 0.into(), blkaddr: NULL_ADDR.into() },
+                        None => ChunkIndex {
+                            advise: 0.into(),
+                            device_id: 0.into(),
+                            blkaddr: NULL_ADDR.into(),
+                        },
                         Some(a) => {
                             if a.blob as usize >= ext.blobs.len() || a.view_offset % BS != 0 {
-                                return Err(FormatError::invalid("file", "chunk address outside the blob table"));
+                                return Err(FormatError::invalid(
+                                    "file",
+                                    "chunk address outside the blob table",
+                                ));
                             }
                             let blk = u32::try_from(a.view_offset / BS)
                                 .ok()
                                 .filter(|b| *b != NULL_ADDR)
-                                .ok_or_else(|| FormatError::invalid("file", "chunk beyond 16 TiB of view"))?;
-                            ChunkIndex { advise: 0.into(), device_id: ((a.blob + 1) as u16).into(), blkaddr: blk.into() }
+                                .ok_or_else(|| {
+                                    FormatError::invalid("file", "chunk beyond 16 TiB of view")
+                                })?;
+                            ChunkIndex {
+                                advise: 0.into(),
+                                device_id: ((a.blob + 1) as u16).into(),
+                                blkaddr: blk.into(),
+                            }
                         }
                     };
                     put(&mut img, pos, idx.as_bytes());
@@ -304,7 +335,10 @@ fn collect(tree: &Tree) -> Result<Vec<Slot>> {
         for (name, &child) in children {
             validate_name(name)?;
             let Some(node) = tree.nodes.get(child) else {
-                return Err(FormatError::invalid("tree", format!("entry {:?} points to a missing node", String::from_utf8_lossy(name))));
+                return Err(FormatError::invalid(
+                    "tree",
+                    format!("entry {:?} points to a missing node", String::from_utf8_lossy(name)),
+                ));
             };
             let is_dir = matches!(node.kind, NodeKind::Dir(_));
             if slot_of[child] == usize::MAX {
@@ -314,7 +348,13 @@ fn collect(tree: &Tree) -> Result<Vec<Slot>> {
                     queue.push_back(child);
                 }
             } else if is_dir {
-                return Err(FormatError::invalid("tree", format!("directory {:?} has more than one parent", String::from_utf8_lossy(name))));
+                return Err(FormatError::invalid(
+                    "tree",
+                    format!(
+                        "directory {:?} has more than one parent",
+                        String::from_utf8_lossy(name)
+                    ),
+                ));
             }
             if is_dir {
                 subdirs += 1;
@@ -331,8 +371,17 @@ fn collect(tree: &Tree) -> Result<Vec<Slot>> {
 }
 
 fn validate_name(name: &[u8]) -> Result<()> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-        return Err(FormatError::invalid("name", format!("{:?} is not a valid file name", String::from_utf8_lossy(name))));
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || name == b"."
+        || name == b".."
+        || name.contains(&b'/')
+        || name.contains(&0)
+    {
+        return Err(FormatError::invalid(
+            "name",
+            format!("{:?} is not a valid file name", String::from_utf8_lossy(name)),
+        ));
     }
     Ok(())
 }
@@ -355,7 +404,12 @@ fn plan_dir(entries: &[Entry]) -> (u64, Vec<usize>) {
     (blocks_before * BS + used, starts)
 }
 
-fn render_dir(slot: &Slot, slots: &[Slot], index_of: &std::collections::HashMap<NodeId, usize>, tree: &Tree) -> Vec<u8> {
+fn render_dir(
+    slot: &Slot,
+    slots: &[Slot],
+    index_of: &std::collections::HashMap<NodeId, usize>,
+    tree: &Tree,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(slot.size as usize);
     for (b, &start) in slot.dir_blocks.iter().enumerate() {
         let end = slot.dir_blocks.get(b + 1).copied().unwrap_or(slot.dir.len());
@@ -393,16 +447,24 @@ fn encode_xattrs(xattrs: &[crate::tree::Xattr]) -> Result<(Vec<u8>, u16)> {
     for x in xattrs {
         let (index, suffix) = split_xattr_name(&x.name)?;
         if x.value.len() > usize::from(u16::MAX) {
-            return Err(FormatError::invalid("xattr", format!("value of {} is over 64 KiB", String::from_utf8_lossy(&x.name))));
+            return Err(FormatError::invalid(
+                "xattr",
+                format!("value of {} is over 64 KiB", String::from_utf8_lossy(&x.name)),
+            ));
         }
-        let e = XattrEntry { e_name_len: suffix.len() as u8, e_name_index: index, e_value_size: (x.value.len() as u16).into() };
+        let e = XattrEntry {
+            e_name_len: suffix.len() as u8,
+            e_name_index: index,
+            e_value_size: (x.value.len() as u16).into(),
+        };
         out.extend_from_slice(e.as_bytes());
         out.extend_from_slice(suffix);
         out.extend_from_slice(&x.value);
         out.resize(align(out.len() as u64, 4) as usize, 0);
     }
     let icount = (out.len() as u64 - 12) / 4 + 1;
-    let icount = u16::try_from(icount).map_err(|_| FormatError::invalid("xattr", "xattrs of one inode exceed 256 KiB"))?;
+    let icount = u16::try_from(icount)
+        .map_err(|_| FormatError::invalid("xattr", "xattrs of one inode exceed 256 KiB"))?;
     Ok((out, icount))
 }
 
@@ -418,5 +480,11 @@ pub fn split_xattr_name(name: &[u8]) -> Result<(u8, &[u8])> {
             return Ok((index, rest));
         }
     }
-    Err(FormatError::unsupported("xattr", format!("name {:?} is outside the user, trusted, security and posix ACL namespaces", String::from_utf8_lossy(name))))
+    Err(FormatError::unsupported(
+        "xattr",
+        format!(
+            "name {:?} is outside the user, trusted, security and posix ACL namespaces",
+            String::from_utf8_lossy(name)
+        ),
+    ))
 }

@@ -8,12 +8,15 @@
 //! also start a background fetch of the view ahead of them (readahead). A block no
 //! chunk of the image covers is an I/O error: unknown bytes are never served as data.
 
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+};
 use naiad_format::digest::to_hex;
 use naiad_format::extension::ChunkRecord;
 use naiad_format::{block_align, BLOCK_SIZE_BYTES};
 use naiad_storage::chunk_cache::{BlockBuf, CachedBlob};
 use naiad_storage::fetcher::{chunks_starting_in, Fetcher, FrameIndex, Readahead};
-use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request};
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -107,8 +110,10 @@ impl BlobViewFs {
             return Ok(BlockBuf::new(0));
         }
         // Chunks overlapping the range: the first one starting at or before `offset`, on.
-        let start_idx = f.chunks.partition_point(|c| c.view_offset + block_align(u64::from(c.size)) <= offset);
-        let wanted: Vec<ChunkRecord> = f.chunks[start_idx..].iter().take_while(|c| c.view_offset < end).copied().collect();
+        let start_idx =
+            f.chunks.partition_point(|c| c.view_offset + block_align(u64::from(c.size)) <= offset);
+        let wanted: Vec<ChunkRecord> =
+            f.chunks[start_idx..].iter().take_while(|c| c.view_offset < end).copied().collect();
         // Every block of the range must belong to a chunk of the image.
         let mut covered = offset - offset % BLOCK_SIZE_BYTES;
         for c in &wanted {
@@ -128,7 +133,8 @@ impl BlobViewFs {
         // Fetched data the cache cannot store (disk full) is served from memory. The kernel
         // reads whole blocks: a block-aligned buffer takes them from disk without a copy.
         let mut buf = BlockBuf::new((end - offset) as usize);
-        if let Err(e) = self.fetcher.read_with(&f.blob, &wanted, Some(&f.frames), &mut buf, offset) {
+        if let Err(e) = self.fetcher.read_with(&f.blob, &wanted, Some(&f.frames), &mut buf, offset)
+        {
             tracing::warn!(blob = %to_hex(f.blob.digest()), offset, size, error = %e, "read failed");
             return Err(Errno::EIO);
         }
@@ -164,7 +170,17 @@ impl fuser::Filesystem for BlobViewFs {
         reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
-    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<fuser::LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
         if ino.0 < 2 || (ino.0 - 2) as usize >= self.files.len() {
             return reply.error(Errno::ENOENT);
         }
@@ -174,12 +190,24 @@ impl fuser::Filesystem for BlobViewFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         if ino.0 != 1 {
             return reply.error(Errno::ENOTDIR);
         }
-        let mut entries = vec![(1u64, FileType::Directory, ".".to_string()), (1, FileType::Directory, "..".to_string())];
-        entries.extend((0..self.files.len()).map(|i| (2 + i as u64, FileType::RegularFile, self.file_name(i))));
+        let mut entries = vec![
+            (1u64, FileType::Directory, ".".to_string()),
+            (1, FileType::Directory, "..".to_string()),
+        ];
+        entries.extend(
+            (0..self.files.len()).map(|i| (2 + i as u64, FileType::RegularFile, self.file_name(i))),
+        );
         for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
                 break;

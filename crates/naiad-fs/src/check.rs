@@ -53,8 +53,13 @@ pub fn check(bytes: Vec<u8>, blobs: Option<&BlobDirs>) -> CheckReport {
     }
     let walked = bs.walk(|path, _ty, ino| {
         report.entries += 1;
-        let shown = if path.is_empty() { "/".to_string() } else { String::from_utf8_lossy(path).into_owned() };
-        let mut problem = |e: naiad_format::FormatError| report.problems.push(format!("{shown}: {e}"));
+        let shown = if path.is_empty() {
+            "/".to_string()
+        } else {
+            String::from_utf8_lossy(path).into_owned()
+        };
+        let mut problem =
+            |e: naiad_format::FormatError| report.problems.push(format!("{shown}: {e}"));
         if let Err(e) = bs.xattrs(ino) {
             problem(e);
         }
@@ -117,7 +122,8 @@ fn read_all_files(bs: &Bootstrap, dirs: &BlobDirs) -> crate::Result<()> {
     let mut reader = chunk_reader(bs, dirs)?;
     bs.walk(|path, _, ino| -> crate::Result<()> {
         if ino.is_reg() {
-            crate::unpack::for_each_chunk(bs, &mut reader, ino, |_, _| Ok(())).map_err(|e| e.at(path))?;
+            crate::unpack::for_each_chunk(bs, &mut reader, ino, |_, _| Ok(()))
+                .map_err(|e| e.at(path))?;
         }
         Ok(())
     })
@@ -132,7 +138,11 @@ fn locate_damage(bs: &Bootstrap, report: &mut CheckReport) {
     }
     let mut owners: HashMap<u64, Vec<String>> = HashMap::new();
     let _ = bs.walk(|path, _, ino| {
-        let shown = if path.is_empty() { "/".to_string() } else { String::from_utf8_lossy(path).into_owned() };
+        let shown = if path.is_empty() {
+            "/".to_string()
+        } else {
+            String::from_utf8_lossy(path).into_owned()
+        };
         let r = ino.metadata_range(bs);
         let meta_blocks = r.start / BLOCK_SIZE_BYTES..r.end.div_ceil(BLOCK_SIZE_BYTES);
         for b in meta_blocks.chain(ino.data_blocks()) {
@@ -148,6 +158,10 @@ fn locate_damage(bs: &Bootstrap, report: &mut CheckReport) {
             None if b == 0 => "the superblock and device table".into(),
             None => "no reachable entry".into(),
         };
-        report.problems.push(format!("bootstrap block {b} (bytes {}..{}) is damaged: it holds {who}", b * BLOCK_SIZE_BYTES, (b + 1) * BLOCK_SIZE_BYTES));
+        report.problems.push(format!(
+            "bootstrap block {b} (bytes {}..{}) is damaged: it holds {who}",
+            b * BLOCK_SIZE_BYTES,
+            (b + 1) * BLOCK_SIZE_BYTES
+        ));
     }
 }

@@ -51,7 +51,11 @@ fn facts(bs: &Bootstrap, dirs: &BlobDirs) -> Result<BTreeMap<Vec<u8>, EntryFacts
         } else {
             String::new()
         };
-        let link = if !ino.is_dir() && ino.nlink > 1 { Some(first.entry(ino.nid).or_insert_with(|| path.to_vec()).clone()) } else { None };
+        let link = if !ino.is_dir() && ino.nlink > 1 {
+            Some(first.entry(ino.nid).or_insert_with(|| path.to_vec()).clone())
+        } else {
+            None
+        };
         out.insert(
             path.to_vec(),
             EntryFacts {
@@ -72,15 +76,28 @@ fn facts(bs: &Bootstrap, dirs: &BlobDirs) -> Result<BTreeMap<Vec<u8>, EntryFacts
 }
 
 /// Every difference between two images' trees, as lines naming the path and what differs.
-pub fn compare_images(a: &Bootstrap, a_dirs: &BlobDirs, b: &Bootstrap, b_dirs: &BlobDirs) -> Result<Vec<String>> {
+pub fn compare_images(
+    a: &Bootstrap,
+    a_dirs: &BlobDirs,
+    b: &Bootstrap,
+    b_dirs: &BlobDirs,
+) -> Result<Vec<String>> {
     let fa = facts(a, a_dirs)?;
     let fb = facts(b, b_dirs)?;
     let mut diffs = Vec::new();
-    let show = |p: &[u8]| if p.is_empty() { "/".to_string() } else { String::from_utf8_lossy(p).into_owned() };
+    let show = |p: &[u8]| {
+        if p.is_empty() {
+            "/".to_string()
+        } else {
+            String::from_utf8_lossy(p).into_owned()
+        }
+    };
     for (path, ea) in &fa {
         match fb.get(path) {
             None => diffs.push(format!("{}: only in the first image", show(path))),
-            Some(eb) if eb != ea => diffs.push(format!("{}: differs: {ea:?} vs {eb:?}", show(path))),
+            Some(eb) if eb != ea => {
+                diffs.push(format!("{}: differs: {ea:?} vs {eb:?}", show(path)))
+            }
             Some(_) => {}
         }
     }

@@ -33,14 +33,28 @@ pub(crate) struct BlobDevices<'a> {
 /// frame's chunks) is read from its frame file, the rest of a blob from its view. A blob
 /// without a view must have every frame accepted. With more devices than a device table
 /// holds, blobs that have a view are read through it alone; an error if that is not enough.
-pub(crate) fn plan(bs: &Bootstrap, blobs: &[BlobDevices], mut use_frame: impl FnMut(usize, &[ChunkRecord]) -> bool) -> Result<Plan> {
-    let mut chosen: Vec<Vec<&[ChunkRecord]>> = blobs.iter().enumerate().map(|(i, b)| b.frames.frames().filter(|f| use_frame(i, f)).collect()).collect();
+pub(crate) fn plan(
+    bs: &Bootstrap,
+    blobs: &[BlobDevices],
+    mut use_frame: impl FnMut(usize, &[ChunkRecord]) -> bool,
+) -> Result<Plan> {
+    let mut chosen: Vec<Vec<&[ChunkRecord]>> = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b.frames.frames().filter(|f| use_frame(i, f)).collect())
+        .collect();
     let totals: Vec<usize> = blobs.iter().map(|b| b.frames.frames().count()).collect();
     // A blob needs its view as a device too when some of its frames are not chosen.
     let needs_view = |i: usize, chosen: &[Vec<&[ChunkRecord]>]| chosen[i].len() < totals[i];
-    let count = |chosen: &[Vec<&[ChunkRecord]>]| -> usize { (0..blobs.len()).map(|i| chosen[i].len() + usize::from(needs_view(i, chosen))).sum() };
+    let count = |chosen: &[Vec<&[ChunkRecord]>]| -> usize {
+        (0..blobs.len()).map(|i| chosen[i].len() + usize::from(needs_view(i, chosen))).sum()
+    };
     if count(&chosen) > MAX_DEVICES {
-        tracing::info!(devices = count(&chosen), max = MAX_DEVICES, "too many frame files for one mount; blobs with a view are read through it");
+        tracing::info!(
+            devices = count(&chosen),
+            max = MAX_DEVICES,
+            "too many frame files for one mount; blobs with a view are read through it"
+        );
         for (b, c) in blobs.iter().zip(chosen.iter_mut()) {
             if b.view.is_some() {
                 c.clear();
@@ -66,28 +80,43 @@ pub(crate) fn plan(bs: &Bootstrap, blobs: &[BlobDevices], mut use_frame: impl Fn
         let hex = to_hex(b.blob.digest());
         if needs_view(i, &chosen) {
             let view = b.view.clone().ok_or_else(|| FsError::Invalid(format!("blob {hex}: some frames are not to be read from their files, and there is no view")))?;
-            devices.push(Device { tag: hex.clone(), blocks: (b.blob.view_size() / BLOCK_SIZE_BYTES) as u32 });
+            devices.push(Device {
+                tag: hex.clone(),
+                blocks: (b.blob.view_size() / BLOCK_SIZE_BYTES) as u32,
+            });
             paths.push(view);
             view_id[i] = devices.len() as u16;
         }
         for f in frames {
             let frame = f[0].compressed_offset;
-            let blocks: u64 = f.iter().map(|c| block_align(u64::from(c.size)) / BLOCK_SIZE_BYTES).sum();
-            devices.push(Device { tag: format!("{}-{frame:x}", &hex[..16]), blocks: blocks as u32 });
+            let blocks: u64 =
+                f.iter().map(|c| block_align(u64::from(c.size)) / BLOCK_SIZE_BYTES).sum();
+            devices
+                .push(Device { tag: format!("{}-{frame:x}", &hex[..16]), blocks: blocks as u32 });
             paths.push(b.blob.frame_path(frame));
             frame_id.insert((i as u32, frame), devices.len() as u16);
         }
     }
     let image = remap_devices(bs, &devices, |rec| {
-        frame_id.get(&(rec.blob_index, rec.compressed_offset)).copied().unwrap_or(view_id.get(rec.blob_index as usize).copied().unwrap_or(0))
+        frame_id
+            .get(&(rec.blob_index, rec.compressed_offset))
+            .copied()
+            .unwrap_or(view_id.get(rec.blob_index as usize).copied().unwrap_or(0))
     })?;
     Ok(Plan { paths, image: Some(image) })
 }
 
 /// Mounts the plan at `mountpoint`: the remapped bootstrap is written to `scratch` for the
 /// mount and removed after (the kernel holds it open), else `bootstrap_path` is mounted.
-pub(crate) fn mount(plan: &Plan, bootstrap_path: &Path, scratch: &Path, mountpoint: &Path) -> Result<()> {
-    let Some(image) = &plan.image else { return crate::kernel::mount_erofs(bootstrap_path, &plan.paths, mountpoint) };
+pub(crate) fn mount(
+    plan: &Plan,
+    bootstrap_path: &Path,
+    scratch: &Path,
+    mountpoint: &Path,
+) -> Result<()> {
+    let Some(image) = &plan.image else {
+        return crate::kernel::mount_erofs(bootstrap_path, &plan.paths, mountpoint);
+    };
     std::fs::write(scratch, image).map_err(FsError::io(scratch))?;
     let r = crate::kernel::mount_erofs(scratch, &plan.paths, mountpoint);
     let _ = std::fs::remove_file(scratch);

@@ -20,19 +20,19 @@
 //! forwards the others here; a mount server that dies is replaced by the next one started for
 //! the same mount point, which attaches to the keeper, and readers only wait meanwhile.
 
+use crate::fanotify_keeper::{i32_at, recv, send, socket_path, u64_at};
 use crate::{FsError, Result};
 use naiad_format::block_align;
 use naiad_format::bootstrap::Bootstrap;
 use naiad_format::extension::ChunkRecord;
 use naiad_storage::chunk_cache::{CachedBlob, ChunkCache, FrameFile};
 use naiad_storage::fetcher::{chunks_starting_in, Fetcher, FrameIndex, Readahead};
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
-use crate::fanotify_keeper::{i32_at, recv, send, socket_path, u64_at};
 use std::thread::JoinHandle;
 
 // Linux uapi (linux/fanotify.h) values the libc crate does not have yet.
@@ -110,10 +110,13 @@ fn fan_init() -> std::io::Result<OwnedFd> {
 }
 
 pub(crate) fn fan_mark(group: &OwnedFd, add: bool, path: &Path) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let flags = if add { libc::FAN_MARK_ADD } else { libc::FAN_MARK_REMOVE };
     // SAFETY: valid fd and NUL-terminated path.
-    let r = unsafe { libc::fanotify_mark(group.as_raw_fd(), flags, FAN_PRE_ACCESS, libc::AT_FDCWD, c.as_ptr()) };
+    let r = unsafe {
+        libc::fanotify_mark(group.as_raw_fd(), flags, FAN_PRE_ACCESS, libc::AT_FDCWD, c.as_ptr())
+    };
     if r < 0 {
         return Err(errno());
     }
@@ -123,7 +126,15 @@ pub(crate) fn fan_mark(group: &OwnedFd, add: bool, path: &Path) -> std::io::Resu
 /// Removes the group's mark of the file `fd` refers to.
 pub(crate) fn fan_unmark_fd(group: &OwnedFd, fd: RawFd) -> std::io::Result<()> {
     // SAFETY: valid fds; a null path means the file `fd` itself.
-    let r = unsafe { libc::fanotify_mark(group.as_raw_fd(), libc::FAN_MARK_REMOVE, FAN_PRE_ACCESS, fd, std::ptr::null()) };
+    let r = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_REMOVE,
+            FAN_PRE_ACCESS,
+            fd,
+            std::ptr::null(),
+        )
+    };
     if r < 0 {
         return Err(errno());
     }
@@ -132,10 +143,20 @@ pub(crate) fn fan_unmark_fd(group: &OwnedFd, fd: RawFd) -> std::io::Result<()> {
 
 /// Answers the event whose fd is `fd`: allow, or deny with EIO.
 pub(crate) fn respond(group: &OwnedFd, fd: RawFd, allow: bool) {
-    let response = if allow { libc::FAN_ALLOW } else { libc::FAN_DENY | ((libc::EIO as u32) << FAN_ERRNO_SHIFT) };
+    let response = if allow {
+        libc::FAN_ALLOW
+    } else {
+        libc::FAN_DENY | ((libc::EIO as u32) << FAN_ERRNO_SHIFT)
+    };
     let r = libc::fanotify_response { fd, response };
     // SAFETY: writes a plain struct to the group fd.
-    let n = unsafe { libc::write(group.as_raw_fd(), (&r as *const libc::fanotify_response).cast(), std::mem::size_of::<libc::fanotify_response>()) };
+    let n = unsafe {
+        libc::write(
+            group.as_raw_fd(),
+            (&r as *const libc::fanotify_response).cast(),
+            std::mem::size_of::<libc::fanotify_response>(),
+        )
+    };
     if n < 0 {
         tracing::error!(error = %errno(), "answering a fanotify event failed");
     }
@@ -198,12 +219,16 @@ pub(crate) fn read_events(group: &OwnedFd, buf: &mut [u8]) -> Vec<RawEvent> {
         let mut range = None;
         let mut i = metadata_len;
         while i + 4 <= event_len {
-            let (kind, len) = (ev[i], u16::from_ne_bytes(ev[i + 2..i + 4].try_into().expect("2 bytes")) as usize);
+            let (kind, len) =
+                (ev[i], u16::from_ne_bytes(ev[i + 2..i + 4].try_into().expect("2 bytes")) as usize);
             if len < 4 || i + len > event_len {
                 break;
             }
             if kind == FAN_EVENT_INFO_TYPE_RANGE && len >= 24 {
-                range = Some((u64::from_ne_bytes(ev[i + 8..i + 16].try_into().expect("8 bytes")), u64::from_ne_bytes(ev[i + 16..i + 24].try_into().expect("8 bytes"))));
+                range = Some((
+                    u64::from_ne_bytes(ev[i + 8..i + 16].try_into().expect("8 bytes")),
+                    u64::from_ne_bytes(ev[i + 16..i + 24].try_into().expect("8 bytes")),
+                ));
             }
             i += len;
         }
@@ -223,7 +248,15 @@ pub fn keeper_alive(runtime_dir: &Path, mountpoint: &Path) -> bool {
 /// `keeper_exe` (`naiad fanotify-keeper`), its socket in `runtime_dir`. If a keeper already
 /// serves `mountpoint` (its previous server died), this attaches to it instead: the image is
 /// mounted already, and the reads waiting are answered now.
-pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkCache, fetcher: Arc<Fetcher>, mountpoint: &Path, runtime_dir: &Path, keeper_exe: &Path) -> Result<FanotifyMount> {
+pub fn mount_fanotify_mode(
+    bootstrap_path: &Path,
+    bs: &Bootstrap,
+    cache: &ChunkCache,
+    fetcher: Arc<Fetcher>,
+    mountpoint: &Path,
+    runtime_dir: &Path,
+    keeper_exe: &Path,
+) -> Result<FanotifyMount> {
     let t0 = std::time::Instant::now();
     let ext = bs.extension();
     let mut files = Vec::new();
@@ -234,13 +267,21 @@ pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkC
         files.push(Watched { blob, chunks, frames: index, ra: Readahead::default() });
     }
     let sock = socket_path(runtime_dir, mountpoint);
-    let attach = UnixStream::connect(&sock).ok().filter(|_| crate::kernel::is_erofs_mounted(mountpoint));
+    let attach =
+        UnixStream::connect(&sock).ok().filter(|_| crate::kernel::is_erofs_mounted(mountpoint));
     let attached = attach.is_some();
     // The remapped bootstrap (a walk of the tree) is made while the frame files are opened.
     let (plan, frames) = std::thread::scope(|scope| {
         let plan = (!attached).then(|| {
             scope.spawn(|| {
-                let blobs: Vec<_> = files.iter().map(|w| crate::devices::BlobDevices { blob: &w.blob, frames: &w.frames, view: None }).collect();
+                let blobs: Vec<_> = files
+                    .iter()
+                    .map(|w| crate::devices::BlobDevices {
+                        blob: &w.blob,
+                        frames: &w.frames,
+                        view: None,
+                    })
+                    .collect();
                 crate::devices::plan(bs, &blobs, |_, _| true)
             })
         });
@@ -256,7 +297,8 @@ pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkC
     let io = |e: std::io::Error| FsError::Io { path: sock.clone(), cause: e };
     // A keeper started here holds copies of this process's own pre-watch descriptors; one
     // attached to must hand over its copies.
-    take_writers(&stream, &frames, attached).map_err(|e| FsError::Invalid(format!("fanotify keeper {}: {e}", sock.display())))?;
+    take_writers(&stream, &frames, attached)
+        .map_err(|e| FsError::Invalid(format!("fanotify keeper {}: {e}", sock.display())))?;
     let mut w = stream.try_clone().map_err(io)?;
     for (i, f) in files.iter().enumerate() {
         let mut m = vec![b'R'];
@@ -278,25 +320,46 @@ pub fn mount_fanotify_mode(bootstrap_path: &Path, bs: &Bootstrap, cache: &ChunkC
     }
     send(&mut w, b"G").map_err(io)?;
     let blob_of = frames.iter().map(|f| ((f.dev, f.ino), f.blob)).collect();
-    let shared = Arc::new(Shared { files, blob_of, fetcher: fetcher.clone(), keeper: Mutex::new(w) });
+    let shared =
+        Arc::new(Shared { files, blob_of, fetcher: fetcher.clone(), keeper: Mutex::new(w) });
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     let mut threads = Vec::new();
     let spawn_err = |e: std::io::Error| FsError::Io { path: mountpoint.into(), cause: e };
     for i in 0..FANOTIFY_WORKERS {
         let (s, rx) = (shared.clone(), rx.clone());
-        threads.push(std::thread::Builder::new().name(format!("naiad-fan-{i}")).spawn(move || worker(&s, &rx)).map_err(spawn_err)?);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("naiad-fan-{i}"))
+                .spawn(move || worker(&s, &rx))
+                .map_err(spawn_err)?,
+        );
     }
     let s = shared.clone();
-    threads.push(std::thread::Builder::new().name("naiad-fan-listen".into()).spawn(move || listen(&s, stream, tx)).map_err(spawn_err)?);
-    let mut m = FanotifyMount { mountpoint: mountpoint.into(), shared, threads, mounted: attached, fetcher };
+    threads.push(
+        std::thread::Builder::new()
+            .name("naiad-fan-listen".into())
+            .spawn(move || listen(&s, stream, tx))
+            .map_err(spawn_err)?,
+    );
+    let mut m = FanotifyMount {
+        mountpoint: mountpoint.into(),
+        shared,
+        threads,
+        mounted: attached,
+        fetcher,
+    };
     if let Some(plan) = plan {
         std::fs::create_dir_all(mountpoint).map_err(FsError::io(mountpoint))?;
         let scratch = sock.with_extension("erofs");
         crate::devices::mount(&plan, bootstrap_path, &scratch, mountpoint)?;
         m.mounted = true;
     }
-    tracing::debug!(frame_files = m.shared.blob_of.len(), ms = t0.elapsed().as_millis() as u64, "fanotify mode set up");
+    tracing::debug!(
+        frame_files = m.shared.blob_of.len(),
+        ms = t0.elapsed().as_millis() as u64,
+        "fanotify mode set up"
+    );
     Ok(m)
 }
 
@@ -308,8 +371,19 @@ fn frame_files(files: &[Watched]) -> Result<Vec<MountedFrame>> {
         for f in w.frames.frames() {
             let file = w.blob.frame(f[0].compressed_offset)?;
             let md = file.metadata().map_err(FsError::io(file.path()))?;
-            let span = f.iter().map(|c| c.view_offset).min().unwrap_or(0)..f.iter().map(|c| c.view_offset + block_align(u64::from(c.size))).max().unwrap_or(0);
-            frames.push(MountedFrame { file, dev: md.dev(), ino: md.ino(), blob: i, span, complete: w.blob.all_present(f) });
+            let span = f.iter().map(|c| c.view_offset).min().unwrap_or(0)
+                ..f.iter()
+                    .map(|c| c.view_offset + block_align(u64::from(c.size)))
+                    .max()
+                    .unwrap_or(0);
+            frames.push(MountedFrame {
+                file,
+                dev: md.dev(),
+                ino: md.ino(),
+                blob: i,
+                span,
+                complete: w.blob.all_present(f),
+            });
         }
     }
     Ok(frames)
@@ -321,7 +395,11 @@ const FRAMES_PER_MESSAGE: usize = 1024;
 /// Reads the keeper's `P` frame and makes every frame's fills write through the keeper's
 /// descriptor of its file (copied with `pidfd_getfd`), which raises no event. Frames the
 /// keeper has no descriptor for were complete when the image was mounted: never watched.
-fn take_writers(stream: &UnixStream, frames: &[MountedFrame], attached: bool) -> std::io::Result<()> {
+fn take_writers(
+    stream: &UnixStream,
+    frames: &[MountedFrame],
+    attached: bool,
+) -> std::io::Result<()> {
     let mut r = stream.try_clone()?;
     r.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let f = recv(&mut r)?;
@@ -334,7 +412,8 @@ fn take_writers(stream: &UnixStream, frames: &[MountedFrame], attached: bool) ->
     }
     let pid = u32::from_le_bytes(f[1..5].try_into().expect("4 bytes"));
     let n = u32::from_le_bytes(f[5..9].try_into().expect("4 bytes")) as usize;
-    let by_id: HashMap<(u64, u64), &MountedFrame> = frames.iter().map(|fr| ((fr.dev, fr.ino), fr)).collect();
+    let by_id: HashMap<(u64, u64), &MountedFrame> =
+        frames.iter().map(|fr| ((fr.dev, fr.ino), fr)).collect();
     for i in 0..n {
         let at = 9 + i * 20;
         let (dev, ino, fd) = (u64_at(&f, at), u64_at(&f, at + 8), i32_at(&f, at + 16));
@@ -347,13 +426,20 @@ fn take_writers(stream: &UnixStream, frames: &[MountedFrame], attached: bool) ->
 
 /// Creates the group, watches the frame files not complete yet, and starts a keeper holding
 /// it; returns the connection to the keeper.
-fn start_keeper(frames: &[MountedFrame], mountpoint: &Path, runtime_dir: &Path, keeper_exe: &Path, sock: &Path) -> Result<UnixStream> {
+fn start_keeper(
+    frames: &[MountedFrame],
+    mountpoint: &Path,
+    runtime_dir: &Path,
+    keeper_exe: &Path,
+    sock: &Path,
+) -> Result<UnixStream> {
     let group = fan_init().map_err(|e| FsError::Invalid(format!("fanotify_init: {e}")))?;
     let mut writers = Vec::new();
     for file in frames.iter().filter(|f| !f.complete).map(|f| &f.file) {
         // The marks go on before EROFS opens the files: whether a file raises pre-content
         // events is settled when it is opened.
-        fan_mark(&group, true, file.path()).map_err(|e| FsError::Invalid(format!("watching {}: {e}", file.path().display())))?;
+        fan_mark(&group, true, file.path())
+            .map_err(|e| FsError::Invalid(format!("watching {}: {e}", file.path().display())))?;
         // Opened before the watch (above, with the cache entry): writes through these raise
         // no event. The keeper keeps them for later workers.
         writers.push(file.writer_fd().as_raw_fd());
@@ -362,8 +448,19 @@ fn start_keeper(frames: &[MountedFrame], mountpoint: &Path, runtime_dir: &Path, 
     let raw = group.as_raw_fd();
     let list = writers.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(",");
     let mut cmd = std::process::Command::new(keeper_exe);
-    cmd.args(["fanotify-keeper", "--group-fd", &raw.to_string(), "--writer-fds", &list, "--socket"]).arg(sock).arg("--mountpoint").arg(mountpoint);
-    let s = spawn_keeper(cmd, std::iter::once(raw).chain(writers).collect(), sock, "fanotify keeper")?;
+    cmd.args([
+        "fanotify-keeper",
+        "--group-fd",
+        &raw.to_string(),
+        "--writer-fds",
+        &list,
+        "--socket",
+    ])
+    .arg(sock)
+    .arg("--mountpoint")
+    .arg(mountpoint);
+    let s =
+        spawn_keeper(cmd, std::iter::once(raw).chain(writers).collect(), sock, "fanotify keeper")?;
     drop(group);
     Ok(s)
 }
@@ -371,9 +468,15 @@ fn start_keeper(frames: &[MountedFrame], mountpoint: &Path, runtime_dir: &Path, 
 /// Starts a keeper process (`cmd`) in its own session (a signal to our process group does
 /// not reach it) with `fds` kept open across exec, its stderr in `sock`.log; returns once it
 /// accepts connections on `sock`.
-pub(crate) fn spawn_keeper(mut cmd: std::process::Command, fds: Vec<i32>, sock: &Path, what: &str) -> Result<UnixStream> {
+pub(crate) fn spawn_keeper(
+    mut cmd: std::process::Command,
+    fds: Vec<i32>,
+    sock: &Path,
+    what: &str,
+) -> Result<UnixStream> {
     let _ = std::fs::remove_file(sock);
-    let log = std::fs::File::create(sock.with_extension("log")).map_err(FsError::io(sock.with_extension("log")))?;
+    let log = std::fs::File::create(sock.with_extension("log"))
+        .map_err(FsError::io(sock.with_extension("log")))?;
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
     use std::os::unix::process::CommandExt;
     // SAFETY: only async-signal-safe calls between fork and exec.
@@ -399,7 +502,10 @@ pub(crate) fn spawn_keeper(mut cmd: std::process::Command, fds: Vec<i32>, sock: 
             return Ok(s);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(FsError::Invalid(format!("the {what} exited ({status}); see {}", sock.with_extension("log").display())));
+            return Err(FsError::Invalid(format!(
+                "the {what} exited ({status}); see {}",
+                sock.with_extension("log").display()
+            )));
         }
         if started.elapsed() > std::time::Duration::from_secs(10) {
             let _ = child.kill();
@@ -443,7 +549,8 @@ fn listen(s: &Shared, mut stream: UnixStream, tx: mpsc::Sender<Job>) {
         if f[0] != b'E' {
             continue;
         }
-        let (id, dev, ino, offset, count) = (i32_at(&f, 1), u64_at(&f, 5), u64_at(&f, 13), u64_at(&f, 21), u64_at(&f, 29));
+        let (id, dev, ino, offset, count) =
+            (i32_at(&f, 1), u64_at(&f, 5), u64_at(&f, 13), u64_at(&f, 21), u64_at(&f, 29));
         match s.blob_of.get(&(dev, ino)).copied() {
             Some(file) => {
                 let count = if count == u64::MAX { s.files[file].blob.view_size() } else { count };
@@ -484,8 +591,10 @@ fn fill(s: &Shared, job: &Job) -> bool {
     if job.offset >= end || w.blob.is_present(job.offset, end - job.offset) {
         return true;
     }
-    let first = w.chunks.partition_point(|c| c.view_offset + block_align(u64::from(c.size)) <= job.offset);
-    let wanted: Vec<ChunkRecord> = w.chunks[first..].iter().take_while(|c| c.view_offset < end).copied().collect();
+    let first =
+        w.chunks.partition_point(|c| c.view_offset + block_align(u64::from(c.size)) <= job.offset);
+    let wanted: Vec<ChunkRecord> =
+        w.chunks[first..].iter().take_while(|c| c.view_offset < end).copied().collect();
     // The whole frames of these chunks are being filled: the reader's next miss comes after
     // them (reads of what they hold are answered by the keeper, unseen here).
     let filled_to = w.frames.frames_end(&wanted).unwrap_or(end);
@@ -519,7 +628,11 @@ impl FanotifyMount {
         if self.mounted {
             // Unmounted already (`naiad umount` ends a mount server that way): just as done.
             let r = crate::kernel::umount(&self.mountpoint);
-            let r = if r.is_err() && !crate::kernel::is_erofs_mounted(&self.mountpoint) { Ok(()) } else { r };
+            let r = if r.is_err() && !crate::kernel::is_erofs_mounted(&self.mountpoint) {
+                Ok(())
+            } else {
+                r
+            };
             match r {
                 Ok(()) => {
                     self.mounted = false;
@@ -527,7 +640,9 @@ impl FanotifyMount {
                         // The keeper exits (closing its copies of the cache files, so the
                         // cache may evict them): the listener sees the connection end.
                         let started = std::time::Instant::now();
-                        while self.threads.last().is_some_and(|t| !t.is_finished()) && started.elapsed() < std::time::Duration::from_secs(5) {
+                        while self.threads.last().is_some_and(|t| !t.is_finished())
+                            && started.elapsed() < std::time::Duration::from_secs(5)
+                        {
                             std::thread::sleep(std::time::Duration::from_millis(5));
                         }
                     }

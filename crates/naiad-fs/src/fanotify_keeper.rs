@@ -88,7 +88,10 @@ pub(crate) fn recv(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
     s.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
     if len == 0 || len > MAX_FRAME_BYTES {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad frame length {len}")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad frame length {len}"),
+        ));
     }
     let mut buf = vec![0u8; len];
     s.read_exact(&mut buf)?;
@@ -173,7 +176,12 @@ impl Keeper {
     /// without asking from now on.
     fn unwatch_if_complete(&mut self, p: &Pending) {
         let Some(r) = self.files.get_mut(&(p.dev, p.ino)) else { return };
-        if !r.marked || !self.blobs.get(&r.blob).is_some_and(|b| b.present(r.span.start, r.span.end - r.span.start)) {
+        if !r.marked
+            || !self
+                .blobs
+                .get(&r.blob)
+                .is_some_and(|b| b.present(r.span.start, r.span.end - r.span.start))
+        {
             return;
         }
         match crate::fanotify::fan_unmark_fd(&self.group, p.fd.as_raw_fd()) {
@@ -217,7 +225,16 @@ impl Keeper {
             };
             let id = ev.fd.as_raw_fd();
             let count = ev.range.map_or(u64::MAX, |r| r.1);
-            self.pending.insert(id, Pending { fd: ev.fd, dev: st.st_dev, ino: st.st_ino, offset: ev.range.map_or(0, |r| r.0), count });
+            self.pending.insert(
+                id,
+                Pending {
+                    fd: ev.fd,
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                    offset: ev.range.map_or(0, |r| r.0),
+                    count,
+                },
+            );
             self.dispatch(id);
         }
     }
@@ -227,7 +244,8 @@ impl Keeper {
         match f[0] {
             b'R' => {
                 let (blob, view_size) = (u32_at(f, 1), u64_at(f, 5));
-                let map_path = PathBuf::from(std::ffi::OsStr::from_bytes(f.get(13..).unwrap_or_default()));
+                let map_path =
+                    PathBuf::from(std::ffi::OsStr::from_bytes(f.get(13..).unwrap_or_default()));
                 match std::fs::File::open(&map_path) {
                     Ok(map) => {
                         self.blobs.insert(blob, Blob { map, view_size });
@@ -289,13 +307,25 @@ pub fn run(group: i32, writers: &[i32], socket: &Path, mountpoint: &Path) -> std
         .collect::<std::io::Result<Vec<_>>>()?;
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
-    let mut k = Keeper { group, writers, blobs: HashMap::new(), files: HashMap::new(), pending: BTreeMap::new(), worker: None, ready: false };
+    let mut k = Keeper {
+        group,
+        writers,
+        blobs: HashMap::new(),
+        files: HashMap::new(),
+        pending: BTreeMap::new(),
+        worker: None,
+        ready: false,
+    };
     let mut buf = vec![0u8; 64 << 10];
     let (mut seen_mounted, mut last_check, started) = (false, Instant::now(), Instant::now());
     let mut last_event = started.checked_sub(SPIN).unwrap_or(started);
     loop {
         let watch = |fd: i32| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        let mut fds = [watch(k.group.as_raw_fd()), watch(listener.as_raw_fd()), watch(k.worker.as_ref().map_or(-1, |w| w.as_raw_fd()))];
+        let mut fds = [
+            watch(k.group.as_raw_fd()),
+            watch(listener.as_raw_fd()),
+            watch(k.worker.as_ref().map_or(-1, |w| w.as_raw_fd())),
+        ];
         let nfds = if k.worker.is_some() { 3 } else { 2 };
         let timeout = if last_event.elapsed() < SPIN { 0 } else { 1000 };
         // SAFETY: valid pollfds.
@@ -335,7 +365,10 @@ pub fn run(group: i32, writers: &[i32], socket: &Path, mountpoint: &Path) -> std
             let mounted = crate::kernel::is_erofs_mounted(mountpoint);
             seen_mounted |= mounted;
             // Unmounted by hand after the worker went away (or never mounted at all).
-            if !mounted && k.worker.is_none() && (seen_mounted || started.elapsed() > Duration::from_secs(30)) {
+            if !mounted
+                && k.worker.is_none()
+                && (seen_mounted || started.elapsed() > Duration::from_secs(30))
+            {
                 break;
             }
         }

@@ -60,7 +60,8 @@ pub fn run_keeper(fd: i32, socket: &Path) -> Result<()> {
         // on another CPU, per request (fuse mode's warm re-reads through the daemon measured
         // 1.34x as fast without it). Whether the connection has ended is
         // asked without waiting (a zero timeout registers no waiter), once a second.
-        let mut sock = [libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let mut sock =
+            [libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
         // SAFETY: one valid pollfd entry.
         let n = unsafe { libc::poll(sock.as_mut_ptr(), 1, 1000) };
         if n < 0 {
@@ -95,7 +96,10 @@ pub fn start_keeper(keep: &Keep, fuse_fd: BorrowedFd<'_>, fuse_mountpoint: &Path
     std::fs::create_dir_all(&keep.runtime_dir).map_err(FsError::io(&keep.runtime_dir))?;
     let raw = fuse_fd.as_raw_fd();
     let mut cmd = std::process::Command::new(&keep.exe);
-    cmd.args(["fuse-keeper", "--fd", &raw.to_string(), "--socket"]).arg(&sock).arg("--mountpoint").arg(fuse_mountpoint);
+    cmd.args(["fuse-keeper", "--fd", &raw.to_string(), "--socket"])
+        .arg(&sock)
+        .arg("--mountpoint")
+        .arg(fuse_mountpoint);
     crate::fanotify::spawn_keeper(cmd, vec![raw], &sock, "fuse keeper").map(drop)
 }
 
@@ -120,14 +124,26 @@ pub fn take_from_keeper(runtime_dir: &Path, fuse_mountpoint: &Path) -> Option<Ow
 }
 
 /// Serves `fs` on `real`, a connection whose INIT handshake an earlier server did.
-pub fn adopt<FS: fuser::Filesystem>(fs: FS, real: OwnedFd, n_threads: usize) -> std::io::Result<Adopted> {
+pub fn adopt<FS: fuser::Filesystem>(
+    fs: FS,
+    real: OwnedFd,
+    n_threads: usize,
+) -> std::io::Result<Adopted> {
     let (ours, lib) = seqpacket_pair()?;
     for fd in [&ours, &lib] {
         // Big enough for any reply (a read is at most 256 pages) in one message.
         let size: libc::c_int = 8 << 20;
         for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
             // SAFETY: a valid socket and option value.
-            unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&size as *const libc::c_int).cast(), 4) };
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    4,
+                )
+            };
         }
     }
     // The INIT the library waits for. Its answer is read and dropped below: the kernel
@@ -153,9 +169,13 @@ pub fn adopt<FS: fuser::Filesystem>(fs: FS, real: OwnedFd, n_threads: usize) -> 
     let real = Arc::new(real);
     let ours = Arc::new(ours);
     let (r, o) = (real.clone(), ours.clone());
-    let down = std::thread::Builder::new().name("naiad-fuse-in".into()).spawn(move || shuttle_requests(&r, &o))?;
+    let down = std::thread::Builder::new()
+        .name("naiad-fuse-in".into())
+        .spawn(move || shuttle_requests(&r, &o))?;
     let (r, o) = (real.clone(), ours.clone());
-    let up = std::thread::Builder::new().name("naiad-fuse-out".into()).spawn(move || shuttle_replies(&o, &r))?;
+    let up = std::thread::Builder::new()
+        .name("naiad-fuse-out".into())
+        .spawn(move || shuttle_replies(&o, &r))?;
     // Requests the dead server had read but not answered: the kernel queues them again.
     let mut resend = Vec::with_capacity(16);
     resend.extend_from_slice(&16u32.to_le_bytes());
@@ -200,7 +220,14 @@ fn shuttle_requests(real: &OwnedFd, ours: &OwnedFd) {
                     break;
                 }
             }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOENT)) => continue,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOENT)
+                ) =>
+            {
+                continue
+            }
             // ENODEV: the connection ended (unmounted).
             Err(_) => break,
         }
@@ -228,7 +255,15 @@ fn shuttle_replies(ours: &OwnedFd, real: &OwnedFd) {
 fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];
     // SAFETY: fds has room for two descriptors.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } < 0 {
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } < 0
+    {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: two new descriptors owned from here.
@@ -289,9 +324,19 @@ impl FuseServer {
         ring: Option<RingParts>,
     ) -> Result<(FuseServer, bool)> {
         let io = |e: std::io::Error| FsError::Io { path: mountpoint.into(), cause: e };
-        if let Some(fd) = keep.filter(|_| may_adopt).and_then(|k| take_from_keeper(&k.runtime_dir, mountpoint)) {
+        if let Some(fd) =
+            keep.filter(|_| may_adopt).and_then(|k| take_from_keeper(&k.runtime_dir, mountpoint))
+        {
             let adopted = adopt(fs, fd, n_threads).map_err(io)?;
-            return Ok((FuseServer { mountpoint: mountpoint.into(), session: None, adopted: Some(adopted), ring: None }, true));
+            return Ok((
+                FuseServer {
+                    mountpoint: mountpoint.into(),
+                    session: None,
+                    adopted: Some(adopted),
+                    ring: None,
+                },
+                true,
+            ));
         }
         // A server killed without a keeper leaves its FUSE mount behind, disconnected:
         // detach it so this mount can take its place.
@@ -320,10 +365,11 @@ impl FuseServer {
             Some((init, handler, prepared)) if init.granted() => {
                 // A failed registration leaves requests waiting for the ring: give up the
                 // mount rather than leave it hanging (the caller sees the error).
-                let r = crate::fuse_ring::RingServer::start(prepared, session.as_fd(), handler).map_err(|e| FsError::Io {
-                    path: mountpoint.into(),
-                    cause: std::io::Error::new(e.kind(), format!("FUSE over io_uring: {e}")),
-                })?;
+                let r = crate::fuse_ring::RingServer::start(prepared, session.as_fd(), handler)
+                    .map_err(|e| FsError::Io {
+                        path: mountpoint.into(),
+                        cause: std::io::Error::new(e.kind(), format!("FUSE over io_uring: {e}")),
+                    })?;
                 tracing::info!(mountpoint = %mountpoint.display(), "serving through FUSE over io_uring");
                 Some(r)
             }
@@ -334,7 +380,15 @@ impl FuseServer {
             None => None,
         };
         let session = session.spawn().map_err(io)?;
-        Ok((FuseServer { mountpoint: mountpoint.into(), session: Some(session), adopted: None, ring }, false))
+        Ok((
+            FuseServer {
+                mountpoint: mountpoint.into(),
+                session: Some(session),
+                adopted: None,
+                ring,
+            },
+            false,
+        ))
     }
 
     pub fn mountpoint(&self) -> &Path {
@@ -379,11 +433,15 @@ fn umount_settling(mountpoint: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         match crate::kernel::umount(mountpoint) {
-            Err(FsError::Io { cause, .. }) if cause.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+            Err(FsError::Io { cause, .. })
+                if cause.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
             // Unmounted meanwhile (by the library, or by hand).
-            Err(_) if !crate::kernel::has_mount(mountpoint, &["fuse", "fuse.naiad"]) => return Ok(()),
+            Err(_) if !crate::kernel::has_mount(mountpoint, &["fuse", "fuse.naiad"]) => {
+                return Ok(())
+            }
             r => return r,
         }
     }

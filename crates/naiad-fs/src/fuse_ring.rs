@@ -116,7 +116,8 @@ impl RingInit {
 
 /// Whether the kernel lets FUSE servers use io_uring now.
 pub fn enabled() -> bool {
-    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring").is_ok_and(|s| s.trim() == "Y")
+    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|s| s.trim() == "Y")
 }
 
 /// How many queues the kernel makes: one per possible CPU (`num_possible_cpus`, a count;
@@ -149,7 +150,8 @@ pub fn prepare() -> std::io::Result<Prepared> {
     let mut rings = Vec::with_capacity(cpus * per_queue);
     for cpu in 0..cpus {
         for _ in 0..per_queue {
-            let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build((ENTRIES_PER_THREAD * 2) as u32)?;
+            let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+                .build((ENTRIES_PER_THREAD * 2) as u32)?;
             rings.push((cpu, ring));
         }
     }
@@ -165,21 +167,31 @@ impl RingServer {
     /// Registers every entry with the kernel and serves requests with `handler`. Returns once
     /// all entries are registered, or with the first error (the kernel then turns the ring
     /// off for the connection and requests go through /dev/fuse).
-    pub fn start(prepared: Prepared, fuse: BorrowedFd<'_>, handler: Arc<dyn RingHandler>) -> std::io::Result<RingServer> {
+    pub fn start(
+        prepared: Prepared,
+        fuse: BorrowedFd<'_>,
+        handler: Arc<dyn RingHandler>,
+    ) -> std::io::Result<RingServer> {
         let fd: Arc<OwnedFd> = Arc::new(fuse.try_clone_to_owned()?);
         let mut threads = Vec::new();
         let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
         let n = prepared.rings.len();
         for (cpu, ring) in prepared.rings {
             let (fd, handler, tx) = (fd.clone(), handler.clone(), tx.clone());
-            threads.push(std::thread::Builder::new().name(format!("naiad-ring-{cpu}")).spawn(move || serve(ring, cpu, &fd, &*handler, &tx))?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("naiad-ring-{cpu}"))
+                    .spawn(move || serve(ring, cpu, &fd, &*handler, &tx))?,
+            );
         }
         drop(tx);
         for _ in 0..n {
             match rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(std::io::Error::other("a ring thread ended before registering")),
+                Err(_) => {
+                    return Err(std::io::Error::other("a ring thread ended before registering"))
+                }
             }
         }
         Ok(RingServer { threads })
@@ -215,11 +227,22 @@ fn pin_to(cpu: usize) {
 }
 
 /// An `IORING_OP_URING_CMD` on /dev/fuse with `fuse_uring_cmd_req` in its command area.
-fn uring_cmd(fd: i32, cmd_op: u32, qid: u16, commit_id: u64, iov: *const libc::iovec, user_data: u64) -> squeue::Entry128 {
+fn uring_cmd(
+    fd: i32,
+    cmd_op: u32,
+    qid: u16,
+    commit_id: u64,
+    iov: *const libc::iovec,
+    user_data: u64,
+) -> squeue::Entry128 {
     let mut cmd = [0u8; 80];
     cmd[8..16].copy_from_slice(&commit_id.to_le_bytes());
     cmd[16..18].copy_from_slice(&qid.to_le_bytes());
-    let e = opcode::UringCmd80::new(types::Fd(fd), cmd_op).cmd(cmd).addr(Some(iov as u64)).build().user_data(user_data);
+    let e = opcode::UringCmd80::new(types::Fd(fd), cmd_op)
+        .cmd(cmd)
+        .addr(Some(iov as u64))
+        .build()
+        .user_data(user_data);
     // The builder has no `len`; REGISTER wants the iovec count there (the SQE's ABI layout:
     // `len` is the u32 at byte 24).
     // SAFETY: Entry128 is the 128-byte SQE, plain data.
@@ -229,7 +252,13 @@ fn uring_cmd(fd: i32, cmd_op: u32, qid: u16, commit_id: u64, iov: *const libc::i
     unsafe { std::mem::transmute(raw) }
 }
 
-fn serve(mut ring: Ring, cpu: usize, fd: &OwnedFd, handler: &dyn RingHandler, ready: &std::sync::mpsc::Sender<std::io::Result<()>>) {
+fn serve(
+    mut ring: Ring,
+    cpu: usize,
+    fd: &OwnedFd,
+    handler: &dyn RingHandler,
+    ready: &std::sync::mpsc::Sender<std::io::Result<()>>,
+) {
     pin_to(cpu);
     let qid = cpu as u16;
     let raw = fd.as_fd().as_raw_fd();
@@ -260,7 +289,8 @@ fn serve(mut ring: Ring, cpu: usize, fd: &OwnedFd, handler: &dyn RingHandler, re
     }
     // A refused REGISTER completes at once with its error. A completion without one is a
     // request already (this thread's entry may have been the last the ring waited for).
-    let mut done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+    let mut done: Vec<(u64, i32)> =
+        ring.completion().map(|c| (c.user_data(), c.result())).collect();
     if let Some(&(_, err)) = done.iter().find(|(_, r)| *r < 0) {
         let _ = ready.send(Err(std::io::Error::from_raw_os_error(-err)));
         return;
@@ -289,7 +319,14 @@ fn serve(mut ring: Ring, cpu: usize, fd: &OwnedFd, handler: &dyn RingHandler, re
                 continue;
             }
             let commit_id = answer(e, handler);
-            let sqe = uring_cmd(raw, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, qid, commit_id, e.iov.as_ptr(), i);
+            let sqe = uring_cmd(
+                raw,
+                FUSE_IO_URING_CMD_COMMIT_AND_FETCH,
+                qid,
+                commit_id,
+                e.iov.as_ptr(),
+                i,
+            );
             // SAFETY: as above; at most ENTRIES_PER_THREAD commands are ever queued, within
             // the ring's size.
             let _ = unsafe { ring.submission().push(&sqe) };
@@ -305,7 +342,9 @@ fn answer(e: &mut Entry, handler: &dyn RingHandler) -> u64 {
     let payload_len = (le_u32(h, ENT_IN_OUT_AT + 16) as usize).min(e.payload.len());
     let req = RingRequest { opcode, nodeid, op_in: &h[OP_IN_AT..ENT_IN_OUT_AT], payload_len };
     // A panic answers EIO: the reader must not wait for ever on a request no thread holds.
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(&req, &mut e.payload)));
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handler.handle(&req, &mut e.payload)
+    }));
     let (error, len) = match res {
         Ok(Ok(n)) => (0i32, n.min(e.payload.len())),
         Ok(Err(errno)) => (-errno, 0),
@@ -399,7 +438,18 @@ pub mod wire {
         for v in [a.ino.0, a.size, a.blocks, at, mt, ct] {
             w.u64(v);
         }
-        for v in [an, mn, cn, type_bits(a.kind) | u32::from(a.perm), a.nlink, a.uid, a.gid, a.rdev, a.blksize, a.flags] {
+        for v in [
+            an,
+            mn,
+            cn,
+            type_bits(a.kind) | u32::from(a.perm),
+            a.nlink,
+            a.uid,
+            a.gid,
+            a.rdev,
+            a.blksize,
+            a.flags,
+        ] {
             w.u32(v);
         }
     }
@@ -448,7 +498,13 @@ pub mod wire {
     }
 
     /// A `fuse_direntplus` (entry, then dirent) at the start of `out`, or `None` if it does not fit.
-    pub fn direntplus(out: &mut [u8], a: &FileAttr, valid: Duration, off: u64, name: &[u8]) -> Option<usize> {
+    pub fn direntplus(
+        out: &mut [u8],
+        a: &FileAttr,
+        valid: Duration,
+        off: u64,
+        name: &[u8],
+    ) -> Option<usize> {
         if out.len() < ENTRY_SIZE {
             return None;
         }
@@ -460,7 +516,17 @@ pub mod wire {
 
     /// `fuse_statfs_out`; returns its length.
     #[allow(clippy::too_many_arguments)]
-    pub fn statfs(out: &mut [u8], blocks: u64, bfree: u64, bavail: u64, files: u64, ffree: u64, bsize: u32, namelen: u32, frsize: u32) -> usize {
+    pub fn statfs(
+        out: &mut [u8],
+        blocks: u64,
+        bfree: u64,
+        bavail: u64,
+        files: u64,
+        ffree: u64,
+        bsize: u32,
+        namelen: u32,
+        frsize: u32,
+    ) -> usize {
         let mut w = W(out, 0);
         for v in [blocks, bfree, bavail, files, ffree] {
             w.u64(v);

@@ -5,18 +5,21 @@
 //!
 //! FUSE inode numbers are EROFS nids plus 2 (0 and 1 are reserved), the root being 1.
 
+use crate::fuse_ring::{op, wire, RingHandler, RingInit, RingRequest};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Generation, INodeNo, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
 use naiad_format::bootstrap::{Bootstrap, ChunkSlot, DirEntry, Inode};
 use naiad_format::erofs::file_type;
 use naiad_format::BLOCK_SIZE_BYTES;
 use naiad_storage::chunk_cache::CachedBlob;
 use naiad_storage::fetcher::{chunks_starting_in, Fetcher, FrameIndex, Readahead};
-use fuser::{Errno, FileAttr, FileHandle, FileType, Generation, INodeNo, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
-use crate::fuse_ring::{op, wire, RingHandler, RingInit, RingRequest};
 
 /// Threads serving the filesystem. Every lookup and read is a round trip to this process
 /// and a reader waits for each: with a thread always ready to take the next request, warm
@@ -53,9 +56,21 @@ impl ImageFs {
         let blobs = blobs
             .into_iter()
             .enumerate()
-            .map(|(i, b)| (b, Arc::new(FrameIndex::new(bs.extension().blob_chunks(i as u32).to_vec())), Readahead::default()))
+            .map(|(i, b)| {
+                (
+                    b,
+                    Arc::new(FrameIndex::new(bs.extension().blob_chunks(i as u32).to_vec())),
+                    Readahead::default(),
+                )
+            })
             .collect();
-        ImageFs { bs, dirs: Arc::new(RwLock::new(HashMap::new())), blobs: Arc::new(blobs), fetcher, ring: RingInit::default() }
+        ImageFs {
+            bs,
+            dirs: Arc::new(RwLock::new(HashMap::new())),
+            blobs: Arc::new(blobs),
+            fetcher,
+            ring: RingInit::default(),
+        }
     }
 
     /// A directory's entries, parsed once and kept (lookups in big directories would
@@ -104,7 +119,8 @@ impl ImageFs {
         let mtime = if ino.mtime >= 0 {
             UNIX_EPOCH + Duration::new(ino.mtime as u64, ino.mtime_nsec)
         } else {
-            UNIX_EPOCH - Duration::from_secs(ino.mtime.unsigned_abs()) + Duration::from_nanos(u64::from(ino.mtime_nsec))
+            UNIX_EPOCH - Duration::from_secs(ino.mtime.unsigned_abs())
+                + Duration::from_nanos(u64::from(ino.mtime_nsec))
         };
         let rdev = if matches!(kind, FileType::CharDevice | FileType::BlockDevice) {
             let (ma, mi) = ino.rdev();
@@ -138,7 +154,8 @@ impl ImageFs {
             return Err(Errno::ENOTDIR);
         }
         let entries = self.entries(&dir)?;
-        let i = entries.binary_search_by(|e| e.name.as_slice().cmp(name)).map_err(|_| Errno::ENOENT)?;
+        let i =
+            entries.binary_search_by(|e| e.name.as_slice().cmp(name)).map_err(|_| Errno::ENOENT)?;
         self.bs.inode(entries[i].nid).map_err(|_| Errno::EIO)
     }
 
@@ -156,7 +173,11 @@ impl ImageFs {
     }
 
     fn xattr_value(&self, ino: INodeNo, name: &[u8]) -> Result<Vec<u8>, Errno> {
-        self.xattrs(ino)?.into_iter().find(|(k, _)| k.as_slice() == name).map(|(_, v)| v).ok_or(Errno::NO_XATTR)
+        self.xattrs(ino)?
+            .into_iter()
+            .find(|(k, _)| k.as_slice() == name)
+            .map(|(_, v)| v)
+            .ok_or(Errno::NO_XATTR)
     }
 
     /// The names of a file's xattrs, each ending in NUL.
@@ -202,15 +223,32 @@ impl ImageFs {
             match self.bs.chunk(ino, idx).map_err(|e| eio(&e))? {
                 ChunkSlot::Hole => dst.fill(0),
                 ChunkSlot::Data(rec) => {
-                    let (blob, frames, ra) = self.blobs.get(rec.blob_index as usize).ok_or(Errno::EIO)?;
+                    let (blob, frames, ra) =
+                        self.blobs.get(rec.blob_index as usize).ok_or(Errno::EIO)?;
                     // A file's chunks lie in order in its blob's view: sequential reads of a
                     // file (or of files stored one after another) are sequential there too.
-                    if let Some(ahead) = ra.on_read(rec.view_offset + from, rec.view_offset + to, !blob.is_present(rec.view_offset + from, to - from)) {
-                        let chunks = chunks_starting_in(self.bs.extension().blob_chunks(rec.blob_index), ahead).to_vec();
+                    if let Some(ahead) = ra.on_read(
+                        rec.view_offset + from,
+                        rec.view_offset + to,
+                        !blob.is_present(rec.view_offset + from, to - from),
+                    ) {
+                        let chunks = chunks_starting_in(
+                            self.bs.extension().blob_chunks(rec.blob_index),
+                            ahead,
+                        )
+                        .to_vec();
                         self.fetcher.fetch_ahead(blob.clone(), chunks, Some(frames.clone()));
                     }
                     // Fetched data the cache cannot store (disk full) is served from memory.
-                    self.fetcher.read_with(blob, std::slice::from_ref(rec), Some(frames), dst, rec.view_offset + from).map_err(|e| eio(&e))?;
+                    self.fetcher
+                        .read_with(
+                            blob,
+                            std::slice::from_ref(rec),
+                            Some(frames),
+                            dst,
+                            rec.view_offset + from,
+                        )
+                        .map_err(|e| eio(&e))?;
                 }
             }
         }
@@ -296,34 +334,70 @@ impl fuser::Filesystem for ImageFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<fuser::LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
         match self.regular(ino).and_then(|i| self.read_file(&i, offset, u64::from(size))) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let entries = match self.inode(ino).and_then(|d| self.entries(&d)) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(self.ino(e.nid)), i as u64 + 1, kind_of(e.file_type), OsStr::from_bytes(&e.name)) {
+            if reply.add(
+                INodeNo(self.ino(e.nid)),
+                i as u64 + 1,
+                kind_of(e.file_type),
+                OsStr::from_bytes(&e.name),
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: fuser::ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
         let entries = match self.inode(ino).and_then(|d| self.entries(&d)) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let Ok(child) = self.bs.inode(e.nid) else { return reply.error(Errno::EIO) };
-            if reply.add(INodeNo(self.ino(e.nid)), i as u64 + 1, OsStr::from_bytes(&e.name), &TTL, &self.attr(&child), Generation(0)) {
+            if reply.add(
+                INodeNo(self.ino(e.nid)),
+                i as u64 + 1,
+                OsStr::from_bytes(&e.name),
+                &TTL,
+                &self.attr(&child),
+                Generation(0),
+            ) {
                 break;
             }
         }
@@ -331,12 +405,28 @@ impl fuser::Filesystem for ImageFs {
     }
 
     /// Nothing to flush: ENOSYS makes the kernel stop sending FLUSH on every close.
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock: fuser::LockOwner, reply: fuser::ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: fuser::LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
         reply.error(Errno::ENOSYS);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(self.total_blocks(), 0, 0, 0, 0, BLOCK_SIZE_BYTES as u32, 255, BLOCK_SIZE_BYTES as u32);
+        reply.statfs(
+            self.total_blocks(),
+            0,
+            0,
+            0,
+            0,
+            BLOCK_SIZE_BYTES as u32,
+            255,
+            BLOCK_SIZE_BYTES as u32,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -370,7 +460,9 @@ impl RingHandler for ImageFs {
                 let child = self.child(ino, name(buf, len)).map_err(errno)?;
                 Ok(wire::entry(buf, &self.attr(&child), TTL))
             }
-            op::GETATTR => Ok(wire::attr_out(buf, &self.attr(&self.inode(ino).map_err(errno)?), TTL)),
+            op::GETATTR => {
+                Ok(wire::attr_out(buf, &self.attr(&self.inode(ino).map_err(errno)?), TTL))
+            }
             op::READLINK => {
                 let t = self.symlink_target(ino).map_err(errno)?;
                 let n = t.len().min(buf.len());
@@ -391,22 +483,46 @@ impl RingHandler for ImageFs {
                 let mut at = 0;
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                     let n = if req.opcode == op::READDIR {
-                        wire::dirent(&mut out[at..], self.ino(e.nid), i as u64 + 1, wire::dtype(kind_of(e.file_type)), &e.name)
+                        wire::dirent(
+                            &mut out[at..],
+                            self.ino(e.nid),
+                            i as u64 + 1,
+                            wire::dtype(kind_of(e.file_type)),
+                            &e.name,
+                        )
                     } else {
                         let child = self.bs.inode(e.nid).map_err(|_| libc::EIO)?;
-                        wire::direntplus(&mut out[at..], &self.attr(&child), TTL, i as u64 + 1, &e.name)
+                        wire::direntplus(
+                            &mut out[at..],
+                            &self.attr(&child),
+                            TTL,
+                            i as u64 + 1,
+                            &e.name,
+                        )
                     };
                     let Some(n) = n else { break };
                     at += n;
                 }
                 Ok(at)
             }
-            op::STATFS => Ok(wire::statfs(buf, self.total_blocks(), 0, 0, 0, 0, BLOCK_SIZE_BYTES as u32, 255, BLOCK_SIZE_BYTES as u32)),
+            op::STATFS => Ok(wire::statfs(
+                buf,
+                self.total_blocks(),
+                0,
+                0,
+                0,
+                0,
+                BLOCK_SIZE_BYTES as u32,
+                255,
+                BLOCK_SIZE_BYTES as u32,
+            )),
             op::GETXATTR => {
                 let v = self.xattr_value(ino, name(buf, len)).map_err(errno)?;
                 wire::xattr(buf, &v, req.u32_at(0))
             }
-            op::LISTXATTR => wire::xattr(buf, &self.xattr_names(ino).map_err(errno)?, req.u32_at(0)),
+            op::LISTXATTR => {
+                wire::xattr(buf, &self.xattr_names(ino).map_err(errno)?, req.u32_at(0))
+            }
             // As on /dev/fuse: no OPEN, OPENDIR or FLUSH (see the Filesystem implementation),
             // and nothing else a read-only tree needs.
             _ => Err(libc::ENOSYS),
@@ -417,7 +533,11 @@ impl RingHandler for ImageFs {
 /// Mounts an image in fuse mode at `mountpoint`; the server stops (and unmounts) on drop.
 /// With `keep`, the FUSE connection is held by a keeper process, and a mount still in place
 /// whose keeper lives (its server died) is taken over instead of mounted again.
-pub fn mount_fuse_mode(fs: ImageFs, mountpoint: &std::path::Path, keep: Option<&crate::fuse_keep::Keep>) -> crate::Result<crate::fuse_keep::FuseServer> {
+pub fn mount_fuse_mode(
+    fs: ImageFs,
+    mountpoint: &std::path::Path,
+    keep: Option<&crate::fuse_keep::Keep>,
+) -> crate::Result<crate::fuse_keep::FuseServer> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,
@@ -429,5 +549,14 @@ pub fn mount_fuse_mode(fs: ImageFs, mountpoint: &std::path::Path, keep: Option<&
     ];
     let may_adopt = crate::kernel::has_mount(mountpoint, &["fuse", "fuse.naiad"]);
     let ring: crate::fuse_keep::RingParts = (fs.ring.clone(), Arc::new(fs.clone()));
-    crate::fuse_keep::FuseServer::start(fs, mountpoint, config, FUSE_THREADS, keep, may_adopt, Some(ring)).map(|(s, _)| s)
+    crate::fuse_keep::FuseServer::start(
+        fs,
+        mountpoint,
+        config,
+        FUSE_THREADS,
+        keep,
+        may_adopt,
+        Some(ring),
+    )
+    .map(|(s, _)| s)
 }

@@ -8,8 +8,8 @@
 
 use crate::{FsError, Result};
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, unmount, FsMountFlags, FsOpenFlags, MountAttrFlags,
-    MoveMountFlags, UnmountFlags,
+    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, unmount, FsMountFlags,
+    FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags,
 };
 use std::path::{Path, PathBuf};
 
@@ -17,7 +17,13 @@ use std::path::{Path, PathBuf};
 pub fn mount_erofs(bootstrap: &Path, devices: &[PathBuf], mountpoint: &Path) -> Result<()> {
     let abs = |p: &Path| std::path::absolute(p).map_err(FsError::io(p));
     let source = abs(bootstrap)?;
-    let fail = |what: &str, e: rustix::io::Errno| FsError::Invalid(format!("mounting {} at {}: {what}: {e}", source.display(), mountpoint.display()));
+    let fail = |what: &str, e: rustix::io::Errno| {
+        FsError::Invalid(format!(
+            "mounting {} at {}: {what}: {e}",
+            source.display(),
+            mountpoint.display()
+        ))
+    };
     let fs = fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| {
         if e == rustix::io::Errno::NODEV {
             FsError::Invalid("this kernel has no EROFS support (modprobe erofs?)".into())
@@ -28,7 +34,8 @@ pub fn mount_erofs(bootstrap: &Path, devices: &[PathBuf], mountpoint: &Path) -> 
     fsconfig_set_string(&fs, "source", source.as_os_str()).map_err(|e| fail("source", e))?;
     for d in devices {
         let d = abs(d)?;
-        fsconfig_set_string(&fs, "device", d.as_os_str()).map_err(|e| fail(&format!("device {}", d.display()), e))?;
+        fsconfig_set_string(&fs, "device", d.as_os_str())
+            .map_err(|e| fail(&format!("device {}", d.display()), e))?;
     }
     fsconfig_create(&fs).map_err(|e| {
         fail(
@@ -36,14 +43,17 @@ pub fn mount_erofs(bootstrap: &Path, devices: &[PathBuf], mountpoint: &Path) -> 
             e,
         )
     })?;
-    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::MOUNT_ATTR_RDONLY).map_err(|e| fail("fsmount", e))?;
-    move_mount(&mnt, "", rustix::fs::CWD, mountpoint, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH).map_err(|e| fail("move_mount", e))?;
+    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::MOUNT_ATTR_RDONLY)
+        .map_err(|e| fail("fsmount", e))?;
+    move_mount(&mnt, "", rustix::fs::CWD, mountpoint, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+        .map_err(|e| fail("move_mount", e))?;
     Ok(())
 }
 
 /// Unmounts `mountpoint`.
 pub fn umount(mountpoint: &Path) -> Result<()> {
-    unmount(mountpoint, UnmountFlags::empty()).map_err(|e| FsError::Io { path: mountpoint.into(), cause: e.into() })
+    unmount(mountpoint, UnmountFlags::empty())
+        .map_err(|e| FsError::Io { path: mountpoint.into(), cause: e.into() })
 }
 
 /// Whether `mountpoint` carries a mount of one of `fs_types` (from /proc/self/mountinfo).
@@ -59,7 +69,9 @@ pub struct MountTable(Vec<(String, String)>);
 impl MountTable {
     /// Reads /proc/self/mountinfo (empty if it cannot be read).
     pub fn read() -> Self {
-        std::fs::read_to_string("/proc/self/mountinfo").map(|info| Self::parse(&info)).unwrap_or(MountTable(Vec::new()))
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|info| Self::parse(&info))
+            .unwrap_or(MountTable(Vec::new()))
     }
 
     /// Mountinfo lines: the mount point is the fifth field, the filesystem type the first
@@ -101,7 +113,8 @@ fn unescape(s: &str) -> String {
 
 /// Whether the kernel has EROFS, or can load it (`fsopen` loads the module on demand).
 pub fn has_erofs() -> bool {
-    std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.lines().any(|l| l.split_whitespace().last() == Some("erofs")))
+    std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|f| f.lines().any(|l| l.split_whitespace().last() == Some("erofs")))
         || fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).is_ok()
 }
 
@@ -116,7 +129,10 @@ mod tests {
                     41 27 0:41 / /run/views rw - fuse.naiad naiad-views ro\n\
                     broken line\n";
         let t = MountTable::parse(info);
-        assert!(t.has(Path::new("/mnt/my image"), &["erofs"]), "escaped space, optional fields skipped");
+        assert!(
+            t.has(Path::new("/mnt/my image"), &["erofs"]),
+            "escaped space, optional fields skipped"
+        );
         assert!(!t.has(Path::new("/mnt/my image"), &["fuse"]), "another type");
         assert!(t.has(Path::new("/run/views"), &["fuse", "fuse.naiad"]));
         assert!(!t.has(Path::new("/run"), &["fuse.naiad"]), "a prefix is not the mount point");

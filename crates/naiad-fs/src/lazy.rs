@@ -47,19 +47,40 @@ pub fn mount_kernel_mode(
     // one partly cached). The rest is read through the views.
     let plan = {
         let blobs: Vec<_> = (0..fs.len())
-            .map(|i| crate::devices::BlobDevices { blob: &fs.file(i).blob, frames: &fs.file(i).frames, view: Some(views_dir.join(fs.file_name(i))) })
+            .map(|i| crate::devices::BlobDevices {
+                blob: &fs.file(i).blob,
+                frames: &fs.file(i).frames,
+                view: Some(views_dir.join(fs.file_name(i))),
+            })
             .collect();
         crate::devices::plan(bs, &blobs, |i, frame| blobs[i].blob.all_present(frame))?
     };
     let mut config = fuser::Config::default();
-    config.mount_options = vec![fuser::MountOption::RO, fuser::MountOption::FSName("naiad-views".into()), fuser::MountOption::Subtype("naiad".into())];
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName("naiad-views".into()),
+        fuser::MountOption::Subtype("naiad".into()),
+    ];
     // Only take over views that still carry the image: otherwise start afresh.
-    let (views, adopted) = FuseServer::start(fs, views_dir, config, VIEW_THREADS, keep, crate::kernel::is_erofs_mounted(mountpoint), None)?;
+    let (views, adopted) = FuseServer::start(
+        fs,
+        views_dir,
+        config,
+        VIEW_THREADS,
+        keep,
+        crate::kernel::is_erofs_mounted(mountpoint),
+        None,
+    )?;
     // From here on, dropping `m` (on an error too) unmounts the views.
     let m = LazyMount { mountpoint: mountpoint.into(), views: Some(views), fetcher };
     if !adopted {
         std::fs::create_dir_all(mountpoint).map_err(FsError::io(mountpoint))?;
-        crate::devices::mount(&plan, bootstrap_path, &views_dir.with_extension("erofs"), mountpoint)?;
+        crate::devices::mount(
+            &plan,
+            bootstrap_path,
+            &views_dir.with_extension("erofs"),
+            mountpoint,
+        )?;
     }
     Ok(m)
 }

@@ -50,7 +50,8 @@ pub fn plan_chunks(bs: &Bootstrap, everything: bool) -> Vec<ChunkRecord> {
             add_file(&ino, &mut out);
         } else if ino.is_dir() {
             let _ = bs.walk(|p, _, child| -> naiad_format::Result<()> {
-                let under = p.starts_with(path) && (p.len() == path.len() || p.get(path.len()) == Some(&b'/') || path == b"/");
+                let under = p.starts_with(path)
+                    && (p.len() == path.len() || p.get(path.len()) == Some(&b'/') || path == b"/");
                 if under && child.is_reg() {
                     add_file(child, &mut out);
                 }
@@ -69,7 +70,13 @@ pub fn plan_chunks(bs: &Bootstrap, everything: bool) -> Vec<ChunkRecord> {
 }
 
 /// Runs a prefetch on a background thread; `stop` ends it early.
-pub fn spawn(bs: Arc<Bootstrap>, blobs: Vec<Arc<CachedBlob>>, fetcher: Arc<Fetcher>, plan: PrefetchPlan, stop: Arc<AtomicBool>) -> Arc<PrefetchProgress> {
+pub fn spawn(
+    bs: Arc<Bootstrap>,
+    blobs: Vec<Arc<CachedBlob>>,
+    fetcher: Arc<Fetcher>,
+    plan: PrefetchPlan,
+    stop: Arc<AtomicBool>,
+) -> Arc<PrefetchProgress> {
     let progress = Arc::new(PrefetchProgress::default());
     let p = progress.clone();
     std::thread::Builder::new()
@@ -95,7 +102,9 @@ pub fn spawn(bs: Arc<Bootstrap>, blobs: Vec<Arc<CachedBlob>>, fetcher: Arc<Fetch
                 }
                 if let Some(rate) = plan.rate_bytes_per_sec.filter(|r| *r > 0) {
                     // Stay under the rate: sleep until the bytes done so far are due.
-                    let due = Duration::from_secs_f64(p.bytes_done.load(Ordering::Relaxed) as f64 / rate as f64);
+                    let due = Duration::from_secs_f64(
+                        p.bytes_done.load(Ordering::Relaxed) as f64 / rate as f64,
+                    );
                     if let Some(wait) = due.checked_sub(started.elapsed()) {
                         std::thread::sleep(wait);
                     }

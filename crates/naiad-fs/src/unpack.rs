@@ -8,7 +8,7 @@
 use crate::{FsError, Result};
 use naiad_format::bootstrap::{Bootstrap, ChunkSlot, Inode};
 use naiad_storage::blob_store::{BlobDirs, ChunkReader};
-use rustix::fs::{FileType, Mode, Timestamps, Timespec, AtFlags, CWD};
+use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -34,7 +34,12 @@ pub fn chunk_reader(bs: &Bootstrap, dirs: &BlobDirs) -> Result<ChunkReader> {
 
 /// Calls `each(offset, data)` for every stored chunk of a regular file, in order; holes are
 /// skipped. Every chunk is verified before it is handed out.
-pub fn for_each_chunk(bs: &Bootstrap, reader: &mut ChunkReader, ino: &Inode, mut each: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+pub fn for_each_chunk(
+    bs: &Bootstrap,
+    reader: &mut ChunkReader,
+    ino: &Inode,
+    mut each: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
     let cs = ino.chunk_size();
     for i in 0..ino.chunk_count() {
         if let ChunkSlot::Data(rec) = bs.chunk(ino, i)? {
@@ -83,7 +88,9 @@ pub fn unpack_to_dir(bs: &Bootstrap, dirs: &BlobDirs, out: &Path) -> Result<Unpa
                 return Err(FsError::Invalid(format!("{} is not empty", out.display())));
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(out).map_err(FsError::io(out))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(out).map_err(FsError::io(out))?
+        }
         Err(e) => return Err(FsError::Io { path: out.into(), cause: e }),
     }
     let mut reader = chunk_reader(bs, dirs)?;
@@ -114,12 +121,16 @@ pub fn unpack_to_dir(bs: &Bootstrap, dirs: &BlobDirs, out: &Path) -> Result<Unpa
                     .custom_flags_nofollow()
                     .open(&path)
                     .map_err(FsError::io(&path))?;
-                for_each_chunk(bs, &mut reader, ino, |off, data| write_sparse(&f, off, data, &path)).map_err(|e| e.at(rel))?;
+                for_each_chunk(bs, &mut reader, ino, |off, data| {
+                    write_sparse(&f, off, data, &path)
+                })
+                .map_err(|e| e.at(rel))?;
                 f.set_len(ino.size).map_err(FsError::io(&path))?;
             }
             0o120000 => {
                 let target = bs.symlink_target(ino)?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(FsError::io(&path))?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                    .map_err(FsError::io(&path))?;
             }
             ty => {
                 let ft = match ty {
@@ -129,7 +140,11 @@ pub fn unpack_to_dir(bs: &Bootstrap, dirs: &BlobDirs, out: &Path) -> Result<Unpa
                     _ => FileType::Socket,
                 };
                 let (major, minor) = ino.rdev();
-                let dev = if matches!(ft, FileType::CharacterDevice | FileType::BlockDevice) { rustix::fs::makedev(major, minor) } else { 0 };
+                let dev = if matches!(ft, FileType::CharacterDevice | FileType::BlockDevice) {
+                    rustix::fs::makedev(major, minor)
+                } else {
+                    0
+                };
                 rustix::fs::mknodat(CWD, &path, ft, Mode::from_raw_mode(0o600), dev)
                     .map_err(|e| FsError::Io { path: path.clone(), cause: e.into() })?;
             }
@@ -171,13 +186,20 @@ fn apply_meta(bs: &Bootstrap, path: &Path, ino: &Inode) -> Result<()> {
     )
     .map_err(io)?;
     if !ino.is_symlink() {
-        rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(ino.mode & 0o7777), AtFlags::empty()).map_err(io)?;
+        rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(ino.mode & 0o7777), AtFlags::empty())
+            .map_err(io)?;
     }
     for (name, value) in bs.xattrs(ino)? {
         xattr::set(path, OsStr::from_bytes(&name), &value).map_err(FsError::io(path))?;
     }
     let t = Timespec { tv_sec: ino.mtime, tv_nsec: i64::from(ino.mtime_nsec) as _ };
-    rustix::fs::utimensat(CWD, path, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
+    rustix::fs::utimensat(
+        CWD,
+        path,
+        &Timestamps { last_access: t, last_modification: t },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(io)?;
     Ok(())
 }
 
@@ -193,7 +215,8 @@ pub fn unpack_to_tar(bs: &Bootstrap, dirs: &BlobDirs, w: impl Write) -> Result<U
     bs.walk(|rel, _ty, ino| -> Result<()> {
         sum.entries += 1;
         let mut name = if rel.is_empty() { b".".to_vec() } else { [b".", rel].concat() };
-        let mut pax: Vec<(String, Vec<u8>)> = vec![("mtime".into(), format_pax_time(ino.mtime, ino.mtime_nsec).into_bytes())];
+        let mut pax: Vec<(String, Vec<u8>)> =
+            vec![("mtime".into(), format_pax_time(ino.mtime, ino.mtime_nsec).into_bytes())];
         for (k, v) in bs.xattrs(ino)? {
             pax.push((format!("SCHILY.xattr.{}", String::from_utf8_lossy(&k)), v));
         }
@@ -237,7 +260,8 @@ pub fn unpack_to_tar(bs: &Bootstrap, dirs: &BlobDirs, w: impl Write) -> Result<U
         if ino.is_dir() && !rel.is_empty() {
             name.push(b'/');
         }
-        let pax_refs: Vec<(&str, &[u8])> = pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+        let pax_refs: Vec<(&str, &[u8])> =
+            pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
         tar.append_pax_extensions(pax_refs).map_err(tio)?;
         let path = Path::new(OsStr::from_bytes(&name));
         if let Some(target) = &link_target {
@@ -246,7 +270,14 @@ pub fn unpack_to_tar(bs: &Bootstrap, dirs: &BlobDirs, w: impl Write) -> Result<U
             sum.files += 1;
             sum.bytes += ino.size;
             h.set_size(ino.size);
-            let mut data = FileData { bs, reader: &mut reader, ino, pos: 0, chunk: Vec::new(), chunk_start: 0 };
+            let mut data = FileData {
+                bs,
+                reader: &mut reader,
+                ino,
+                pos: 0,
+                chunk: Vec::new(),
+                chunk_start: 0,
+            };
             tar.append_data(&mut h, path, &mut data).map_err(|e| match data_error(&e) {
                 Some(msg) => FsError::Invalid(msg).at(rel),
                 None => tio(e),
@@ -295,7 +326,9 @@ impl std::io::Read for FileData<'_> {
             self.chunk.clear();
             match self.bs.chunk(self.ino, idx).map_err(std::io::Error::other)? {
                 ChunkSlot::Hole => self.chunk.resize(len, 0),
-                ChunkSlot::Data(rec) => self.chunk.extend_from_slice(self.reader.chunk(rec).map_err(std::io::Error::other)?),
+                ChunkSlot::Data(rec) => self
+                    .chunk
+                    .extend_from_slice(self.reader.chunk(rec).map_err(std::io::Error::other)?),
             }
             self.chunk_start = idx * cs;
         }

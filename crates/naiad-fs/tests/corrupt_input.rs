@@ -30,16 +30,28 @@ fn image() -> &'static Image {
         let src = dir.path().join("src");
         std::fs::create_dir_all(src.join("d/e")).unwrap();
         for i in 0..30u32 {
-            std::fs::write(src.join(format!("d/f{i}")), i.to_le_bytes().repeat(100 + i as usize * 50)).unwrap();
+            std::fs::write(
+                src.join(format!("d/f{i}")),
+                i.to_le_bytes().repeat(100 + i as usize * 50),
+            )
+            .unwrap();
         }
-        std::fs::write(src.join("big"), (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>()).unwrap();
+        std::fs::write(
+            src.join("big"),
+            (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>(),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("d/f1", src.join("link")).unwrap();
         xattr::set(src.join("d/f2"), "user.k", b"value").unwrap();
         let out = dir.path().join("out");
         let opts = BuildOptions { chunk_size: 64 << 10, ..BuildOptions::default() };
         build(Source::Dir(src), opts, &out).unwrap();
         let bootstrap = std::fs::read(out.join("bootstrap")).unwrap();
-        let blob_path = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap() != "bootstrap").unwrap();
+        let blob_path = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap() != "bootstrap")
+            .unwrap();
         Image {
             blob_name: blob_path.file_name().unwrap().to_string_lossy().into_owned(),
             blob: std::fs::read(&blob_path).unwrap(),
@@ -96,7 +108,8 @@ fn read_everything(bytes: Vec<u8>, blobs: &BlobDirs, scratch: &Path) {
     let out = scratch.join("unpacked");
     let _ = naiad_fs::unpack::unpack_to_dir(&bs, blobs, &out);
     // Whatever happened, nothing was written next to the output directory.
-    let names: Vec<_> = std::fs::read_dir(scratch).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> =
+        std::fs::read_dir(scratch).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(names.iter().all(|n| n == "unpacked" || n == "blobs"), "unexpected files: {names:?}");
 }
 

@@ -27,7 +27,9 @@ fn image() -> &'static Image {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir_all(src.join("d/e")).unwrap();
-        for (name, data) in [("a", &b"alpha"[..]), ("bb", b"bravo"), ("c", b"charlie"), ("e/x", b"x-ray")] {
+        for (name, data) in
+            [("a", &b"alpha"[..]), ("bb", b"bravo"), ("c", b"charlie"), ("e/x", b"x-ray")]
+        {
             std::fs::write(src.join("d").join(name), data).unwrap();
         }
         let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -70,7 +72,12 @@ fn dir_data_offset(bytes: &[u8], path: &[u8]) -> usize {
     let bs = open(bytes);
     let ino = bs.lookup(path).unwrap();
     let data = bs.flat_data(&ino).unwrap();
-    let hits: Vec<usize> = bytes.windows(data.len()).enumerate().filter(|(_, w)| *w == data.as_slice()).map(|(i, _)| i).collect();
+    let hits: Vec<usize> = bytes
+        .windows(data.len())
+        .enumerate()
+        .filter(|(_, w)| *w == data.as_slice())
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(hits.len(), 1, "directory data of {:?} found once", String::from_utf8_lossy(path));
     hits[0]
 }
@@ -93,12 +100,19 @@ fn dirent(bytes: &[u8], dir: &[u8], name: &[u8]) -> (usize, usize) {
 fn chunk_index(bytes: &[u8], path: &[u8], index: u64) -> usize {
     let bs = open(bytes);
     let ino = bs.lookup(path).unwrap();
-    let ChunkSlot::Data(rec) = bs.chunk(&ino, index).unwrap() else { panic!("chunk {index} is a hole") };
+    let ChunkSlot::Data(rec) = bs.chunk(&ino, index).unwrap() else {
+        panic!("chunk {index} is a hole")
+    };
     let mut want = vec![0, 0];
     want.extend((rec.blob_index as u16 + 1).to_le_bytes());
     want.extend(((rec.view_offset / 4096) as u32).to_le_bytes());
     let erofs = &bytes[..bs.erofs_len() as usize];
-    let hits: Vec<usize> = erofs.windows(8).enumerate().filter(|(i, w)| i % 8 == 0 && *w == want.as_slice()).map(|(i, _)| i).collect();
+    let hits: Vec<usize> = erofs
+        .windows(8)
+        .enumerate()
+        .filter(|(i, w)| i % 8 == 0 && *w == want.as_slice())
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(hits.len(), 1, "chunk index {index} found once");
     hits[0]
 }
@@ -110,20 +124,27 @@ fn expect_refused(bytes: Vec<u8>, phrase: &str) {
     let dirs = BlobDirs::new(vec![img.out.clone()]);
     let report = naiad_fs::check::check(bytes.clone(), Some(&dirs));
     assert!(!report.ok(), "check accepted the hostile bootstrap");
-    assert!(report.problems.iter().any(|p| p.contains(phrase)), "check problems lack {phrase:?}: {:?}", report.problems);
+    assert!(
+        report.problems.iter().any(|p| p.contains(phrase)),
+        "check problems lack {phrase:?}: {:?}",
+        report.problems
+    );
     let scratch = tempfile::tempdir().unwrap();
     let out = scratch.path().join("out");
     match Bootstrap::open(bytes) {
         Err(e) => assert!(e.to_string().contains(phrase), "open: {e}"),
         Ok(bs) => {
-            let err = naiad_fs::unpack::unpack_to_dir(&bs, &dirs, &out).expect_err("unpack accepted the hostile bootstrap");
+            let err = naiad_fs::unpack::unpack_to_dir(&bs, &dirs, &out)
+                .expect_err("unpack accepted the hostile bootstrap");
             assert!(err.to_string().contains(phrase), "unpack: {err}");
             let mut tar = Vec::new();
-            let err = naiad_fs::unpack::unpack_to_tar(&bs, &dirs, &mut tar).expect_err("unpack --tar accepted the hostile bootstrap");
+            let err = naiad_fs::unpack::unpack_to_tar(&bs, &dirs, &mut tar)
+                .expect_err("unpack --tar accepted the hostile bootstrap");
             assert!(err.to_string().contains(phrase), "unpack to tar: {err}");
         }
     }
-    let names: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> =
+        std::fs::read_dir(scratch.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(names.iter().all(|n| n == "out"), "written next to the output: {names:?}");
     assert_only_under(&out, &out);
 }
@@ -173,7 +194,11 @@ fn directory_cycle_is_refused() {
 #[test]
 fn dirent_nid_out_of_range_is_refused() {
     let img = image();
-    for (nid, phrase) in [(1u64 << 40, "inode is truncated"), (u64::MAX, "out of range"), (u64::MAX / 32, "inode is truncated")] {
+    for (nid, phrase) in [
+        (1u64 << 40, "inode is truncated"),
+        (u64::MAX, "out of range"),
+        (u64::MAX / 32, "inode is truncated"),
+    ] {
         let mut bytes = img.bootstrap.clone();
         let (rec, _) = dirent(&bytes, b"/d", b"a");
         bytes[rec..rec + 8].copy_from_slice(&nid.to_le_bytes());
@@ -227,7 +252,8 @@ fn overlapping_chunks_are_refused() {
     // An index one block into chunk 0's data: no chunk starts there.
     let mut bytes = img.bootstrap.clone();
     let at = chunk_index(&bytes, b"/big", 1);
-    let blk0 = u32::from_le_bytes(bytes[chunk_index(&bytes, b"/big", 0) + 4..][..4].try_into().unwrap());
+    let blk0 =
+        u32::from_le_bytes(bytes[chunk_index(&bytes, b"/big", 0) + 4..][..4].try_into().unwrap());
     bytes[at + 4..at + 8].copy_from_slice(&(blk0 + 1).to_le_bytes());
     reseal(&mut bytes, None);
     expect_refused(bytes, "no chunk record");
@@ -235,7 +261,10 @@ fn overlapping_chunks_are_refused() {
     // Records: the second starts inside the first, or at the same place.
     let ext = open(&img.bootstrap).extension().clone();
     let first = ext.chunks.iter().position(|c| c.size > 8192).unwrap();
-    assert!(first + 1 < ext.chunks.len() && ext.chunks[first + 1].blob_index == ext.chunks[first].blob_index);
+    assert!(
+        first + 1 < ext.chunks.len()
+            && ext.chunks[first + 1].blob_index == ext.chunks[first].blob_index
+    );
     for shift in [4096u64, 0] {
         let mut e = ext.clone();
         e.chunks[first + 1].view_offset = e.chunks[first].view_offset + shift;

@@ -22,9 +22,16 @@ fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header
 fn layer(path: &Path, entries: &[(&str, tar::EntryType, &[u8], u32)]) {
     let mut b = tar::Builder::new(Vec::new());
     for (name, kind, data, mode) in entries {
-        let mut h = header(*kind, *mode, if *kind == tar::EntryType::Regular { data.len() as u64 } else { 0 }, 1_700_000_123);
+        let mut h = header(
+            *kind,
+            *mode,
+            if *kind == tar::EntryType::Regular { data.len() as u64 } else { 0 },
+            1_700_000_123,
+        );
         match kind {
-            tar::EntryType::Symlink | tar::EntryType::Link => b.append_link(&mut h, name, std::str::from_utf8(data).unwrap()).unwrap(),
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                b.append_link(&mut h, name, std::str::from_utf8(data).unwrap()).unwrap()
+            }
             _ => b.append_data(&mut h, name, *data).unwrap(),
         }
     }
@@ -43,34 +50,53 @@ fn per_layer_builds_merge_to_the_one_pass_tree() {
     let l1 = tmp.path().join("l1.tar");
     let l2 = tmp.path().join("l2.tar");
     let l3 = tmp.path().join("l3.tar");
-    layer(&l1, &[
-        ("etc/", Directory, b"", 0o700),
-        ("etc/passwd", Regular, b"root:x:0:0", 0o644),
-        ("etc/gone", Regular, b"deleted later", 0o644),
-        ("opt/", Directory, b"", 0o755),
-        ("opt/old", Regular, b"hidden by opaque", 0o644),
-        ("bin/", Directory, b"", 0o755),
-        ("bin/tool", Regular, &big, 0o755),
-        ("bin/tool-link", Link, b"bin/tool", 0o755),
-        ("bin/sh", Symlink, b"tool", 0o777),
-    ]);
-    layer(&l2, &[
-        ("etc/.wh.gone", Regular, b"", 0o644),
-        ("etc/new/deep/file", Regular, b"implicit parents, etc keeps its 0700", 0o600),
-        ("opt/.wh..wh..opq", Regular, b"", 0o644),
-        ("opt/fresh", Regular, b"added with the opaque marker", 0o644),
-        ("bin/tool", Regular, b"replaced", 0o755),
-    ]);
-    layer(&l3, &[(".wh.opt", Regular, b"", 0o644), ("etc/passwd", Regular, b"root:x:0:0:new", 0o600)]);
+    layer(
+        &l1,
+        &[
+            ("etc/", Directory, b"", 0o700),
+            ("etc/passwd", Regular, b"root:x:0:0", 0o644),
+            ("etc/gone", Regular, b"deleted later", 0o644),
+            ("opt/", Directory, b"", 0o755),
+            ("opt/old", Regular, b"hidden by opaque", 0o644),
+            ("bin/", Directory, b"", 0o755),
+            ("bin/tool", Regular, &big, 0o755),
+            ("bin/tool-link", Link, b"bin/tool", 0o755),
+            ("bin/sh", Symlink, b"tool", 0o777),
+        ],
+    );
+    layer(
+        &l2,
+        &[
+            ("etc/.wh.gone", Regular, b"", 0o644),
+            ("etc/new/deep/file", Regular, b"implicit parents, etc keeps its 0700", 0o600),
+            ("opt/.wh..wh..opq", Regular, b"", 0o644),
+            ("opt/fresh", Regular, b"added with the opaque marker", 0o644),
+            ("bin/tool", Regular, b"replaced", 0o755),
+        ],
+    );
+    layer(
+        &l3,
+        &[(".wh.opt", Regular, b"", 0o644), ("etc/passwd", Regular, b"root:x:0:0:new", 0o600)],
+    );
 
     let one_pass = tmp.path().join("one");
-    build(Source::Layers(vec![l1.clone(), l2.clone(), l3.clone()]), BuildOptions::default(), &one_pass).unwrap();
+    build(
+        Source::Layers(vec![l1.clone(), l2.clone(), l3.clone()]),
+        BuildOptions::default(),
+        &one_pass,
+    )
+    .unwrap();
 
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut boots = Vec::new();
     for (i, l) in [&l1, &l2, &l3].into_iter().enumerate() {
         let d = tmp.path().join(format!("layer{i}"));
-        build(Source::Layers(vec![l.clone()]), BuildOptions { keep_whiteouts: true, ..BuildOptions::default() }, &d).unwrap();
+        build(
+            Source::Layers(vec![l.clone()]),
+            BuildOptions { keep_whiteouts: true, ..BuildOptions::default() },
+            &d,
+        )
+        .unwrap();
         boots.push(open(&d));
         dirs.push(d);
     }
@@ -84,8 +110,17 @@ fn per_layer_builds_merge_to_the_one_pass_tree() {
     assert_eq!(merged_bs.lookup(b"/etc").unwrap().mode & 0o7777, 0o700);
     assert_eq!(merged_bs.extension().prefetch, vec![b"/bin/tool".to_vec()]);
 
-    let diffs = naiad_fs::compare::compare_images(&open(&one_pass), &BlobDirs::new(vec![one_pass.clone()]), &merged_bs, &BlobDirs::new(dirs)).unwrap();
+    let diffs = naiad_fs::compare::compare_images(
+        &open(&one_pass),
+        &BlobDirs::new(vec![one_pass.clone()]),
+        &merged_bs,
+        &BlobDirs::new(dirs),
+    )
+    .unwrap();
     assert!(diffs.is_empty(), "{diffs:#?}");
-    let report = naiad_fs::check::check(merged_bs.bytes().to_vec(), Some(&BlobDirs::new((0..3).map(|i| tmp.path().join(format!("layer{i}"))).collect())));
+    let report = naiad_fs::check::check(
+        merged_bs.bytes().to_vec(),
+        Some(&BlobDirs::new((0..3).map(|i| tmp.path().join(format!("layer{i}"))).collect())),
+    );
     assert!(report.ok(), "{:?}", report.problems);
 }

@@ -73,10 +73,16 @@ enum Fill {
     Pattern(Bytes),
     Zero,
     /// 4 KiB blocks in runs of zeros or random bytes, cycling through the runs.
-    Runs { seed: u64, runs: Vec<(bool, u8)> },
+    Runs {
+        seed: u64,
+        runs: Vec<(bool, u8)>,
+    },
     /// Another file's contents: all of it (`whole`), or a prefix cut or padded with random
     /// bytes to this file's size.
-    Dup { of: Index, whole: bool },
+    Dup {
+        of: Index,
+        whole: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -170,15 +176,11 @@ fn meta() -> impl Strategy<Value = MetaSpec> {
         1 => vec(1u8..=255, 1..=32),
     ]
     .prop_map(|n| Bytes([b"user.".as_slice(), &n].concat()));
-    let xvalue = prop_oneof![3 => vec(any::<u8>(), 0..=32), 1 => vec(any::<u8>(), 0..=200)].prop_map(Bytes);
+    let xvalue =
+        prop_oneof![3 => vec(any::<u8>(), 0..=32), 1 => vec(any::<u8>(), 0..=200)].prop_map(Bytes);
     let xattrs = prop_oneof![3 => Just(BTreeMap::new()), 2 => btree_map(xname, xvalue, 1..=4)];
-    (perm, id(), id(), mtime, nsec, xattrs).prop_map(|(perm, uid, gid, mtime, nsec, xattrs)| MetaSpec {
-        perm: Perm(perm),
-        uid,
-        gid,
-        mtime,
-        nsec,
-        xattrs,
+    (perm, id(), id(), mtime, nsec, xattrs).prop_map(|(perm, uid, gid, mtime, nsec, xattrs)| {
+        MetaSpec { perm: Perm(perm), uid, gid, mtime, nsec, xattrs }
     })
 }
 
@@ -212,7 +214,12 @@ fn kind() -> impl Strategy<Value = Kind> {
 }
 
 fn entry() -> impl Strategy<Value = EntrySpec> {
-    (any::<Index>(), name(), kind(), meta()).prop_map(|(parent, name, kind, meta)| EntrySpec { parent, name, kind, meta })
+    (any::<Index>(), name(), kind(), meta()).prop_map(|(parent, name, kind, meta)| EntrySpec {
+        parent,
+        name,
+        kind,
+        meta,
+    })
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -223,7 +230,13 @@ fn case() -> impl Strategy<Value = Case> {
         meta(),
         vec(entry(), 0..=MAX_ENTRIES),
     )
-        .prop_map(|(chunk_size, compressor, digester, root, entries)| Case { chunk_size, compressor, digester, root, entries })
+        .prop_map(|(chunk_size, compressor, digester, root, entries)| Case {
+            chunk_size,
+            compressor,
+            digester,
+            root,
+            entries,
+        })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -290,7 +303,9 @@ fn ctx<T, E: fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> R<
 }
 
 fn write_file(path: &Path, data: &[u8], sparse: bool) -> R<()> {
-    let mut f = ctx(std::fs::OpenOptions::new().write(true).create_new(true).open(path), || format!("create {}", path.display()))?;
+    let mut f = ctx(std::fs::OpenOptions::new().write(true).create_new(true).open(path), || {
+        format!("create {}", path.display())
+    })?;
     if sparse {
         for (i, blk) in data.chunks(BLOCK).enumerate() {
             if blk.iter().all(|&b| b == 0) {
@@ -318,20 +333,36 @@ enum Ty {
 fn apply_meta(path: &Path, m: &MetaSpec, ty: Ty) -> R<()> {
     let at = || path.display().to_string();
     ctx(
-        rustix::fs::chownat(CWD, path, Some(Uid::from_raw(m.uid)), Some(Gid::from_raw(m.gid)), AtFlags::SYMLINK_NOFOLLOW),
+        rustix::fs::chownat(
+            CWD,
+            path,
+            Some(Uid::from_raw(m.uid)),
+            Some(Gid::from_raw(m.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ),
         || format!("chown {}", at()),
     )?;
     if ty != Ty::Symlink {
-        ctx(rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(m.perm.0), AtFlags::empty()), || format!("chmod {}", at()))?;
+        ctx(
+            rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(m.perm.0), AtFlags::empty()),
+            || format!("chmod {}", at()),
+        )?;
     }
     if matches!(ty, Ty::File | Ty::Dir) {
         for (k, v) in &m.xattrs {
-            ctx(xattr::set(path, OsStr::from_bytes(&k.0), &v.0), || format!("setxattr {:?} on {}", k, at()))?;
+            ctx(xattr::set(path, OsStr::from_bytes(&k.0), &v.0), || {
+                format!("setxattr {:?} on {}", k, at())
+            })?;
         }
     }
     let t = Timespec { tv_sec: m.mtime, tv_nsec: m.nsec as _ };
     ctx(
-        rustix::fs::utimensat(CWD, path, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW),
+        rustix::fs::utimensat(
+            CWD,
+            path,
+            &Timestamps { last_access: t, last_modification: t },
+            AtFlags::SYMLINK_NOFOLLOW,
+        ),
         || format!("utimensat {}", at()),
     )?;
     Ok(())
@@ -390,14 +421,17 @@ fn materialize(case: &Case, root: &Path) -> R<Made> {
                 dir_meta.push((path, &e.meta));
             }
             Kind::Symlink(target) => {
-                ctx(std::os::unix::fs::symlink(OsStr::from_bytes(&target.0), &path), || format!("symlink {}", path.display()))?;
+                ctx(std::os::unix::fs::symlink(OsStr::from_bytes(&target.0), &path), || {
+                    format!("symlink {}", path.display())
+                })?;
                 made.symlinks += 1;
                 later.push((path, &e.meta, Ty::Symlink));
             }
             Kind::Fifo => {
-                ctx(rustix::fs::mknodat(CWD, &path, FileType::Fifo, Mode::from_raw_mode(0o644), 0), || {
-                    format!("mkfifo {}", path.display())
-                })?;
+                ctx(
+                    rustix::fs::mknodat(CWD, &path, FileType::Fifo, Mode::from_raw_mode(0o644), 0),
+                    || format!("mkfifo {}", path.display()),
+                )?;
                 made.fifos += 1;
                 later.push((path, &e.meta, Ty::Fifo));
             }
@@ -408,7 +442,9 @@ fn materialize(case: &Case, root: &Path) -> R<Made> {
                     continue;
                 }
                 let target = &files[which.index(files.len())];
-                ctx(std::fs::hard_link(target, &path), || format!("link {} -> {}", path.display(), target.display()))?;
+                ctx(std::fs::hard_link(target, &path), || {
+                    format!("link {} -> {}", path.display(), target.display())
+                })?;
                 made.hardlinks += 1;
             }
         }
@@ -447,9 +483,18 @@ struct Snap {
 fn snap_one(path: &Path) -> R<Snap> {
     let md = ctx(std::fs::symlink_metadata(path), || format!("lstat {}", path.display()))?;
     let ft = md.file_type();
-    let data = if ft.is_file() { Some(ctx(std::fs::read(path), || format!("read {}", path.display()))?) } else { None };
+    let data = if ft.is_file() {
+        Some(ctx(std::fs::read(path), || format!("read {}", path.display()))?)
+    } else {
+        None
+    };
     let target = if ft.is_symlink() {
-        Some(ctx(std::fs::read_link(path), || format!("readlink {}", path.display()))?.as_os_str().as_bytes().to_vec())
+        Some(
+            ctx(std::fs::read_link(path), || format!("readlink {}", path.display()))?
+                .as_os_str()
+                .as_bytes()
+                .to_vec(),
+        )
     } else {
         None
     };
@@ -547,12 +592,25 @@ fn compare(src: &BTreeMap<Vec<u8>, Snap>, out: &BTreeMap<Vec<u8>, Snap>) -> Vec<
         field("mtime", format!("{}.{:09}", a.mtime, a.nsec), format!("{}.{:09}", b.mtime, b.nsec));
         field("nlink", a.nlink.to_string(), b.nlink.to_string());
         field("size", format!("{:?}", a.size), format!("{:?}", b.size));
-        field("symlink target", format!("{:?}", a.target.as_ref().map(|t| Bytes(t.clone()))), format!("{:?}", b.target.as_ref().map(|t| Bytes(t.clone()))));
-        let xs = |x: &BTreeMap<Vec<u8>, Vec<u8>>| format!("{:?}", x.iter().map(|(k, v)| (Bytes(k.clone()), Bytes(v.clone()))).collect::<Vec<_>>());
+        field(
+            "symlink target",
+            format!("{:?}", a.target.as_ref().map(|t| Bytes(t.clone()))),
+            format!("{:?}", b.target.as_ref().map(|t| Bytes(t.clone()))),
+        );
+        let xs = |x: &BTreeMap<Vec<u8>, Vec<u8>>| {
+            format!(
+                "{:?}",
+                x.iter().map(|(k, v)| (Bytes(k.clone()), Bytes(v.clone()))).collect::<Vec<_>>()
+            )
+        };
         field("xattrs", xs(&a.xattrs), xs(&b.xattrs));
         if let (Some(x), Some(y)) = (&a.data, &b.data) {
             if x != y {
-                let first = x.iter().zip(y.iter()).position(|(u, v)| u != v).unwrap_or(x.len().min(y.len()));
+                let first = x
+                    .iter()
+                    .zip(y.iter())
+                    .position(|(u, v)| u != v)
+                    .unwrap_or(x.len().min(y.len()));
                 diffs.push(format!(
                     "{}: file bytes differ: source {} bytes, unpacked {} bytes, first difference at offset {first}",
                     show(p),
@@ -564,8 +622,17 @@ fn compare(src: &BTreeMap<Vec<u8>, Snap>, out: &BTreeMap<Vec<u8>, Snap>) -> Vec<
     }
     let (ga, gb) = (link_groups(src), link_groups(out));
     if ga != gb {
-        let fmt_groups = |g: &BTreeSet<Vec<Vec<u8>>>| format!("{:?}", g.iter().map(|v| v.iter().map(|p| show(p)).collect::<Vec<_>>()).collect::<Vec<_>>());
-        diffs.push(format!("hardlink groups differ: source {}, unpacked {}", fmt_groups(&ga), fmt_groups(&gb)));
+        let fmt_groups = |g: &BTreeSet<Vec<Vec<u8>>>| {
+            format!(
+                "{:?}",
+                g.iter().map(|v| v.iter().map(|p| show(p)).collect::<Vec<_>>()).collect::<Vec<_>>()
+            )
+        };
+        diffs.push(format!(
+            "hardlink groups differ: source {}, unpacked {}",
+            fmt_groups(&ga),
+            fmt_groups(&gb)
+        ));
     }
     diffs
 }
@@ -580,7 +647,12 @@ fn roundtrip(case: &Case) -> R<()> {
     let out = tmp.path().join("out");
     let made = materialize(case, &src)?;
 
-    let opts = BuildOptions { chunk_size: case.chunk_size, compressor: case.compressor, digester: case.digester, ..BuildOptions::default() };
+    let opts = BuildOptions {
+        chunk_size: case.chunk_size,
+        compressor: case.compressor,
+        digester: case.digester,
+        ..BuildOptions::default()
+    };
     let summary = ctx(build(Source::Dir(src.clone()), opts, &img), || "build".into())?;
     if !summary.warnings.is_empty() {
         return Err(format!("build warned: {:?}", summary.warnings));

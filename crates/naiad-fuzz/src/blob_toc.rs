@@ -47,7 +47,8 @@ pub fn decode(blob: &[u8]) -> naiad_format::Result<Toc> {
 /// trailer decodes (call it after [`decode`] failed with a digest mismatch).
 pub fn reseal(blob: &mut [u8]) {
     let tail_at = blob.len() - BLOB_TRAILER_SIZE_BYTES as usize;
-    let trailer = BlobTrailer::decode(&blob[tail_at..], blob.len() as u64).expect("the trailer decoded before");
+    let trailer = BlobTrailer::decode(&blob[tail_at..], blob.len() as u64)
+        .expect("the trailer decoded before");
     let digest = sha256(&blob[trailer.toc_offset as usize..tail_at]);
     blob[tail_at + TRAILER_DIGEST_OFFSET..].copy_from_slice(&digest);
 }
@@ -58,7 +59,9 @@ fn round_trip(toc: &Toc, blob: &[u8]) {
     let tail = toc.encode_tail(toc_offset);
     let mut again = vec![0u8; toc_offset as usize];
     again.extend_from_slice(&tail);
-    let decoded = decode(&again).unwrap_or_else(|e| panic!("a TOC decoded from {} bytes does not decode once re-encoded: {e}", blob.len()));
+    let decoded = decode(&again).unwrap_or_else(|e| {
+        panic!("a TOC decoded from {} bytes does not decode once re-encoded: {e}", blob.len())
+    });
     assert_eq!(&decoded, toc, "TOC changed through encode and decode");
 }
 
@@ -78,7 +81,11 @@ fn read_frames(toc: &Toc, blob: &[u8]) {
             budget -= u64::from(f.size);
             let start = f.compressed_offset as usize;
             let input = &blob[start..start + f.compressed_size as usize];
-            if decompress_into(f.compressor, input, f.size, &mut frame, || format!("frame {}", chunk.frame_index)).is_err() {
+            if decompress_into(f.compressor, input, f.size, &mut frame, || {
+                format!("frame {}", chunk.frame_index)
+            })
+            .is_err()
+            {
                 continue;
             }
             current = Some(chunk.frame_index);

@@ -42,10 +42,20 @@ pub fn walk(bs: &Bootstrap) {
     let _ = bs.damaged_blocks();
     for (i, blob) in ext.blobs.iter().enumerate() {
         let chunks = ext.blob_chunks(i as u32);
-        assert!(chunks.iter().all(|c| c.blob_index == i as u32), "blob_chunks({i}) holds another blob's chunk");
+        assert!(
+            chunks.iter().all(|c| c.blob_index == i as u32),
+            "blob_chunks({i}) holds another blob's chunk"
+        );
         for c in chunks {
-            assert!(c.view_offset + u64::from(c.size) <= blob.view_size, "a decoded chunk record lies past its blob's view");
-            assert_eq!(ext.find_chunk(c.blob_index, c.view_offset), Some(c), "find_chunk misses a record of the table");
+            assert!(
+                c.view_offset + u64::from(c.size) <= blob.view_size,
+                "a decoded chunk record lies past its blob's view"
+            );
+            assert_eq!(
+                ext.find_chunk(c.blob_index, c.view_offset),
+                Some(c),
+                "find_chunk misses a record of the table"
+            );
         }
     }
     let mut visited: Vec<(Vec<u8>, u64)> = Vec::new();
@@ -59,8 +69,16 @@ pub fn walk(bs: &Bootstrap) {
     if walked.is_ok() {
         for (path, nid) in visited {
             match bs.lookup(&path) {
-                Ok(found) => assert_eq!(found.nid, nid, "lookup({:?}) finds another inode than the walk", String::from_utf8_lossy(&path)),
-                Err(e) => panic!("lookup({:?}) fails on a path the walk visited: {e}", String::from_utf8_lossy(&path)),
+                Ok(found) => assert_eq!(
+                    found.nid,
+                    nid,
+                    "lookup({:?}) finds another inode than the walk",
+                    String::from_utf8_lossy(&path)
+                ),
+                Err(e) => panic!(
+                    "lookup({:?}) fails on a path the walk visited: {e}",
+                    String::from_utf8_lossy(&path)
+                ),
             }
         }
     }
@@ -86,23 +104,49 @@ fn remap(bs: &Bootstrap) {
     if ids.is_empty() || ids.len() > naiad_format::remap::MAX_DEVICES {
         return;
     }
-    let devices: Vec<Device> = ids.keys().map(|(b, f)| Device { tag: format!("{b}-{f:x}"), blocks: 1 }).collect();
-    let id = |c: &naiad_format::extension::ChunkRecord| ids.get(&(c.blob_index, c.compressed_offset)).map_or(0, |&i| i as u16);
+    let devices: Vec<Device> =
+        ids.keys().map(|(b, f)| Device { tag: format!("{b}-{f:x}"), blocks: 1 }).collect();
+    let id = |c: &naiad_format::extension::ChunkRecord| {
+        ids.get(&(c.blob_index, c.compressed_offset)).map_or(0, |&i| i as u16)
+    };
     let Ok(out) = remap_devices(bs, &devices, id) else { return };
     // Superblock fields (at 1024): meta_blkaddr at 40, extra_devices at 86, devt_slotoff at 88.
-    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[1024 + at..1028 + at].try_into().expect("4 bytes"));
-    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes(b[1024 + at..1026 + at].try_into().expect("2 bytes"));
-    let shift = u64::from(u32_at(&out, 40) - u32_at(bs.bytes(), 40)) * naiad_format::BLOCK_SIZE_BYTES;
-    assert_eq!(out.len() as u64, bs.erofs_len() + shift, "the copy is the image moved up by the new table's room");
+    let u32_at = |b: &[u8], at: usize| {
+        u32::from_le_bytes(b[1024 + at..1028 + at].try_into().expect("4 bytes"))
+    };
+    let u16_at = |b: &[u8], at: usize| {
+        u16::from_le_bytes(b[1024 + at..1026 + at].try_into().expect("2 bytes"))
+    };
+    let shift =
+        u64::from(u32_at(&out, 40) - u32_at(bs.bytes(), 40)) * naiad_format::BLOCK_SIZE_BYTES;
+    assert_eq!(
+        out.len() as u64,
+        bs.erofs_len() + shift,
+        "the copy is the image moved up by the new table's room"
+    );
     assert_eq!(usize::from(u16_at(&out, 86)), devices.len());
-    assert!(u64::from(u16_at(&out, 88)) * 128 + devices.len() as u64 * 128 <= shift, "the device table overlaps the moved image");
+    assert!(
+        u64::from(u16_at(&out, 88)) * 128 + devices.len() as u64 * 128 <= shift,
+        "the device table overlaps the moved image"
+    );
     let _ = bs.walk(|_, _, ino| -> naiad_format::Result<()> {
         for i in 0..ino.chunk_count().min(MAX_CHUNKS_PER_INODE) {
             if let Ok(ChunkSlot::Data(rec)) = bs.chunk(ino, i) {
                 let at = bs.chunk_index_offset(ino, i) as usize;
-                let (was, now) = (&bs.bytes()[at..at + 8], &out[at + shift as usize..at + shift as usize + 8]);
-                assert_eq!(u16::from_le_bytes([now[2], now[3]]), id(rec), "nid {} chunk {i}: not its frame's device", ino.nid);
-                assert_eq!((&was[..2], &was[4..]), (&now[..2], &now[4..]), "nid {} chunk {i}: the block address changed", ino.nid);
+                let (was, now) =
+                    (&bs.bytes()[at..at + 8], &out[at + shift as usize..at + shift as usize + 8]);
+                assert_eq!(
+                    u16::from_le_bytes([now[2], now[3]]),
+                    id(rec),
+                    "nid {} chunk {i}: not its frame's device",
+                    ino.nid
+                );
+                assert_eq!(
+                    (&was[..2], &was[4..]),
+                    (&now[..2], &now[4..]),
+                    "nid {} chunk {i}: the block address changed",
+                    ino.nid
+                );
             }
         }
         Ok(())
@@ -123,7 +167,13 @@ fn read_inode(bs: &Bootstrap, ino: &Inode) {
             match bs.chunk(ino, i) {
                 Ok(ChunkSlot::Data(rec)) => {
                     let blob = bs.extension().blobs.get(rec.blob_index as usize);
-                    assert!(blob.is_some(), "chunk {i} of nid {} names blob {} of {}", ino.nid, rec.blob_index, bs.extension().blobs.len());
+                    assert!(
+                        blob.is_some(),
+                        "chunk {i} of nid {} names blob {} of {}",
+                        ino.nid,
+                        rec.blob_index,
+                        bs.extension().blobs.len()
+                    );
                 }
                 Ok(ChunkSlot::Hole) => {}
                 Err(_) => break,

@@ -7,7 +7,9 @@
 //! JSON (nothing accepted is lost or changed by a round trip, which the converter relies on
 //! when it rewrites manifests).
 
-use naiad_oci::manifest::{digest_hex, Descriptor, Index, Manifest, Platform, MAX_CONFIG_BYTES, MAX_ENTRIES};
+use naiad_oci::manifest::{
+    digest_hex, Descriptor, Index, Manifest, Platform, MAX_CONFIG_BYTES, MAX_ENTRIES,
+};
 
 /// The harness.
 pub fn run(data: &[u8]) {
@@ -18,15 +20,25 @@ pub fn run(data: &[u8]) {
         m.layers.iter().for_each(check_descriptor);
         let _ = m.bootstrap_layer();
         let json = serde_json::to_vec(&m).expect("a manifest serializes");
-        let again = Manifest::parse(&json, "fuzz").unwrap_or_else(|e| panic!("a parsed manifest written back does not parse: {e}"));
-        assert_eq!(serde_json::to_vec(&again).expect("a manifest serializes"), json, "a manifest changes through a round trip");
+        let again = Manifest::parse(&json, "fuzz")
+            .unwrap_or_else(|e| panic!("a parsed manifest written back does not parse: {e}"));
+        assert_eq!(
+            serde_json::to_vec(&again).expect("a manifest serializes"),
+            json,
+            "a manifest changes through a round trip"
+        );
     }
     if let Ok(i) = Index::parse(data, "fuzz") {
         assert!(i.manifests.len() <= MAX_ENTRIES, "{} index entries accepted", i.manifests.len());
         i.manifests.iter().for_each(check_descriptor);
         let json = serde_json::to_vec(&i).expect("an index serializes");
-        let again = Index::parse(&json, "fuzz").unwrap_or_else(|e| panic!("a parsed index written back does not parse: {e}"));
-        assert_eq!(serde_json::to_vec(&again).expect("an index serializes"), json, "an index changes through a round trip");
+        let again = Index::parse(&json, "fuzz")
+            .unwrap_or_else(|e| panic!("a parsed index written back does not parse: {e}"));
+        assert_eq!(
+            serde_json::to_vec(&again).expect("an index serializes"),
+            json,
+            "an index changes through a round trip"
+        );
     }
 }
 

@@ -27,9 +27,14 @@ pub const FRAME_SIZE_BYTES: u32 = 16 << 10;
 
 /// The harness.
 pub fn run(data: &[u8]) {
-    let scratch = tempfile::Builder::new().prefix("naiad-fuzz-tar").tempdir().expect("a temporary directory");
+    let scratch =
+        tempfile::Builder::new().prefix("naiad-fuzz-tar").tempdir().expect("a temporary directory");
     let out = scratch.path().join("out");
-    let opts = BuildOptions { chunk_size: CHUNK_SIZE_BYTES, frame_size: FRAME_SIZE_BYTES, ..BuildOptions::default() };
+    let opts = BuildOptions {
+        chunk_size: CHUNK_SIZE_BYTES,
+        frame_size: FRAME_SIZE_BYTES,
+        ..BuildOptions::default()
+    };
     let built = decompress_layer(Box::new(Cursor::new(data.to_vec())), "fuzz")
         .and_then(|reader| build(Source::Stream { reader, name: "fuzz".into() }, opts, &out));
     check_outputs(scratch.path(), &out);
@@ -43,12 +48,22 @@ pub fn run(data: &[u8]) {
 fn check_outputs(scratch: &Path, out: &Path) {
     let names = |dir: &Path| -> Vec<String> {
         match std::fs::read_dir(dir) {
-            Ok(entries) => entries.map(|e| e.expect("a readable directory entry").file_name().to_string_lossy().into_owned()).collect(),
+            Ok(entries) => entries
+                .map(|e| {
+                    e.expect("a readable directory entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect(),
             Err(_) => Vec::new(),
         }
     };
     let beside = names(scratch);
-    assert!(beside.iter().all(|n| n == "out"), "the build wrote next to its output directory: {beside:?}");
+    assert!(
+        beside.iter().all(|n| n == "out"),
+        "the build wrote next to its output directory: {beside:?}"
+    );
     for name in names(out) {
         if name == naiad_builder::image::BOOTSTRAP_FILE_NAME {
             continue;
@@ -65,8 +80,10 @@ fn check_outputs(scratch: &Path, out: &Path) {
 
 /// Opens the image the builder wrote and reads every entry; any error is a finding.
 fn read_image(out: &Path) {
-    let bytes = std::fs::read(out.join(naiad_builder::image::BOOTSTRAP_FILE_NAME)).expect("a successful build writes its bootstrap");
-    let bs = Bootstrap::open(bytes).unwrap_or_else(|e| panic!("the builder wrote a bootstrap its reader refuses: {e}"));
+    let bytes = std::fs::read(out.join(naiad_builder::image::BOOTSTRAP_FILE_NAME))
+        .expect("a successful build writes its bootstrap");
+    let bs = Bootstrap::open(bytes)
+        .unwrap_or_else(|e| panic!("the builder wrote a bootstrap its reader refuses: {e}"));
     let walked = bs.walk(|path, _, ino| -> naiad_format::Result<()> {
         let at = |e: naiad_format::FormatError| e.at_path(path);
         bs.xattrs(ino).map_err(at)?;
@@ -76,7 +93,11 @@ fn read_image(out: &Path) {
         for i in 0..ino.chunk_count() {
             if let ChunkSlot::Data(rec) = bs.chunk(ino, i).map_err(at)? {
                 let blob = &bs.extension().blobs[rec.blob_index as usize];
-                assert!(out.join(to_hex(&blob.digest)).exists(), "a chunk of {:?} names a blob that was not written", String::from_utf8_lossy(path));
+                assert!(
+                    out.join(to_hex(&blob.digest)).exists(),
+                    "a chunk of {:?} names a blob that was not written",
+                    String::from_utf8_lossy(path)
+                );
             }
         }
         Ok(())

@@ -20,7 +20,8 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
 
 /// Runs `target` on every input of `dir`; returns how many there were.
 fn replay(target: &str, dir: &Path) -> usize {
-    let (_, harness) = naiad_fuzz::TARGETS.iter().find(|(name, _)| *name == target).expect("a known target");
+    let (_, harness) =
+        naiad_fuzz::TARGETS.iter().find(|(name, _)| *name == target).expect("a known target");
     let files = inputs(dir);
     for file in &files {
         let data = std::fs::read(file).unwrap();
@@ -88,10 +89,14 @@ fn resealed_blobs_reach_the_toc_parser() {
     use naiad_format::blob::BLOB_TRAILER_SIZE_BYTES;
     use naiad_format::FormatError;
     let mut blob = std::fs::read(fuzz_dir().join("corpus/blob_toc/dir-none-0")).unwrap();
-    let toc_len = naiad_fuzz::blob_toc::decode(&blob).unwrap().encode_tail(0).len() - BLOB_TRAILER_SIZE_BYTES as usize;
+    let toc_len = naiad_fuzz::blob_toc::decode(&blob).unwrap().encode_tail(0).len()
+        - BLOB_TRAILER_SIZE_BYTES as usize;
     let toc_at = blob.len() - BLOB_TRAILER_SIZE_BYTES as usize - toc_len;
     blob[toc_at] ^= 1;
     assert!(matches!(naiad_fuzz::blob_toc::decode(&blob), Err(FormatError::DigestMismatch { .. })));
     naiad_fuzz::blob_toc::reseal(&mut blob);
-    assert!(matches!(naiad_fuzz::blob_toc::decode(&blob), Err(FormatError::BadMagic { what: "blob TOC" })));
+    assert!(matches!(
+        naiad_fuzz::blob_toc::decode(&blob),
+        Err(FormatError::BadMagic { what: "blob TOC" })
+    ));
 }

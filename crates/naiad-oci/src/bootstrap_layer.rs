@@ -28,15 +28,22 @@ pub fn wrap(bootstrap: &[u8]) -> Result<(Vec<u8>, [u8; 32])> {
 /// The bootstrap inside a bootstrap layer.
 pub fn unwrap(layer: &[u8], image: &str) -> Result<Vec<u8>> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(layer));
-    let entries = archive.entries().map_err(|e| OciError::invalid(image, format!("bootstrap layer: {e}")))?;
+    let entries =
+        archive.entries().map_err(|e| OciError::invalid(image, format!("bootstrap layer: {e}")))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| OciError::invalid(image, format!("bootstrap layer: {e}")))?;
+        let mut entry =
+            entry.map_err(|e| OciError::invalid(image, format!("bootstrap layer: {e}")))?;
         if entry.path_bytes().as_ref() == BOOTSTRAP_PATH.as_bytes() {
             if entry.size() > MAX_BOOTSTRAP_BYTES {
-                return Err(OciError::invalid(image, "bootstrap layer holds an oversized bootstrap"));
+                return Err(OciError::invalid(
+                    image,
+                    "bootstrap layer holds an oversized bootstrap",
+                ));
             }
             let mut out = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut out).map_err(|e| OciError::invalid(image, format!("bootstrap layer: {e}")))?;
+            entry
+                .read_to_end(&mut out)
+                .map_err(|e| OciError::invalid(image, format!("bootstrap layer: {e}")))?;
             return Ok(out);
         }
     }

@@ -36,7 +36,11 @@ pub async fn fetch_naiad(r: &ImageRef, insecure: bool, dir: &Path) -> Result<Vec
             }
             let (b, _, got) = store.manifest(Some(&d.digest)).await?;
             if got != d.digest {
-                return Err(OciError::Digest { what: format!("manifest of {r}"), expected: d.digest, actual: got });
+                return Err(OciError::Digest {
+                    what: format!("manifest of {r}"),
+                    expected: d.digest,
+                    actual: got,
+                });
             }
             manifests.push((b, got, d.platform.map(|p| p.name())));
         }
@@ -52,15 +56,19 @@ pub async fn fetch_naiad(r: &ImageRef, insecure: bool, dir: &Path) -> Result<Vec
         let blob_dir = dir.join(&digest[7..]);
         std::fs::create_dir_all(&blob_dir).map_err(OciError::io(blob_dir.display()))?;
         let mut problems = Vec::new();
-        let config: serde_json::Value = serde_json::from_slice(&store.blob_bytes(&m.config, MAX_CONFIG_BYTES).await?)
-            .map_err(|e| OciError::invalid(r, format!("config does not parse: {e}")))?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&store.blob_bytes(&m.config, MAX_CONFIG_BYTES).await?)
+                .map_err(|e| OciError::invalid(r, format!("config does not parse: {e}")))?;
         let mut diff_ids = Vec::new();
         for l in &m.layers {
             if l.digest == boot.digest {
                 continue;
             }
             if l.media_type != NAIAD_BLOB {
-                problems.push(format!("layer {} has media type {:?}, expected {NAIAD_BLOB}", l.digest, l.media_type));
+                problems.push(format!(
+                    "layer {} has media type {:?}, expected {NAIAD_BLOB}",
+                    l.digest, l.media_type
+                ));
             }
             let mut reader = store.blob_reader(l, None).await?;
             let path = blob_dir.join(&l.digest[7..]);
@@ -77,9 +85,14 @@ pub async fn fetch_naiad(r: &ImageRef, insecure: bool, dir: &Path) -> Result<Vec
         let wrapped = store.blob_bytes(&boot, bootstrap_layer::MAX_BOOTSTRAP_BYTES).await?;
         let bootstrap = bootstrap_layer::unwrap(&wrapped, &r.to_string())?;
         let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(&wrapped[..]).read_to_end(&mut tar).map_err(|e| OciError::invalid(r, format!("bootstrap layer: {e}")))?;
+        flate2::read::GzDecoder::new(&wrapped[..])
+            .read_to_end(&mut tar)
+            .map_err(|e| OciError::invalid(r, format!("bootstrap layer: {e}")))?;
         diff_ids.push(crate::manifest::sha256_digest(&tar));
-        let want: Vec<String> = config["rootfs"]["diff_ids"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+        let want: Vec<String> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
         if want != diff_ids {
             problems.push("config rootfs.diff_ids do not match the layers".to_string());
         }
@@ -99,15 +112,25 @@ pub async fn fetch_bootstrap(r: &ImageRef, insecure: bool, platform: &str) -> Re
     let bytes = if is_index(&mt) {
         let index = Index::parse(&bytes, &r.to_string())?;
         let naiad = |d: &&crate::manifest::Descriptor| {
-            d.platform.as_ref().is_some_and(|p| p.matches(platform) && p.os_features.as_ref().is_some_and(|f| f.iter().any(|x| x == crate::media::NAIAD_OS_FEATURE)))
+            d.platform.as_ref().is_some_and(|p| {
+                p.matches(platform)
+                    && p.os_features
+                        .as_ref()
+                        .is_some_and(|f| f.iter().any(|x| x == crate::media::NAIAD_OS_FEATURE))
+            })
         };
-        let d = index.manifests.iter().find(naiad).ok_or_else(|| OciError::NotFound { what: format!("a Naiad image for {platform}"), image: r.to_string() })?;
+        let d = index.manifests.iter().find(naiad).ok_or_else(|| OciError::NotFound {
+            what: format!("a Naiad image for {platform}"),
+            image: r.to_string(),
+        })?;
         store.manifest(Some(&d.digest)).await?.0
     } else {
         bytes
     };
     let m = Manifest::parse(&bytes, &r.to_string())?;
-    let boot = m.bootstrap_layer().ok_or_else(|| OciError::invalid(r, "not a Naiad image: no bootstrap layer"))?;
+    let boot = m
+        .bootstrap_layer()
+        .ok_or_else(|| OciError::invalid(r, "not a Naiad image: no bootstrap layer"))?;
     let wrapped = store.blob_bytes(boot, bootstrap_layer::MAX_BOOTSTRAP_BYTES).await?;
     bootstrap_layer::unwrap(&wrapped, &r.to_string())
 }

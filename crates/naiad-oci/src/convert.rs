@@ -110,18 +110,36 @@ struct Context<'a> {
 }
 
 /// Converts `src` into a Naiad image at `dst`.
-pub async fn convert(src: &ImageRef, dst: &ImageRef, opts: &ConvertOptions, progress: Arc<dyn Progress>) -> Result<ConvertSummary> {
+pub async fn convert(
+    src: &ImageRef,
+    dst: &ImageRef,
+    opts: &ConvertOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<ConvertSummary> {
     let started = Instant::now();
     if dst.reference().is_some_and(|r| r.starts_with("sha256:")) {
-        return Err(OciError::Reference { reference: dst.to_string(), detail: "the destination needs a tag, not a digest".into() });
+        return Err(OciError::Reference {
+            reference: dst.to_string(),
+            detail: "the destination needs a tag, not a digest".into(),
+        });
     }
-    let work = tempfile::Builder::new().prefix("naiad-convert-").tempdir().map_err(OciError::io("temporary directory"))?;
+    let work = tempfile::Builder::new()
+        .prefix("naiad-convert-")
+        .tempdir()
+        .map_err(OciError::io("temporary directory"))?;
     let src_store = Store::open(src, opts.insecure, false)?;
     let dst_store = Store::open(dst, opts.insecure, true)?;
     if let Store::Registry(r) = &dst_store {
         r.login(true).await?;
     }
-    let mut cx = Context { src: src_store, dst: dst_store, dict: None, opts, progress: progress.clone(), work };
+    let mut cx = Context {
+        src: src_store,
+        dst: dst_store,
+        dict: None,
+        opts,
+        progress: progress.clone(),
+        work,
+    };
     if let Some(d) = &opts.chunk_dict {
         cx.dict = Some(load_dict(d, opts).await?);
     }
@@ -136,18 +154,30 @@ pub async fn convert(src: &ImageRef, dst: &ImageRef, opts: &ConvertOptions, prog
             .iter()
             .filter(|d| is_manifest(&d.media_type))
             .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
-            .filter(|d| opts.platform.as_deref().is_none_or(|w| d.platform.as_ref().is_some_and(|p| p.matches(w))))
+            .filter(|d| {
+                opts.platform
+                    .as_deref()
+                    .is_none_or(|w| d.platform.as_ref().is_some_and(|p| p.matches(w)))
+            })
             .collect();
         if wanted.is_empty() {
-            return Err(OciError::NotFound { what: format!("platform {}", opts.platform.as_deref().unwrap_or("(any)")), image: src_name });
+            return Err(OciError::NotFound {
+                what: format!("platform {}", opts.platform.as_deref().unwrap_or("(any)")),
+                image: src_name,
+            });
         }
         let mut entries = Vec::new();
         for d in &wanted {
             let (mbytes, _, mdigest) = cx.src.manifest(Some(&d.digest)).await?;
             if mdigest != d.digest {
-                return Err(OciError::Digest { what: format!("manifest of {src_name}"), expected: d.digest.clone(), actual: mdigest });
+                return Err(OciError::Digest {
+                    what: format!("manifest of {src_name}"),
+                    expected: d.digest.clone(),
+                    actual: mdigest,
+                });
             }
-            let (desc, summary) = convert_image(&cx, &mbytes, &d.digest, d.platform.clone(), &src_name).await?;
+            let (desc, summary) =
+                convert_image(&cx, &mbytes, &d.digest, d.platform.clone(), &src_name).await?;
             images.push(summary);
             entries.push((d, desc));
         }
@@ -163,23 +193,48 @@ pub async fn convert(src: &ImageRef, dst: &ImageRef, opts: &ConvertOptions, prog
                 }
             }
             manifests.extend(entries.into_iter().map(|(_, d)| d));
-            let out = Index { schema_version: 2, media_type: Some(OCI_INDEX.into()), manifests, annotations: None };
+            let out = Index {
+                schema_version: 2,
+                media_type: Some(OCI_INDEX.into()),
+                manifests,
+                annotations: None,
+            };
             (serde_json::to_vec(&out).expect("index serializes"), OCI_INDEX.to_string())
         }
     } else if is_manifest(&media_type) {
-        let platform = if opts.merge_platform { Some(platform_of(&cx, &Manifest::parse(&bytes, &src_name)?).await?) } else { None };
-        let (desc, summary) = convert_image(&cx, &bytes, &digest, platform.clone(), &src_name).await?;
+        let platform = if opts.merge_platform {
+            Some(platform_of(&cx, &Manifest::parse(&bytes, &src_name)?).await?)
+        } else {
+            None
+        };
+        let (desc, summary) =
+            convert_image(&cx, &bytes, &digest, platform.clone(), &src_name).await?;
         images.push(summary);
         if let Some(platform) = platform {
-            let orig = Descriptor { media_type: media_type.clone(), digest: digest.clone(), size: bytes.len() as u64, annotations: None, platform: Some(platform), urls: None };
+            let orig = Descriptor {
+                media_type: media_type.clone(),
+                digest: digest.clone(),
+                size: bytes.len() as u64,
+                annotations: None,
+                platform: Some(platform),
+                urls: None,
+            };
             copy_manifest(&cx, &orig).await?;
-            let out = Index { schema_version: 2, media_type: Some(OCI_INDEX.into()), manifests: vec![orig, desc], annotations: None };
+            let out = Index {
+                schema_version: 2,
+                media_type: Some(OCI_INDEX.into()),
+                manifests: vec![orig, desc],
+                annotations: None,
+            };
             (serde_json::to_vec(&out).expect("index serializes"), OCI_INDEX.to_string())
         } else {
             (cx.dst_manifest_bytes(&desc.digest).await?, OCI_MANIFEST.to_string())
         }
     } else {
-        return Err(OciError::invalid(&src_name, format!("unknown manifest media type {media_type:?}")));
+        return Err(OciError::invalid(
+            &src_name,
+            format!("unknown manifest media type {media_type:?}"),
+        ));
     };
     progress.stage("pushing the manifest");
     cx.dst.put_manifest(&out_bytes, &out_type, Some(&tag)).await?;
@@ -212,10 +267,17 @@ async fn copy_manifest(cx: &Context<'_>, orig: &Descriptor) -> Result<()> {
 }
 
 async fn platform_of(cx: &Context<'_>, m: &Manifest) -> Result<Platform> {
-    let config: serde_json::Value = serde_json::from_slice(&cx.src.blob_bytes(&m.config, MAX_CONFIG_BYTES).await?)
-        .map_err(|e| OciError::invalid(cx.src.name(), format!("config does not parse: {e}")))?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&cx.src.blob_bytes(&m.config, MAX_CONFIG_BYTES).await?)
+            .map_err(|e| OciError::invalid(cx.src.name(), format!("config does not parse: {e}")))?;
     let s = |k: &str| config.get(k).and_then(|v| v.as_str()).map(String::from);
-    Ok(Platform { architecture: s("architecture").unwrap_or_else(|| "amd64".into()), os: s("os").unwrap_or_else(|| "linux".into()), os_version: None, os_features: None, variant: s("variant") })
+    Ok(Platform {
+        architecture: s("architecture").unwrap_or_else(|| "amd64".into()),
+        os: s("os").unwrap_or_else(|| "linux".into()),
+        os_version: None,
+        os_features: None,
+        variant: s("variant"),
+    })
 }
 
 /// Loads the chunk dictionary image: its store, its bootstrap, and its manifest digest.
@@ -227,7 +289,11 @@ async fn load_dict(r: &ImageRef, opts: &ConvertOptions) -> Result<(Store, Arc<Ch
         let pick = index
             .manifests
             .iter()
-            .find(|d| d.platform.as_ref().is_some_and(|p| p.os_features.as_ref().is_some_and(|f| f.iter().any(|x| x == NAIAD_OS_FEATURE))))
+            .find(|d| {
+                d.platform.as_ref().is_some_and(|p| {
+                    p.os_features.as_ref().is_some_and(|f| f.iter().any(|x| x == NAIAD_OS_FEATURE))
+                })
+            })
             .or_else(|| index.manifests.first())
             .ok_or_else(|| OciError::invalid(r, "chunk dictionary index is empty"))?;
         let (b, _, d) = store.manifest(Some(&pick.digest)).await?;
@@ -236,12 +302,22 @@ async fn load_dict(r: &ImageRef, opts: &ConvertOptions) -> Result<(Store, Arc<Ch
         (bytes, digest)
     };
     let m = Manifest::parse(&bytes, &r.to_string())?;
-    let layer = m.bootstrap_layer().ok_or_else(|| OciError::invalid(r, "chunk dictionary is not a Naiad image (no bootstrap layer)"))?;
+    let layer = m.bootstrap_layer().ok_or_else(|| {
+        OciError::invalid(r, "chunk dictionary is not a Naiad image (no bootstrap layer)")
+    })?;
     let wrapped = store.blob_bytes(layer, bootstrap_layer::MAX_BOOTSTRAP_BYTES).await?;
     let bs = bootstrap_layer::unwrap(&wrapped, &r.to_string())?;
-    let dict = ChunkDict::from_bootstrap(bs).map_err(|cause| OciError::Build { layer: format!("chunk dictionary {r}"), cause })?;
+    let dict = ChunkDict::from_bootstrap(bs)
+        .map_err(|cause| OciError::Build { layer: format!("chunk dictionary {r}"), cause })?;
     if dict.digester() != opts.digester {
-        return Err(OciError::invalid(r, format!("chunk dictionary uses {} digests; convert with --digester {}", dict.digester().name(), dict.digester().name())));
+        return Err(OciError::invalid(
+            r,
+            format!(
+                "chunk dictionary uses {} digests; convert with --digester {}",
+                dict.digester().name(),
+                dict.digester().name()
+            ),
+        ));
     }
     Ok((store, Arc::new(dict), digest))
 }
@@ -266,10 +342,16 @@ fn cache_key(layer: &Descriptor, opts: &ConvertOptions, dict: Option<&str>) -> S
 }
 
 /// Converts one layer (or takes it from the build cache).
-async fn convert_layer(cx: &Context<'_>, index: usize, layer: &Descriptor, image: &str) -> Result<LayerOut> {
+async fn convert_layer(
+    cx: &Context<'_>,
+    index: usize,
+    layer: &Descriptor,
+    image: &str,
+) -> Result<LayerOut> {
     let label = format!("{}:{}", index, &layer.digest[7..19]);
     let dict_digest = cx.dict.as_ref().map(|(_, _, d)| d.as_str());
-    let cached = cx.opts.build_cache.as_ref().map(|c| c.join(cache_key(layer, cx.opts, dict_digest)));
+    let cached =
+        cx.opts.build_cache.as_ref().map(|c| c.join(cache_key(layer, cx.opts, dict_digest)));
     if let Some(dir) = &cached {
         if dir.join(naiad_builder::image::BOOTSTRAP_FILE_NAME).is_file() {
             cx.progress.layer_bytes(&label, layer.size);
@@ -278,7 +360,10 @@ async fn convert_layer(cx: &Context<'_>, index: usize, layer: &Descriptor, image
         }
     }
     if !is_layer(&layer.media_type) {
-        return Err(OciError::invalid(image, format!("layer {} has unknown media type {:?}", layer.digest, layer.media_type)));
+        return Err(OciError::invalid(
+            image,
+            format!("layer {} has unknown media type {:?}", layer.digest, layer.media_type),
+        ));
     }
     cx.progress.layer_start(&label, layer.size);
     let reporter: ProgressFn = {
@@ -297,10 +382,12 @@ async fn convert_layer(cx: &Context<'_>, index: usize, layer: &Descriptor, image
     };
     let name = format!("{} of {image}", layer.digest);
     let out2 = out.clone();
-    let summary = tokio::task::spawn_blocking(move || -> std::result::Result<BuildSummary, naiad_builder::BuildError> {
-        let reader = naiad_builder::tar_source::decompress_layer(reader, &name)?;
-        naiad_builder::build(Source::Stream { reader, name }, opts, &out2)
-    })
+    let summary = tokio::task::spawn_blocking(
+        move || -> std::result::Result<BuildSummary, naiad_builder::BuildError> {
+            let reader = naiad_builder::tar_source::decompress_layer(reader, &name)?;
+            naiad_builder::build(Source::Stream { reader, name }, opts, &out2)
+        },
+    )
     .await
     .map_err(|e| OciError::invalid(image, format!("layer conversion task failed: {e}")))?
     .map_err(|cause| match digest_error(&cause, layer, image) {
@@ -315,18 +402,30 @@ async fn convert_layer(cx: &Context<'_>, index: usize, layer: &Descriptor, image
 }
 
 /// The builder wraps read errors; a digest mismatch of the source layer is reported as such.
-fn digest_error(e: &naiad_builder::BuildError, layer: &Descriptor, image: &str) -> Option<OciError> {
+fn digest_error(
+    e: &naiad_builder::BuildError,
+    layer: &Descriptor,
+    image: &str,
+) -> Option<OciError> {
     let text = e.to_string();
     let detail = text.split_once("does not match its descriptor: expected ")?.1;
     let (expected, actual) = detail.split_once(", got ")?;
-    Some(OciError::Digest { what: format!("layer {} of {image}", layer.digest), expected: expected.into(), actual: actual.into() })
+    Some(OciError::Digest {
+        what: format!("layer {} of {image}", layer.digest),
+        expected: expected.into(),
+        actual: actual.into(),
+    })
 }
 
 /// Copies a converted layer into the build cache (hardlinks; atomic rename of the directory).
 fn store_in_cache(from: &Path, to: &Path) -> Result<()> {
     let parent = to.parent().expect("cache entries have a parent");
     std::fs::create_dir_all(parent).map_err(OciError::io(parent.display()))?;
-    let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), to.file_name().expect("named").to_string_lossy()));
+    let tmp = parent.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        to.file_name().expect("named").to_string_lossy()
+    ));
     std::fs::create_dir_all(&tmp).map_err(OciError::io(tmp.display()))?;
     for e in std::fs::read_dir(from).map_err(OciError::io(from.display()))? {
         let e = e.map_err(OciError::io(from.display()))?;
@@ -344,7 +443,11 @@ fn store_in_cache(from: &Path, to: &Path) -> Result<()> {
 
 /// Converts every layer of `m` and merges them: the layers, the merged bootstrap, where each
 /// new blob is on disk, and the seconds the layer conversion took.
-async fn build_layers(cx: &Context<'_>, m: &Manifest, image: &str) -> Result<(Vec<LayerOut>, naiad_builder::merge::Merged, HashMap<String, PathBuf>, f64)> {
+async fn build_layers(
+    cx: &Context<'_>,
+    m: &Manifest,
+    image: &str,
+) -> Result<(Vec<LayerOut>, naiad_builder::merge::Merged, HashMap<String, PathBuf>, f64)> {
     let t0 = Instant::now();
     cx.progress.stage("converting layers");
     cx.progress.image_start(m.layers.iter().map(|l| l.size).sum());
@@ -358,7 +461,8 @@ async fn build_layers(cx: &Context<'_>, m: &Manifest, image: &str) -> Result<(Ve
     });
     // Wait for every layer even when one fails: a layer build cannot be cancelled, and it
     // must not write into the work directory after that is removed.
-    let layers: Vec<LayerOut> = futures_util::future::join_all(futures).await.into_iter().collect::<Result<_>>()?;
+    let layers: Vec<LayerOut> =
+        futures_util::future::join_all(futures).await.into_iter().collect::<Result<_>>()?;
     let seconds_convert = t0.elapsed().as_secs_f64();
     cx.progress.stage("merging layers");
     let mut bootstraps = Vec::new();
@@ -375,14 +479,20 @@ async fn build_layers(cx: &Context<'_>, m: &Manifest, image: &str) -> Result<(Ve
         }
         bootstraps.push(bs);
     }
-    let merged = naiad_builder::merge::merge_layers(&bootstraps, &cx.opts.prefetch).map_err(|cause| OciError::Build { layer: "merge".into(), cause })?;
+    let merged = naiad_builder::merge::merge_layers(&bootstraps, &cx.opts.prefetch)
+        .map_err(|cause| OciError::Build { layer: "merge".into(), cause })?;
     Ok((layers, merged, local_blobs, seconds_convert))
 }
 
 /// Builds the Naiad form of `src` (one platform) locally, pushing nothing: for comparing a
 /// converted image against its source. Returns the bootstrap and the directories holding
 /// its blobs (under `work`).
-pub async fn build_local(src: &ImageRef, platform: Option<&str>, opts: &ConvertOptions, work: &Path) -> Result<(Vec<u8>, Vec<PathBuf>)> {
+pub async fn build_local(
+    src: &ImageRef,
+    platform: Option<&str>,
+    opts: &ConvertOptions,
+    work: &Path,
+) -> Result<(Vec<u8>, Vec<PathBuf>)> {
     let store = Store::open(src, opts.insecure, false)?;
     let (bytes, mt, _) = store.manifest(src.reference()).await?;
     let bytes = if is_index(&mt) {
@@ -390,15 +500,23 @@ pub async fn build_local(src: &ImageRef, platform: Option<&str>, opts: &ConvertO
         let d = index
             .manifests
             .iter()
-            .filter(|d| is_manifest(&d.media_type) && d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
+            .filter(|d| {
+                is_manifest(&d.media_type) && d.platform.as_ref().is_some_and(|p| p.os != "unknown")
+            })
             .find(|d| platform.is_none_or(|w| d.platform.as_ref().is_some_and(|p| p.matches(w))))
-            .ok_or_else(|| OciError::NotFound { what: format!("platform {}", platform.unwrap_or("(any)")), image: src.to_string() })?;
+            .ok_or_else(|| OciError::NotFound {
+                what: format!("platform {}", platform.unwrap_or("(any)")),
+                image: src.to_string(),
+            })?;
         store.manifest(Some(&d.digest)).await?.0
     } else {
         bytes
     };
     let m = Manifest::parse(&bytes, &src.to_string())?;
-    let tmp = tempfile::Builder::new().prefix("naiad-src-").tempdir_in(work).map_err(OciError::io(work.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("naiad-src-")
+        .tempdir_in(work)
+        .map_err(OciError::io(work.display()))?;
     let cx = Context {
         src: store,
         dst: Store::Layout(crate::layout::Layout::deferred(&tmp.path().join("unused"))),
@@ -414,19 +532,28 @@ pub async fn build_local(src: &ImageRef, platform: Option<&str>, opts: &ConvertO
 }
 
 /// Converts one image manifest; returns the descriptor of the pushed Naiad manifest.
-async fn convert_image(cx: &Context<'_>, bytes: &[u8], source_digest: &str, platform: Option<Platform>, image: &str) -> Result<(Descriptor, ImageSummary)> {
+async fn convert_image(
+    cx: &Context<'_>,
+    bytes: &[u8],
+    source_digest: &str,
+    platform: Option<Platform>,
+    image: &str,
+) -> Result<(Descriptor, ImageSummary)> {
     let m = Manifest::parse(bytes, image)?;
     if m.layers.is_empty() {
         return Err(OciError::invalid(image, "the image has no layers"));
     }
     for l in &m.layers {
         if !is_layer(&l.media_type) {
-            return Err(OciError::invalid(image, format!("layer {} has unknown media type {:?}", l.digest, l.media_type)));
+            return Err(OciError::invalid(
+                image,
+                format!("layer {} has unknown media type {:?}", l.digest, l.media_type),
+            ));
         }
     }
     let config_bytes = cx.src.blob_bytes(&m.config, MAX_CONFIG_BYTES).await?;
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&config_bytes).map_err(|e| OciError::invalid(image, format!("config does not parse: {e}")))?;
+    let mut config: serde_json::Value = serde_json::from_slice(&config_bytes)
+        .map_err(|e| OciError::invalid(image, format!("config does not parse: {e}")))?;
 
     let (layers, merged, local_blobs, seconds_convert) = build_layers(cx, &m, image).await?;
     let t1 = Instant::now();
@@ -454,7 +581,12 @@ async fn convert_image(cx: &Context<'_>, bytes: &[u8], source_digest: &str, plat
         match local_blobs.get(&hexd) {
             Some(path) => cx.dst.put_blob_file(path, &digest, b.compressed_size).await?,
             None => {
-                let (dict_store, _, _) = cx.dict.as_ref().ok_or_else(|| OciError::invalid(image, format!("blob {digest} is neither converted nor in a chunk dictionary")))?;
+                let (dict_store, _, _) = cx.dict.as_ref().ok_or_else(|| {
+                    OciError::invalid(
+                        image,
+                        format!("blob {digest} is neither converted nor in a chunk dictionary"),
+                    )
+                })?;
                 cx.dst.copy_blob_from(dict_store, &desc, cx.work.path()).await?;
             }
         }
@@ -481,11 +613,23 @@ async fn convert_image(cx: &Context<'_>, bytes: &[u8], source_digest: &str, plat
     let config_digest = sha256_digest(&new_config);
     let config_size = new_config.len() as u64;
     cx.dst.put_blob_bytes(new_config, &config_digest).await?;
-    let options = format!("chunk-size={},compressor={},digester={}", cx.opts.chunk_size, cx.opts.compressor.name(), cx.opts.digester.name());
+    let options = format!(
+        "chunk-size={},compressor={},digester={}",
+        cx.opts.chunk_size,
+        cx.opts.compressor.name(),
+        cx.opts.digester.name()
+    );
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(OCI_MANIFEST.into()),
-        config: Descriptor { media_type: OCI_CONFIG.into(), digest: config_digest, size: config_size, annotations: None, platform: None, urls: None },
+        config: Descriptor {
+            media_type: OCI_CONFIG.into(),
+            digest: config_digest,
+            size: config_size,
+            annotations: None,
+            platform: None,
+            urls: None,
+        },
         layers: layer_descs,
         annotations: Some(BTreeMap::from([
             (ANN_SOURCE.to_string(), source_digest.to_string()),
@@ -495,7 +639,8 @@ async fn convert_image(cx: &Context<'_>, bytes: &[u8], source_digest: &str, plat
     };
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
     let digest = sha256_digest(&manifest_bytes);
-    std::fs::write(cx.work.path().join(format!("manifest-{}", &digest[7..])), &manifest_bytes).map_err(OciError::io("work dir"))?;
+    std::fs::write(cx.work.path().join(format!("manifest-{}", &digest[7..])), &manifest_bytes)
+        .map_err(OciError::io("work dir"))?;
     // In an index the manifest goes up by digest now; a single manifest goes up under its
     // tag last, by the caller.
     cx.dst.put_manifest(&manifest_bytes, OCI_MANIFEST, Some(&digest)).await?;
@@ -524,7 +669,11 @@ async fn convert_image(cx: &Context<'_>, bytes: &[u8], source_digest: &str, plat
         seconds_convert,
         seconds_merge,
         seconds_push,
-        warnings: merged.warnings.into_iter().chain(built.iter().flat_map(|s| s.warnings.clone())).collect(),
+        warnings: merged
+            .warnings
+            .into_iter()
+            .chain(built.iter().flat_map(|s| s.warnings.clone()))
+            .collect(),
     };
     let desc = Descriptor {
         media_type: OCI_MANIFEST.into(),

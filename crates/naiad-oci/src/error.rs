@@ -48,7 +48,11 @@ impl OciError {
     pub fn is_transient(&self) -> bool {
         match self {
             OciError::Registry { detail, .. } => {
-                detail.contains("code: 5") || detail.contains("code: 429") || detail.contains("connect") || detail.contains("timed out") || detail.contains("reset")
+                detail.contains("code: 5")
+                    || detail.contains("code: 429")
+                    || detail.contains("connect")
+                    || detail.contains("timed out")
+                    || detail.contains("reset")
             }
             _ => false,
         }

@@ -20,7 +20,10 @@ impl Layout {
     pub fn open(dir: &Path) -> Result<Self> {
         let marker = dir.join("oci-layout");
         if !marker.is_file() {
-            return Err(OciError::NotFound { what: "OCI layout (no oci-layout file)".into(), image: dir.display().to_string() });
+            return Err(OciError::NotFound {
+                what: "OCI layout (no oci-layout file)".into(),
+                image: dir.display().to_string(),
+            });
         }
         Ok(Layout { dir: dir.to_path_buf() })
     }
@@ -42,9 +45,15 @@ impl Layout {
         if self.dir.join("oci-layout").is_file() {
             return Ok(());
         }
-        std::fs::create_dir_all(self.dir.join("blobs/sha256")).map_err(OciError::io(self.dir.display()))?;
+        std::fs::create_dir_all(self.dir.join("blobs/sha256"))
+            .map_err(OciError::io(self.dir.display()))?;
         self.write_atomic(&self.dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        self.write_index(&Index { schema_version: 2, media_type: Some(OCI_INDEX.into()), manifests: Vec::new(), annotations: None })
+        self.write_index(&Index {
+            schema_version: 2,
+            media_type: Some(OCI_INDEX.into()),
+            manifests: Vec::new(),
+            annotations: None,
+        })
     }
 
     fn name(&self) -> String {
@@ -73,9 +82,16 @@ impl Layout {
         let index = self.index()?;
         let found: Option<&Descriptor> = match reference {
             Some(r) if r.starts_with("sha256:") => index.manifests.iter().find(|d| d.digest == r),
-            Some(tag) => index.manifests.iter().find(|d| d.annotations.as_ref().and_then(|a| a.get(ANN_REF_NAME)).is_some_and(|t| t == tag)),
+            Some(tag) => index.manifests.iter().find(|d| {
+                d.annotations.as_ref().and_then(|a| a.get(ANN_REF_NAME)).is_some_and(|t| t == tag)
+            }),
             None if index.manifests.len() == 1 => index.manifests.first(),
-            None => return Err(OciError::invalid(self.name(), "the layout holds several images: name one with :TAG")),
+            None => {
+                return Err(OciError::invalid(
+                    self.name(),
+                    "the layout holds several images: name one with :TAG",
+                ))
+            }
         };
         if let Some(d) = found {
             return Ok(d.clone());
@@ -85,19 +101,43 @@ impl Layout {
             Some(digest) if digest.starts_with("sha256:") => {
                 let path = self.blob_path(digest)?;
                 let bytes = match std::fs::metadata(&path) {
-                    Ok(md) if md.len() <= crate::manifest::MAX_MANIFEST_BYTES as u64 => std::fs::read(&path).map_err(OciError::io(path.display()))?,
-                    Ok(_) => return Err(OciError::invalid(self.name(), format!("{digest} is too large to be a manifest"))),
-                    Err(_) => return Err(OciError::NotFound { what: format!("manifest {digest}"), image: self.name() }),
+                    Ok(md) if md.len() <= crate::manifest::MAX_MANIFEST_BYTES as u64 => {
+                        std::fs::read(&path).map_err(OciError::io(path.display()))?
+                    }
+                    Ok(_) => {
+                        return Err(OciError::invalid(
+                            self.name(),
+                            format!("{digest} is too large to be a manifest"),
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(OciError::NotFound {
+                            what: format!("manifest {digest}"),
+                            image: self.name(),
+                        })
+                    }
                 };
-                let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| OciError::invalid(self.name(), format!("{digest} is not a manifest: {e}")))?;
+                let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    OciError::invalid(self.name(), format!("{digest} is not a manifest: {e}"))
+                })?;
                 let media_type = match v.get("mediaType").and_then(|m| m.as_str()) {
                     Some(m) => m.to_string(),
                     None if v.get("manifests").is_some() => OCI_INDEX.to_string(),
                     None => crate::media::OCI_MANIFEST.to_string(),
                 };
-                Ok(Descriptor { media_type, digest: digest.to_string(), size: bytes.len() as u64, annotations: None, platform: None, urls: None })
+                Ok(Descriptor {
+                    media_type,
+                    digest: digest.to_string(),
+                    size: bytes.len() as u64,
+                    annotations: None,
+                    platform: None,
+                    urls: None,
+                })
             }
-            _ => Err(OciError::NotFound { what: format!("tag {}", reference.unwrap_or("")), image: self.name() }),
+            _ => Err(OciError::NotFound {
+                what: format!("tag {}", reference.unwrap_or("")),
+                image: self.name(),
+            }),
         }
     }
 
@@ -111,7 +151,11 @@ impl Layout {
         self.ensure_created()?;
         let actual = sha256_digest(bytes);
         if actual != digest {
-            return Err(OciError::Digest { what: format!("blob for {}", self.name()), expected: digest.into(), actual });
+            return Err(OciError::Digest {
+                what: format!("blob for {}", self.name()),
+                expected: digest.into(),
+                actual,
+            });
         }
         let path = self.blob_path(digest)?;
         if path.is_file() {
@@ -135,14 +179,28 @@ impl Layout {
     }
 
     /// Stores a manifest or index and, with a tag, points the tag at it.
-    pub fn put_manifest(&self, bytes: &[u8], media_type: &str, tag: Option<&str>) -> Result<Descriptor> {
+    pub fn put_manifest(
+        &self,
+        bytes: &[u8],
+        media_type: &str,
+        tag: Option<&str>,
+    ) -> Result<Descriptor> {
         self.ensure_created()?;
         let digest = sha256_digest(bytes);
         self.put_blob_bytes(bytes, &digest)?;
-        let mut desc = Descriptor { media_type: media_type.into(), digest: digest.clone(), size: bytes.len() as u64, annotations: None, platform: None, urls: None };
+        let mut desc = Descriptor {
+            media_type: media_type.into(),
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            annotations: None,
+            platform: None,
+            urls: None,
+        };
         let mut index = self.index()?;
         if let Some(tag) = tag {
-            index.manifests.retain(|d| d.annotations.as_ref().and_then(|a| a.get(ANN_REF_NAME)).is_none_or(|t| t != tag));
+            index.manifests.retain(|d| {
+                d.annotations.as_ref().and_then(|a| a.get(ANN_REF_NAME)).is_none_or(|t| t != tag)
+            });
             desc.annotations = Some(BTreeMap::from([(ANN_REF_NAME.to_string(), tag.to_string())]));
             index.manifests.push(desc.clone());
             self.write_index(&index)?;

@@ -54,7 +54,9 @@ impl Platform {
     pub fn matches(&self, wanted: &str) -> bool {
         let mut parts = wanted.split('/');
         let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-        os == Some(self.os.as_str()) && arch == Some(self.architecture.as_str()) && variant.is_none_or(|v| self.variant.as_deref() == Some(v))
+        os == Some(self.os.as_str())
+            && arch == Some(self.architecture.as_str())
+            && variant.is_none_or(|v| self.variant.as_deref() == Some(v))
     }
 }
 
@@ -86,7 +88,12 @@ pub struct Index {
 /// Checks that a digest is `sha256:` and 64 lower-case hex digits; returns the hex part.
 pub fn digest_hex<'a>(digest: &'a str, image: &str) -> Result<&'a str> {
     match digest.strip_prefix("sha256:") {
-        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => Ok(h),
+        Some(h)
+            if h.len() == 64
+                && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Ok(h)
+        }
         _ => Err(OciError::invalid(image, format!("unsupported or malformed digest {digest:?}"))),
     }
 }
@@ -94,7 +101,10 @@ pub fn digest_hex<'a>(digest: &'a str, image: &str) -> Result<&'a str> {
 fn check_descriptor(d: &Descriptor, image: &str) -> Result<()> {
     digest_hex(&d.digest, image)?;
     if d.size > 1 << 40 {
-        return Err(OciError::invalid(image, format!("descriptor {} claims {} bytes", d.digest, d.size)));
+        return Err(OciError::invalid(
+            image,
+            format!("descriptor {} claims {} bytes", d.digest, d.size),
+        ));
     }
     Ok(())
 }
@@ -110,12 +120,19 @@ impl Manifest {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(OciError::invalid(image, "manifest is larger than 4 MiB"));
         }
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| OciError::invalid(image, format!("manifest does not parse: {e}")))?;
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| OciError::invalid(image, format!("manifest does not parse: {e}")))?;
         if m.schema_version != 2 {
-            return Err(OciError::invalid(image, format!("manifest schema version {}", m.schema_version)));
+            return Err(OciError::invalid(
+                image,
+                format!("manifest schema version {}", m.schema_version),
+            ));
         }
         if m.layers.len() > MAX_ENTRIES {
-            return Err(OciError::invalid(image, format!("manifest has {} layers, at most {MAX_ENTRIES} accepted", m.layers.len())));
+            return Err(OciError::invalid(
+                image,
+                format!("manifest has {} layers, at most {MAX_ENTRIES} accepted", m.layers.len()),
+            ));
         }
         check_descriptor(&m.config, image)?;
         if m.config.size > MAX_CONFIG_BYTES {
@@ -129,7 +146,11 @@ impl Manifest {
 
     /// The bootstrap layer of a Naiad manifest.
     pub fn bootstrap_layer(&self) -> Option<&Descriptor> {
-        self.layers.iter().rev().find(|l| l.annotations.as_ref().is_some_and(|a| a.get(crate::media::ANN_BOOTSTRAP).is_some_and(|v| v == "true")))
+        self.layers.iter().rev().find(|l| {
+            l.annotations
+                .as_ref()
+                .is_some_and(|a| a.get(crate::media::ANN_BOOTSTRAP).is_some_and(|v| v == "true"))
+        })
     }
 }
 
@@ -139,9 +160,13 @@ impl Index {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(OciError::invalid(image, "index is larger than 4 MiB"));
         }
-        let i: Index = serde_json::from_slice(bytes).map_err(|e| OciError::invalid(image, format!("index does not parse: {e}")))?;
+        let i: Index = serde_json::from_slice(bytes)
+            .map_err(|e| OciError::invalid(image, format!("index does not parse: {e}")))?;
         if i.manifests.len() > MAX_ENTRIES {
-            return Err(OciError::invalid(image, format!("index has {} entries, at most {MAX_ENTRIES} accepted", i.manifests.len())));
+            return Err(OciError::invalid(
+                image,
+                format!("index has {} entries, at most {MAX_ENTRIES} accepted", i.manifests.len()),
+            ));
         }
         for m in &i.manifests {
             check_descriptor(m, image)?;
@@ -163,7 +188,9 @@ mod tests {
         assert!(Manifest::parse(m.as_bytes(), "t").unwrap_err().to_string().contains("layers"));
         let bad = r#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"md5:00","size":1},"layers":[]}"#;
         assert!(Manifest::parse(bad.as_bytes(), "t").unwrap_err().to_string().contains("digest"));
-        let huge = format!(r#"{{"schemaVersion":2,"config":{layer},"layers":[{{"mediaType":"x","digest":"{d}","size":9999999999999999}}]}}"#);
+        let huge = format!(
+            r#"{{"schemaVersion":2,"config":{layer},"layers":[{{"mediaType":"x","digest":"{d}","size":9999999999999999}}]}}"#
+        );
         assert!(Manifest::parse(huge.as_bytes(), "t").is_err());
         assert!(Manifest::parse(b"{", "t").is_err());
         let ok = format!(r#"{{"schemaVersion":2,"config":{layer},"layers":[{layer}]}}"#);
@@ -178,7 +205,9 @@ mod tests {
 
     fn manifest_json(layers: &str) -> String {
         let d = format!("sha256:{}", "a".repeat(64));
-        format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":1}},"layers":[{layers}]}}"#)
+        format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":1}},"layers":[{layers}]}}"#
+        )
     }
 
     /// Issue 6: 100000 layers is refused by the size bound before any parsing; a count past
@@ -200,9 +229,15 @@ mod tests {
         assert!(e.contains("manifest does not parse") && e.contains("missing field"), "{e}");
         // The same bounds for an index.
         let i = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, layers_json(100_000, "1"));
-        assert!(Index::parse(i.as_bytes(), "img").unwrap_err().to_string().contains("index is larger than 4 MiB"));
+        assert!(Index::parse(i.as_bytes(), "img")
+            .unwrap_err()
+            .to_string()
+            .contains("index is larger than 4 MiB"));
         let i = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, layers_json(30_000, "1"));
-        assert!(Index::parse(i.as_bytes(), "img").unwrap_err().to_string().contains("index has 30000 entries, at most 1000 accepted"));
+        assert!(Index::parse(i.as_bytes(), "img")
+            .unwrap_err()
+            .to_string()
+            .contains("index has 30000 entries, at most 1000 accepted"));
     }
 
     /// Issue 6: a layer claiming u64::MAX bytes, 2^64, a negative or fractional size.
@@ -227,15 +262,36 @@ mod tests {
             assert!(e.contains(phrase), "index entry size {size}: {e}");
         }
         // The largest accepted size is 1 TiB; a config past 16 MiB is refused.
-        assert_eq!(Manifest::parse(manifest_json(&layers_json(1, &(1u64 << 40).to_string())).as_bytes(), "img").unwrap().layers[0].size, 1 << 40);
+        assert_eq!(
+            Manifest::parse(
+                manifest_json(&layers_json(1, &(1u64 << 40).to_string())).as_bytes(),
+                "img"
+            )
+            .unwrap()
+            .layers[0]
+                .size,
+            1 << 40
+        );
         let d = format!("sha256:{}", "a".repeat(64));
-        let m = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":{}}},"layers":[]}}"#, MAX_CONFIG_BYTES + 1);
-        assert!(Manifest::parse(m.as_bytes(), "img").unwrap_err().to_string().contains("config is larger than 16 MiB"));
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":{}}},"layers":[]}}"#,
+            MAX_CONFIG_BYTES + 1
+        );
+        assert!(Manifest::parse(m.as_bytes(), "img")
+            .unwrap_err()
+            .to_string()
+            .contains("config is larger than 16 MiB"));
     }
 
     #[test]
     fn platforms_match_user_names() {
-        let p = Platform { architecture: "arm64".into(), os: "linux".into(), os_version: None, os_features: None, variant: Some("v8".into()) };
+        let p = Platform {
+            architecture: "arm64".into(),
+            os: "linux".into(),
+            os_version: None,
+            os_features: None,
+            variant: Some("v8".into()),
+        };
         assert!(p.matches("linux/arm64"));
         assert!(p.matches("linux/arm64/v8"));
         assert!(!p.matches("linux/amd64"));

@@ -12,7 +12,8 @@ pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub const OCI_LAYER_NONDIST_TAR: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
-pub const OCI_LAYER_NONDIST_GZIP: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+pub const OCI_LAYER_NONDIST_GZIP: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
 pub const DOCKER_FOREIGN_GZIP: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 
 /// A Naiad data blob.
@@ -50,6 +51,12 @@ pub fn is_manifest(mt: &str) -> bool {
 pub fn is_layer(mt: &str) -> bool {
     matches!(
         mt,
-        OCI_LAYER_TAR | OCI_LAYER_GZIP | OCI_LAYER_ZSTD | DOCKER_LAYER_GZIP | OCI_LAYER_NONDIST_TAR | OCI_LAYER_NONDIST_GZIP | DOCKER_FOREIGN_GZIP
+        OCI_LAYER_TAR
+            | OCI_LAYER_GZIP
+            | OCI_LAYER_ZSTD
+            | DOCKER_LAYER_GZIP
+            | OCI_LAYER_NONDIST_TAR
+            | OCI_LAYER_NONDIST_GZIP
+            | DOCKER_FOREIGN_GZIP
     )
 }

@@ -28,7 +28,11 @@ impl Repo {
     /// Connects (lazily) to `registry/repository`.
     pub fn new(registry: &str, repository: &str, insecure: bool) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let protocol = if insecure { ClientProtocol::HttpsExcept(vec![registry.to_string()]) } else { ClientProtocol::Https };
+        let protocol = if insecure {
+            ClientProtocol::HttpsExcept(vec![registry.to_string()])
+        } else {
+            ClientProtocol::Https
+        };
         let client = Client::new(ClientConfig { protocol, ..ClientConfig::default() });
         let auth = match naiad_storage::credentials::credentials_for(registry) {
             naiad_storage::credentials::RegistryAuth::Anonymous => RegistryAuth::Anonymous,
@@ -55,28 +59,53 @@ impl Repo {
 
     fn reference(&self, tag_or_digest: &str) -> Reference {
         if tag_or_digest.starts_with("sha256:") {
-            Reference::with_digest(self.registry.clone(), self.repository.clone(), tag_or_digest.to_string())
+            Reference::with_digest(
+                self.registry.clone(),
+                self.repository.clone(),
+                tag_or_digest.to_string(),
+            )
         } else {
-            Reference::with_tag(self.registry.clone(), self.repository.clone(), tag_or_digest.to_string())
+            Reference::with_tag(
+                self.registry.clone(),
+                self.repository.clone(),
+                tag_or_digest.to_string(),
+            )
         }
     }
 
     fn map_err(&self, what: &str, e: OciDistributionError) -> OciError {
         let image = self.name();
         match e {
-            OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
-                OciError::Auth { image, detail: format!("{what}: the registry refused the credentials (docker config) or requires some") }
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => OciError::Auth {
+                image,
+                detail: format!(
+                    "{what}: the registry refused the credentials (docker config) or requires some"
+                ),
+            },
+            OciDistributionError::ImageManifestNotFoundError(_) => {
+                OciError::NotFound { what: what.into(), image }
             }
-            OciDistributionError::ImageManifestNotFoundError(_) => OciError::NotFound { what: what.into(), image },
-            OciDistributionError::ServerError { code: 404, .. } => OciError::NotFound { what: what.into(), image },
-            OciDistributionError::ServerError { code: 401 | 403, .. } => OciError::Auth { image, detail: format!("{what}: access denied") },
+            OciDistributionError::ServerError { code: 404, .. } => {
+                OciError::NotFound { what: what.into(), image }
+            }
+            OciDistributionError::ServerError { code: 401 | 403, .. } => {
+                OciError::Auth { image, detail: format!("{what}: access denied") }
+            }
             OciDistributionError::RegistryError { ref envelope, .. }
-                if envelope.errors.iter().any(|e| matches!(format!("{:?}", e.code).as_str(), "ManifestUnknown" | "BlobUnknown" | "NameUnknown")) =>
+                if envelope.errors.iter().any(|e| {
+                    matches!(
+                        format!("{:?}", e.code).as_str(),
+                        "ManifestUnknown" | "BlobUnknown" | "NameUnknown"
+                    )
+                }) =>
             {
                 OciError::NotFound { what: what.into(), image }
             }
             OciDistributionError::RegistryError { ref envelope, .. }
-                if envelope.errors.iter().any(|e| matches!(format!("{:?}", e.code).as_str(), "Unauthorized" | "Denied")) =>
+                if envelope.errors.iter().any(|e| {
+                    matches!(format!("{:?}", e.code).as_str(), "Unauthorized" | "Denied")
+                }) =>
             {
                 OciError::Auth { image, detail: format!("{what}: access denied") }
             }
@@ -119,28 +148,52 @@ impl Repo {
     /// A manifest or index by tag or digest: bytes, media type, digest.
     pub async fn manifest(&self, reference: &str) -> Result<(Vec<u8>, String, String)> {
         let r = self.reference(reference);
-        let accepted = [crate::media::OCI_MANIFEST, crate::media::OCI_INDEX, crate::media::DOCKER_MANIFEST, crate::media::DOCKER_LIST];
-        let (bytes, _registry_digest) = self.retry(&format!("manifest {reference}"), || self.client.pull_manifest_raw(&r, &self.auth, &accepted)).await?;
+        let accepted = [
+            crate::media::OCI_MANIFEST,
+            crate::media::OCI_INDEX,
+            crate::media::DOCKER_MANIFEST,
+            crate::media::DOCKER_LIST,
+        ];
+        let (bytes, _registry_digest) = self
+            .retry(&format!("manifest {reference}"), || {
+                self.client.pull_manifest_raw(&r, &self.auth, &accepted)
+            })
+            .await?;
         if bytes.len() > crate::manifest::MAX_MANIFEST_BYTES {
             return Err(OciError::invalid(self.name(), "manifest is larger than 4 MiB"));
         }
         let actual = crate::manifest::sha256_digest(&bytes);
         if reference.starts_with("sha256:") && actual != reference {
-            return Err(OciError::Digest { what: format!("manifest of {}", self.name()), expected: reference.into(), actual });
+            return Err(OciError::Digest {
+                what: format!("manifest of {}", self.name()),
+                expected: reference.into(),
+                actual,
+            });
         }
         let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(String::from))
-            .unwrap_or_else(|| if bytes.windows(11).any(|w| w == b"\"manifests\"") { crate::media::OCI_INDEX.into() } else { crate::media::OCI_MANIFEST.into() });
+            .unwrap_or_else(|| {
+                if bytes.windows(11).any(|w| w == b"\"manifests\"") {
+                    crate::media::OCI_INDEX.into()
+                } else {
+                    crate::media::OCI_MANIFEST.into()
+                }
+            });
         Ok((bytes.to_vec(), media_type, actual))
     }
 
     /// Streams a blob: each item is a piece of its bytes (not yet verified).
-    pub async fn blob_stream(&self, desc: &Descriptor) -> Result<futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>> {
+    pub async fn blob_stream(
+        &self,
+        desc: &Descriptor,
+    ) -> Result<futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>> {
         let r = self.reference("latest");
         self.client.store_auth_if_needed(&self.registry, &self.auth).await;
         let digest = desc.digest.as_str();
-        let s = self.retry(&format!("blob {digest}"), || self.client.pull_blob_stream(&r, digest)).await?;
+        let s = self
+            .retry(&format!("blob {digest}"), || self.client.pull_blob_stream(&r, digest))
+            .await?;
         Ok(s.stream.boxed())
     }
 
@@ -154,12 +207,22 @@ impl Repo {
     /// did not mount it (the caller then uploads it).
     pub async fn mount_from(&self, from_repository: &str, digest: &str) -> bool {
         let r = self.reference("latest");
-        let src = Reference::with_tag(self.registry.clone(), from_repository.to_string(), "latest".into());
-        self.client.mount_blob(&r, &src, digest).await.is_ok() && self.has_blob(digest).await.unwrap_or(false)
+        let src = Reference::with_tag(
+            self.registry.clone(),
+            from_repository.to_string(),
+            "latest".into(),
+        );
+        self.client.mount_blob(&r, &src, digest).await.is_ok()
+            && self.has_blob(digest).await.unwrap_or(false)
     }
 
     /// Uploads a file as a blob (streamed, 8 MiB pieces).
-    pub async fn put_blob_file(&self, path: &std::path::Path, digest: &str, size: u64) -> Result<()> {
+    pub async fn put_blob_file(
+        &self,
+        path: &std::path::Path,
+        digest: &str,
+        size: u64,
+    ) -> Result<()> {
         let r = self.reference("latest");
         let mut delay = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
@@ -173,7 +236,9 @@ impl Repo {
                         buf.truncate(n);
                         Some((Ok(bytes::Bytes::from(buf)), f))
                     }
-                    Err(e) => Some((Err(OciDistributionError::GenericError(Some(e.to_string()))), f)),
+                    Err(e) => {
+                        Some((Err(OciDistributionError::GenericError(Some(e.to_string()))), f))
+                    }
                 }
             });
             match self.client.push_blob_stream(&r, stream, digest, Some(size)).await {
@@ -195,15 +260,28 @@ impl Repo {
     pub async fn put_blob_bytes(&self, bytes: Vec<u8>, digest: &str) -> Result<()> {
         let r = self.reference("latest");
         let data = bytes::Bytes::from(bytes);
-        self.retry(&format!("upload of blob {digest}"), || self.client.push_blob(&r, data.clone(), digest)).await.map(|_| ())
+        self.retry(&format!("upload of blob {digest}"), || {
+            self.client.push_blob(&r, data.clone(), digest)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Uploads a manifest or index under a tag (or by digest).
-    pub async fn put_manifest(&self, bytes: &[u8], media_type: &str, reference: &str) -> Result<()> {
+    pub async fn put_manifest(
+        &self,
+        bytes: &[u8],
+        media_type: &str,
+        reference: &str,
+    ) -> Result<()> {
         let r = self.reference(reference);
         let body = bytes::Bytes::copy_from_slice(bytes);
         let ct = reqwest_header(media_type);
-        self.retry(&format!("upload of manifest {reference}"), || self.client.push_manifest_raw(&r, body.clone(), ct.clone())).await.map(|_| ())
+        self.retry(&format!("upload of manifest {reference}"), || {
+            self.client.push_manifest_raw(&r, body.clone(), ct.clone())
+        })
+        .await
+        .map(|_| ())
     }
 }
 

@@ -26,7 +26,9 @@ impl Store {
     /// Opens the store holding `r`; `create` makes a missing OCI layout.
     pub fn open(r: &ImageRef, insecure: bool, create: bool) -> Result<Self> {
         Ok(match r {
-            ImageRef::Registry { registry, repository, .. } => Store::Registry(Repo::new(registry, repository, insecure)),
+            ImageRef::Registry { registry, repository, .. } => {
+                Store::Registry(Repo::new(registry, repository, insecure))
+            }
             ImageRef::Layout { dir, .. } if create => Store::Layout(Layout::deferred(dir)),
             ImageRef::Layout { dir, .. } => Store::Layout(Layout::open(dir)?),
         })
@@ -46,7 +48,8 @@ impl Store {
             Store::Registry(r) => r.manifest(reference.unwrap_or("latest")).await,
             Store::Layout(l) => {
                 let desc = l.resolve(reference)?;
-                let bytes = self.blob_bytes(&desc, crate::manifest::MAX_MANIFEST_BYTES as u64).await?;
+                let bytes =
+                    self.blob_bytes(&desc, crate::manifest::MAX_MANIFEST_BYTES as u64).await?;
                 Ok((bytes, desc.media_type, desc.digest))
             }
         }
@@ -55,7 +58,13 @@ impl Store {
     /// A small blob (config, manifest, bootstrap layer), verified, at most `limit` bytes.
     pub async fn blob_bytes(&self, desc: &Descriptor, limit: u64) -> Result<Vec<u8>> {
         if desc.size > limit {
-            return Err(OciError::invalid(self.name(), format!("blob {} claims {} bytes, more than the {limit} expected", desc.digest, desc.size)));
+            return Err(OciError::invalid(
+                self.name(),
+                format!(
+                    "blob {} claims {} bytes, more than the {limit} expected",
+                    desc.digest, desc.size
+                ),
+            ));
         }
         let mut r = self.blob_reader(desc, None).await?;
         tokio::task::block_in_place(|| {
@@ -67,13 +76,20 @@ impl Store {
 
     /// A blob as a blocking reader that fails at the end if the bytes do not match the
     /// descriptor's digest and size (and at once if there are too many).
-    pub async fn blob_reader(&self, desc: &Descriptor, progress: Option<ProgressFn>) -> Result<Box<dyn Read + Send>> {
+    pub async fn blob_reader(
+        &self,
+        desc: &Descriptor,
+        progress: Option<ProgressFn>,
+    ) -> Result<Box<dyn Read + Send>> {
         let expected = crate::manifest::digest_hex(&desc.digest, &self.name())?.to_string();
         let inner: Box<dyn Read + Send> = match self {
             Store::Layout(l) => {
                 let p = l.blob_path(&desc.digest)?;
                 let f = std::fs::File::open(&p).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => OciError::NotFound { what: format!("blob {}", desc.digest), image: self.name() },
+                    std::io::ErrorKind::NotFound => OciError::NotFound {
+                        what: format!("blob {}", desc.digest),
+                        image: self.name(),
+                    },
                     _ => OciError::Io { path: p.display().to_string(), cause: e },
                 })?;
                 Box::new(f)
@@ -91,7 +107,15 @@ impl Store {
                 Box::new(ChannelReader { rx, current: bytes::Bytes::new() })
             }
         };
-        Ok(Box::new(VerifyingReader { inner, hasher: sha2::Sha256::new(), read: 0, size: desc.size, expected, progress, done: false }))
+        Ok(Box::new(VerifyingReader {
+            inner,
+            hasher: sha2::Sha256::new(),
+            read: 0,
+            size: desc.size,
+            expected,
+            progress,
+            done: false,
+        }))
     }
 
     /// Whether the store holds a blob.
@@ -116,7 +140,11 @@ impl Store {
     /// Stores bytes as a blob (skipped if present).
     pub async fn put_blob_bytes(&self, bytes: Vec<u8>, digest: &str) -> Result<()> {
         if sha256_digest(&bytes) != digest {
-            return Err(OciError::Digest { what: format!("upload to {}", self.name()), expected: digest.into(), actual: sha256_digest(&bytes) });
+            return Err(OciError::Digest {
+                what: format!("upload to {}", self.name()),
+                expected: digest.into(),
+                actual: sha256_digest(&bytes),
+            });
         }
         if self.has_blob(digest).await? {
             return Ok(());
@@ -130,7 +158,12 @@ impl Store {
     /// Copies a blob from another store unless this one has it: a cross-repository mount
     /// when both are repositories of the same registry, else a streamed copy through a
     /// temporary file (verified on the way).
-    pub async fn copy_blob_from(&self, from: &Store, desc: &Descriptor, tmp_dir: &Path) -> Result<()> {
+    pub async fn copy_blob_from(
+        &self,
+        from: &Store,
+        desc: &Descriptor,
+        tmp_dir: &Path,
+    ) -> Result<()> {
         if self.has_blob(&desc.digest).await? {
             return Ok(());
         }
@@ -155,18 +188,34 @@ impl Store {
     }
 
     /// Stores a manifest or index under a tag or by digest.
-    pub async fn put_manifest(&self, bytes: &[u8], media_type: &str, reference: Option<&str>) -> Result<()> {
+    pub async fn put_manifest(
+        &self,
+        bytes: &[u8],
+        media_type: &str,
+        reference: Option<&str>,
+    ) -> Result<()> {
         match self {
-            Store::Registry(r) => r.put_manifest(bytes, media_type, reference.unwrap_or(&sha256_digest(bytes))).await,
-            Store::Layout(l) => l.put_manifest(bytes, media_type, reference.filter(|r| !r.starts_with("sha256:"))).map(|_| ()),
+            Store::Registry(r) => {
+                r.put_manifest(bytes, media_type, reference.unwrap_or(&sha256_digest(bytes))).await
+            }
+            Store::Layout(l) => l
+                .put_manifest(bytes, media_type, reference.filter(|r| !r.starts_with("sha256:")))
+                .map(|_| ()),
         }
     }
 }
 
 fn read_error(image: &str, desc: &Descriptor, e: std::io::Error) -> OciError {
     match e.get_ref().and_then(|inner| inner.downcast_ref::<DigestMismatch>()) {
-        Some(m) => OciError::Digest { what: format!("blob {} of {image}", desc.digest), expected: m.expected.clone(), actual: m.actual.clone() },
-        None => OciError::Registry { image: image.into(), detail: format!("reading blob {}: {e}", desc.digest) },
+        Some(m) => OciError::Digest {
+            what: format!("blob {} of {image}", desc.digest),
+            expected: m.expected.clone(),
+            actual: m.actual.clone(),
+        },
+        None => OciError::Registry {
+            image: image.into(),
+            detail: format!("reading blob {}: {e}", desc.digest),
+        },
     }
 }
 
@@ -179,7 +228,11 @@ pub struct DigestMismatch {
 
 impl std::fmt::Display for DigestMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "blob content does not match its descriptor: expected {}, got {}", self.expected, self.actual)
+        write!(
+            f,
+            "blob content does not match its descriptor: expected {}, got {}",
+            self.expected, self.actual
+        )
     }
 }
 
@@ -206,7 +259,12 @@ impl Read for VerifyingReader {
         if let Some(p) = &self.progress {
             p(n as u64);
         }
-        let mismatch = |actual: String| std::io::Error::other(DigestMismatch { expected: format!("sha256:{} ({} bytes)", self.expected, self.size), actual });
+        let mismatch = |actual: String| {
+            std::io::Error::other(DigestMismatch {
+                expected: format!("sha256:{} ({} bytes)", self.expected, self.size),
+                actual,
+            })
+        };
         if self.read > self.size {
             return Err(mismatch(format!("more than {} bytes", self.size)));
         }

@@ -76,9 +76,12 @@ impl BlobFile {
     /// Reads `len` bytes at `offset`; a short file is an error.
     pub fn read_at(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
         out.resize(len, 0);
-        self.file
-            .read_exact_at(out, offset)
-            .map_err(|cause| StorageError::BlobRead { blob: self.hex(), offset, len, cause })
+        self.file.read_exact_at(out, offset).map_err(|cause| StorageError::BlobRead {
+            blob: self.hex(),
+            offset,
+            len,
+            cause,
+        })
     }
 
     /// Reads and validates the blob's TOC (trailer, TOC digest, structure).
@@ -93,7 +96,11 @@ impl BlobFile {
             }));
         }
         let mut buf = Vec::new();
-        self.read_at(self.len - BLOB_TRAILER_SIZE_BYTES, BLOB_TRAILER_SIZE_BYTES as usize, &mut buf)?;
+        self.read_at(
+            self.len - BLOB_TRAILER_SIZE_BYTES,
+            BLOB_TRAILER_SIZE_BYTES as usize,
+            &mut buf,
+        )?;
         let trailer = BlobTrailer::decode(&buf, self.len).map_err(fmt)?;
         self.read_at(trailer.toc_offset, trailer.toc_size as usize, &mut buf)?;
         Toc::decode(&buf, &trailer).map_err(fmt)
@@ -102,23 +109,43 @@ impl BlobFile {
     /// Reads, decompresses and verifies the chunk `rec`, leaving the frame in `frame` (so the
     /// caller can keep it for the next chunk of the same frame) and returning the chunk's
     /// range in it.
-    pub fn read_chunk(&self, rec: &ChunkRecord, digester: Digester, scratch: &mut Vec<u8>, frame: &mut Vec<u8>) -> Result<std::ops::Range<usize>> {
-        self.read_at(rec.compressed_offset, rec.compressed_size as usize, scratch)
-            .map_err(|e| self.corrupt(rec.view_offset, format!("frame unreadable (blob truncated?): {e}")))?;
-        decompress_into(rec.compressor, scratch, rec.frame_size, frame, || format!("frame at blob offset {}", rec.compressed_offset))
-            .map_err(|e| self.corrupt(rec.view_offset, e.to_string()))?;
+    pub fn read_chunk(
+        &self,
+        rec: &ChunkRecord,
+        digester: Digester,
+        scratch: &mut Vec<u8>,
+        frame: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>> {
+        self.read_at(rec.compressed_offset, rec.compressed_size as usize, scratch).map_err(
+            |e| self.corrupt(rec.view_offset, format!("frame unreadable (blob truncated?): {e}")),
+        )?;
+        decompress_into(rec.compressor, scratch, rec.frame_size, frame, || {
+            format!("frame at blob offset {}", rec.compressed_offset)
+        })
+        .map_err(|e| self.corrupt(rec.view_offset, e.to_string()))?;
         self.check_chunk(rec, digester, frame)
     }
 
     /// Checks that chunk `rec` lies in the decompressed `frame` and matches its digest.
-    pub fn check_chunk(&self, rec: &ChunkRecord, digester: Digester, frame: &[u8]) -> Result<std::ops::Range<usize>> {
+    pub fn check_chunk(
+        &self,
+        rec: &ChunkRecord,
+        digester: Digester,
+        frame: &[u8],
+    ) -> Result<std::ops::Range<usize>> {
         let range = rec.frame_offset as usize..rec.frame_offset as usize + rec.size as usize;
-        let data = frame.get(range.clone()).ok_or_else(|| self.corrupt(rec.view_offset, "chunk lies outside its frame".into()))?;
+        let data = frame
+            .get(range.clone())
+            .ok_or_else(|| self.corrupt(rec.view_offset, "chunk lies outside its frame".into()))?;
         let actual = digester.digest(data);
         if actual != rec.digest {
             return Err(self.corrupt(
                 rec.view_offset,
-                format!("digest mismatch: expected {}, computed {}", to_hex(&rec.digest), to_hex(&actual)),
+                format!(
+                    "digest mismatch: expected {}, computed {}",
+                    to_hex(&rec.digest),
+                    to_hex(&actual)
+                ),
             ));
         }
         Ok(range)
@@ -151,7 +178,10 @@ impl ChunkReader {
     /// The verified bytes of chunk `rec`.
     pub fn chunk(&mut self, rec: &ChunkRecord) -> Result<&[u8]> {
         let bi = rec.blob_index as usize;
-        let blob = self.blobs.get(bi).ok_or_else(|| StorageError::Mismatch { blob: format!("#{bi}"), detail: "blob index out of range".into() })?;
+        let blob = self.blobs.get(bi).ok_or_else(|| StorageError::Mismatch {
+            blob: format!("#{bi}"),
+            detail: "blob index out of range".into(),
+        })?;
         let cached = matches!(&self.frames[bi], Some((off, f)) if *off == rec.compressed_offset && f.len() == rec.frame_size as usize);
         let range = if cached {
             blob.check_chunk(rec, self.digester, &self.frames[bi].as_ref().expect("checked").1)?

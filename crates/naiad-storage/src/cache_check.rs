@@ -54,7 +54,14 @@ fn hex_digest<S: serde::Serializer>(d: &Digest32, s: S) -> std::result::Result<S
 /// `chunks` (the blob's chunk records, any order, duplicates allowed), hashed with `digester`.
 /// With `repair`, clears the bits of bad chunks; that needs the entry unused (an error if a
 /// process has it open, since that process keeps its own copy of the bits).
-pub fn check_cached_blob(cache_dir: &Path, digest: &Digest32, view_size: u64, chunks: &[ChunkRecord], digester: Digester, repair: bool) -> Result<BlobCheckReport> {
+pub fn check_cached_blob(
+    cache_dir: &Path,
+    digest: &Digest32,
+    view_size: u64,
+    chunks: &[ChunkRecord],
+    digester: Digester,
+    repair: bool,
+) -> Result<BlobCheckReport> {
     let hex = to_hex(digest);
     let entry_path = cache_dir.join(format!("{hex}{ENTRY_SUFFIX}"));
     let map_path = cache_dir.join(format!("{hex}{MAP_SUFFIX}"));
@@ -62,7 +69,8 @@ pub fn check_cached_blob(cache_dir: &Path, digest: &Digest32, view_size: u64, ch
     let mut chunks = chunks.to_vec();
     chunks.sort_by_key(|c| c.view_offset);
     chunks.dedup_by_key(|c| c.view_offset);
-    let mut report = BlobCheckReport { digest: *digest, chunks: chunks.len() as u64, ..Default::default() };
+    let mut report =
+        BlobCheckReport { digest: *digest, chunks: chunks.len() as u64, ..Default::default() };
     let (entry_md, map) = match (std::fs::metadata(&entry_path), std::fs::read(&map_path)) {
         (Ok(d), Ok(m)) => (d, m),
         (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
@@ -75,7 +83,12 @@ pub fn check_cached_blob(cache_dir: &Path, digest: &Digest32, view_size: u64, ch
         return Ok(report);
     }
     let bit = |b: u64| map[(b / 8) as usize] & (1 << (b % 8)) != 0;
-    let blocks_of = |c: &ChunkRecord| c.view_offset / BLOCK_SIZE_BYTES..(c.view_offset + block_align(u64::from(c.size))).div_ceil(BLOCK_SIZE_BYTES).min(view_size / BLOCK_SIZE_BYTES);
+    let blocks_of = |c: &ChunkRecord| {
+        c.view_offset / BLOCK_SIZE_BYTES
+            ..(c.view_offset + block_align(u64::from(c.size)))
+                .div_ceil(BLOCK_SIZE_BYTES)
+                .min(view_size / BLOCK_SIZE_BYTES)
+    };
     let mut covered = vec![false; (view_size / BLOCK_SIZE_BYTES) as usize];
     let mut buf = Vec::new();
     // The frame file last opened: chunks in view order mostly come frame after frame.
@@ -89,7 +102,10 @@ pub fn check_cached_blob(cache_dir: &Path, digest: &Digest32, view_size: u64, ch
         report.present += 1;
         buf.resize(c.size as usize, 0);
         if open.as_ref().is_none_or(|(frame, _)| *frame != c.compressed_offset) {
-            open = Some((c.compressed_offset, File::open(frames_dir.join(format!("{:016x}", c.compressed_offset)))));
+            open = Some((
+                c.compressed_offset,
+                File::open(frames_dir.join(format!("{:016x}", c.compressed_offset))),
+            ));
         }
         let read = match &open {
             Some((_, Ok(f))) => f.read_exact_at(&mut buf, c.view_offset),
@@ -100,36 +116,64 @@ pub fn check_cached_blob(cache_dir: &Path, digest: &Digest32, view_size: u64, ch
             Err(e) => Some(format!("cannot read it: {e}")),
             Ok(()) => {
                 let actual = digester.digest(&buf);
-                (actual != c.digest).then(|| format!("digest mismatch: expected {}, computed {}", to_hex(&c.digest), to_hex(&actual)))
+                (actual != c.digest).then(|| {
+                    format!(
+                        "digest mismatch: expected {}, computed {}",
+                        to_hex(&c.digest),
+                        to_hex(&actual)
+                    )
+                })
             }
         };
         match detail {
             None => report.verified += 1,
-            Some(detail) => report.bad.push(BadChunk { view_offset: c.view_offset, size: c.size, detail }),
+            Some(detail) => {
+                report.bad.push(BadChunk { view_offset: c.view_offset, size: c.size, detail })
+            }
         }
     }
-    report.unchecked_blocks = (0..view_size / BLOCK_SIZE_BYTES).filter(|&b| bit(b) && !covered[b as usize]).count() as u64;
+    report.unchecked_blocks = (0..view_size / BLOCK_SIZE_BYTES)
+        .filter(|&b| bit(b) && !covered[b as usize])
+        .count() as u64;
     if repair && !report.bad.is_empty() {
-        clear_bits(&entry_path, &map_path, view_size, report.bad.iter().map(|b| (b.view_offset, b.size)))?;
+        clear_bits(
+            &entry_path,
+            &map_path,
+            view_size,
+            report.bad.iter().map(|b| (b.view_offset, b.size)),
+        )?;
         report.repaired = true;
     }
     Ok(report)
 }
 
 /// Clears the bits of the chunks `(view offset, size)`, holding the entry's lock exclusively.
-fn clear_bits(entry_path: &Path, map_path: &Path, view_size: u64, chunks: impl Iterator<Item = (u64, u32)>) -> Result<()> {
+fn clear_bits(
+    entry_path: &Path,
+    map_path: &Path,
+    view_size: u64,
+    chunks: impl Iterator<Item = (u64, u32)>,
+) -> Result<()> {
     let entry = File::open(entry_path).map_err(StorageError::io(entry_path))?;
     if rustix::fs::flock(&entry, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         return Err(StorageError::Io {
             path: entry_path.to_path_buf(),
-            cause: std::io::Error::other("in use by a mount: unmount it or stop the daemon to repair"),
+            cause: std::io::Error::other(
+                "in use by a mount: unmount it or stop the daemon to repair",
+            ),
         });
     }
-    let map = OpenOptions::new().read(true).write(true).open(map_path).map_err(StorageError::io(map_path))?;
+    let map = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(map_path)
+        .map_err(StorageError::io(map_path))?;
     let mut bits = vec![0u8; map_len(view_size) as usize];
     map.read_exact_at(&mut bits, 0).map_err(StorageError::io(map_path))?;
     for (off, size) in chunks {
-        for b in off / BLOCK_SIZE_BYTES..(off + block_align(u64::from(size))).div_ceil(BLOCK_SIZE_BYTES) {
+        for b in
+            off / BLOCK_SIZE_BYTES..(off + block_align(u64::from(size))).div_ceil(BLOCK_SIZE_BYTES)
+        {
             if let Some(byte) = bits.get_mut((b / 8) as usize) {
                 *byte &= !(1 << (b % 8));
             }
@@ -170,13 +214,29 @@ mod tests {
             let cache = ChunkCache::open(dir.path()).unwrap();
             let blob = cache.blob(&d, view).unwrap();
             blob.fill(&[(0, 0, &a[..]), (0, 8192, &b[..])]).unwrap();
-            let r = check_cached_blob(dir.path(), &d, view, &recs, Digester::Blake3, false).unwrap();
-            assert_eq!((r.cached, r.chunks, r.present, r.verified, r.bad.len()), (true, 3, 2, 2, 0), "{r:?}");
-            let err = check_cached_blob(dir.path(), &d, view, &[record(0, &[7u8; 5000])], Digester::Blake3, true).unwrap_err();
+            let r =
+                check_cached_blob(dir.path(), &d, view, &recs, Digester::Blake3, false).unwrap();
+            assert_eq!(
+                (r.cached, r.chunks, r.present, r.verified, r.bad.len()),
+                (true, 3, 2, 2, 0),
+                "{r:?}"
+            );
+            let err = check_cached_blob(
+                dir.path(),
+                &d,
+                view,
+                &[record(0, &[7u8; 5000])],
+                Digester::Blake3,
+                true,
+            )
+            .unwrap_err();
             assert!(err.to_string().contains("in use"), "{err}");
         }
         // Damage a present chunk: found, then repaired (its bits cleared).
-        let data = OpenOptions::new().write(true).open(dir.path().join(format!("{}.frames/{:016x}", to_hex(&d), 0))).unwrap();
+        let data = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(format!("{}.frames/{:016x}", to_hex(&d), 0)))
+            .unwrap();
         data.write_all_at(&[9], 8192 + 10).unwrap();
         let r = check_cached_blob(dir.path(), &d, view, &recs, Digester::Blake3, false).unwrap();
         assert_eq!((r.present, r.verified), (2, 1));
@@ -190,7 +250,8 @@ mod tests {
         let blob = ChunkCache::open(dir.path()).unwrap().blob(&d, view).unwrap();
         assert!(blob.is_present(0, 5000) && !blob.is_present(8192, 1), "the cache sees the repair");
         // Bits no named chunk covers are counted, not checked.
-        let r = check_cached_blob(dir.path(), &d, view, &recs[1..], Digester::Blake3, false).unwrap();
+        let r =
+            check_cached_blob(dir.path(), &d, view, &recs[1..], Digester::Blake3, false).unwrap();
         assert_eq!((r.present, r.unchecked_blocks), (0, 2));
     }
 
@@ -198,10 +259,19 @@ mod tests {
     fn missing_and_stale_entries_are_reported_not_checked() {
         let dir = tempfile::tempdir().unwrap();
         let d = [8u8; 32];
-        let r = check_cached_blob(dir.path(), &d, 4096, &[record(0, &[1])], Digester::Blake3, false).unwrap();
+        let r =
+            check_cached_blob(dir.path(), &d, 4096, &[record(0, &[1])], Digester::Blake3, false)
+                .unwrap();
         assert!(!r.cached && r.present == 0);
-        ChunkCache::open(dir.path()).unwrap().blob(&d, 8192).unwrap().fill(&[(0, 0, &[1u8][..])]).unwrap();
-        let r = check_cached_blob(dir.path(), &d, 4096, &[record(0, &[1])], Digester::Blake3, false).unwrap();
+        ChunkCache::open(dir.path())
+            .unwrap()
+            .blob(&d, 8192)
+            .unwrap()
+            .fill(&[(0, 0, &[1u8][..])])
+            .unwrap();
+        let r =
+            check_cached_blob(dir.path(), &d, 4096, &[record(0, &[1])], Digester::Blake3, false)
+                .unwrap();
         assert!(r.cached && r.stale && r.present == 0, "{r:?}");
     }
 }

@@ -222,7 +222,13 @@ impl ChunkCache {
         let mut open = self.open.lock().expect("cache lock");
         if let Some(b) = open.get(digest).and_then(Weak::upgrade) {
             if b.view_size != view_size {
-                return Err(StorageError::Mismatch { blob: to_hex(digest), detail: format!("view size {view_size} differs from the cached {}", b.view_size) });
+                return Err(StorageError::Mismatch {
+                    blob: to_hex(digest),
+                    detail: format!(
+                        "view size {view_size} differs from the cached {}",
+                        b.view_size
+                    ),
+                });
             }
             return Ok(b);
         }
@@ -240,7 +246,8 @@ impl ChunkCache {
         entry.set_len(view_size).map_err(StorageError::io(&entry_path))?;
         // A shared lock for as long as the entry is open marks it in use for other
         // processes (`gc` takes the lock exclusively before removing an entry).
-        rustix::fs::flock(&entry, rustix::fs::FlockOperation::LockShared).map_err(|e| StorageError::Io { path: entry_path.clone(), cause: e.into() })?;
+        rustix::fs::flock(&entry, rustix::fs::FlockOperation::LockShared)
+            .map_err(|e| StorageError::Io { path: entry_path.clone(), cause: e.into() })?;
         // Made again when a frame is first stored, if it cannot be now (a full disk): reads
         // are then served from memory, and nothing is lost.
         if let Err(e) = std::fs::create_dir_all(&frames_dir) {
@@ -250,10 +257,16 @@ impl ChunkCache {
         map.set_len(map_len(view_size)).map_err(StorageError::io(&map_path))?;
         // The map's mtime is the entry's last use, for LRU eviction.
         let now = rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW };
-        let _ = rustix::fs::futimens(&map, &rustix::fs::Timestamps { last_access: now, last_modification: now });
+        let _ = rustix::fs::futimens(
+            &map,
+            &rustix::fs::Timestamps { last_access: now, last_modification: now },
+        );
         let mut raw = vec![0u8; map_len(view_size) as usize];
         map.read_exact_at(&mut raw, 0).map_err(StorageError::io(&map_path))?;
-        let bits = raw.chunks_exact(8).map(|w| AtomicU64::new(u64::from_le_bytes(w.try_into().expect("8 bytes")))).collect();
+        let bits = raw
+            .chunks_exact(8)
+            .map(|w| AtomicU64::new(u64::from_le_bytes(w.try_into().expect("8 bytes"))))
+            .collect();
         let blob = Arc::new(CachedBlob {
             digest: *digest,
             _entry: entry,
@@ -287,12 +300,19 @@ impl ChunkCache {
             let (present_bytes, last_used, map_bytes) = match std::fs::read(&map_path) {
                 Ok(bits) => {
                     let md = std::fs::metadata(&map_path).map_err(StorageError::io(&map_path))?;
-                    (bits.iter().map(|b| u64::from(b.count_ones())).sum::<u64>() * BLOCK_SIZE_BYTES, md.mtime(), md.blocks() * 512)
+                    (
+                        bits.iter().map(|b| u64::from(b.count_ones())).sum::<u64>()
+                            * BLOCK_SIZE_BYTES,
+                        md.mtime(),
+                        md.blocks() * 512,
+                    )
                 }
                 Err(_) => (0, entry_md.mtime(), 0),
             };
             let frame_bytes: u64 = match std::fs::read_dir(&frames_dir) {
-                Ok(rd) => rd.filter_map(|f| f.ok()?.metadata().ok()).map(|m| m.blocks() * 512).sum(),
+                Ok(rd) => {
+                    rd.filter_map(|f| f.ok()?.metadata().ok()).map(|m| m.blocks() * 512).sum()
+                }
                 Err(_) => 0,
             };
             out.push(CacheEntry {
@@ -327,7 +347,9 @@ impl ChunkCache {
         // Hold the exclusive lock while removing, so no process opens it meanwhile.
         let _lock = match File::open(&entry_path) {
             Ok(f) => {
-                if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+                if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                    .is_err()
+                {
                     return Ok(false);
                 }
                 Some(f)
@@ -335,7 +357,9 @@ impl ChunkCache {
             Err(_) => None,
         };
         let gone = |r: std::io::Result<()>, p: &Path| match r {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Io { path: p.to_path_buf(), cause: e }),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StorageError::Io { path: p.to_path_buf(), cause: e })
+            }
             _ => Ok(()),
         };
         // The map first: once it is gone, no bit claims anything in the frame files.
@@ -435,20 +459,29 @@ impl CachedBlob {
     }
 
     /// [`CachedBlob::frame`], failing with the path that could not be opened or created.
-    fn open_frame(&self, frame: u64) -> std::result::Result<Arc<FrameFile>, (PathBuf, std::io::Error)> {
+    fn open_frame(
+        &self,
+        frame: u64,
+    ) -> std::result::Result<Arc<FrameFile>, (PathBuf, std::io::Error)> {
         if let Some(f) = self.frames.read().expect("frames lock").get(&frame) {
             return Ok(f.clone());
         }
         let path = self.frame_path(frame);
         let file = match rw_create().open(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&self.frames_dir).map_err(|e| (self.frames_dir.clone(), e))?;
+                std::fs::create_dir_all(&self.frames_dir)
+                    .map_err(|e| (self.frames_dir.clone(), e))?;
                 rw_create().open(&path)
             }
             r => r,
         };
         let file = file.map_err(|e| (path.clone(), e))?;
-        let f = Arc::new(FrameFile { path, file, direct: std::sync::OnceLock::new(), writer: std::sync::OnceLock::new() });
+        let f = Arc::new(FrameFile {
+            path,
+            file,
+            direct: std::sync::OnceLock::new(),
+            writer: std::sync::OnceLock::new(),
+        });
         Ok(self.frames.write().expect("frames lock").entry(frame).or_insert(f).clone())
     }
 
@@ -473,7 +506,8 @@ impl CachedBlob {
 
     /// Bytes of the view filled.
     pub fn present_bytes(&self) -> u64 {
-        self.bits.iter().map(|w| u64::from(w.load(Ordering::Relaxed).count_ones())).sum::<u64>() * BLOCK_SIZE_BYTES
+        self.bits.iter().map(|w| u64::from(w.load(Ordering::Relaxed).count_ones())).sum::<u64>()
+            * BLOCK_SIZE_BYTES
     }
 
     /// Why chunks fetched for this blob are not in the cache: the last write error (after a
@@ -483,7 +517,10 @@ impl CachedBlob {
             0 => eio_errno(),
             e => e,
         };
-        StorageError::Io { path: self.frames_dir.clone(), cause: std::io::Error::from_raw_os_error(errno) }
+        StorageError::Io {
+            path: self.frames_dir.clone(),
+            cause: std::io::Error::from_raw_os_error(errno),
+        }
     }
 
     /// Reads `buf.len()` bytes of the view at `offset`: filled bytes from the frame files, or
@@ -493,9 +530,16 @@ impl CachedBlob {
     /// none of `chunks`.
     pub fn read_at(&self, chunks: &[ChunkRecord], buf: &mut [u8], offset: u64) -> Result<()> {
         let len = buf.len() as u64;
-        let missing = |at: u64| StorageError::Mismatch { blob: to_hex(&self.digest), detail: format!("range {offset}+{len} is not in the cache (at {at})") };
-        let end = offset.checked_add(len).filter(|e| *e <= self.view_size).ok_or_else(|| missing(offset))?;
-        let first = chunks.partition_point(|c| c.view_offset + block_align(u64::from(c.size)) <= offset);
+        let missing = |at: u64| StorageError::Mismatch {
+            blob: to_hex(&self.digest),
+            detail: format!("range {offset}+{len} is not in the cache (at {at})"),
+        };
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= self.view_size)
+            .ok_or_else(|| missing(offset))?;
+        let first =
+            chunks.partition_point(|c| c.view_offset + block_align(u64::from(c.size)) <= offset);
         let mut pos = offset;
         let mut i = first;
         while pos < end {
@@ -508,7 +552,10 @@ impl CachedBlob {
                 let mut j = i + 1;
                 while run_end < end {
                     match chunks.get(j) {
-                        Some(n) if n.compressed_offset == c.compressed_offset && n.view_offset == run_end => {
+                        Some(n)
+                            if n.compressed_offset == c.compressed_offset
+                                && n.view_offset == run_end =>
+                        {
                             let e = (n.view_offset + block_align(u64::from(n.size))).min(end);
                             if !self.is_present(run_end, e - run_end) {
                                 break;
@@ -528,7 +575,12 @@ impl CachedBlob {
                 i = j;
             } else {
                 // Not on disk: the chunk a full disk left in memory, if any.
-                let (off, bytes) = self.spill.lock().expect("spill lock").covering(pos).ok_or_else(|| missing(pos))?;
+                let (off, bytes) = self
+                    .spill
+                    .lock()
+                    .expect("spill lock")
+                    .covering(pos)
+                    .ok_or_else(|| missing(pos))?;
                 let run_end = (off + block_align(bytes.len() as u64)).min(end);
                 let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
                 let from = ((pos - off) as usize).min(bytes.len());
@@ -536,7 +588,10 @@ impl CachedBlob {
                 out[..n].copy_from_slice(&bytes[from..from + n]);
                 out[n..].fill(0);
                 pos = run_end;
-                while chunks.get(i).is_some_and(|c| c.view_offset + block_align(u64::from(c.size)) <= pos) {
+                while chunks
+                    .get(i)
+                    .is_some_and(|c| c.view_offset + block_align(u64::from(c.size)) <= pos)
+                {
                     i += 1;
                 }
             }
@@ -552,7 +607,11 @@ impl CachedBlob {
         }
         let Some(direct) = frame.direct.get_or_init(|| {
             use std::os::unix::fs::OpenOptionsExt;
-            OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(&frame.path).ok()
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                .open(&frame.path)
+                .ok()
         }) else {
             return false;
         };
@@ -574,15 +633,23 @@ impl CachedBlob {
     pub fn fill(&self, chunks: &[(u64, u64, &[u8])]) -> Result<Filled> {
         let mut touched = Vec::new();
         for &(_, off, bytes) in chunks {
-            if off % BLOCK_SIZE_BYTES != 0 || off.checked_add(bytes.len() as u64).is_none_or(|e| e > self.view_size) {
-                return Err(StorageError::Mismatch { blob: to_hex(&self.digest), detail: format!("chunk at {off} does not fit the view") });
+            if off % BLOCK_SIZE_BYTES != 0
+                || off.checked_add(bytes.len() as u64).is_none_or(|e| e > self.view_size)
+            {
+                return Err(StorageError::Mismatch {
+                    blob: to_hex(&self.digest),
+                    detail: format!("chunk at {off} does not fit the view"),
+                });
             }
             touched.push(self.block_range(off, block_align(bytes.len() as u64)));
         }
         let written = self.write_frames(chunks);
         if let Err((path, e)) = written {
             // Whatever part did reach the files has no bit: it is never read as data.
-            self.spill.lock().expect("spill lock").keep(&chunks.iter().map(|&(_, o, b)| (o, b)).collect::<Vec<_>>());
+            self.spill
+                .lock()
+                .expect("spill lock")
+                .keep(&chunks.iter().map(|&(_, o, b)| (o, b)).collect::<Vec<_>>());
             self.write_errno.store(e.raw_os_error().unwrap_or(eio_errno()), Ordering::Relaxed);
             if !self.write_failing.swap(true, Ordering::Relaxed) {
                 tracing::warn!(file = %path.display(), error = %e, "cannot write to the cache; serving fetched data from memory until it can");
@@ -624,7 +691,10 @@ impl CachedBlob {
     }
 
     /// Writes the chunks into their frame files and makes them durable.
-    fn write_frames(&self, chunks: &[(u64, u64, &[u8])]) -> std::result::Result<(), (PathBuf, std::io::Error)> {
+    fn write_frames(
+        &self,
+        chunks: &[(u64, u64, &[u8])],
+    ) -> std::result::Result<(), (PathBuf, std::io::Error)> {
         let mut written: Vec<(u64, Arc<FrameFile>)> = Vec::new();
         for &(frame, off, bytes) in chunks {
             let f = self.open_frame(frame)?;
@@ -634,7 +704,8 @@ impl CachedBlob {
             // and fails a read that ends early (the file ends where its last write does).
             let pad = (block_align(bytes.len() as u64) - bytes.len() as u64) as usize;
             if pad > 0 {
-                w.write_all_at(&ZERO_BLOCK[..pad], off + bytes.len() as u64).map_err(|e| (f.path.clone(), e))?;
+                w.write_all_at(&ZERO_BLOCK[..pad], off + bytes.len() as u64)
+                    .map_err(|e| (f.path.clone(), e))?;
             }
             if !written.iter().any(|(k, _)| *k == frame) {
                 written.push((frame, f));
@@ -666,7 +737,9 @@ impl BlockBuf {
     /// Whether a direct read of `buf` at `offset` can go straight into `buf`.
     fn fits(buf: &[u8], offset: u64) -> bool {
         let b = BLOCK_SIZE_BYTES as usize;
-        (buf.as_ptr() as usize).is_multiple_of(b) && buf.len().is_multiple_of(b) && offset.is_multiple_of(BLOCK_SIZE_BYTES)
+        (buf.as_ptr() as usize).is_multiple_of(b)
+            && buf.len().is_multiple_of(b)
+            && offset.is_multiple_of(BLOCK_SIZE_BYTES)
     }
 }
 
@@ -729,14 +802,26 @@ mod tests {
             assert_eq!(buf, [1u8; 4096]);
             let mut buf = [9u8; 4096];
             b.read_at(&chunks, &mut buf, 12288).unwrap();
-            assert!(buf[..904].iter().all(|&x| x == 1) && buf[904..].iter().all(|&x| x == 0), "the chunk's tail block, zero padded");
-            assert!(b.read_at(&chunks, &mut [0u8; 4096], 16384).is_err(), "a block no chunk covers is not data");
+            assert!(
+                buf[..904].iter().all(|&x| x == 1) && buf[904..].iter().all(|&x| x == 0),
+                "the chunk's tail block, zero padded"
+            );
+            assert!(
+                b.read_at(&chunks, &mut [0u8; 4096], 16384).is_err(),
+                "a block no chunk covers is not data"
+            );
             // Each frame's chunks are in its own file, at their view offsets, and only there.
             let f0 = std::fs::read(b.frame_path(0)).unwrap();
             let f77 = std::fs::read(b.frame_path(77)).unwrap();
-            assert_eq!((f0.len(), f77.len()), (16384, 40960 + 4096), "each ends with its last chunk's block");
+            assert_eq!(
+                (f0.len(), f77.len()),
+                (16384, 40960 + 4096),
+                "each ends with its last chunk's block"
+            );
             assert!(f0[8192..13192].iter().all(|&x| x == 1) && f0[..8192].iter().all(|&x| x == 0));
-            assert!(f77[40960..45056].iter().all(|&x| x == 2) && f77[..40960].iter().all(|&x| x == 0));
+            assert!(
+                f77[40960..45056].iter().all(|&x| x == 2) && f77[..40960].iter().all(|&x| x == 0)
+            );
             assert_eq!(b.present_bytes(), 3 * 4096);
         }
         let cache = ChunkCache::open(dir.path()).unwrap();
@@ -764,7 +849,11 @@ mod tests {
         let held = cache.blob(&a, 16 * 4096).unwrap(); // oldest, but in use (and now recent)
         let total: u64 = cache.list().unwrap().iter().map(|e| e.disk_bytes).sum();
         let removed = cache.gc(Some(total - 1)).unwrap();
-        assert_eq!(removed.iter().map(|e| e.digest).collect::<Vec<_>>(), vec![b], "least recently used unused entry first");
+        assert_eq!(
+            removed.iter().map(|e| e.digest).collect::<Vec<_>>(),
+            vec![b],
+            "least recently used unused entry first"
+        );
         assert!(cache.gc(Some(u64::MAX)).unwrap().is_empty());
         let removed = cache.gc(None).unwrap();
         assert_eq!(removed.iter().map(|e| e.digest).collect::<Vec<_>>(), vec![c]);
@@ -803,7 +892,10 @@ mod tests {
         let mut buf = vec![0u8; 100];
         b.read_at(&chunks, &mut buf, 4096 + 4000).unwrap();
         assert_eq!(buf, vec![2u8; 100], "an unaligned read inside the chunk");
-        assert!(b.read_at(&chunks, &mut vec![0u8; 4096 * 4], 0).is_err(), "a block in neither is an error");
+        assert!(
+            b.read_at(&chunks, &mut vec![0u8; 4096 * 4], 0).is_err(),
+            "a block in neither is an error"
+        );
         // Once the disk takes it, it is present and leaves memory.
         assert_eq!(b.fill(&[(1, 4096, &[2u8; 5000][..])]).unwrap(), Filled::Cached);
         assert!(b.is_present(4096, 5000) && b.spill.lock().unwrap().chunks.is_empty());
@@ -820,7 +912,11 @@ mod tests {
         // One fill over the limit stays whole.
         let huge = vec![4u8; SPILL_LIMIT_BYTES];
         s.keep(&[(2 << 30, &huge[..]), (3 << 30, &huge[..])]);
-        assert!(s.covering(1 << 30).is_none() && s.covering(2 << 30).is_some() && s.covering(3 << 30).is_some());
+        assert!(
+            s.covering(1 << 30).is_none()
+                && s.covering(2 << 30).is_some()
+                && s.covering(3 << 30).is_some()
+        );
         assert_eq!(s.bytes, 2 * SPILL_LIMIT_BYTES);
         // A chunk filled again replaces its older copy.
         s.keep(&[(3 << 30, &[5u8; 10][..])]);
@@ -837,17 +933,32 @@ mod tests {
         let b = cache.blob(&[6u8; 32], view).unwrap();
         let data: Vec<u8> = (0..view as usize).map(|i| (i * 7 + i / 4096) as u8).collect();
         // Two frames: blocks 0-4 and 5-10, one chunk per block (the last one 100 bytes).
-        let chunks: Vec<ChunkRecord> = (0..11u64).map(|i| rec(if i < 5 { 0 } else { 1 }, i * 4096, if i < 10 { 4096 } else { 100 })).collect();
-        let piece = |c: &ChunkRecord| (c.compressed_offset, c.view_offset, &data[c.view_offset as usize..(c.view_offset + u64::from(c.size)) as usize]);
+        let chunks: Vec<ChunkRecord> = (0..11u64)
+            .map(|i| rec(if i < 5 { 0 } else { 1 }, i * 4096, if i < 10 { 4096 } else { 100 }))
+            .collect();
+        let piece = |c: &ChunkRecord| {
+            (
+                c.compressed_offset,
+                c.view_offset,
+                &data[c.view_offset as usize..(c.view_offset + u64::from(c.size)) as usize],
+            )
+        };
         b.fill(&chunks[..3].iter().map(piece).collect::<Vec<_>>()).unwrap();
         // Aligned buffer and range: read directly, same bytes as the file holds.
         let mut buf = BlockBuf::new(2 * 4096);
         assert_eq!(buf.as_ptr() as usize % 4096, 0);
         b.read_at(&chunks, &mut buf, 4096).unwrap();
         assert_eq!(&buf[..], &data[4096..3 * 4096]);
-        let probe = std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32).open(b.frame_path(0));
+        let probe = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(b.frame_path(0));
         if probe.is_ok() {
-            assert!(b.frame(0).unwrap().direct.get().is_some_and(|d| d.is_some()) && !b.direct_failed.load(Ordering::Relaxed), "the read went direct");
+            assert!(
+                b.frame(0).unwrap().direct.get().is_some_and(|d| d.is_some())
+                    && !b.direct_failed.load(Ordering::Relaxed),
+                "the read went direct"
+            );
         } else {
             eprintln!("{}: no O_DIRECT here; only the fallback is checked", dir.path().display());
         }
@@ -867,7 +978,9 @@ mod tests {
         // A hole is never read as data, aligned or not.
         let c = cache.blob(&[8u8; 32], 4 * 4096).unwrap();
         c.fill(&[(0, 0, &[1u8; 4096][..])]).unwrap();
-        assert!(c.read_at(&[rec(0, 0, 4096), rec(0, 4096, 4096)], &mut BlockBuf::new(2 * 4096), 0).is_err());
+        assert!(c
+            .read_at(&[rec(0, 0, 4096), rec(0, 4096, 4096)], &mut BlockBuf::new(2 * 4096), 0)
+            .is_err());
         assert!(!b.direct_failed.load(Ordering::Relaxed));
     }
 

@@ -36,7 +36,8 @@ pub fn docker_config_path() -> Option<PathBuf> {
 }
 
 /// Registry credentials from the program's configuration file, by `host[:port]`.
-static CONFIGURED: std::sync::OnceLock<std::collections::BTreeMap<String, RegistryAuth>> = std::sync::OnceLock::new();
+static CONFIGURED: std::sync::OnceLock<std::collections::BTreeMap<String, RegistryAuth>> =
+    std::sync::OnceLock::new();
 
 /// Records the registry credentials of this process's configuration file (once, at start; a
 /// second call is ignored). A process setting, like S3's: mount specs never hold credentials.
@@ -57,13 +58,27 @@ pub fn credentials_for(registry: &str) -> RegistryAuth {
 fn parse_config(bytes: &[u8], registry: &str) -> Option<RegistryAuth> {
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let auths = v.get("auths")?.as_object()?;
-    let wanted = [registry.to_string(), format!("https://{registry}"), format!("http://{registry}"), format!("https://{registry}/v1/"), format!("https://{registry}/v2/")];
+    let wanted = [
+        registry.to_string(),
+        format!("https://{registry}"),
+        format!("http://{registry}"),
+        format!("https://{registry}/v1/"),
+        format!("https://{registry}/v2/"),
+    ];
     let docker_hub = matches!(registry, "docker.io" | "registry-1.docker.io" | "index.docker.io");
-    let entry = auths.iter().find(|(k, _)| wanted.contains(k) || (docker_hub && k.contains("index.docker.io")))?.1;
-    if let Some(token) = entry.get("identitytoken").and_then(|t| t.as_str()).filter(|t| !t.is_empty()) {
+    let entry = auths
+        .iter()
+        .find(|(k, _)| wanted.contains(k) || (docker_hub && k.contains("index.docker.io")))?
+        .1;
+    if let Some(token) =
+        entry.get("identitytoken").and_then(|t| t.as_str()).filter(|t| !t.is_empty())
+    {
         return Some(RegistryAuth::Bearer(token.to_string()));
     }
-    if let (Some(u), Some(p)) = (entry.get("username").and_then(|u| u.as_str()), entry.get("password").and_then(|p| p.as_str())) {
+    if let (Some(u), Some(p)) = (
+        entry.get("username").and_then(|u| u.as_str()),
+        entry.get("password").and_then(|p| p.as_str()),
+    ) {
         return Some(RegistryAuth::Basic(u.to_string(), p.to_string()));
     }
     let encoded = entry.get("auth")?.as_str()?;
@@ -81,7 +96,9 @@ mod tests {
     fn auth_entries_are_found_by_host() {
         let cfg = br#"{"auths": {"127.0.0.1:5000": {"auth": "dXNlcjpwYTpzcw=="}, "https://other.io": {"username": "a", "password": "b"}}}"#;
         match parse_config(cfg, "127.0.0.1:5000") {
-            Some(RegistryAuth::Basic(u, p)) => assert_eq!((u.as_str(), p.as_str()), ("user", "pa:ss")),
+            Some(RegistryAuth::Basic(u, p)) => {
+                assert_eq!((u.as_str(), p.as_str()), ("user", "pa:ss"))
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse_config(cfg, "other.io"), Some(RegistryAuth::Basic(..))));

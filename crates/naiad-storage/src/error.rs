@@ -10,10 +10,7 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("{path}: {cause}")]
-    Io {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    Io { path: PathBuf, cause: std::io::Error },
     /// The blob file is shorter than a structure in it says, or cannot be read.
     #[error("blob {blob}: cannot read {len} bytes at offset {offset}: {cause}")]
     BlobRead { blob: String, offset: u64, len: usize, cause: std::io::Error },
@@ -33,10 +30,7 @@ pub enum StorageError {
     #[error("blob {blob}: {detail}")]
     Mismatch { blob: String, detail: String },
     #[error("blob {blob}: {cause}")]
-    Format {
-        blob: String,
-        cause: naiad_format::FormatError,
-    },
+    Format { blob: String, cause: naiad_format::FormatError },
 }
 
 impl StorageError {

@@ -49,7 +49,11 @@ impl FrameIndex {
     /// Where in the view the data of the whole frames holding `chunks` ends (filling those
     /// chunks fills their frames); None for no chunks.
     pub fn frames_end(&self, chunks: &[ChunkRecord]) -> Option<u64> {
-        chunks.iter().flat_map(|c| self.frame(c.compressed_offset)).map(|c| c.view_offset + u64::from(c.size)).max()
+        chunks
+            .iter()
+            .flat_map(|c| self.frame(c.compressed_offset))
+            .map(|c| c.view_offset + u64::from(c.size))
+            .max()
     }
 }
 
@@ -89,7 +93,9 @@ impl Readahead {
         // fanotify mode, whose hits never reach this process) sees the reader next where the
         // data fetched ahead runs out.
         let sequential = st.last_end > 0
-            && (start.abs_diff(st.last_end) <= READAHEAD_MIN_BYTES || (start >= st.last_end && start <= st.frontier.saturating_add(READAHEAD_MIN_BYTES)));
+            && (start.abs_diff(st.last_end) <= READAHEAD_MIN_BYTES
+                || (start >= st.last_end
+                    && start <= st.frontier.saturating_add(READAHEAD_MIN_BYTES)));
         st.last_end = end;
         if !sequential {
             st.window = 0;
@@ -127,7 +133,8 @@ pub fn chunks_starting_in(chunks: &[ChunkRecord], range: std::ops::Range<u64>) -
 }
 
 /// Upper bounds (seconds) of the fetch latency histogram's buckets.
-pub const LATENCY_BUCKETS_SECS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+pub const LATENCY_BUCKETS_SECS: [f64; 10] =
+    [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 /// Counters of a fetcher (exported as metrics).
 #[derive(Debug, Default)]
@@ -193,7 +200,17 @@ pub struct Fetcher {
 impl Fetcher {
     /// A fetcher reading from `backend`; chunk digests use `digester`.
     pub fn new(backend: Arc<dyn Backend>, digester: Digester, merge_limit: u64) -> Self {
-        Fetcher { backend, digester, merge_limit: merge_limit.max(1), inflight: Mutex::new(HashMap::new()), down: Mutex::new(None), ahead: AtomicUsize::new(0), requests: (Mutex::new(0), Condvar::new()), max_requests: DEFAULT_MAX_REQUESTS, stats: FetchStats::default() }
+        Fetcher {
+            backend,
+            digester,
+            merge_limit: merge_limit.max(1),
+            inflight: Mutex::new(HashMap::new()),
+            down: Mutex::new(None),
+            ahead: AtomicUsize::new(0),
+            requests: (Mutex::new(0), Condvar::new()),
+            max_requests: DEFAULT_MAX_REQUESTS,
+            stats: FetchStats::default(),
+        }
     }
 
     /// At most `n` (at least 1) backend requests at once; more wait for one to finish.
@@ -225,7 +242,12 @@ impl Fetcher {
     }
 
     /// [`Fetcher::ensure`], filling whole frames using `frames`.
-    pub fn ensure_with(&self, blob: &CachedBlob, chunks: &[ChunkRecord], frames: Option<&FrameIndex>) -> Result<()> {
+    pub fn ensure_with(
+        &self,
+        blob: &CachedBlob,
+        chunks: &[ChunkRecord],
+        frames: Option<&FrameIndex>,
+    ) -> Result<()> {
         self.fetch_missing(blob, chunks, frames)?;
         match chunks.iter().find(|c| !blob.is_present(c.view_offset, u64::from(c.size))) {
             Some(_) => Err(blob.write_error()),
@@ -238,13 +260,25 @@ impl Fetcher {
     /// [`Fetcher::ensure_with`], succeeds when the cache cannot store them (disk full): the verified chunks just
     /// fetched are served from memory ([`Filled::InMemory`]), so reads still work, from the
     /// backend.
-    pub fn read_with(&self, blob: &CachedBlob, chunks: &[ChunkRecord], frames: Option<&FrameIndex>, buf: &mut [u8], offset: u64) -> Result<()> {
+    pub fn read_with(
+        &self,
+        blob: &CachedBlob,
+        chunks: &[ChunkRecord],
+        frames: Option<&FrameIndex>,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<()> {
         self.fetch_missing(blob, chunks, frames)?;
         blob.read_at(chunks, buf, offset)
     }
 
     /// Fetches those of `chunks` not present (or waits for their fetch in flight).
-    fn fetch_missing(&self, blob: &CachedBlob, chunks: &[ChunkRecord], frames: Option<&FrameIndex>) -> Result<()> {
+    fn fetch_missing(
+        &self,
+        blob: &CachedBlob,
+        chunks: &[ChunkRecord],
+        frames: Option<&FrameIndex>,
+    ) -> Result<()> {
         // Warm reads (everything present) take no lock: the in-flight table is one per fetcher.
         if blob.all_present(chunks) {
             self.stats.hits.fetch_add(chunks.len() as u64, Ordering::Relaxed);
@@ -259,9 +293,20 @@ impl Fetcher {
         let chunks = match frames {
             Some(index) => {
                 let mut seen = std::collections::HashSet::new();
-                for c in chunks.iter().filter(|c| !blob.is_present(c.view_offset, u64::from(c.size))) {
+                for c in
+                    chunks.iter().filter(|c| !blob.is_present(c.view_offset, u64::from(c.size)))
+                {
                     if seen.insert(c.compressed_offset) {
-                        expanded.extend(index.frame(c.compressed_offset).iter().filter(|m| m.view_offset == c.view_offset || !blob.is_present(m.view_offset, u64::from(m.size))).copied());
+                        expanded.extend(
+                            index
+                                .frame(c.compressed_offset)
+                                .iter()
+                                .filter(|m| {
+                                    m.view_offset == c.view_offset
+                                        || !blob.is_present(m.view_offset, u64::from(m.size))
+                                })
+                                .copied(),
+                        );
                     }
                 }
                 &expanded[..]
@@ -286,7 +331,11 @@ impl Fetcher {
             }
         }
         // A fill may have finished between the presence check and the claim.
-        let todo: Vec<ChunkRecord> = mine.iter().filter(|c| !blob.is_present(c.view_offset, u64::from(c.size))).copied().collect();
+        let todo: Vec<ChunkRecord> = mine
+            .iter()
+            .filter(|c| !blob.is_present(c.view_offset, u64::from(c.size)))
+            .copied()
+            .collect();
         let result = self.fetch(blob, &todo, frames);
         if result.is_err() {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -302,7 +351,10 @@ impl Fetcher {
         }
         result?;
         for f in theirs {
-            f.wait().map_err(|detail| StorageError::Mismatch { blob: to_hex(&digest), detail: format!("a concurrent fetch failed: {detail}") })?;
+            f.wait().map_err(|detail| StorageError::Mismatch {
+                blob: to_hex(&digest),
+                detail: format!("a concurrent fetch failed: {detail}"),
+            })?;
         }
         Ok(())
     }
@@ -311,8 +363,16 @@ impl Fetcher {
     /// most [`READAHEAD_FETCHES`] run at once; beyond that the request is dropped. A failure is
     /// only logged: a read that needs these chunks fetches them itself (or waits for this
     /// fetch, if it is still in flight).
-    pub fn fetch_ahead(self: &Arc<Self>, blob: Arc<CachedBlob>, chunks: Vec<ChunkRecord>, frames: Option<Arc<FrameIndex>>) {
-        let missing: Vec<ChunkRecord> = chunks.into_iter().filter(|c| !blob.is_present(c.view_offset, u64::from(c.size))).collect();
+    pub fn fetch_ahead(
+        self: &Arc<Self>,
+        blob: Arc<CachedBlob>,
+        chunks: Vec<ChunkRecord>,
+        frames: Option<Arc<FrameIndex>>,
+    ) {
+        let missing: Vec<ChunkRecord> = chunks
+            .into_iter()
+            .filter(|c| !blob.is_present(c.view_offset, u64::from(c.size)))
+            .collect();
         if missing.is_empty() || self.ahead.fetch_add(1, Ordering::AcqRel) >= READAHEAD_FETCHES {
             if !missing.is_empty() {
                 self.ahead.fetch_sub(1, Ordering::AcqRel);
@@ -332,7 +392,12 @@ impl Fetcher {
     }
 
     /// Fetches `chunks` (none present), frames merged into runs of adjacent byte ranges.
-    fn fetch(&self, blob: &CachedBlob, chunks: &[ChunkRecord], index: Option<&FrameIndex>) -> Result<()> {
+    fn fetch(
+        &self,
+        blob: &CachedBlob,
+        chunks: &[ChunkRecord],
+        index: Option<&FrameIndex>,
+    ) -> Result<()> {
         // Frames by compressed offset, each with the chunks wanted from it.
         let mut frames: BTreeMap<u64, (ChunkRecord, Vec<ChunkRecord>)> = BTreeMap::new();
         for c in chunks {
@@ -342,7 +407,11 @@ impl Fetcher {
             for (off, (_, wanted)) in frames.iter_mut() {
                 let all = index.frame(*off);
                 if all.len() > wanted.len() {
-                    *wanted = all.iter().filter(|c| !blob.is_present(c.view_offset, u64::from(c.size))).copied().collect();
+                    *wanted = all
+                        .iter()
+                        .filter(|c| !blob.is_present(c.view_offset, u64::from(c.size)))
+                        .copied()
+                        .collect();
                 }
             }
         }
@@ -367,43 +436,71 @@ impl Fetcher {
             let len = last.compressed_offset + u64::from(last.compressed_size) - start;
             if let Some((until, why)) = &*self.down.lock().expect("down lock") {
                 if Instant::now() < *until {
-                    return Err(StorageError::Backend { backend: self.backend.name(), detail: format!("unavailable (retried shortly): {why}") });
+                    return Err(StorageError::Backend {
+                        backend: self.backend.name(),
+                        detail: format!("unavailable (retried shortly): {why}"),
+                    });
                 }
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let t = Instant::now();
             let read = self.limited(|| self.backend.read(blob.digest(), start, len));
             *self.down.lock().expect("down lock") = match &read {
-                Err(StorageError::Backend { detail, .. }) => Some((Instant::now() + BACKEND_RETRY_AFTER, detail.clone())),
+                Err(StorageError::Backend { detail, .. }) => {
+                    Some((Instant::now() + BACKEND_RETRY_AFTER, detail.clone()))
+                }
                 _ => None,
             };
             let secs = t.elapsed().as_secs_f64();
-            let bucket = LATENCY_BUCKETS_SECS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS_SECS.len());
+            let bucket = LATENCY_BUCKETS_SECS
+                .iter()
+                .position(|b| secs <= *b)
+                .unwrap_or(LATENCY_BUCKETS_SECS.len());
             self.stats.latency[bucket].fetch_add(1, Ordering::Relaxed);
             self.stats.latency_sum_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
             let bytes = read?;
             if bytes.len() as u64 != len {
-                return Err(StorageError::Mismatch { blob: to_hex(blob.digest()), detail: format!("backend {} returned {} bytes, asked {len}", self.backend.name(), bytes.len()) });
+                return Err(StorageError::Mismatch {
+                    blob: to_hex(blob.digest()),
+                    detail: format!(
+                        "backend {} returned {} bytes, asked {len}",
+                        self.backend.name(),
+                        bytes.len()
+                    ),
+                });
             }
             self.stats.bytes_fetched.fetch_add(len, Ordering::Relaxed);
             let mut verified: Vec<(u64, u64, Vec<u8>)> = Vec::new();
             for (head, wanted) in &run {
                 let at = (head.compressed_offset - start) as usize;
                 let input = &bytes[at..at + head.compressed_size as usize];
-                decompress_into(head.compressor, input, head.frame_size, &mut frame, || format!("frame at blob offset {}", head.compressed_offset))
-                    .map_err(|e| self.corrupt(blob, head.view_offset, e.to_string()))?;
+                decompress_into(head.compressor, input, head.frame_size, &mut frame, || {
+                    format!("frame at blob offset {}", head.compressed_offset)
+                })
+                .map_err(|e| self.corrupt(blob, head.view_offset, e.to_string()))?;
                 for c in wanted {
                     let data = frame
                         .get(c.frame_offset as usize..c.frame_offset as usize + c.size as usize)
-                        .ok_or_else(|| self.corrupt(blob, c.view_offset, "chunk lies outside its frame".into()))?;
+                        .ok_or_else(|| {
+                            self.corrupt(blob, c.view_offset, "chunk lies outside its frame".into())
+                        })?;
                     let actual = self.digester.digest(data);
                     if actual != c.digest {
-                        return Err(self.corrupt(blob, c.view_offset, format!("digest mismatch: expected {}, computed {}", to_hex(&c.digest), to_hex(&actual))));
+                        return Err(self.corrupt(
+                            blob,
+                            c.view_offset,
+                            format!(
+                                "digest mismatch: expected {}, computed {}",
+                                to_hex(&c.digest),
+                                to_hex(&actual)
+                            ),
+                        ));
                     }
                     verified.push((c.compressed_offset, c.view_offset, data.to_vec()));
                 }
             }
-            let refs: Vec<(u64, u64, &[u8])> = verified.iter().map(|(f, o, d)| (*f, *o, d.as_slice())).collect();
+            let refs: Vec<(u64, u64, &[u8])> =
+                verified.iter().map(|(f, o, d)| (*f, *o, d.as_slice())).collect();
             if blob.fill(&refs)? == Filled::InMemory {
                 self.stats.cache_write_failures.fetch_add(1, Ordering::Relaxed);
             }
@@ -448,7 +545,10 @@ mod tests {
         assert_eq!(ra.on_read(900 << 20, (900 << 20) + K, true), None);
         // Reads of cached data ask for nothing, but keep the pattern for the next miss.
         assert_eq!(ra.on_read((900 << 20) + K, (900 << 20) + 2 * K, false), None);
-        assert_eq!(ra.on_read((900 << 20) + 2 * K, (900 << 20) + 3 * K, true), Some((900 << 20) + 3 * K..(900 << 20) + 3 * K + READAHEAD_MIN_BYTES));
+        assert_eq!(
+            ra.on_read((900 << 20) + 2 * K, (900 << 20) + 3 * K, true),
+            Some((900 << 20) + 3 * K..(900 << 20) + 3 * K + READAHEAD_MIN_BYTES)
+        );
     }
 
     #[test]
@@ -460,12 +560,17 @@ mod tests {
         let mut r = ra.on_read(K, 2 * K, true).expect("sequential");
         let mut windows = Vec::new();
         for _ in 0..8 {
-            let next = ra.on_read(r.end, r.end + K, true).expect("a miss where the fetched data ends continues the pattern");
+            let next = ra
+                .on_read(r.end, r.end + K, true)
+                .expect("a miss where the fetched data ends continues the pattern");
             assert!(next.start >= r.end);
             windows.push(next.end - next.start);
             r = next;
         }
-        assert!(windows.windows(2).all(|w| w[1] >= w[0]), "the window does not shrink: {windows:?}");
+        assert!(
+            windows.windows(2).all(|w| w[1] >= w[0]),
+            "the window does not shrink: {windows:?}"
+        );
         assert_eq!(windows.last(), Some(&READAHEAD_MAX_BYTES), "grown to the maximum: {windows:?}");
         // Far past the fetched data is elsewhere: no readahead.
         assert_eq!(ra.on_read(r.end + (64 << 20), r.end + (64 << 20) + K, true), None);
@@ -485,6 +590,9 @@ mod tests {
         ra.on_read(0, K, true);
         ra.on_read(K, 2 * K, true).expect("sequential");
         ra.fetched_to(frame_end);
-        assert!(ra.on_read(frame_end, frame_end + K, true).is_some(), "after the whole frame: still sequential");
+        assert!(
+            ra.on_read(frame_end, frame_end + K, true).is_some(),
+            "after the whole frame: still sequential"
+        );
     }
 }

@@ -9,8 +9,8 @@ pub mod blob_store;
 pub mod cache_check;
 pub mod chunk_cache;
 pub mod credentials;
-pub mod fetcher;
 mod error;
+pub mod fetcher;
 pub mod verify;
 pub mod view_cache;
 

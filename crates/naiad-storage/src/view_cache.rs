@@ -54,14 +54,19 @@ impl ViewCache {
         if toc.view_size != view_size {
             return Err(StorageError::Mismatch {
                 blob: to_hex(blob.digest()),
-                detail: format!("TOC view size {} differs from the bootstrap's {view_size}", toc.view_size),
+                detail: format!(
+                    "TOC view size {} differs from the bootstrap's {view_size}",
+                    toc.view_size
+                ),
             });
         }
         let tmp = self.dir.join(format!(".tmp-{}-{}", to_hex(blob.digest()), std::process::id()));
         let result = (|| {
             let f = File::create(&tmp).map_err(StorageError::io(&tmp))?;
             f.set_len(view_size).map_err(StorageError::io(&tmp))?;
-            verify::for_each_verified_chunk(blob, &toc, |off, data| f.write_all_at(data, off).map_err(StorageError::io(&tmp)))?;
+            verify::for_each_verified_chunk(blob, &toc, |off, data| {
+                f.write_all_at(data, off).map_err(StorageError::io(&tmp))
+            })?;
             f.sync_all().map_err(StorageError::io(&tmp))?;
             std::fs::rename(&tmp, &path).map_err(StorageError::io(&path))
         })();

@@ -6,9 +6,9 @@ use naiad_builder::{build, BuildOptions, Source};
 use naiad_format::bootstrap::{Bootstrap, ChunkSlot};
 use naiad_format::digest::Digest32;
 use naiad_format::extension::ChunkRecord;
+use naiad_storage::backend::{Backend, LocalBackend};
 use naiad_storage::blob_store::BlobDirs;
 use naiad_storage::chunk_cache::ChunkCache;
-use naiad_storage::backend::{Backend, LocalBackend};
 use naiad_storage::fetcher::{Fetcher, FrameIndex, BACKEND_RETRY_AFTER, DEFAULT_MERGE_LIMIT_BYTES};
 use naiad_storage::{Result, StorageError};
 use std::path::Path;
@@ -35,7 +35,10 @@ impl Backend for Counting {
         std::thread::sleep(std::time::Duration::from_millis(2));
         self.running.fetch_sub(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
-            return Err(StorageError::Backend { backend: self.name(), detail: "connection refused".into() });
+            return Err(StorageError::Backend {
+                backend: self.name(),
+                detail: "connection refused".into(),
+            });
         }
         let mut v = self.inner.read(digest, offset, len)?;
         if self.flip {
@@ -52,10 +55,15 @@ impl Backend for Counting {
 fn image(dir: &Path) -> (Bootstrap, Vec<u8>) {
     let src = dir.join("src");
     std::fs::create_dir_all(src.join("small")).unwrap();
-    let big: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> =
+        (0..5_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(src.join("big"), &big).unwrap();
     for i in 0..40u32 {
-        std::fs::write(src.join(format!("small/f{i:02}")), format!("file {i} ").repeat(100 + i as usize)).unwrap();
+        std::fs::write(
+            src.join(format!("small/f{i:02}")),
+            format!("file {i} ").repeat(100 + i as usize),
+        )
+        .unwrap();
     }
     build(Source::Dir(src), BuildOptions::default(), &dir.join("out")).unwrap();
     (Bootstrap::open(std::fs::read(dir.join("out/bootstrap")).unwrap()).unwrap(), big)
@@ -76,7 +84,14 @@ type Setup = (tempfile::TempDir, Bootstrap, Vec<u8>, Arc<Counting>, ChunkCache);
 fn setup(flip: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (bs, big) = image(dir.path());
-    let backend = Arc::new(Counting { inner: LocalBackend::new(BlobDirs::new(vec![dir.path().join("out")])), requests: AtomicU64::new(0), running: AtomicU64::new(0), peak: AtomicU64::new(0), flip, down: AtomicBool::new(false) });
+    let backend = Arc::new(Counting {
+        inner: LocalBackend::new(BlobDirs::new(vec![dir.path().join("out")])),
+        requests: AtomicU64::new(0),
+        running: AtomicU64::new(0),
+        peak: AtomicU64::new(0),
+        flip,
+        down: AtomicBool::new(false),
+    });
     let cache = ChunkCache::open(&dir.path().join("cache")).unwrap();
     (dir, bs, big, backend, cache)
 }
@@ -109,10 +124,15 @@ fn only_requested_chunks_are_fetched_verified_and_kept() {
         assert_eq!(buf, big[i << 20..(i << 20) + r.size as usize]);
     }
     // Small files packed in one frame.
-    let small: Vec<ChunkRecord> = (0..40).flat_map(|i| records(&bs, format!("/small/f{i:02}").as_bytes())).collect();
+    let small: Vec<ChunkRecord> =
+        (0..40).flat_map(|i| records(&bs, format!("/small/f{i:02}").as_bytes())).collect();
     let before = backend.requests.load(Ordering::SeqCst);
     fetcher.ensure(&blob, &small).unwrap();
-    assert_eq!(backend.requests.load(Ordering::SeqCst) - before, 1, "40 small files share one frame");
+    assert_eq!(
+        backend.requests.load(Ordering::SeqCst) - before,
+        1,
+        "40 small files share one frame"
+    );
 }
 
 #[test]
@@ -126,9 +146,15 @@ fn a_fetched_frame_fills_all_its_chunks() {
     fetcher.ensure_with(&blob, &first, Some(&index)).unwrap();
     assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
     for i in 1..40 {
-        fetcher.ensure_with(&blob, &records(&bs, format!("/small/f{i:02}").as_bytes()), Some(&index)).unwrap();
+        fetcher
+            .ensure_with(&blob, &records(&bs, format!("/small/f{i:02}").as_bytes()), Some(&index))
+            .unwrap();
     }
-    assert_eq!(backend.requests.load(Ordering::SeqCst), 1, "the other 39 small files came with the first frame");
+    assert_eq!(
+        backend.requests.load(Ordering::SeqCst),
+        1,
+        "the other 39 small files came with the first frame"
+    );
 }
 
 #[test]
@@ -144,7 +170,11 @@ fn concurrent_readers_share_one_fetch() {
         }
     });
     let frames: std::collections::HashSet<u64> = recs.iter().map(|r| r.compressed_offset).collect();
-    assert_eq!(backend.requests.load(Ordering::SeqCst), frames.len() as u64, "each frame fetched once");
+    assert_eq!(
+        backend.requests.load(Ordering::SeqCst),
+        frames.len() as u64,
+        "each frame fetched once"
+    );
     assert!(recs.iter().all(|r| blob.is_present(r.view_offset, u64::from(r.size))));
 }
 
@@ -163,10 +193,19 @@ fn backend_requests_are_limited_to_the_configured_concurrency() {
                 s.spawn(move || f.ensure(b, std::slice::from_ref(r)).unwrap());
             }
         });
-        let frames: std::collections::HashSet<u64> = recs.iter().map(|r| r.compressed_offset).collect();
+        let frames: std::collections::HashSet<u64> =
+            recs.iter().map(|r| r.compressed_offset).collect();
         assert!(frames.len() > limit, "the test needs more frames than the limit");
-        assert_eq!(backend.requests.load(Ordering::SeqCst), frames.len() as u64, "one request per frame");
-        assert_eq!(backend.peak.load(Ordering::SeqCst), limit as u64, "peak concurrent requests with a limit of {limit}");
+        assert_eq!(
+            backend.requests.load(Ordering::SeqCst),
+            frames.len() as u64,
+            "one request per frame"
+        );
+        assert_eq!(
+            backend.peak.load(Ordering::SeqCst),
+            limit as u64,
+            "peak concurrent requests with a limit of {limit}"
+        );
         for (i, r) in recs.iter().enumerate() {
             let mut buf = vec![0u8; r.size as usize];
             blob.read_at(std::slice::from_ref(r), &mut buf, r.view_offset).unwrap();
@@ -197,17 +236,26 @@ fn after_a_backend_failure_reads_fail_fast_then_the_backend_is_tried_again() {
     let recs = records(&bs, b"/big");
     backend.down.store(true, Ordering::SeqCst);
     let e = fetcher.ensure(&blob, &recs[..1]).unwrap_err();
-    assert!(matches!(e, StorageError::Backend { .. }) && e.to_string().contains("connection refused"), "{e}");
+    assert!(
+        matches!(e, StorageError::Backend { .. }) && e.to_string().contains("connection refused"),
+        "{e}"
+    );
     assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
     // Other chunks fail at once, naming the cause, without asking the backend; even once it
     // is back, until the retry delay has passed.
     backend.down.store(false, Ordering::SeqCst);
     let started = std::time::Instant::now();
     let e = fetcher.ensure(&blob, &recs[1..2]).unwrap_err();
-    assert!(e.to_string().contains("unavailable") && e.to_string().contains("connection refused"), "{e}");
+    assert!(
+        e.to_string().contains("unavailable") && e.to_string().contains("connection refused"),
+        "{e}"
+    );
     assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
     assert!(!blob.is_present(recs[1].view_offset, 1));
-    std::thread::sleep(BACKEND_RETRY_AFTER.saturating_sub(started.elapsed()) + std::time::Duration::from_millis(50));
+    std::thread::sleep(
+        BACKEND_RETRY_AFTER.saturating_sub(started.elapsed())
+            + std::time::Duration::from_millis(50),
+    );
     fetcher.ensure(&blob, &recs).unwrap();
     for (i, r) in recs.iter().enumerate() {
         let mut buf = vec![0u8; r.size as usize];

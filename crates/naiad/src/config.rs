@@ -74,7 +74,11 @@ pub struct RegistryConfig {
 impl std::fmt::Debug for RegistryConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the password.
-        f.debug_struct("RegistryConfig").field("insecure", &self.insecure).field("mirrors", &self.mirrors).field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("RegistryConfig")
+            .field("insecure", &self.insecure)
+            .field("mirrors", &self.mirrors)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
@@ -131,7 +135,10 @@ pub struct S3Args {
 
 impl S3Args {
     fn any(&self) -> bool {
-        self.s3_endpoint.is_some() || self.s3_bucket.is_some() || self.s3_prefix.is_some() || self.s3_region.is_some()
+        self.s3_endpoint.is_some()
+            || self.s3_bucket.is_some()
+            || self.s3_prefix.is_some()
+            || self.s3_region.is_some()
     }
 }
 
@@ -139,7 +146,12 @@ impl Config {
     /// Where a mount of `source` reads its blobs from S3, if it does: a bootstrap source with
     /// no blob directories and a bucket given by a flag or the file. Each flag wins over its
     /// key in the file. Also returns whether the file allows plain HTTP to the endpoint.
-    pub fn s3_location(&self, source: &str, has_blob_dirs: bool, flags: &S3Args) -> Result<(Option<S3Location>, bool)> {
+    pub fn s3_location(
+        &self,
+        source: &str,
+        has_blob_dirs: bool,
+        flags: &S3Args,
+    ) -> Result<(Option<S3Location>, bool)> {
         if registry_of(source).is_some() || source.starts_with("oci:") {
             if flags.any() {
                 bail!("the --s3-* flags are for a bootstrap SOURCE; an image reference reads its blobs from its registry");
@@ -171,7 +183,11 @@ impl Config {
     /// The file's S3 credentials, if it has them (a key without its secret is an error).
     pub fn s3_credentials(&self) -> Result<Option<S3Credentials>> {
         match (&self.s3.access_key_id, &self.s3.secret_access_key) {
-            (Some(id), Some(secret)) => Ok(Some(S3Credentials { access_key_id: id.clone(), secret_access_key: secret.clone(), session_token: self.s3.session_token.clone() })),
+            (Some(id), Some(secret)) => Ok(Some(S3Credentials {
+                access_key_id: id.clone(),
+                secret_access_key: secret.clone(),
+                session_token: self.s3.session_token.clone(),
+            })),
             (None, None) => Ok(None),
             (Some(_), None) => bail!("[s3] has access_key_id but no secret_access_key"),
             (None, Some(_)) => bail!("[s3] has secret_access_key but no access_key_id"),
@@ -186,18 +202,30 @@ impl Config {
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Config::default()),
-            Err(e) => return Err(e).with_context(|| format!("reading the config file {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default())
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the config file {}", path.display()))
+            }
         };
-        let cfg: Config = toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
         let mut registry_creds = std::collections::BTreeMap::new();
         for (host, r) in &cfg.registries {
             match (&r.username, &r.password) {
                 (Some(u), Some(p)) => {
-                    registry_creds.insert(host.clone(), naiad_storage::credentials::RegistryAuth::Basic(u.clone(), p.clone()));
+                    registry_creds.insert(
+                        host.clone(),
+                        naiad_storage::credentials::RegistryAuth::Basic(u.clone(), p.clone()),
+                    );
                 }
                 (None, None) => {}
-                _ => bail!("config file {}: registry {host}: username and password go together", path.display()),
+                _ => bail!(
+                    "config file {}: registry {host}: username and password go together",
+                    path.display()
+                ),
             }
         }
         if !registry_creds.is_empty() {
@@ -207,7 +235,8 @@ impl Config {
             }
             naiad_storage::credentials::set_configured(registry_creds);
         }
-        let creds = cfg.s3_credentials().with_context(|| format!("config file {}", path.display()))?;
+        let creds =
+            cfg.s3_credentials().with_context(|| format!("config file {}", path.display()))?;
         if let Some(c) = creds {
             use std::os::unix::fs::PermissionsExt;
             if std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
@@ -221,7 +250,10 @@ impl Config {
 
     /// `fetch_merge_max` in bytes.
     pub fn fetch_merge_max(&self) -> Result<Option<u64>> {
-        self.fetch_merge_max.as_deref().map(|s| crate::cmd::cache::parse_size_u64(s).context("config fetch_merge_max")).transpose()
+        self.fetch_merge_max
+            .as_deref()
+            .map(|s| crate::cmd::cache::parse_size_u64(s).context("config fetch_merge_max"))
+            .transpose()
     }
 
     /// Settings of a registry, if configured.
@@ -248,7 +280,11 @@ mod tests {
     fn config_files_parse_and_typos_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, "cache_dir = \"/x\"\n[registries.\"r:5000\"]\ninsecure = true\nmirrors = [\"m:1\"]\n").unwrap();
+        std::fs::write(
+            &p,
+            "cache_dir = \"/x\"\n[registries.\"r:5000\"]\ninsecure = true\nmirrors = [\"m:1\"]\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&p)).unwrap();
         assert_eq!(c.cache_dir.as_deref(), Some(Path::new("/x")));
         assert!(c.insecure("r:5000") && !c.insecure("other"));
@@ -269,12 +305,27 @@ mod tests {
         assert_eq!(c.s3_credentials().unwrap().unwrap().secret_access_key, "hush");
         let none = S3Args::default();
         let (loc, insecure) = c.s3_location("/b/bootstrap", false, &none).unwrap();
-        assert_eq!(loc.unwrap(), S3Location { endpoint: Some("http://e:1".into()), bucket: "fb".into(), prefix: "fp".into(), region: None });
+        assert_eq!(
+            loc.unwrap(),
+            S3Location {
+                endpoint: Some("http://e:1".into()),
+                bucket: "fb".into(),
+                prefix: "fp".into(),
+                region: None
+            }
+        );
         assert!(insecure);
-        let flags = S3Args { s3_bucket: Some("b2".into()), s3_prefix: Some("".into()), ..S3Args::default() };
+        let flags = S3Args {
+            s3_bucket: Some("b2".into()),
+            s3_prefix: Some("".into()),
+            ..S3Args::default()
+        };
         let (loc, _) = c.s3_location("/b/bootstrap", false, &flags).unwrap();
         let loc = loc.unwrap();
-        assert_eq!((loc.bucket.as_str(), loc.prefix.as_str(), loc.endpoint.as_deref()), ("b2", "", Some("http://e:1")));
+        assert_eq!(
+            (loc.bucket.as_str(), loc.prefix.as_str(), loc.endpoint.as_deref()),
+            ("b2", "", Some("http://e:1"))
+        );
         // Blob directories or an image reference: no S3 (flags for them are errors).
         assert!(c.s3_location("/b/bootstrap", true, &none).unwrap().0.is_none());
         assert!(c.s3_location("docker://h/r:t", false, &none).unwrap().0.is_none());
@@ -282,7 +333,13 @@ mod tests {
         assert!(c.s3_location("oci:/d:t", false, &flags).is_err());
         let empty = Config::default();
         assert!(empty.s3_location("/b/bootstrap", false, &none).unwrap().0.is_none());
-        assert!(empty.s3_location("/b/bootstrap", false, &S3Args { s3_prefix: Some("p".into()), ..S3Args::default() }).is_err());
+        assert!(empty
+            .s3_location(
+                "/b/bootstrap",
+                false,
+                &S3Args { s3_prefix: Some("p".into()), ..S3Args::default() }
+            )
+            .is_err());
         let half: Config = toml::from_str("[s3]\naccess_key_id = \"AK\"\n").unwrap();
         assert!(half.s3_credentials().is_err());
         assert!(toml::from_str::<Config>("[s3]\nbukket = \"x\"\n").is_err());

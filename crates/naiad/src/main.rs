@@ -8,7 +8,12 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "naiad", version, about = "Lazily loaded container images: build, check, inspect, unpack and mount", propagate_version = true)]
+#[command(
+    name = "naiad",
+    version,
+    about = "Lazily loaded container images: build, check, inspect, unpack and mount",
+    propagate_version = true
+)]
 struct Cli {
     /// Configuration file (default /etc/naiad/config.toml, if it exists).
     #[arg(long, global = true)]
@@ -78,7 +83,10 @@ fn raise_open_file_limit() {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NAIAD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NAIAD_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     raise_open_file_limit();
@@ -103,8 +111,14 @@ fn main() -> ExitCode {
         Cmd::Umount(a) => cmd::umount::run(a),
         Cmd::Pull(a) => cmd::pull::run(a, &cfg),
         Cmd::Snapshotter(a) => cmd::snapshotter::run(a, &cfg, cli.config.as_deref()),
-        Cmd::FuseKeeper(a) => naiad_fs::fuse_keep::run_keeper(a.fd, &a.socket).map(|()| ExitCode::SUCCESS).map_err(Into::into),
-        Cmd::FanotifyKeeper(a) => naiad_fs::fanotify_keeper::run(a.group_fd, &a.writer_fds, &a.socket, &a.mountpoint).map(|()| ExitCode::SUCCESS).map_err(Into::into),
+        Cmd::FuseKeeper(a) => naiad_fs::fuse_keep::run_keeper(a.fd, &a.socket)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
+        Cmd::FanotifyKeeper(a) => {
+            naiad_fs::fanotify_keeper::run(a.group_fd, &a.writer_fds, &a.socket, &a.mountpoint)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(code) => code,

@@ -65,7 +65,8 @@ pub struct ChunkArgs {
 
 impl ChunkArgs {
     pub fn compressor(&self) -> naiad_format::compression::Compressor {
-        naiad_format::compression::Compressor::from_name(&self.compressor).expect("clap checked the name")
+        naiad_format::compression::Compressor::from_name(&self.compressor)
+            .expect("clap checked the name")
     }
     pub fn digester(&self) -> naiad_format::digest::Digester {
         naiad_format::digest::Digester::from_name(&self.digester).expect("clap checked the name")
@@ -81,7 +82,9 @@ pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
 /// Reads and opens a bootstrap, verifying its digest.
 pub fn open_bootstrap(path: &Path) -> Result<Bootstrap> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Bootstrap::open(bytes).with_context(|| format!("bootstrap {} is not valid (run `naiad check` for details)", path.display()))
+    Bootstrap::open(bytes).with_context(|| {
+        format!("bootstrap {} is not valid (run `naiad check` for details)", path.display())
+    })
 }
 
 /// Reads a list of paths, one per line; blank lines and `#` comments are skipped.

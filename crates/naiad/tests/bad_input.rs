@@ -31,7 +31,10 @@ struct Run {
 
 impl Run {
     fn describe(&self) -> String {
-        format!("exit {:?} after {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.elapsed, self.stdout, self.stderr)
+        format!(
+            "exit {:?} after {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.elapsed, self.stdout, self.stderr
+        )
     }
 
     /// Non-zero exit, no panic, and an `naiad: error:` / `naiad: check:` line on stderr.
@@ -51,7 +54,11 @@ impl Run {
     }
 
     fn assert_stderr_has_any(&self, phrases: &[&str]) {
-        assert!(phrases.iter().any(|p| self.stderr.contains(p)), "stderr lacks all of {phrases:?}: {}", self.describe());
+        assert!(
+            phrases.iter().any(|p| self.stderr.contains(p)),
+            "stderr lacks all of {phrases:?}: {}",
+            self.describe()
+        );
     }
 }
 
@@ -133,12 +140,17 @@ impl Sandbox {
     /// Nothing but `in`, `sentinel` and `allowed` appeared in the sandbox, and the sentinel
     /// (also the target of hostile symlinks) is still empty.
     fn assert_nothing_outside(&self, allowed: &[&str]) {
-        let mut expect: BTreeSet<String> = ["in", "sentinel"].iter().map(|s| s.to_string()).collect();
+        let mut expect: BTreeSet<String> =
+            ["in", "sentinel"].iter().map(|s| s.to_string()).collect();
         expect.extend(allowed.iter().map(|s| s.to_string()));
-        let found: BTreeSet<String> = fs::read_dir(self.root()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let found: BTreeSet<String> = fs::read_dir(self.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         let extra: Vec<_> = found.difference(&expect).collect();
         assert!(extra.is_empty(), "unexpected entries next to the output: {extra:?}");
-        let inside: Vec<_> = fs::read_dir(self.sentinel()).unwrap().map(|e| e.unwrap().path()).collect();
+        let inside: Vec<_> =
+            fs::read_dir(self.sentinel()).unwrap().map(|e| e.unwrap().path()).collect();
         assert!(inside.is_empty(), "something was written into the sentinel dir: {inside:?}");
     }
 
@@ -147,7 +159,10 @@ impl Sandbox {
         let Ok(rd) = fs::read_dir(self.out()) else { return };
         for e in rd {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            assert!(name != "bootstrap" && !name.starts_with(".naiad-tmp"), "failed build left {name} in the output dir");
+            assert!(
+                name != "bootstrap" && !name.starts_with(".naiad-tmp"),
+                "failed build left {name} in the output dir"
+            );
         }
     }
 
@@ -187,7 +202,13 @@ fn base256(n: i128) -> [u8; 12] {
 }
 
 /// One 512-byte ustar header with a correct (or, with `corrupt_checksum`, wrong) checksum.
-fn header_raw(name: &[u8], typ: u8, size_field: &[u8], link: &[u8], corrupt_checksum: bool) -> [u8; 512] {
+fn header_raw(
+    name: &[u8],
+    typ: u8,
+    size_field: &[u8],
+    link: &[u8],
+    corrupt_checksum: bool,
+) -> [u8; 512] {
     assert!(name.len() <= 100 && link.len() <= 100 && size_field.len() == 12);
     let mut h = [0u8; 512];
     h[..name.len()].copy_from_slice(name);
@@ -248,7 +269,8 @@ fn crc32(data: &[u8]) -> u32 {
 /// A valid gzip member of `data` made of stored (uncompressed) deflate blocks.
 fn gzip_stored(data: &[u8]) -> Vec<u8> {
     let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-    let blocks: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(65535).collect() };
+    let blocks: Vec<&[u8]> =
+        if data.is_empty() { vec![&[][..]] } else { data.chunks(65535).collect() };
     for (i, b) in blocks.iter().enumerate() {
         v.push(u8::from(i + 1 == blocks.len())); // BFINAL, BTYPE = 00 (stored)
         let len = b.len() as u16;
@@ -260,7 +282,6 @@ fn gzip_stored(data: &[u8]) -> Vec<u8> {
     v.extend((data.len() as u32).to_le_bytes());
     v
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Control: the hand-made formats are valid, so the failures below come from the damage alone
@@ -286,7 +307,12 @@ fn control_handmade_tar_and_gzip_build_and_check() {
         assert_eq!(r.code, Some(0), "{src}: {}", r.describe());
     }
     // Both give the same blob (same data, same chunking).
-    let names = |d: &str| -> BTreeSet<String> { fs::read_dir(sb.root().join(d)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect() };
+    let names = |d: &str| -> BTreeSet<String> {
+        fs::read_dir(sb.root().join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
     assert_eq!(names("out"), names("out-gz"));
     sb.assert_nothing_outside(&["out", "out-gz"]);
 }
@@ -310,7 +336,8 @@ fn tar_entry_with_dotdot_is_refused() {
 #[test]
 fn tar_entry_with_inner_dotdot_is_refused() {
     let sb = Sandbox::new();
-    let r = sb.build_layer_expect_failure(&tar_of(&[file_entry("a/b/../../../sentinel/evil", b"pwned")]));
+    let r = sb
+        .build_layer_expect_failure(&tar_of(&[file_entry("a/b/../../../sentinel/evil", b"pwned")]));
     r.assert_stderr_has("\"a/b/../../../sentinel/evil\"");
     r.assert_stderr_has("'..'");
 }
@@ -362,12 +389,17 @@ fn tar_write_through_symlink_is_refused() {
 #[test]
 fn tar_hardlink_to_missing_target_is_refused() {
     let sb = Sandbox::new();
-    let r = sb.build_layer_expect_failure(&tar_of(&[file_entry("present", b"x"), header("a", HARDLINK, 0, "missing").to_vec()]));
+    let r = sb.build_layer_expect_failure(&tar_of(&[
+        file_entry("present", b"x"),
+        header("a", HARDLINK, 0, "missing").to_vec(),
+    ]));
     r.assert_stderr_has("entry \"a\"");
     r.assert_stderr_has("\"missing\"");
     r.assert_stderr_has("does not exist");
     // A hardlink whose target escapes the root is refused as such.
-    let r = sb.build_layer_expect_failure(&tar_of(&[header("b", HARDLINK, 0, "../../etc/passwd").to_vec()]));
+    let r = sb.build_layer_expect_failure(&tar_of(&[
+        header("b", HARDLINK, 0, "../../etc/passwd").to_vec()
+    ]));
     r.assert_stderr_has("entry \"b\"");
     r.assert_stderr_has("hardlink target");
     r.assert_stderr_has("'..'");
@@ -379,7 +411,8 @@ fn tar_hardlink_to_missing_target_is_refused() {
 fn tar_entry_claiming_huge_size_fails_fast() {
     let sb = Sandbox::new();
     let tib: u64 = 1 << 40;
-    let fields: [(Vec<u8>, u64); 2] = [(base256(i128::from(tib)).to_vec(), tib), (b"77777777777\0".to_vec(), 0o77777777777)];
+    let fields: [(Vec<u8>, u64); 2] =
+        [(base256(i128::from(tib)).to_vec(), tib), (b"77777777777\0".to_vec(), 0o77777777777)];
     for (field, claimed) in fields {
         let mut layer = header_raw(b"big", REGULAR, &field, b"", false).to_vec();
         layer.extend(padded(b"only a few bytes follow"));
@@ -461,7 +494,15 @@ fn truncated_gzip_layer_is_refused() {
     // Cut inside the data of "payload" (well past the 1024 bytes of "first").
     let r = sb.build_layer_expect_failure(&gz[..gz.len() / 2]);
     r.assert_stderr_has("\"payload\"");
-    r.assert_stderr_has_any(&["deflate", "unexpected end", "ends after", "truncated", "incomplete", "eof", "EOF"]);
+    r.assert_stderr_has_any(&[
+        "deflate",
+        "unexpected end",
+        "ends after",
+        "truncated",
+        "incomplete",
+        "eof",
+        "EOF",
+    ]);
     // Cut inside the gzip header itself.
     let r = sb.build_layer_expect_failure(&gz[..6]);
     r.assert_stderr_has("layer");
@@ -564,7 +605,10 @@ fn truncated_bootstrap_is_refused_by_check_and_unpack() {
             let r = unpack_expect_failure(&sb, &bootstrap, &blobs, tar);
             r.assert_stderr_has("is not valid");
             r.assert_stderr_has("trailer");
-            assert!(!sb.out().exists() || fs::read_dir(sb.out()).unwrap().next().is_none(), "unpack of a bad bootstrap wrote entries");
+            assert!(
+                !sb.out().exists() || fs::read_dir(sb.out()).unwrap().next().is_none(),
+                "unpack of a bad bootstrap wrote entries"
+            );
         }
     }
 }
@@ -607,7 +651,11 @@ fn bootstrap_bit_flip_in_an_inode_is_found_and_located() {
     bytes[at] ^= 0x01;
     fs::write(&bootstrap, &bytes).unwrap();
     for with_blobs in [false, true] {
-        let r = if with_blobs { naiad!("check", bootstrap, "--blob-dir", blobs) } else { naiad!("check", bootstrap) };
+        let r = if with_blobs {
+            naiad!("check", bootstrap, "--blob-dir", blobs)
+        } else {
+            naiad!("check", bootstrap)
+        };
         r.assert_clean_failure();
         assert_eq!(r.code, Some(1), "{}", r.describe());
         r.assert_stderr_has("digest mismatch");
@@ -702,7 +750,10 @@ fn truncated_blob_fails_check_and_unpack() {
     if r.code == Some(0) {
         let tree = sb.input("tree");
         for f in ["a.txt", "sub/b.bin", "sub/deeper/c", "big"] {
-            assert!(fs::read(sb.out().join(f)).unwrap() == fs::read(tree.join(f)).unwrap(), "{f} differs after unpack");
+            assert!(
+                fs::read(sb.out().join(f)).unwrap() == fs::read(tree.join(f)).unwrap(),
+                "{f} differs after unpack"
+            );
         }
     } else {
         r.assert_clean_failure();
@@ -722,7 +773,8 @@ fn truncated_blob_unpack_error_names_an_aligned_view_offset() {
     let r = unpack_expect_failure(&sb, &bootstrap, &blobs, true);
     let key = "chunk at view offset ";
     let at = r.stderr.find(key).unwrap_or_else(|| panic!("no view offset named: {}", r.describe()));
-    let digits: String = r.stderr[at + key.len()..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String =
+        r.stderr[at + key.len()..].chars().take_while(char::is_ascii_digit).collect();
     let off: u64 = digits.parse().unwrap();
     assert_eq!(off % 4096, 0, "view offset {off} is not block aligned (a blob file offset reported as a view offset?): {}", r.describe());
 }
@@ -762,7 +814,8 @@ fn rechecksum(h: &mut [u8; 512]) {
 /// A PAX extended header (`x`) holding `body` as its data, as is (so a test can make the
 /// records themselves hostile).
 fn pax_raw(body: &[u8]) -> Vec<u8> {
-    let mut v = header_raw(b"PaxHeaders/entry", b'x', &octal(body.len() as u64, 12), b"", false).to_vec();
+    let mut v =
+        header_raw(b"PaxHeaders/entry", b'x', &octal(body.len() as u64, 12), b"", false).to_vec();
     v.extend(padded(body));
     v
 }
@@ -787,13 +840,17 @@ fn pax_records(records: &[(&str, &str)]) -> Vec<u8> {
 fn tar_hardlink_pointing_out_of_the_tree_is_refused() {
     let sb = Sandbox::new();
     fs::write(sb.input("outside"), b"secret").unwrap();
-    let r = sb.build_layer_expect_failure(&tar_of(&[file_entry("a", b"x"), header("h", HARDLINK, 0, "../outside").to_vec()]));
+    let r = sb.build_layer_expect_failure(&tar_of(&[
+        file_entry("a", b"x"),
+        header("h", HARDLINK, 0, "../outside").to_vec(),
+    ]));
     r.assert_stderr_has("entry \"h\"");
     r.assert_stderr_has("hardlink target");
     r.assert_stderr_has("'..'");
     let abs = sb.input("outside");
     for target in ["/etc/passwd", abs.to_str().unwrap()] {
-        let r = sb.build_layer_expect_failure(&tar_of(&[header("h", HARDLINK, 0, target).to_vec()]));
+        let r =
+            sb.build_layer_expect_failure(&tar_of(&[header("h", HARDLINK, 0, target).to_vec()]));
         r.assert_stderr_has("entry \"h\"");
         r.assert_stderr_has("hardlink target");
         r.assert_stderr_has("absolute path");
@@ -852,18 +909,38 @@ fn tar_devices_build_unprivileged_and_unpack_refuses_mknod() {
     fs::create_dir(&work).unwrap();
     std::os::unix::fs::chown(&work, Some(NOBODY), Some(NOBODY)).unwrap();
     let layer = sb.input("dev.tar");
-    fs::write(&layer, tar_of(&[device_entry("null", b'3', 1, 3, u64::from(NOBODY)), device_entry("sda", b'4', 8, 0, u64::from(NOBODY))])).unwrap();
+    fs::write(
+        &layer,
+        tar_of(&[
+            device_entry("null", b'3', 1, 3, u64::from(NOBODY)),
+            device_entry("sda", b'4', 8, 0, u64::from(NOBODY)),
+        ]),
+    )
+    .unwrap();
     fs::set_permissions(&layer, fs::Permissions::from_mode(0o644)).unwrap();
 
     let img = work.join("img");
-    let r = naiad_unprivileged(&[std::ffi::OsStr::new("build"), layer.as_os_str(), "-o".as_ref(), img.as_os_str()]);
+    let r = naiad_unprivileged(&[
+        std::ffi::OsStr::new("build"),
+        layer.as_os_str(),
+        "-o".as_ref(),
+        img.as_os_str(),
+    ]);
     assert_eq!(r.code, Some(0), "unprivileged build from a tar: {}", r.describe());
     let bootstrap = img.join("bootstrap");
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&fs::metadata(&bootstrap).unwrap()), NOBODY);
 
     // The devices are in the image, with their numbers: an unpack to tar shows them.
     let tar_out = work.join("out.tar");
-    let r = naiad_unprivileged(&[std::ffi::OsStr::new("unpack"), bootstrap.as_os_str(), "--blob-dir".as_ref(), img.as_os_str(), "-o".as_ref(), tar_out.as_os_str(), "--tar".as_ref()]);
+    let r = naiad_unprivileged(&[
+        std::ffi::OsStr::new("unpack"),
+        bootstrap.as_os_str(),
+        "--blob-dir".as_ref(),
+        img.as_os_str(),
+        "-o".as_ref(),
+        tar_out.as_os_str(),
+        "--tar".as_ref(),
+    ]);
     assert_eq!(r.code, Some(0), "unprivileged unpack --tar: {}", r.describe());
     let bytes = fs::read(&tar_out).unwrap();
     let mut found = Vec::new();
@@ -871,7 +948,12 @@ fn tar_devices_build_unprivileged_and_unpack_refuses_mknod() {
         let e = e.unwrap();
         let h = e.header();
         if matches!(h.entry_type(), tar::EntryType::Char | tar::EntryType::Block) {
-            found.push((e.path().unwrap().to_string_lossy().into_owned(), h.entry_type(), h.device_major().unwrap(), h.device_minor().unwrap()));
+            found.push((
+                e.path().unwrap().to_string_lossy().into_owned(),
+                h.entry_type(),
+                h.device_major().unwrap(),
+                h.device_minor().unwrap(),
+            ));
         }
     }
     assert!(found.contains(&("null".into(), tar::EntryType::Char, Some(1), Some(3))), "{found:?}");
@@ -879,14 +961,24 @@ fn tar_devices_build_unprivileged_and_unpack_refuses_mknod() {
 
     // To a directory: mknod is not permitted, so the unpack fails naming the device node.
     let out = work.join("out");
-    let r = naiad_unprivileged(&[std::ffi::OsStr::new("unpack"), bootstrap.as_os_str(), "--blob-dir".as_ref(), img.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+    let r = naiad_unprivileged(&[
+        std::ffi::OsStr::new("unpack"),
+        bootstrap.as_os_str(),
+        "--blob-dir".as_ref(),
+        img.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
     r.assert_clean_failure();
     r.assert_stderr_has_any(&["null", "sda"]);
     r.assert_stderr_has_any(&["Operation not permitted", "EPERM", "permission"]);
     for name in ["null", "sda"] {
         if let Ok(m) = fs::symlink_metadata(out.join(name)) {
             use std::os::unix::fs::FileTypeExt;
-            assert!(!m.file_type().is_char_device() && !m.file_type().is_block_device(), "{name} became a device node");
+            assert!(
+                !m.file_type().is_char_device() && !m.file_type().is_block_device(),
+                "{name} became a device node"
+            );
         }
     }
     sb.assert_nothing_outside(&["work"]);

@@ -38,7 +38,12 @@ fn push_images(reg: &Registry, work: &Path) -> (String, String) {
     run_ok(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
     std::fs::remove_dir_all(&bundle).unwrap();
     skopeo_copy(&format!("oci:{image}"), &reg.docker_ref("app:v1"), None);
-    naiad_ok(&[OsStr::new("convert"), OsStr::new("--insecure"), OsStr::new(&reg.docker_ref("app:v1")), OsStr::new(&reg.docker_ref("app:naiad"))]);
+    naiad_ok(&[
+        OsStr::new("convert"),
+        OsStr::new("--insecure"),
+        OsStr::new(&reg.docker_ref("app:v1")),
+        OsStr::new(&reg.docker_ref("app:naiad")),
+    ]);
     (format!("{}/app:v1", reg.addr), format!("{}/app:naiad", reg.addr))
 }
 
@@ -88,27 +93,60 @@ fn naiad_and_plain_images_run_from_naiad_pull() {
     assert_eq!(r["layers_unpacked"], 0, "{r}");
     assert_eq!(r["bytes_downloaded"], 0, "{r}");
     assert_eq!(sn.image_mounts().len(), 1, "one lazy mount for the image");
-    let out = env.ctd.run_container(&env.naiad, "n1", &["/bin/sh", "-c", "cat /data/hello.txt /data/small.txt; ls /etc; echo new > /data/new; cat /data/new"]);
-    assert_eq!(out, "hello from layer 2\nsmall file\nnew\n", "the whiteout of /etc/hostname holds and the rootfs is writable");
+    let out = env.ctd.run_container(
+        &env.naiad,
+        "n1",
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /data/hello.txt /data/small.txt; ls /etc; echo new > /data/new; cat /data/new",
+        ],
+    );
+    assert_eq!(
+        out, "hello from layer 2\nsmall file\nnew\n",
+        "the whiteout of /etc/hostname holds and the rootfs is writable"
+    );
     // Only part of the blobs was fetched: not the big file nobody read.
     let fetched = sn.metric_sum("naiad_backend_bytes_total");
-    assert!(fetched > 0.0 && fetched < (BIG / 2) as f64, "fetched {fetched} bytes of an image holding a {BIG}-byte file never read");
+    assert!(
+        fetched > 0.0 && fetched < (BIG / 2) as f64,
+        "fetched {fetched} bytes of an image holding a {BIG}-byte file never read"
+    );
     // The container's writes went to its own layer: a second container sees the image as it is.
-    let out = env.ctd.run_container(&env.naiad, "n2", &["/bin/sh", "-c", "cat /data/new 2>&1; busybox md5sum /data/big.bin"]);
+    let out = env.ctd.run_container(
+        &env.naiad,
+        "n2",
+        &["/bin/sh", "-c", "cat /data/new 2>&1; busybox md5sum /data/big.bin"],
+    );
     let expected = md5_hex(&noise(BIG, 7));
     assert!(out.starts_with("cat: can't open '/data/new'"), "{out}");
-    assert!(out.contains(&expected), "big.bin read through the container has md5 {expected}: {out}");
+    assert!(
+        out.contains(&expected),
+        "big.bin read through the container has md5 {expected}: {out}"
+    );
 
     // A plain OCI image through the same snapshotter: downloaded and unpacked layer by layer.
     let r = pull(ctd, &env.plain);
     assert_eq!(r["naiad"], false, "{r}");
     assert_eq!(r["layers_unpacked"], 3, "{r}");
     assert!(r["bytes_downloaded"].as_u64().unwrap() > BIG as u64, "{r}");
-    let out = env.ctd.run_container(&env.plain, "p1", &["/bin/sh", "-c", "cat /data/hello.txt /data/small.txt; ls /etc; busybox md5sum /data/big.bin"]);
+    let out = env.ctd.run_container(
+        &env.plain,
+        "p1",
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /data/hello.txt /data/small.txt; ls /etc; busybox md5sum /data/big.bin",
+        ],
+    );
     assert_eq!(out, format!("hello from layer 2\nsmall file\n{expected}  /data/big.bin\n"));
     // Pulling again changes nothing and downloads nothing.
     let r = pull(ctd, &env.plain);
-    assert_eq!((r["layers_unpacked"].as_u64(), r["bytes_downloaded"].as_u64()), (Some(0), Some(0)), "{r}");
+    assert_eq!(
+        (r["layers_unpacked"].as_u64(), r["bytes_downloaded"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
     let r = pull(ctd, &env.naiad);
     assert_eq!(r["layers_unpacked"], 0, "{r}");
     assert_eq!(sn.image_mounts().len(), 1);
@@ -149,20 +187,40 @@ fn a_running_container_survives_snapshotter_restarts() {
         env.sn.restart();
         // containerd redials a proxy plugin with a backoff of up to a few seconds: until then
         // its calls fail at once ("connection refused"), as for any restarted plugin.
-        wait_for(|| env.ctd.ctr(&["snapshots", "--snapshotter", "naiad", "ls"]).status.success(), "containerd to reconnect");
+        wait_for(
+            || env.ctd.ctr(&["snapshots", "--snapshotter", "naiad", "ls"]).status.success(),
+            "containerd to reconnect",
+        );
         // New containers start, with the state the last snapshotter left.
-        let out = env.ctd.run_container(&env.naiad, &format!("after{round}"), &["/bin/cat", "/data/hello.txt"]);
+        let out = env.ctd.run_container(
+            &env.naiad,
+            &format!("after{round}"),
+            &["/bin/cat", "/data/hello.txt"],
+        );
         assert_eq!(out, "hello from layer 2\n");
     }
     // The restarted snapshotter still knows every snapshot; plain images go on working too.
     let snaps = env.ctd.ctr_ok(&["snapshots", "--snapshotter", "naiad", "ls"]);
-    let committed = |l: &str| l.lines().filter(|l| l.ends_with("Committed") || l.trim_end().ends_with("Committed")).map(str::to_string).collect::<Vec<_>>();
+    let committed = |l: &str| {
+        l.lines()
+            .filter(|l| l.ends_with("Committed") || l.trim_end().ends_with("Committed"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(committed(&snaps), committed(&snaps_before), "the image's snapshots after restarts");
     pull(&env.ctd, &env.plain);
-    assert_eq!(env.ctd.run_container(&env.plain, "plain-after", &["/bin/cat", "/data/small.txt"]), "small file\n");
+    assert_eq!(
+        env.ctd.run_container(&env.plain, "plain-after", &["/bin/cat", "/data/small.txt"]),
+        "small file\n"
+    );
 
     let log = lines();
-    assert!(!log.contains("FAIL"), "the reader saw errors: {} of {}", log.matches("FAIL").count(), log.lines().count());
+    assert!(
+        !log.contains("FAIL"),
+        "the reader saw errors: {} of {}",
+        log.matches("FAIL").count(),
+        log.lines().count()
+    );
     assert_eq!(env.sn.image_mounts().len(), 1, "the lazy mount was neither lost nor doubled");
 }
 
@@ -173,22 +231,42 @@ fn removing_an_image_removes_its_mounts_and_cache() {
     }
     let env = setup();
     pull(&env.ctd, &env.naiad);
-    assert_eq!(env.ctd.run_container(&env.naiad, "c1", &["/bin/cat", "/data/small.txt"]), "small file\n");
+    assert_eq!(
+        env.ctd.run_container(&env.naiad, "c1", &["/bin/cat", "/data/small.txt"]),
+        "small file\n"
+    );
     let cache = env.sn.root.join("cache");
-    let cached =
-        |suffix: &str| std::fs::read_dir(&cache).map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(suffix)).count()).unwrap_or(0);
+    let cached = |suffix: &str| {
+        std::fs::read_dir(&cache)
+            .map(|rd| {
+                rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(suffix)).count()
+            })
+            .unwrap_or(0)
+    };
     assert!(cached(".blob") > 0, "the container's reads were cached");
     assert_eq!(env.sn.image_mounts().len(), 1);
 
     env.ctd.ctr_ok(&["images", "rm", "--sync", &env.naiad]);
     wait_for(|| env.sn.image_mounts().is_empty(), "the lazy mount to go");
-    assert_eq!(cached(".blob"), 0, "cache entries left: {:?}", std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>());
+    assert_eq!(
+        cached(".blob"),
+        0,
+        "cache entries left: {:?}",
+        std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>()
+    );
     let snaps = env.ctd.ctr_ok(&["snapshots", "--snapshotter", "naiad", "ls"]);
     assert_eq!(snaps.lines().count(), 1, "only the header is left: {snaps}");
-    assert_eq!(std::fs::read_dir(env.sn.root.join("images")).unwrap().count(), 0, "mountpoint directories left");
+    assert_eq!(
+        std::fs::read_dir(env.sn.root.join("images")).unwrap().count(),
+        0,
+        "mountpoint directories left"
+    );
     // And it can be pulled and run again.
     pull(&env.ctd, &env.naiad);
-    assert_eq!(env.ctd.run_container(&env.naiad, "c2", &["/bin/cat", "/data/hello.txt"]), "hello from layer 2\n");
+    assert_eq!(
+        env.ctd.run_container(&env.naiad, "c2", &["/bin/cat", "/data/hello.txt"]),
+        "hello from layer 2\n"
+    );
 }
 
 fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
@@ -200,7 +278,11 @@ fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
 }
 
 fn md5_hex(data: &[u8]) -> String {
-    let mut c = Command::new("md5sum").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut c = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::io::Write::write_all(&mut c.stdin.take().unwrap(), data).unwrap();
     let out = c.wait_with_output().unwrap();
     String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()

@@ -57,7 +57,11 @@ impl Run {
     fn assert_clean_failure(&self) -> &Self {
         assert_eq!(self.code, Some(1), "expected exit 1: {}", self.describe());
         assert!(!self.stderr.contains("panicked"), "panicked: {}", self.describe());
-        assert!(self.stderr.contains("naiad: error:"), "no `naiad: error:` line: {}", self.describe());
+        assert!(
+            self.stderr.contains("naiad: error:"),
+            "no `naiad: error:` line: {}",
+            self.describe()
+        );
         self
     }
 
@@ -72,7 +76,8 @@ impl Run {
 
     fn json(&self) -> Value {
         self.assert_ok();
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.describe()))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.describe()))
     }
 }
 
@@ -88,7 +93,11 @@ impl DockerConfig {
             Some((u, p)) => json!({ registry: { "auth": base64(format!("{u}:{p}").as_bytes()) } }),
             None => json!({}),
         };
-        fs::write(dir.path().join("config.json"), serde_json::to_vec(&json!({ "auths": auths })).unwrap()).unwrap();
+        fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_vec(&json!({ "auths": auths })).unwrap(),
+        )
+        .unwrap();
         fs::create_dir(dir.path().join("tmp")).unwrap();
         DockerConfig(dir)
     }
@@ -172,7 +181,11 @@ impl DockerConfig {
         assert!(!run.stderr.contains("naiad: check:"), "{}", run.describe());
         if source.is_some() {
             for line in run.stdout.lines() {
-                assert!(line.ends_with("; same tree as the source"), "not compared with the source: {}", run.describe());
+                assert!(
+                    line.ends_with("; same tree as the source"),
+                    "not compared with the source: {}",
+                    run.describe()
+                );
             }
         }
         eprintln!("check {image}: {:?}", run.elapsed);
@@ -185,7 +198,9 @@ fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in input.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             out.push(if i <= c.len() { T[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
         }
@@ -204,7 +219,12 @@ fn base64_matches_known_answers() {
 
 /// The summary `--json` prints has every documented field, with the types documented.
 fn check_summary_shape(s: &Value, src: &str, dst: &str) {
-    let keys: Vec<&str> = s.as_object().unwrap_or_else(|| panic!("not an object: {s}")).keys().map(|k| k.as_str()).collect();
+    let keys: Vec<&str> = s
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {s}"))
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     let mut want = vec!["source", "destination", "digest", "media_type", "images", "seconds_total"];
     want.sort();
     let mut got = keys.clone();
@@ -221,14 +241,41 @@ fn check_summary_shape(s: &Value, src: &str, dst: &str) {
         let mut got: Vec<&str> = img.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         got.sort();
         let mut want = vec![
-            "platform", "source_digest", "digest", "source_bytes", "naiad_bytes", "bootstrap_bytes", "layers", "blobs",
-            "cached_layers", "chunks", "stored_chunks", "dedup_chunks", "dict_chunks", "uploaded_blobs", "seconds_convert",
-            "seconds_merge", "seconds_push", "warnings",
+            "platform",
+            "source_digest",
+            "digest",
+            "source_bytes",
+            "naiad_bytes",
+            "bootstrap_bytes",
+            "layers",
+            "blobs",
+            "cached_layers",
+            "chunks",
+            "stored_chunks",
+            "dedup_chunks",
+            "dict_chunks",
+            "uploaded_blobs",
+            "seconds_convert",
+            "seconds_merge",
+            "seconds_push",
+            "warnings",
         ];
         want.sort();
         assert_eq!(got, want, "{img}");
         assert!(is_digest(&img["source_digest"]) && is_digest(&img["digest"]), "{img}");
-        for k in ["source_bytes", "naiad_bytes", "bootstrap_bytes", "layers", "blobs", "cached_layers", "chunks", "stored_chunks", "dedup_chunks", "dict_chunks", "uploaded_blobs"] {
+        for k in [
+            "source_bytes",
+            "naiad_bytes",
+            "bootstrap_bytes",
+            "layers",
+            "blobs",
+            "cached_layers",
+            "chunks",
+            "stored_chunks",
+            "dedup_chunks",
+            "dict_chunks",
+            "uploaded_blobs",
+        ] {
             assert!(img[k].is_u64(), "{k}: {img}");
         }
         for k in ["seconds_convert", "seconds_merge", "seconds_push"] {
@@ -243,7 +290,11 @@ fn check_summary_shape(s: &Value, src: &str, dst: &str) {
 }
 
 fn is_digest(v: &Value) -> bool {
-    v.as_str().is_some_and(|d| d.len() == 71 && d.starts_with("sha256:") && d[7..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    v.as_str().is_some_and(|d| {
+        d.len() == 71
+            && d.starts_with("sha256:")
+            && d[7..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn sha256_digest(bytes: &[u8]) -> String {
@@ -266,7 +317,11 @@ fn skopeo_cmd(creds: Option<(&str, &str)>, args: &[&str]) -> Command {
 /// The raw bytes of a manifest or index (`skopeo inspect --raw` writes them unchanged).
 fn raw_manifest(image: &str, creds: Option<(&str, &str)>) -> Vec<u8> {
     let out = run(&mut skopeo_cmd(creds, &["--raw", image]));
-    assert!(out.status.success(), "skopeo inspect --raw {image}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo inspect --raw {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -275,7 +330,11 @@ fn raw_config(image: &str, creds: Option<(&str, &str)>, extra: &[&str]) -> Vec<u
     let mut args = extra.to_vec();
     args.extend_from_slice(&["--config", "--raw", image]);
     let out = run(&mut skopeo_cmd(creds, &args));
-    assert!(out.status.success(), "skopeo inspect --config --raw {image}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo inspect --config --raw {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -288,11 +347,17 @@ fn assert_no_image(image: &str, creds: Option<(&str, &str)>) {
         String::from_utf8_lossy(&out.stdout)
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("manifest unknown") || stderr.contains("not found") || stderr.contains("name unknown"), "{stderr}");
+    assert!(
+        stderr.contains("manifest unknown")
+            || stderr.contains("not found")
+            || stderr.contains("name unknown"),
+        "{stderr}"
+    );
 }
 
 fn parse(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(bytes)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -300,11 +365,21 @@ fn parse(bytes: &[u8]) -> Value {
 
 /// Checks a Naiad manifest and its config against the documented structure; `source_config`
 /// is the config it was converted from. Returns the digests of its data blobs.
-fn assert_naiad_manifest(manifest: &Value, config_bytes: &[u8], source_manifest_digest: &str, source_config: &Value, blobs: u64) -> Vec<String> {
+fn assert_naiad_manifest(
+    manifest: &Value,
+    config_bytes: &[u8],
+    source_manifest_digest: &str,
+    source_config: &Value,
+    blobs: u64,
+) -> Vec<String> {
     assert_eq!(manifest["schemaVersion"], 2, "{manifest}");
     assert_eq!(manifest["mediaType"], MT_MANIFEST, "{manifest}");
     assert_eq!(manifest["config"]["mediaType"], MT_CONFIG, "{manifest}");
-    assert_eq!(manifest["config"]["digest"], sha256_digest(config_bytes), "config digest: {manifest}");
+    assert_eq!(
+        manifest["config"]["digest"],
+        sha256_digest(config_bytes),
+        "config digest: {manifest}"
+    );
     assert_eq!(manifest["config"]["size"], config_bytes.len() as u64, "config size: {manifest}");
 
     let layers = manifest["layers"].as_array().unwrap();
@@ -321,7 +396,10 @@ fn assert_naiad_manifest(manifest: &Value, config_bytes: &[u8], source_manifest_
     let ann = manifest["annotations"].as_object().unwrap();
     assert_eq!(ann[ANN_SOURCE], source_manifest_digest, "{manifest}");
     assert_eq!(ann[ANN_VERSION], "1", "{manifest}");
-    assert_eq!(ann[ANN_OPTIONS], "chunk-size=1048576,compressor=zstd,digester=blake3", "{manifest}");
+    assert_eq!(
+        ann[ANN_OPTIONS], "chunk-size=1048576,compressor=zstd,digester=blake3",
+        "{manifest}"
+    );
     assert_eq!(ann.len(), 3, "{manifest}");
 
     // The config: the source's, with rootfs.diff_ids rewritten (one per layer; a data blob's
@@ -416,8 +494,17 @@ fn busybox_registry_to_registry_is_a_valid_naiad_image() {
     assert_eq!(img["dict_chunks"], 0, "{img}");
     assert_eq!(img["uploaded_blobs"], 2, "{img}");
     assert!(img["chunks"].as_u64().unwrap() >= 2, "{img}");
-    assert_eq!(img["chunks"].as_u64(), Some(img["stored_chunks"].as_u64().unwrap() + img["dedup_chunks"].as_u64().unwrap()), "{img}");
-    let source_bytes: u64 = image_manifest(&bb.layout, "bb")["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).sum();
+    assert_eq!(
+        img["chunks"].as_u64(),
+        Some(img["stored_chunks"].as_u64().unwrap() + img["dedup_chunks"].as_u64().unwrap()),
+        "{img}"
+    );
+    let source_bytes: u64 = image_manifest(&bb.layout, "bb")["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
     assert_eq!(img["source_bytes"], source_bytes, "{img}");
     assert_eq!(img["warnings"], json!([]), "{img}");
 
@@ -426,8 +513,15 @@ fn busybox_registry_to_registry_is_a_valid_naiad_image() {
     assert_eq!(sha256_digest(&raw), s["digest"], "the digest printed is the digest pushed");
     let manifest = parse(&raw);
     let config_bytes = raw_config(&dst, None, &[]);
-    let blobs = assert_naiad_manifest(&manifest, &config_bytes, &src_digest, &src_config, img["blobs"].as_u64().unwrap());
-    let layer_bytes: u64 = manifest["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).sum();
+    let blobs = assert_naiad_manifest(
+        &manifest,
+        &config_bytes,
+        &src_digest,
+        &src_config,
+        img["blobs"].as_u64().unwrap(),
+    );
+    let layer_bytes: u64 =
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).sum();
     assert_eq!(img["naiad_bytes"], layer_bytes, "naiad_bytes = blobs + bootstrap layer: {img}");
     assert_eq!(parse(&config_bytes)["config"]["Cmd"], json!(["/bin/sh"]));
 
@@ -443,7 +537,11 @@ fn busybox_registry_to_registry_is_a_valid_naiad_image() {
     // skopeo copies it to another repository unchanged, and the copy checks out too.
     let copy = reg.docker_ref("copy/bb:1");
     skopeo_copy(&dst, &copy, None);
-    assert_eq!(sha256_digest(&raw_manifest(&copy, None)), s["digest"], "skopeo copy kept the manifest");
+    assert_eq!(
+        sha256_digest(&raw_manifest(&copy, None)),
+        s["digest"],
+        "skopeo copy kept the manifest"
+    );
     cfg.check_ok(&copy, Some(&src));
 
     // Unpacking it by hand: skopeo fetches it into a layout, the bootstrap comes out of the
@@ -453,9 +551,16 @@ fn busybox_registry_to_registry_is_a_valid_naiad_image() {
     skopeo_copy(&dst, &format!("oci:{}:nb", fetched.display()), None);
     let m = image_manifest(&fetched, "nb");
     assert_eq!(m, manifest, "skopeo copied the manifest unchanged to the layout");
-    let boot_layer = read_blob(&fetched, m["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap());
+    let boot_layer = read_blob(
+        &fetched,
+        m["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap(),
+    );
     let (bootstrap, tar_digest) = unwrap_bootstrap(&boot_layer);
-    assert_eq!(parse(&config_bytes)["rootfs"]["diff_ids"].as_array().unwrap().last().unwrap(), &tar_digest, "bootstrap diff_id");
+    assert_eq!(
+        parse(&config_bytes)["rootfs"]["diff_ids"].as_array().unwrap().last().unwrap(),
+        &tar_digest,
+        "bootstrap diff_id"
+    );
     let boot_path = work.path().join("bootstrap");
     fs::write(&boot_path, &bootstrap).unwrap();
     let blob_dir = work.path().join("blobs");
@@ -465,16 +570,38 @@ fn busybox_registry_to_registry_is_a_valid_naiad_image() {
     }
     let out = work.path().join("out");
     let b = boot_path.to_str().unwrap();
-    cfg.naiad(&["unpack", b, "--blob-dir", blob_dir.to_str().unwrap(), "-o", out.to_str().unwrap()]).assert_ok();
-    assert!(fs::read(out.join("bin/busybox")).unwrap() == fs::read("/bin/busybox").unwrap(), "bin/busybox differs from /bin/busybox");
+    cfg.naiad(&[
+        "unpack",
+        b,
+        "--blob-dir",
+        blob_dir.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .assert_ok();
+    assert!(
+        fs::read(out.join("bin/busybox")).unwrap() == fs::read("/bin/busybox").unwrap(),
+        "bin/busybox differs from /bin/busybox"
+    );
     for applet in ["sh", "ls", "cat", "echo"] {
-        assert_eq!(fs::read_link(out.join("bin").join(applet)).unwrap(), Path::new("busybox"), "{applet}");
+        assert_eq!(
+            fs::read_link(out.join("bin").join(applet)).unwrap(),
+            Path::new("busybox"),
+            "{applet}"
+        );
     }
     assert_eq!(fs::read_to_string(out.join("data/hello.txt")).unwrap(), "hello from layer 2\n");
     assert!(out.join("etc").is_dir(), "/etc stays");
-    assert!(fs::symlink_metadata(out.join("etc/hostname")).is_err(), "/etc/hostname was whited out");
-    assert!(fs::symlink_metadata(out.join("etc/.wh.hostname")).is_err(), "no whiteout file in the merged tree");
-    let mut etc: Vec<_> = fs::read_dir(out.join("etc")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        fs::symlink_metadata(out.join("etc/hostname")).is_err(),
+        "/etc/hostname was whited out"
+    );
+    assert!(
+        fs::symlink_metadata(out.join("etc/.wh.hostname")).is_err(),
+        "no whiteout file in the merged tree"
+    );
+    let mut etc: Vec<_> =
+        fs::read_dir(out.join("etc")).unwrap().map(|e| e.unwrap().file_name()).collect();
     etc.sort();
     assert!(etc.is_empty(), "/etc holds {etc:?}");
     eprintln!("busybox_registry_to_registry_is_a_valid_naiad_image: {:?}", t.elapsed());
@@ -497,8 +624,14 @@ fn layout_to_layout_gives_the_same_digest_as_registry_to_registry() {
     let dst_dir = out.path().join("naiad-layout");
     let dst = format!("oci:{}:nb", dst_dir.display());
     let via_layout = cfg.convert(&bb.oci, &dst, &[]);
-    assert_eq!(via_layout["images"][0]["source_digest"], via_registry["images"][0]["source_digest"]);
-    assert_eq!(via_layout["digest"], via_registry["digest"], "the output depends on the source only");
+    assert_eq!(
+        via_layout["images"][0]["source_digest"],
+        via_registry["images"][0]["source_digest"]
+    );
+    assert_eq!(
+        via_layout["digest"], via_registry["digest"],
+        "the output depends on the source only"
+    );
     assert_eq!(via_layout["media_type"], MT_MANIFEST);
 
     // The layout is a complete OCI layout: index.json tags the manifest; every blob is there.
@@ -506,7 +639,9 @@ fn layout_to_layout_gives_the_same_digest_as_registry_to_registry() {
     assert_eq!(desc["digest"], via_layout["digest"], "{desc}");
     assert_eq!(desc["mediaType"], MT_MANIFEST, "{desc}");
     let manifest = image_manifest(&dst_dir, "nb");
-    for d in manifest["layers"].as_array().unwrap().iter().chain(std::iter::once(&manifest["config"])) {
+    for d in
+        manifest["layers"].as_array().unwrap().iter().chain(std::iter::once(&manifest["config"]))
+    {
         let bytes = read_blob(&dst_dir, d["digest"].as_str().unwrap());
         assert_eq!(sha256_digest(&bytes), d["digest"]);
         assert_eq!(bytes.len() as u64, d["size"].as_u64().unwrap());
@@ -517,7 +652,12 @@ fn layout_to_layout_gives_the_same_digest_as_registry_to_registry() {
     // Converting again into the same layout changes nothing.
     let again = cfg.convert(&bb.oci, &dst, &[]);
     assert_eq!(again["digest"], via_layout["digest"]);
-    assert_eq!(read_index(&dst_dir)["manifests"].as_array().unwrap().len(), 1, "{}", read_index(&dst_dir));
+    assert_eq!(
+        read_index(&dst_dir)["manifests"].as_array().unwrap().len(),
+        1,
+        "{}",
+        read_index(&dst_dir)
+    );
     eprintln!("layout_to_layout_gives_the_same_digest_as_registry_to_registry: {:?}", t.elapsed());
 }
 
@@ -535,20 +675,30 @@ fn registry_with_basic_auth_uses_the_docker_config() {
 
     let failures = [
         ("no docker config entry", DockerConfig::anonymous()),
-        ("no credentials for this registry", DockerConfig::new("127.0.0.1:1", Some(("naiad", "s3cret pass")))),
+        (
+            "no credentials for this registry",
+            DockerConfig::new("127.0.0.1:1", Some(("naiad", "s3cret pass"))),
+        ),
         ("wrong password", DockerConfig::new(&reg.addr, Some(("naiad", "wrong")))),
         ("wrong user", DockerConfig::new(&reg.addr, Some(("nobody", "s3cret pass")))),
     ];
     for (what, cfg) in &failures {
         let run = cfg.naiad(&["convert", &src, &dst, "--insecure"]);
         run.assert_clean_failure().assert_stderr_has("authentication");
-        assert!(!run.stderr.contains("s3cret"), "{what}: the password shows in a message: {}", run.describe());
+        assert!(
+            !run.stderr.contains("s3cret"),
+            "{what}: the password shows in a message: {}",
+            run.describe()
+        );
         assert_no_image(&dst, reg.creds());
         let run = cfg.naiad(&["check", &src, "--insecure"]);
         run.assert_clean_failure().assert_stderr_has("authentication");
     }
     let repos = reg.storage_dir().join("docker/registry/v2/repositories");
-    assert!(!repos.join("naiad").exists(), "a failed conversion wrote to the destination repository");
+    assert!(
+        !repos.join("naiad").exists(),
+        "a failed conversion wrote to the destination repository"
+    );
 
     let cfg = DockerConfig::new(&reg.addr, reg.creds());
     let s = cfg.convert(&src, &dst, &["--insecure"]);
@@ -604,7 +754,11 @@ fn multiarch_index_converts_per_platform() {
     assert_eq!(images.len(), 2, "{s}");
     for (i, (arch, e)) in ["amd64", "arm64"].iter().zip(&entries).enumerate() {
         assert_eq!(e["mediaType"], MT_MANIFEST, "{e}");
-        assert_eq!(e["platform"], json!({ "architecture": arch, "os": "linux", "os.features": [NAIAD_FEATURE] }), "{e}");
+        assert_eq!(
+            e["platform"],
+            json!({ "architecture": arch, "os": "linux", "os.features": [NAIAD_FEATURE] }),
+            "{e}"
+        );
         assert_eq!(images[i]["platform"], format!("linux/{arch}"), "{s}");
         assert_eq!(images[i]["digest"], e["digest"], "{s}");
         assert_eq!(images[i]["source_digest"], src_entries[i]["digest"], "{s}");
@@ -614,9 +768,19 @@ fn multiarch_index_converts_per_platform() {
         assert_eq!(mbytes.len() as u64, e["size"].as_u64().unwrap());
         let m = parse(&mbytes);
         let config_bytes = raw_config(&mref, None, &[]);
-        let src_ref = format!("{}@{}", reg.docker_ref("src/multi"), src_entries[i]["digest"].as_str().unwrap());
+        let src_ref = format!(
+            "{}@{}",
+            reg.docker_ref("src/multi"),
+            src_entries[i]["digest"].as_str().unwrap()
+        );
         let src_config = parse(&raw_config(&src_ref, None, &[]));
-        assert_naiad_manifest(&m, &config_bytes, src_entries[i]["digest"].as_str().unwrap(), &src_config, images[i]["blobs"].as_u64().unwrap());
+        assert_naiad_manifest(
+            &m,
+            &config_bytes,
+            src_entries[i]["digest"].as_str().unwrap(),
+            &src_config,
+            images[i]["blobs"].as_u64().unwrap(),
+        );
         assert_eq!(parse(&config_bytes)["architecture"], *arch);
     }
     cfg.check_ok(&dst, Some(&src));
@@ -637,7 +801,14 @@ fn multiarch_index_converts_per_platform() {
     assert_eq!(s1["digest"], entries[1]["digest"], "the arm64 manifest is the index's arm64 entry");
     assert_eq!(parse(&raw_config(&one, None, &[]))["architecture"], "arm64");
     cfg.check_ok(&one, None);
-    let run = cfg.naiad(&["convert", &src, &reg.docker_ref("naiad/multi-s390x:1"), "--insecure", "--platform", "linux/s390x"]);
+    let run = cfg.naiad(&[
+        "convert",
+        &src,
+        &reg.docker_ref("naiad/multi-s390x:1"),
+        "--insecure",
+        "--platform",
+        "linux/s390x",
+    ]);
     run.assert_clean_failure().assert_stderr_has("not found").assert_stderr_has("linux/s390x");
     assert_no_image(&reg.docker_ref("naiad/multi-s390x:1"), None);
 
@@ -655,8 +826,13 @@ fn multiarch_index_converts_per_platform() {
     assert_eq!(me[2], entries[0], "{mi}");
     assert_eq!(me[3], entries[1], "{mi}");
     for e in &me[..2] {
-        let mref = format!("{}@{}", reg.docker_ref("naiad/multi-merged"), e["digest"].as_str().unwrap());
-        assert_eq!(sha256_digest(&raw_manifest(&mref, None)), e["digest"], "the original manifest is in the destination");
+        let mref =
+            format!("{}@{}", reg.docker_ref("naiad/multi-merged"), e["digest"].as_str().unwrap());
+        assert_eq!(
+            sha256_digest(&raw_manifest(&mref, None)),
+            e["digest"],
+            "the original manifest is in the destination"
+        );
     }
     cfg.check_ok(&merged, Some(&src));
     let copy = reg.docker_ref("copy/multi-merged:1");
@@ -667,8 +843,13 @@ fn multiarch_index_converts_per_platform() {
     let info = skopeo_inspect(&copy, None, &["--override-arch", "amd64", "--override-os", "linux"]);
     assert_eq!(info["Digest"], sm["digest"], "{info}");
     let original = read_json_blob(&layout, src_entries[0]["digest"].as_str().unwrap());
-    let original_layers: Vec<&Value> = original["layers"].as_array().unwrap().iter().map(|l| &l["digest"]).collect();
-    assert_eq!(info["Layers"].as_array().unwrap().iter().collect::<Vec<_>>(), original_layers, "skopeo picked the original image: {info}");
+    let original_layers: Vec<&Value> =
+        original["layers"].as_array().unwrap().iter().map(|l| &l["digest"]).collect();
+    assert_eq!(
+        info["Layers"].as_array().unwrap().iter().collect::<Vec<_>>(),
+        original_layers,
+        "skopeo picked the original image: {info}"
+    );
     cfg.check_ok(&copy, Some(&src));
     eprintln!("multiarch_index_converts_per_platform: {:?}", t.elapsed());
 }
@@ -694,9 +875,16 @@ fn multiarch_layout_to_layout() {
     let entries = index["manifests"].as_array().unwrap();
     assert_eq!(entries.len(), 2, "{index}");
     for (e, arch) in entries.iter().zip(["amd64", "arm64"]) {
-        assert_eq!(e["platform"], json!({ "architecture": arch, "os": "linux", "os.features": [NAIAD_FEATURE] }), "{e}");
+        assert_eq!(
+            e["platform"],
+            json!({ "architecture": arch, "os": "linux", "os.features": [NAIAD_FEATURE] }),
+            "{e}"
+        );
         let m = read_json_blob(&out_dir, e["digest"].as_str().unwrap());
-        assert_eq!(m["layers"].as_array().unwrap().last().unwrap()["annotations"][ANN_BOOTSTRAP], "true");
+        assert_eq!(
+            m["layers"].as_array().unwrap().last().unwrap()["annotations"][ANN_BOOTSTRAP],
+            "true"
+        );
     }
     cfg.check_ok(&out, Some(&src));
     // One platform of it.
@@ -808,7 +996,8 @@ fn attestation_manifests_are_skipped() {
     assert_eq!(parse(&raw_manifest(&src, None))["manifests"].as_array().unwrap().len(), 3);
     let dst = reg.docker_ref("naiad/multi:1");
     let s = cfg.convert(&src, &dst, &["--insecure"]);
-    let platforms: Vec<&Value> = s["images"].as_array().unwrap().iter().map(|i| &i["platform"]).collect();
+    let platforms: Vec<&Value> =
+        s["images"].as_array().unwrap().iter().map(|i| &i["platform"]).collect();
     assert_eq!(platforms, [&json!("linux/amd64"), &json!("linux/arm64")], "{s}");
     let out = parse(&raw_manifest(&dst, None));
     assert_eq!(out["manifests"].as_array().unwrap().len(), 2, "{out}");
@@ -825,15 +1014,31 @@ fn docker_schema2_source_converts() {
     let cfg = DockerConfig::anonymous();
     let src = reg.docker_ref("src/bb-docker:1");
     run_ok(Command::new("skopeo").args([
-        "copy", "--quiet", "--insecure-policy", "--dest-tls-verify=false", "--format", "v2s2", &bb.oci, &src,
+        "copy",
+        "--quiet",
+        "--insecure-policy",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        &bb.oci,
+        &src,
     ]));
     let src_manifest = parse(&raw_manifest(&src, None));
-    assert_eq!(src_manifest["mediaType"], "application/vnd.docker.distribution.manifest.v2+json", "{src_manifest}");
+    assert_eq!(
+        src_manifest["mediaType"], "application/vnd.docker.distribution.manifest.v2+json",
+        "{src_manifest}"
+    );
     let dst = reg.docker_ref("naiad/bb-docker:1");
     let s = cfg.convert(&src, &dst, &["--insecure"]);
     let manifest = parse(&raw_manifest(&dst, None));
     let src_config = parse(&raw_config(&src, None, &[]));
-    assert_naiad_manifest(&manifest, &raw_config(&dst, None, &[]), s["images"][0]["source_digest"].as_str().unwrap(), &src_config, s["images"][0]["blobs"].as_u64().unwrap());
+    assert_naiad_manifest(
+        &manifest,
+        &raw_config(&dst, None, &[]),
+        s["images"][0]["source_digest"].as_str().unwrap(),
+        &src_config,
+        s["images"][0]["blobs"].as_u64().unwrap(),
+    );
     assert_eq!(s["images"][0]["source_digest"], sha256_digest(&raw_manifest(&src, None)));
     cfg.check_ok(&dst, Some(&src));
     eprintln!("docker_schema2_source_converts: {:?}", t.elapsed());
@@ -860,17 +1065,32 @@ fn check_reports_a_different_source_and_a_damaged_blob() {
         let first = m["layers"][0].clone();
         m["layers"] = json!([first]);
     });
-    let run = cfg.naiad(&["check", &dst, "--insecure", "--source", &format!("oci:{}:bb", other.display())]);
+    let run = cfg.naiad(&[
+        "check",
+        &dst,
+        "--insecure",
+        "--source",
+        &format!("oci:{}:bb", other.display()),
+    ]);
     assert_eq!(run.code, Some(1), "{}", run.describe());
     assert!(!run.stderr.contains("panicked"), "{}", run.describe());
-    assert!(run.stderr.contains("naiad: check:") && run.stderr.contains("against the source"), "{}", run.describe());
+    assert!(
+        run.stderr.contains("naiad: check:") && run.stderr.contains("against the source"),
+        "{}",
+        run.describe()
+    );
     assert!(run.stderr.contains("etc/hostname"), "{}", run.describe());
     assert!(run.stderr.contains("data"), "{}", run.describe());
 
     // Damage the first data blob where the registry keeps it.
     let manifest = parse(&raw_manifest(&dst, None));
     let blob = manifest["layers"][0]["digest"].as_str().unwrap();
-    let data = reg.storage_dir().join("docker/registry/v2/blobs/sha256").join(&blob[7..9]).join(&blob[7..]).join("data");
+    let data = reg
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&blob[7..9])
+        .join(&blob[7..])
+        .join("data");
     let mut bytes = fs::read(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -878,7 +1098,11 @@ fn check_reports_a_different_source_and_a_damaged_blob() {
     let run = cfg.naiad(&["check", &dst, "--insecure"]);
     assert_eq!(run.code, Some(1), "{}", run.describe());
     assert!(!run.stderr.contains("panicked"), "{}", run.describe());
-    assert!(run.stderr.contains(&blob[7..]) || run.stderr.contains(blob), "the damaged blob is named: {}", run.describe());
+    assert!(
+        run.stderr.contains(&blob[7..]) || run.stderr.contains(blob),
+        "the damaged blob is named: {}",
+        run.describe()
+    );
     eprintln!("check_reports_a_different_source_and_a_damaged_blob: {:?}", t.elapsed());
 }
 
@@ -896,12 +1120,20 @@ fn build_cache_reuses_converted_layers() {
     let cache = tempfile::tempdir().unwrap();
     let cache_arg = cache.path().to_str().unwrap();
 
-    let first = cfg.convert(&src, &reg.docker_ref("naiad/bb:1"), &["--insecure", "--build-cache", cache_arg]);
+    let first = cfg.convert(
+        &src,
+        &reg.docker_ref("naiad/bb:1"),
+        &["--insecure", "--build-cache", cache_arg],
+    );
     let f = &first["images"][0];
     assert_eq!(f["cached_layers"], 0, "{first}");
     assert_eq!(f["layers"], 2, "{first}");
     assert!(f["stored_chunks"].as_u64().unwrap() > 0, "{first}");
-    let entries: Vec<_> = fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| !n.to_string_lossy().starts_with('.')).collect();
+    let entries: Vec<_> = fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().starts_with('.'))
+        .collect();
     assert_eq!(entries.len(), 2, "one cache entry per layer: {entries:?}");
 
     // Into another repository, so the blobs must come from the cache.
@@ -916,7 +1148,11 @@ fn build_cache_reuses_converted_layers() {
     cfg.check_ok(&dst2, Some(&src));
 
     // Other options miss the cache.
-    let third = cfg.convert(&src, &reg.docker_ref("naiad/bb3:1"), &["--insecure", "--build-cache", cache_arg, "--chunk-size", "64K"]);
+    let third = cfg.convert(
+        &src,
+        &reg.docker_ref("naiad/bb3:1"),
+        &["--insecure", "--build-cache", cache_arg, "--chunk-size", "64K"],
+    );
     assert_eq!(third["images"][0]["cached_layers"], 0, "{third}");
     assert_ne!(third["digest"], first["digest"]);
     eprintln!("build_cache_reuses_converted_layers: {:?}", t.elapsed());
@@ -936,7 +1172,12 @@ fn chunk_dict_references_the_dictionarys_chunks() {
     let dict = reg.docker_ref("naiad/bb:1");
     let d = cfg.convert(&src, &dict, &["--insecure"]);
     let dict_manifest = parse(&raw_manifest(&dict, None));
-    let dict_blobs: Vec<&Value> = dict_manifest["layers"].as_array().unwrap().iter().filter(|l| l["mediaType"] == NAIAD_BLOB).collect();
+    let dict_blobs: Vec<&Value> = dict_manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["mediaType"] == NAIAD_BLOB)
+        .collect();
 
     let dst = reg.docker_ref("naiad/bb2:1");
     let s = cfg.convert(&src, &dst, &["--insecure", "--chunk-dict", &dict]);
@@ -944,7 +1185,10 @@ fn chunk_dict_references_the_dictionarys_chunks() {
     assert_eq!(img["stored_chunks"], 0, "every chunk is in the dictionary: {s}");
     assert!(img["dict_chunks"].as_u64().unwrap() > 0, "{s}");
     assert_eq!(img["dict_chunks"], d["images"][0]["stored_chunks"], "{s}");
-    assert_eq!(img["uploaded_blobs"], img["blobs"], "the dictionary's blobs are new to naiad/bb2: {s}");
+    assert_eq!(
+        img["uploaded_blobs"], img["blobs"],
+        "the dictionary's blobs are new to naiad/bb2: {s}"
+    );
 
     // The new manifest lists the dictionary's blobs, and the bb2 repository has them.
     let manifest = parse(&raw_manifest(&dst, None));
@@ -952,7 +1196,8 @@ fn chunk_dict_references_the_dictionarys_chunks() {
     assert_eq!(layers.len() as u64, img["blobs"].as_u64().unwrap() + 1, "{manifest}");
     // Nothing was stored, so every data blob is one of the dictionary's, and every chunk of
     // the dictionary is used, so every one of its blobs is referenced.
-    let mut got: Vec<&Value> = layers.iter().filter(|l| l["mediaType"] == NAIAD_BLOB).map(|l| &l["digest"]).collect();
+    let mut got: Vec<&Value> =
+        layers.iter().filter(|l| l["mediaType"] == NAIAD_BLOB).map(|l| &l["digest"]).collect();
     let mut want: Vec<&Value> = dict_blobs.iter().map(|l| &l["digest"]).collect();
     got.sort_by_key(|v| v.to_string());
     want.sort_by_key(|v| v.to_string());
@@ -962,13 +1207,22 @@ fn chunk_dict_references_the_dictionarys_chunks() {
     for b in &dict_blobs {
         let hex = &b["digest"].as_str().unwrap()[7..];
         assert!(
-            log.lines().any(|l| l.contains("POST /v2/naiad/bb2/blobs/uploads/?") && l.contains("from=naiad%2Fbb") && l.contains(hex) && l.contains("\" 201 ")),
+            log.lines().any(|l| l.contains("POST /v2/naiad/bb2/blobs/uploads/?")
+                && l.contains("from=naiad%2Fbb")
+                && l.contains(hex)
+                && l.contains("\" 201 ")),
             "blob {hex} was not mounted from naiad/bb"
         );
     }
     let config_bytes = raw_config(&dst, None, &[]);
     let src_config = parse(&raw_config(&src, None, &[]));
-    assert_naiad_manifest(&manifest, &config_bytes, &layout_digest(&bb.layout, "bb"), &src_config, img["blobs"].as_u64().unwrap());
+    assert_naiad_manifest(
+        &manifest,
+        &config_bytes,
+        &layout_digest(&bb.layout, "bb"),
+        &src_config,
+        img["blobs"].as_u64().unwrap(),
+    );
     cfg.check_ok(&dst, Some(&src));
 
     // A copy elsewhere (no dictionary around) is complete on its own.
@@ -1045,8 +1299,16 @@ fn bad_sources_fail_cleanly_and_push_nothing() {
     // A layer whose bytes are another valid gzip tar (smaller), under the old name.
     let dir = tmp.path().join("other-bytes");
     copy_layout(&bb.layout, &dir);
-    fs::write(blob_path(&dir, &layer(1)), gzip_tar("data/evil.txt", b"not the layer the manifest names\n")).unwrap();
-    cases.push(("layer replaced by another gzip tar", dir, vec!["digest or size mismatch".into(), layer(1)]));
+    fs::write(
+        blob_path(&dir, &layer(1)),
+        gzip_tar("data/evil.txt", b"not the layer the manifest names\n"),
+    )
+    .unwrap();
+    cases.push((
+        "layer replaced by another gzip tar",
+        dir,
+        vec!["digest or size mismatch".into(), layer(1)],
+    ));
 
     // A layer of exactly the same size and the same contents, only its gzip header's MTIME
     // changed: a valid gzip stream that decodes to the very same tar. Only the digest tells.
@@ -1056,7 +1318,11 @@ fn bad_sources_fail_cleanly_and_push_nothing() {
     assert_eq!(replaced[..3], [0x1f, 0x8b, 8]);
     replaced[4] ^= 0x55;
     fs::write(blob_path(&dir, &layer(1)), &replaced).unwrap();
-    cases.push(("same-size layer, gzip MTIME changed", dir, vec!["digest or size mismatch".into(), layer(1)]));
+    cases.push((
+        "same-size layer, gzip MTIME changed",
+        dir,
+        vec!["digest or size mismatch".into(), layer(1)],
+    ));
 
     // The gzip trailer's CRC flipped: same size, the decoder fails before the digest is known.
     let dir = tmp.path().join("bad-crc");
@@ -1084,8 +1350,14 @@ fn bad_sources_fail_cleanly_and_push_nothing() {
     // An unknown layer media type.
     let dir = tmp.path().join("media-type");
     copy_layout(&bb.layout, &dir);
-    edit_manifest(&dir, "bb", |m| m["layers"][1]["mediaType"] = json!("application/vnd.example.unknown.v1"));
-    cases.push(("unknown layer media type", dir, vec!["unknown media type".into(), "application/vnd.example.unknown.v1".into(), layer(1)]));
+    edit_manifest(&dir, "bb", |m| {
+        m["layers"][1]["mediaType"] = json!("application/vnd.example.unknown.v1")
+    });
+    cases.push((
+        "unknown layer media type",
+        dir,
+        vec!["unknown media type".into(), "application/vnd.example.unknown.v1".into(), layer(1)],
+    ));
 
     // A manifest with no layers.
     let dir = tmp.path().join("no-layers");
@@ -1104,7 +1376,11 @@ fn bad_sources_fail_cleanly_and_push_nothing() {
         assert_no_image(&dst, None);
         // Into a layout: the tag is not created there either.
         let out = tmp.path().join(format!("out{i}"));
-        let run = cfg.naiad(&["convert", &format!("oci:{}:bb", dir.display()), &format!("oci:{}:nb", out.display())]);
+        let run = cfg.naiad(&[
+            "convert",
+            &format!("oci:{}:bb", dir.display()),
+            &format!("oci:{}:nb", out.display()),
+        ]);
         run.assert_clean_failure();
         if out.join("index.json").exists() {
             assert_eq!(read_index(&out)["manifests"], json!([]), "{what}: a tag was written");
@@ -1125,15 +1401,30 @@ fn bad_sources_fail_cleanly_and_push_nothing() {
         assert_no_image(&dst, None);
     }
     // A missing layout and a missing tag in a layout.
-    let run = cfg.naiad(&["convert", &format!("oci:{}:bb", tmp.path().join("nowhere").display()), &reg.docker_ref("naiad/missing:1"), "--insecure"]);
+    let run = cfg.naiad(&[
+        "convert",
+        &format!("oci:{}:bb", tmp.path().join("nowhere").display()),
+        &reg.docker_ref("naiad/missing:1"),
+        "--insecure",
+    ]);
     run.assert_clean_failure().assert_stderr_has("not found");
-    let run = cfg.naiad(&["convert", &format!("oci:{}:nope", bb.layout.display()), &reg.docker_ref("naiad/missing:1"), "--insecure"]);
+    let run = cfg.naiad(&[
+        "convert",
+        &format!("oci:{}:nope", bb.layout.display()),
+        &reg.docker_ref("naiad/missing:1"),
+        "--insecure",
+    ]);
     run.assert_clean_failure().assert_stderr_has("not found");
     assert_no_image(&reg.docker_ref("naiad/missing:1"), None);
     assert!(!tmp.path().join("nowhere").exists(), "a missing source layout was created");
 
     // A destination given by digest.
-    let run = cfg.naiad(&["convert", &src, &format!("{}@sha256:{}", reg.docker_ref("naiad/x"), "1".repeat(64)), "--insecure"]);
+    let run = cfg.naiad(&[
+        "convert",
+        &src,
+        &format!("{}@sha256:{}", reg.docker_ref("naiad/x"), "1".repeat(64)),
+        "--insecure",
+    ]);
     run.assert_clean_failure().assert_stderr_has("needs a tag");
 
     // Without --insecure, a plain HTTP registry is refused (TLS) and nothing is pushed.
@@ -1157,7 +1448,8 @@ fn failed_conversion_leaves_no_temporary_files() {
     let tmp = tempfile::tempdir().unwrap();
     // Layer 2 (tiny) is damaged or missing, so it fails at once while layer 1 (busybox, 1 MB)
     // is still being converted.
-    let layer = image_manifest(&bb.layout, "bb")["layers"][1]["digest"].as_str().unwrap().to_owned();
+    let layer =
+        image_manifest(&bb.layout, "bb")["layers"][1]["digest"].as_str().unwrap().to_owned();
     let damaged = tmp.path().join("damaged");
     copy_layout(&bb.layout, &damaged);
     let path = damaged.join("blobs/sha256").join(&layer[7..]);
@@ -1166,7 +1458,12 @@ fn failed_conversion_leaves_no_temporary_files() {
     fs::write(&path, &bytes).unwrap();
     let truncated = tmp.path().join("truncated");
     copy_layout(&bb.layout, &truncated);
-    fs::OpenOptions::new().write(true).open(truncated.join("blobs/sha256").join(&layer[7..])).unwrap().set_len(20).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(truncated.join("blobs/sha256").join(&layer[7..]))
+        .unwrap()
+        .set_len(20)
+        .unwrap();
     let missing = tmp.path().join("missing");
     copy_layout(&bb.layout, &missing);
     fs::remove_file(missing.join("blobs/sha256").join(&layer[7..])).unwrap();
@@ -1181,7 +1478,8 @@ fn failed_conversion_leaves_no_temporary_files() {
     // A successful conversion cleans up.
     let scratch = tempfile::tempdir().unwrap();
     let out = format!("oci:{}:ok", tmp.path().join("out-ok").display());
-    cfg.naiad_env(&["convert", &bb.oci, &out, "--jobs", "2"], &[("TMPDIR", scratch.path())]).assert_ok();
+    cfg.naiad_env(&["convert", &bb.oci, &out, "--jobs", "2"], &[("TMPDIR", scratch.path())])
+        .assert_ok();
     assert_eq!(leftovers(scratch.path()), Vec::<String>::new(), "after a successful conversion");
     // Failed ones too.
     for (what, bad, error) in [
@@ -1191,10 +1489,16 @@ fn failed_conversion_leaves_no_temporary_files() {
     ] {
         let scratch = tempfile::tempdir().unwrap();
         let out = format!("oci:{}:bad", tmp.path().join("out-bad").display());
-        let run = cfg.naiad_env(&["convert", &format!("oci:{}:bb", bad.display()), &out, "--jobs", "2"], &[("TMPDIR", scratch.path())]);
+        let run = cfg.naiad_env(
+            &["convert", &format!("oci:{}:bb", bad.display()), &out, "--jobs", "2"],
+            &[("TMPDIR", scratch.path())],
+        );
         run.assert_clean_failure().assert_stderr_has(error);
         let left = leftovers(scratch.path());
-        assert!(left.is_empty(), "{what}: the failed conversion left temporary files behind in $TMPDIR: {left:?}");
+        assert!(
+            left.is_empty(),
+            "{what}: the failed conversion left temporary files behind in $TMPDIR: {left:?}"
+        );
     }
     eprintln!("failed_conversion_leaves_no_temporary_files: {:?}", t.elapsed());
 }
@@ -1243,7 +1547,13 @@ fn debian_minbase_converts_to_the_same_tree() {
     eprintln!("debian summary: {s}");
     let manifest = parse(&raw_manifest(&dst, None));
     let src_config = parse(&raw_config(&src, None, &[]));
-    assert_naiad_manifest(&manifest, &raw_config(&dst, None, &[]), &layout_digest(&layout, "bookworm"), &src_config, 1);
+    assert_naiad_manifest(
+        &manifest,
+        &raw_config(&dst, None, &[]),
+        &layout_digest(&layout, "bookworm"),
+        &src_config,
+        1,
+    );
     cfg.check_ok(&dst, Some(&src));
     eprintln!("debian_minbase_converts_to_the_same_tree: {:?}", t.elapsed());
 }

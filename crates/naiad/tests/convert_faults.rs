@@ -35,7 +35,8 @@ impl FlakyProxy {
                 let upstream = upstream.clone();
                 std::thread::spawn(move || {
                     let Ok(server) = TcpStream::connect(&upstream) else { return };
-                    let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let (mut c2, mut s2) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
                     let t = std::thread::spawn(move || {
                         let _ = std::io::copy(&mut c2, &mut s2);
                         let _ = s2.shutdown(std::net::Shutdown::Write);
@@ -67,7 +68,11 @@ fn transient_registry_errors_are_retried() {
     let src = format!("docker://{}/src/bb:1", proxy.addr);
     let dst = format!("docker://{}/naiad/bb:1", proxy.addr);
     let out = naiad(args!["convert", src, dst, "--insecure"]);
-    assert!(out.status.success(), "convert failed through 503s: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "convert failed through 503s: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(proxy.failed.load(Ordering::SeqCst), 2, "the proxy failed two requests");
     naiad_ok(args!["check", reg.docker_ref("naiad/bb:1"), "--insecure"]);
 }

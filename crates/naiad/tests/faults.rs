@@ -60,10 +60,22 @@ fn image(chunk_size: &str) -> Image {
     busybox_oci_layout(&layout, "1");
     let naiad_layout = dir.path().join("naiad");
     let naiad_ref = format!("oci:{}:1", naiad_layout.display());
-    naiad_ok(args!["convert", "--chunk-size", chunk_size, format!("oci:{}:1", layout.display()), naiad_ref]);
+    naiad_ok(args![
+        "convert",
+        "--chunk-size",
+        chunk_size,
+        format!("oci:{}:1", layout.display()),
+        naiad_ref
+    ]);
     skopeo_copy(&naiad_ref, &reg.docker_ref("naiad/bb:1"), None);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let fetched = rt.block_on(naiad_oci::check::fetch_naiad(&ImageRef::parse(&naiad_ref).unwrap(), false, dir.path())).unwrap();
+    let fetched = rt
+        .block_on(naiad_oci::check::fetch_naiad(
+            &ImageRef::parse(&naiad_ref).unwrap(),
+            false,
+            dir.path(),
+        ))
+        .unwrap();
     let boot_path = dir.path().join("bootstrap");
     std::fs::write(&boot_path, &fetched[0].bootstrap).unwrap();
     let bs = Arc::new(Bootstrap::open(fetched[0].bootstrap.clone()).unwrap());
@@ -88,8 +100,19 @@ impl Image {
         let ext = self.bs.extension();
         let (mut present, mut total) = (0, 0);
         for (i, b) in ext.blobs.iter().enumerate() {
-            let r = check_cached_blob(cache_dir, &b.digest, b.view_size, ext.blob_chunks(i as u32), ext.digester, false).unwrap();
-            assert!(r.bad.is_empty() && r.verified == r.present, "chunks that fail verification are marked present: {r:?}");
+            let r = check_cached_blob(
+                cache_dir,
+                &b.digest,
+                b.view_size,
+                ext.blob_chunks(i as u32),
+                ext.digester,
+                false,
+            )
+            .unwrap();
+            assert!(
+                r.bad.is_empty() && r.verified == r.present,
+                "chunks that fail verification are marked present: {r:?}"
+            );
             present += r.present;
             total += r.chunks;
         }
@@ -107,7 +130,10 @@ enum Mode {
 
 /// The modes this kernel has.
 fn modes() -> Vec<Mode> {
-    [Mode::Kernel, Mode::Fuse, Mode::FuseRing].into_iter().filter(|m| *m != Mode::FuseRing || has_fuse_uring()).collect()
+    [Mode::Kernel, Mode::Fuse, Mode::FuseRing]
+        .into_iter()
+        .filter(|m| *m != Mode::FuseRing || has_fuse_uring())
+        .collect()
 }
 
 /// A lazy mount made in this process, its blobs read from `registry` ("host:port"), with a
@@ -125,19 +151,60 @@ impl Lazy {
     fn mount(img: &Image, mode: Mode, registry: &str, cache_dir: Option<&Path>) -> Lazy {
         let work = tempfile::Builder::new().prefix("mount").tempdir_in(img.dir.path()).unwrap();
         let cache = ChunkCache::open(cache_dir.unwrap_or(&work.path().join("cache"))).unwrap();
-        let opts = RegistryOptions { auth: RegistryAuth::Anonymous, insecure: true, timeout: TIMEOUT, attempts: ATTEMPTS, ..RegistryOptions::new(registry, "naiad/bb") };
-        let fetcher = Arc::new(Fetcher::new(Arc::new(RegistryBackend::new(opts).unwrap()), img.bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES));
-        let blobs: Vec<Arc<CachedBlob>> = img.bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap()).collect();
+        let opts = RegistryOptions {
+            auth: RegistryAuth::Anonymous,
+            insecure: true,
+            timeout: TIMEOUT,
+            attempts: ATTEMPTS,
+            ..RegistryOptions::new(registry, "naiad/bb")
+        };
+        let fetcher = Arc::new(Fetcher::new(
+            Arc::new(RegistryBackend::new(opts).unwrap()),
+            img.bs.extension().digester,
+            DEFAULT_MERGE_LIMIT_BYTES,
+        ));
+        let blobs: Vec<Arc<CachedBlob>> = img
+            .bs
+            .extension()
+            .blobs
+            .iter()
+            .map(|b| cache.blob(&b.digest, b.view_size).unwrap())
+            .collect();
         let mnt = work.path().join("mnt");
         let handle: Box<dyn std::any::Any> = match mode {
-            Mode::Kernel => Box::new(naiad_fs::lazy::mount_kernel_mode(&img.boot_path, &img.bs, &cache, fetcher.clone(), &work.path().join("views"), &mnt, None).unwrap()),
+            Mode::Kernel => Box::new(
+                naiad_fs::lazy::mount_kernel_mode(
+                    &img.boot_path,
+                    &img.bs,
+                    &cache,
+                    fetcher.clone(),
+                    &work.path().join("views"),
+                    &mnt,
+                    None,
+                )
+                .unwrap(),
+            ),
             Mode::Fuse => {
-                let fs = naiad_fs::image_fs::ImageFs::new(img.bs.clone(), blobs.clone(), fetcher.clone());
+                let fs = naiad_fs::image_fs::ImageFs::new(
+                    img.bs.clone(),
+                    blobs.clone(),
+                    fetcher.clone(),
+                );
                 Box::new(naiad_fs::image_fs::mount_fuse_mode(fs, &mnt, None).unwrap())
             }
-            Mode::FuseRing => Box::new(mount_fuse_ring(naiad_fs::image_fs::ImageFs::new(img.bs.clone(), blobs.clone(), fetcher.clone()), &mnt)),
+            Mode::FuseRing => Box::new(mount_fuse_ring(
+                naiad_fs::image_fs::ImageFs::new(img.bs.clone(), blobs.clone(), fetcher.clone()),
+                &mnt,
+            )),
         };
-        Lazy { handle: Some(handle), _guard: MountGuard(mnt.clone()), mnt, fetcher, blobs, _work: work }
+        Lazy {
+            handle: Some(handle),
+            _guard: MountGuard(mnt.clone()),
+            mnt,
+            fetcher,
+            blobs,
+            _work: work,
+        }
     }
 
     fn read(&self) -> std::io::Result<Vec<u8>> {
@@ -149,7 +216,10 @@ impl Lazy {
         self.blobs.iter().map(|b| b.present_bytes()).sum()
     }
 
-    fn stat(&self, f: impl Fn(&naiad_storage::fetcher::FetchStats) -> &std::sync::atomic::AtomicU64) -> u64 {
+    fn stat(
+        &self,
+        f: impl Fn(&naiad_storage::fetcher::FetchStats) -> &std::sync::atomic::AtomicU64,
+    ) -> u64 {
         f(&self.fetcher.stats).load(Ordering::SeqCst)
     }
 }
@@ -166,7 +236,9 @@ fn rides_out(img: &Image, proxy: &FaultyProxy, mode: Mode, fault: Fault, k: u32)
     let m = Lazy::mount(img, mode, &proxy.addr, None);
     let before = proxy.count(fault.name());
     proxy.set_next(fault.clone(), k);
-    let data = m.read().unwrap_or_else(|e| panic!("{mode:?}, {fault:?} x{k}: the read failed although a retry was possible: {e}"));
+    let data = m.read().unwrap_or_else(|e| {
+        panic!("{mode:?}, {fault:?} x{k}: the read failed although a retry was possible: {e}")
+    });
     assert!(data == expected(), "{mode:?}, {fault:?} x{k}: wrong bytes");
     assert_eq!(proxy.count(fault.name()), before + k as usize, "{mode:?}: the fault was not hit");
     let (present, _) = img.assert_cache_clean(m._work.path().join("cache").as_path());
@@ -183,11 +255,18 @@ fn fails_then_recovers(img: &Image, proxy: &FaultyProxy, mode: Mode, fault: Faul
     let err = m.read().expect_err("a read through a lasting fault succeeded");
     let took = started.elapsed();
     assert_eq!(err.raw_os_error(), Some(EIO), "{mode:?}, {fault:?}: {err}");
-    assert!(took < bound() + SLACK, "{mode:?}, {fault:?}: EIO took {took:?}, the bound is {:?}", bound());
+    assert!(
+        took < bound() + SLACK,
+        "{mode:?}, {fault:?}: EIO took {took:?}, the bound is {:?}",
+        bound()
+    );
     assert_eq!(m.present_bytes(), 0, "{mode:?}, {fault:?}: something was cached from bad answers");
     assert!(m.stat(|s| &s.errors) > 0);
     proxy.set(Fault::Pass);
-    assert!(read_when_back(&m.mnt.join(FILE)) == expected(), "{mode:?}, {fault:?}: wrong bytes after recovery");
+    assert!(
+        read_when_back(&m.mnt.join(FILE)) == expected(),
+        "{mode:?}, {fault:?}: wrong bytes after recovery"
+    );
     let (present, _) = img.assert_cache_clean(m._work.path().join("cache").as_path());
     assert!(present > 0, "{mode:?}: nothing was cached after recovery");
     m
@@ -231,7 +310,8 @@ fn bursts_of_503_are_retried_and_a_longer_burst_is_eio_until_it_ends() {
 fn assert_retried_after(proxy: &FaultyProxy, not_before: impl Fn(&common::faulty::Seen) -> bool) {
     let seen = proxy.seen();
     let i = seen.iter().rposition(|s| s.fault == "429").expect("a 429 was sent");
-    let retry = seen[i + 1..].iter().find(|s| s.range == seen[i].range).expect("the request was retried");
+    let retry =
+        seen[i + 1..].iter().find(|s| s.range == seen[i].range).expect("the request was retried");
     assert!(not_before(retry), "retried too early: {:?} then {:?}", seen[i], retry);
 }
 
@@ -243,7 +323,9 @@ fn too_many_requests_waits_as_retry_after_says_within_the_bound() {
         rides_out(&img, &proxy, mode, Fault::TooMany("1".into()), 1);
         let seen = proxy.seen();
         let first = seen.iter().rposition(|s| s.fault == "429").unwrap();
-        assert_retried_after(&proxy, |r| r.at.duration_since(seen[first].at) >= Duration::from_secs(1));
+        assert_retried_after(&proxy, |r| {
+            r.at.duration_since(seen[first].at) >= Duration::from_secs(1)
+        });
         // An HTTP date: not before that time.
         let date = http_date_in(Duration::from_secs(2));
         let not_before = SystemTime::now() + Duration::from_secs(1);
@@ -255,7 +337,11 @@ fn too_many_requests_waits_as_retry_after_says_within_the_bound() {
         let started = Instant::now();
         let err = m.read().expect_err("read succeeded through 429s");
         assert_eq!(err.raw_os_error(), Some(EIO));
-        assert!(started.elapsed() < bound(), "{mode:?}: waited {:?} on a Retry-After beyond the bound", started.elapsed());
+        assert!(
+            started.elapsed() < bound(),
+            "{mode:?}: waited {:?} on a Retry-After beyond the bound",
+            started.elapsed()
+        );
         proxy.set(Fault::Pass);
         assert!(read_when_back(&m.mnt.join(FILE)) == expected());
         drop(m);
@@ -287,7 +373,11 @@ fn wrong_bytes_are_eio_counted_and_never_cached() {
             Err(e) => assert_eq!(e.raw_os_error(), Some(EIO), "{mode:?}: {e}"),
         }
         assert_eq!(proxy.count("flip"), before + 1);
-        assert_eq!(m.stat(|s| &s.verify_failures), 1, "{mode:?}: the flipped answer was not caught");
+        assert_eq!(
+            m.stat(|s| &s.verify_failures),
+            1,
+            "{mode:?}: the flipped answer was not caught"
+        );
         assert!(read_when_back(&m.mnt.join(FILE)) == expected());
         img.assert_cache_clean(m._work.path().join("cache").as_path());
         drop(m);
@@ -359,13 +449,20 @@ impl SmallDisk {
 
 /// Reads `FILE` through a fetcher and cache directly, as the FUSE read paths do with
 /// `Fetcher::read_with`; returns the bytes and the blobs' cache entries.
-fn read_through(img: &Image, fetcher: &Fetcher, cache: &ChunkCache) -> (Vec<u8>, Vec<Arc<CachedBlob>>) {
+fn read_through(
+    img: &Image,
+    fetcher: &Fetcher,
+    cache: &ChunkCache,
+) -> (Vec<u8>, Vec<Arc<CachedBlob>>) {
     let ext = img.bs.extension();
-    let blobs: Vec<Arc<CachedBlob>> = ext.blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap()).collect();
+    let blobs: Vec<Arc<CachedBlob>> =
+        ext.blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap()).collect();
     let mut out = Vec::new();
     for c in img.file_chunks() {
         let mut buf = vec![0u8; c.size as usize];
-        fetcher.read_with(&blobs[c.blob_index as usize], &[c], None, &mut buf, c.view_offset).unwrap();
+        fetcher
+            .read_with(&blobs[c.blob_index as usize], &[c], None, &mut buf, c.view_offset)
+            .unwrap();
         out.extend_from_slice(&buf);
     }
     (out, blobs)
@@ -379,8 +476,17 @@ fn a_full_cache_disk_still_serves_reads_from_the_backend_and_stays_consistent() 
     let cache_dir = disk.dir.join("cache");
     let file_len = expected().len() as u64;
     let fetcher = || {
-        let opts = RegistryOptions { insecure: true, timeout: TIMEOUT, attempts: ATTEMPTS, ..RegistryOptions::new(&img.reg.addr, "naiad/bb") };
-        Fetcher::new(Arc::new(RegistryBackend::new(opts).unwrap()), img.bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES)
+        let opts = RegistryOptions {
+            insecure: true,
+            timeout: TIMEOUT,
+            attempts: ATTEMPTS,
+            ..RegistryOptions::new(&img.reg.addr, "naiad/bb")
+        };
+        Fetcher::new(
+            Arc::new(RegistryBackend::new(opts).unwrap()),
+            img.bs.extension().digester,
+            DEFAULT_MERGE_LIMIT_BYTES,
+        )
     };
     // Full: nothing can be stored. Reads that copy their bytes out get them from the
     // registry; nothing is marked present; a reader of the data file itself (fanotify mode)
@@ -391,7 +497,11 @@ fn a_full_cache_disk_still_serves_reads_from_the_backend_and_stays_consistent() 
     let (data, blobs) = read_through(&img, &f, &cache);
     assert!(data == expected(), "wrong bytes with the disk full");
     assert!(f.stats.cache_write_failures.load(Ordering::SeqCst) > 0);
-    assert_eq!(blobs.iter().map(|b| b.present_bytes()).sum::<u64>(), 0, "chunks marked present on a full disk");
+    assert_eq!(
+        blobs.iter().map(|b| b.present_bytes()).sum::<u64>(),
+        0,
+        "chunks marked present on a full disk"
+    );
     let c = img.file_chunks()[0];
     let err = f.ensure(&blobs[c.blob_index as usize], &[c]).unwrap_err();
     assert!(err.to_string().contains("os error 28"), "{err}");
@@ -403,9 +513,15 @@ fn a_full_cache_disk_still_serves_reads_from_the_backend_and_stays_consistent() 
     let cache = ChunkCache::open(&cache_dir).unwrap();
     let (data, blobs) = read_through(&img, &f, &cache);
     assert!(data == expected(), "wrong bytes with the disk nearly full");
-    assert!(f.stats.cache_write_failures.load(Ordering::SeqCst) > 0, "the file fit in half its size?");
+    assert!(
+        f.stats.cache_write_failures.load(Ordering::SeqCst) > 0,
+        "the file fit in half its size?"
+    );
     let chunks = img.file_chunks();
-    let cached = chunks.iter().filter(|c| blobs[c.blob_index as usize].is_present(c.view_offset, u64::from(c.size))).count();
+    let cached = chunks
+        .iter()
+        .filter(|c| blobs[c.blob_index as usize].is_present(c.view_offset, u64::from(c.size)))
+        .count();
     assert!(cached < chunks.len(), "{cached} of {} chunks cached in half their size", chunks.len());
     img.assert_cache_clean(&cache_dir);
     drop((blobs, cache));
@@ -417,7 +533,11 @@ fn a_full_cache_disk_still_serves_reads_from_the_backend_and_stays_consistent() 
     assert!(data == expected(), "wrong bytes once space is back");
     assert_eq!(f.stats.cache_write_failures.load(Ordering::SeqCst), 0);
     for c in &chunks {
-        assert!(blobs[c.blob_index as usize].is_present(c.view_offset, u64::from(c.size)), "chunk at {} not cached", c.view_offset);
+        assert!(
+            blobs[c.blob_index as usize].is_present(c.view_offset, u64::from(c.size)),
+            "chunk at {} not cached",
+            c.view_offset
+        );
     }
     assert_eq!(img.assert_cache_clean(&cache_dir).0, chunks.len() as u64);
 }
@@ -425,7 +545,12 @@ fn a_full_cache_disk_still_serves_reads_from_the_backend_and_stays_consistent() 
 /// Mounts the image with `naiad mount` (the registry direct) in `mode`, its cache in
 /// `cache_dir`; returns once the mount serves files, or the mount process's log if it did
 /// not come up.
-fn try_spawn_mount(img: &Image, mode: &str, mnt: &Path, cache_dir: &Path) -> Result<std::process::Child, String> {
+fn try_spawn_mount(
+    img: &Image,
+    mode: &str,
+    mnt: &Path,
+    cache_dir: &Path,
+) -> Result<std::process::Child, String> {
     std::fs::create_dir_all(mnt).unwrap();
     let log = std::fs::File::create(mnt.with_extension("log")).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
@@ -505,7 +630,14 @@ fn a_full_cache_disk_never_yields_wrong_bytes_in_any_mode() {
         let ext = img.bs.extension();
         for c in img.file_chunks() {
             let b = &ext.blobs[c.blob_index as usize];
-            assert!(cache.blob(&b.digest, b.view_size).unwrap().is_present(c.view_offset, u64::from(c.size)), "{mode}: chunk at {} not cached", c.view_offset);
+            assert!(
+                cache
+                    .blob(&b.digest, b.view_size)
+                    .unwrap()
+                    .is_present(c.view_offset, u64::from(c.size)),
+                "{mode}: chunk at {} not cached",
+                c.view_offset
+            );
         }
         img.assert_cache_clean(&cache_dir);
     }
@@ -535,11 +667,20 @@ fn a_daemon_killed_during_prefetch_leaves_a_cache_that_verifies() {
         (list[0]["prefetch_done"].as_u64().unwrap(), list[0]["prefetch_total"].as_u64().unwrap())
     };
     let verify = |extra: &[&str]| {
-        let out = naiad(&[args!["cache", "verify", "--cache-dir", cache, "--runtime-dir", run, "--json"], &extra.iter().map(std::ffi::OsStr::new).collect::<Vec<_>>()[..]].concat());
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let out = naiad(
+            &[
+                args!["cache", "verify", "--cache-dir", cache, "--runtime-dir", run, "--json"],
+                &extra.iter().map(std::ffi::OsStr::new).collect::<Vec<_>>()[..],
+            ]
+            .concat(),
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
         (out, report)
     };
-    let sum = |report: &serde_json::Value, key: &str| report["blobs"].as_array().unwrap().iter().map(|b| b[key].as_u64().unwrap()).sum::<u64>();
+    let sum = |report: &serde_json::Value, key: &str| {
+        report["blobs"].as_array().unwrap().iter().map(|b| b[key].as_u64().unwrap()).sum::<u64>()
+    };
 
     let mut daemon = DaemonGuard(start_daemon(dir));
     let mnt = dir.join("mnt");
@@ -547,7 +688,18 @@ fn a_daemon_killed_during_prefetch_leaves_a_cache_that_verifies() {
     // Prefetch everything at a quarter of the image per second: about four seconds.
     let view_bytes: u64 = img.bs.extension().chunks.iter().map(|c| u64::from(c.size)).sum();
     let rate = (view_bytes / 4).to_string();
-    ctl(args!["mount", img.reg.docker_ref("naiad/bb:1"), mnt, "--mode", "kernel", "--insecure", "--no-prefetch", "--prefetch-all", "--prefetch-rate", rate]);
+    ctl(args![
+        "mount",
+        img.reg.docker_ref("naiad/bb:1"),
+        mnt,
+        "--mode",
+        "kernel",
+        "--insecure",
+        "--no-prefetch",
+        "--prefetch-all",
+        "--prefetch-rate",
+        rate
+    ]);
     let started = Instant::now();
     loop {
         let (done, total) = prefetch();
@@ -558,13 +710,18 @@ fn a_daemon_killed_during_prefetch_leaves_a_cache_that_verifies() {
         assert!(started.elapsed() < Duration::from_secs(20), "the prefetch does not progress");
         std::thread::sleep(Duration::from_millis(20));
     }
-    rustix::process::kill_process(rustix::process::Pid::from_child(&daemon.0), rustix::process::Signal::KILL).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&daemon.0),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
     let _ = daemon.0.wait();
 
     // Every chunk marked present verifies; the kill left the prefetch part-way.
     let (out, report) = verify(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (present, verified, chunks) = (sum(&report, "present"), sum(&report, "verified"), sum(&report, "chunks"));
+    let (present, verified, chunks) =
+        (sum(&report, "present"), sum(&report, "verified"), sum(&report, "chunks"));
     assert!(present > 0 && present < chunks, "present {present} of {chunks} chunks");
     assert_eq!((verified, report["bad_chunks"].as_u64().unwrap()), (present, 0), "{report}");
 
@@ -572,10 +729,18 @@ fn a_daemon_killed_during_prefetch_leaves_a_cache_that_verifies() {
     let ext = img.bs.extension();
     let victim = {
         let cc = ChunkCache::open(&cache).unwrap();
-        let blobs: Vec<_> = ext.blobs.iter().map(|b| cc.blob(&b.digest, b.view_size).unwrap()).collect();
-        *ext.chunks.iter().find(|c| blobs[c.blob_index as usize].is_present(c.view_offset, u64::from(c.size))).unwrap()
+        let blobs: Vec<_> =
+            ext.blobs.iter().map(|b| cc.blob(&b.digest, b.view_size).unwrap()).collect();
+        *ext.chunks
+            .iter()
+            .find(|c| blobs[c.blob_index as usize].is_present(c.view_offset, u64::from(c.size)))
+            .unwrap()
     };
-    let data_path = cache.join(format!("{}.frames/{:016x}", hex::encode(ext.blobs[victim.blob_index as usize].digest), victim.compressed_offset));
+    let data_path = cache.join(format!(
+        "{}.frames/{:016x}",
+        hex::encode(ext.blobs[victim.blob_index as usize].digest),
+        victim.compressed_offset
+    ));
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&data_path).unwrap();
@@ -587,32 +752,55 @@ fn a_daemon_killed_during_prefetch_leaves_a_cache_that_verifies() {
     assert!(!out.status.success(), "a bad chunk passed: {report}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("fail verification"));
     assert_eq!(report["bad_chunks"], 1);
-    let bad = report["blobs"].as_array().unwrap().iter().flat_map(|b| b["bad"].as_array().unwrap().clone()).collect::<Vec<_>>();
+    let bad = report["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["bad"].as_array().unwrap().clone())
+        .collect::<Vec<_>>();
     assert_eq!(bad[0]["view_offset"].as_u64(), Some(victim.view_offset), "{report}");
     let (out, report) = verify(&["--repair"]);
-    assert!(out.status.success() && report["blobs"].as_array().unwrap().iter().any(|b| b["repaired"] == true), "{report}");
+    assert!(
+        out.status.success()
+            && report["blobs"].as_array().unwrap().iter().any(|b| b["repaired"] == true),
+        "{report}"
+    );
     let (out, report) = verify(&[]);
     assert!(out.status.success());
-    assert_eq!((sum(&report, "present"), sum(&report, "verified")), (present - 1, present - 1), "{report}");
+    assert_eq!(
+        (sum(&report, "present"), sum(&report, "verified")),
+        (present - 1, present - 1),
+        "{report}"
+    );
 
     // A new daemon brings the mount back and resumes the prefetch: reads are byte-exact,
     // and once it is done every chunk is present and verifies.
     let daemon = DaemonGuard(start_daemon(dir));
     assert!(std::fs::read(mnt.join(FILE)).unwrap() == expected(), "wrong bytes after the restart");
-    assert_eq!(std::fs::read_to_string(mnt.join("data/hello.txt")).unwrap(), "hello from layer 2\n");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("data/hello.txt")).unwrap(),
+        "hello from layer 2\n"
+    );
     let started = Instant::now();
     loop {
         let (done, total) = prefetch();
         if total > 0 && done == total {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "the resumed prefetch did not finish: {done}/{total}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the resumed prefetch did not finish: {done}/{total}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (out, report) = verify(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!((sum(&report, "present"), sum(&report, "verified")), (chunks, chunks), "{report}");
     let mut daemon = daemon;
-    rustix::process::kill_process(rustix::process::Pid::from_child(&daemon.0), rustix::process::Signal::TERM).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&daemon.0),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
     assert!(daemon.0.wait().unwrap().success());
 }

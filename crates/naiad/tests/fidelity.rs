@@ -32,7 +32,11 @@ fn unpack_kernel_mount_and_fsck_all_reproduce_the_source() {
     assert_same_tree("naiad unpack", &expected, &snapshot(&unpacked), Skip::default());
     // Holes stay holes: the 4 GiB file takes a few blocks, not gigabytes.
     let huge = fs::metadata(unpacked.join("files/huge_sparse")).unwrap();
-    assert!(huge.blocks() * 512 < 64 * MIB, "unpacked sparse file allocates {} bytes", huge.blocks() * 512);
+    assert!(
+        huge.blocks() * 512 < 64 * MIB,
+        "unpacked sparse file allocates {} bytes",
+        huge.blocks() * 512
+    );
 
     // 2. the kernel's EROFS.
     let cache = tmp.path().join("cache");
@@ -58,6 +62,7 @@ fn unpack_kernel_mount_and_fsck_all_reproduce_the_source() {
     // own file), sets directory mtimes before filling them, and chowns after chmod (which
     // clears setuid/setgid): those are its limits, not the image's (the checks above cover
     // them). Contents, sizes, sparse files, types, ids, modes and file mtimes must match.
-    let skip = Skip { xattrs: true, dir_mtime: true, suid_bits: true, sockets: true, hardlinks: true };
+    let skip =
+        Skip { xattrs: true, dir_mtime: true, suid_bits: true, sockets: true, hardlinks: true };
     assert_same_tree("fsck.erofs --extract", &expected, &snapshot(&extracted), skip);
 }

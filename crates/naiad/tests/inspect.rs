@@ -17,7 +17,14 @@ fn path_shows_the_inode_and_its_chunks() {
     let out = tmp.path().join("out");
     naiad_ok(args!["build", src, "-o", out]);
     let bootstrap = out.join("bootstrap");
-    let e: Value = serde_json::from_str(&naiad_ok(args!["inspect", bootstrap, "--path", "/usr/bin/tool", "--json"])).unwrap();
+    let e: Value = serde_json::from_str(&naiad_ok(args![
+        "inspect",
+        bootstrap,
+        "--path",
+        "/usr/bin/tool",
+        "--json"
+    ]))
+    .unwrap();
     assert_eq!(e["size"], data.len());
     assert_eq!(e["chunk_size"], 1 << 20);
     let chunks = e["chunks"].as_array().unwrap();

@@ -37,20 +37,37 @@ impl Image {
 
 fn image() -> Image {
     assert!(is_root(), "mounting needs root");
-    naiad_fs::fanotify::supported(&std::env::temp_dir()).expect("this kernel runs the fanotify mode");
+    naiad_fs::fanotify::supported(&std::env::temp_dir())
+        .expect("this kernel runs the fanotify mode");
     let dir = tempfile::tempdir().unwrap();
     make_tree(&dir.path().join("src"), false);
     naiad_ok(args!["build", dir.path().join("src"), "-o", dir.path().join("out")]);
-    let bs = Arc::new(Bootstrap::open(std::fs::read(dir.path().join("out/bootstrap")).unwrap()).unwrap());
+    let bs = Arc::new(
+        Bootstrap::open(std::fs::read(dir.path().join("out/bootstrap")).unwrap()).unwrap(),
+    );
     Image { dir, bs }
 }
 
-fn mount(img: &Image, backend: Arc<dyn Backend>, name: &str) -> (naiad_fs::fanotify::FanotifyMount, Arc<Fetcher>, PathBuf, ChunkCache) {
+fn mount(
+    img: &Image,
+    backend: Arc<dyn Backend>,
+    name: &str,
+) -> (naiad_fs::fanotify::FanotifyMount, Arc<Fetcher>, PathBuf, ChunkCache) {
     let cache = ChunkCache::open(&img.dir.path().join(format!("cache-{name}"))).unwrap();
-    let fetcher = Arc::new(Fetcher::new(backend, img.bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES));
+    let fetcher =
+        Arc::new(Fetcher::new(backend, img.bs.extension().digester, DEFAULT_MERGE_LIMIT_BYTES));
     let mnt = img.dir.path().join(format!("mnt-{name}"));
     let run = img.dir.path().join(format!("run-{name}"));
-    let m = naiad_fs::fanotify::mount_fanotify_mode(&img.bootstrap(), &img.bs, &cache, fetcher.clone(), &mnt, &run, env!("CARGO_BIN_EXE_naiad").as_ref()).unwrap();
+    let m = naiad_fs::fanotify::mount_fanotify_mode(
+        &img.bootstrap(),
+        &img.bs,
+        &cache,
+        fetcher.clone(),
+        &mnt,
+        &run,
+        env!("CARGO_BIN_EXE_naiad").as_ref(),
+    )
+    .unwrap();
     (m, fetcher, mnt, cache)
 }
 
@@ -64,7 +81,9 @@ fn allocated(cache: &ChunkCache) -> u64 {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "frames"))
-        .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().metadata().unwrap().blocks() * 512))
+        .flat_map(|d| {
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        })
         .sum()
 }
 
@@ -82,9 +101,25 @@ fn only_the_ranges_read_are_fetched_and_the_tree_matches_the_source() {
     let want = std::fs::read(img.src().join("files/one_chunk")).unwrap();
     assert_eq!(std::fs::read(mnt.join("files/one_chunk")).unwrap(), want);
     let (fetched, stored) = (fetcher.stats.bytes_fetched.load(Ordering::SeqCst), allocated(&cache));
-    let present: u64 = img.bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap().present_bytes()).sum();
-    assert!(fetched > 0 && stored >= want.len() as u64 && stored < 4 * want.len() as u64 && stored * 4 < view, "fetched {fetched}, stored {stored} of {view} for {} bytes", want.len());
-    assert!(present >= want.len() as u64 && present <= stored, "present {present}, stored {stored}");
+    let present: u64 = img
+        .bs
+        .extension()
+        .blobs
+        .iter()
+        .map(|b| cache.blob(&b.digest, b.view_size).unwrap().present_bytes())
+        .sum();
+    assert!(
+        fetched > 0
+            && stored >= want.len() as u64
+            && stored < 4 * want.len() as u64
+            && stored * 4 < view,
+        "fetched {fetched}, stored {stored} of {view} for {} bytes",
+        want.len()
+    );
+    assert!(
+        present >= want.len() as u64 && present <= stored,
+        "present {present}, stored {stored}"
+    );
     // The whole tree, every entry type and attribute.
     assert_same_tree("fanotify mode", &snapshot(&img.src()), &snapshot(&mnt), Skip::default());
     assert_eq!(fetcher.stats.verify_failures.load(Ordering::SeqCst), 0);
@@ -102,7 +137,13 @@ fn a_hole_is_never_read_as_data_and_reads_recover() {
         let hex = naiad_format::digest::to_hex(&b.digest);
         reg.push_blob(repo, &std::fs::read(img.dir.path().join("out").join(&hex)).unwrap());
     }
-    let opts = RegistryOptions { auth: RegistryAuth::Anonymous, insecure: true, timeout: Duration::from_secs(1), attempts: 2, ..RegistryOptions::new(&reg.addr, repo) };
+    let opts = RegistryOptions {
+        auth: RegistryAuth::Anonymous,
+        insecure: true,
+        timeout: Duration::from_secs(1),
+        attempts: 2,
+        ..RegistryOptions::new(&reg.addr, repo)
+    };
     let (m, fetcher, mnt, _cache) = mount(&img, Arc::new(RegistryBackend::new(opts).unwrap()), "b");
     let _g = MountGuard(mnt.clone());
     assert_eq!(std::fs::read(mnt.join("files/tiny")).unwrap(), b"x");
@@ -113,7 +154,10 @@ fn a_hole_is_never_read_as_data_and_reads_recover() {
     assert!(started.elapsed() < Duration::from_secs(5), "EIO took {:?}", started.elapsed());
     assert!(fetcher.stats.errors.load(Ordering::SeqCst) > 0);
     reg.restart();
-    assert_eq!(read_when_back(&mnt.join("files/multi_chunk")), std::fs::read(img.src().join("files/multi_chunk")).unwrap());
+    assert_eq!(
+        read_when_back(&mnt.join("files/multi_chunk")),
+        std::fs::read(img.src().join("files/multi_chunk")).unwrap()
+    );
     m.unmount().unwrap();
 }
 
@@ -126,7 +170,11 @@ fn concurrent_readers_share_fetches_and_get_exact_bytes() {
     random_readers(&mnt.join("files/multi_chunk"), &want);
     // Every chunk of the file was fetched at most once.
     let chunks = img.bs.extension().chunks.len() as u64;
-    assert!(fetcher.stats.chunks_fetched.load(Ordering::SeqCst) <= chunks, "{} chunks fetched of {chunks}", fetcher.stats.chunks_fetched.load(Ordering::SeqCst));
+    assert!(
+        fetcher.stats.chunks_fetched.load(Ordering::SeqCst) <= chunks,
+        "{} chunks fetched of {chunks}",
+        fetcher.stats.chunks_fetched.load(Ordering::SeqCst)
+    );
     m.unmount().unwrap();
 }
 
@@ -169,8 +217,18 @@ fn spawn_mount(img: &Image, mode: &str, work: &std::path::Path) -> std::process:
 
 /// `sha256sum` of `path` within `secs` seconds: the digest, or None if it did not finish.
 fn sha256_within(path: &std::path::Path, secs: u32) -> Option<String> {
-    let out = std::process::Command::new("timeout").args([secs.to_string().as_str(), "sha256sum"]).arg(path).output().unwrap();
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string())
+    let out = std::process::Command::new("timeout")
+        .args([secs.to_string().as_str(), "sha256sum"])
+        .arg(path)
+        .output()
+        .unwrap();
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
 }
 
 /// Mounts the image in `mode`, reads everything once (every blob complete in the cache),
@@ -193,7 +251,11 @@ fn read_without_the_mount_process(mode: &str, remount: bool) {
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
     let got = sha256_within(&mnt.join("files/multi_chunk"), 20);
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
-    assert_eq!(got, sha256_within(&img.src().join("files/multi_chunk"), 20), "a read waited for the frozen mount process, or read wrong bytes");
+    assert_eq!(
+        got,
+        sha256_within(&img.src().join("files/multi_chunk"), 20),
+        "a read waited for the frozen mount process, or read wrong bytes"
+    );
     naiad_ok(args!["umount", mnt]);
     assert!(child.wait().unwrap().success());
 }
@@ -208,7 +270,8 @@ fn keepers_of(mnt: &std::path::Path) -> Vec<rustix::process::Pid> {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-            (args.contains(&&b"fanotify-keeper"[..]) && args.contains(&needle)).then(|| rustix::process::Pid::from_raw(pid))?
+            (args.contains(&&b"fanotify-keeper"[..]) && args.contains(&needle))
+                .then(|| rustix::process::Pid::from_raw(pid))?
         })
         .collect()
 }
@@ -229,13 +292,16 @@ fn the_frames_read_are_read_again_with_nothing_in_user_space() {
     // to look).
     let cache = ChunkCache::open(&work.join("cache")).unwrap();
     let ext = img.bs.extension();
-    let blobs: Vec<_> = ext.blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap()).collect();
+    let blobs: Vec<_> =
+        ext.blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap()).collect();
     let unread = ["files/one_chunk", "files/text", "many/entry-00001", "files/holey"]
         .into_iter()
         .find(|p| {
             let ino = img.bs.lookup(format!("/{p}").as_bytes()).unwrap();
             (0..ino.chunk_count()).all(|i| match img.bs.chunk(&ino, i).unwrap() {
-                naiad_format::bootstrap::ChunkSlot::Data(c) => !blobs[c.blob_index as usize].is_present(c.view_offset, u64::from(c.size)),
+                naiad_format::bootstrap::ChunkSlot::Data(c) => {
+                    !blobs[c.blob_index as usize].is_present(c.view_offset, u64::from(c.size))
+                }
                 naiad_format::bootstrap::ChunkSlot::Hole => true,
             })
         })
@@ -255,14 +321,22 @@ fn the_frames_read_are_read_again_with_nothing_in_user_space() {
     }
     assert_eq!(again, first, "re-reading what was read needed user space, or read wrong bytes");
     assert_eq!(blocked, None, "{unread}, never read, was read with the keeper frozen");
-    assert_eq!(sha256_within(&mnt.join(unread), 20), sha256_within(&img.src().join(unread), 20), "{unread} after the thaw");
+    assert_eq!(
+        sha256_within(&mnt.join(unread), 20),
+        sha256_within(&img.src().join(unread), 20),
+        "{unread} after the thaw"
+    );
     naiad_ok(args!["umount", mnt]);
     let mut child = child;
     assert!(child.wait().unwrap().success());
 }
 
 fn kill9(child: &mut std::process::Child) {
-    rustix::process::kill_process(rustix::process::Pid::from_child(child), rustix::process::Signal::KILL).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(child),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
     let _ = child.wait();
 }
 
@@ -288,7 +362,10 @@ fn restart_under_readers(mode: &str) {
     let img = image();
     let (work, mnt, mut daemon, _g) = daemon_mount(&img, "g", mode);
     // Every regular file of the source, with its bytes.
-    let files: Vec<(PathBuf, Vec<u8>)> = walk(&img.src()).into_iter().map(|p| (p.strip_prefix(img.src()).unwrap().to_path_buf(), std::fs::read(&p).unwrap())).collect();
+    let files: Vec<(PathBuf, Vec<u8>)> = walk(&img.src())
+        .into_iter()
+        .map(|p| (p.strip_prefix(img.src()).unwrap().to_path_buf(), std::fs::read(&p).unwrap()))
+        .collect();
     assert!(files.len() > 10);
     // The daemon dies before anything is read: the reader's first read must wait for it.
     kill9(&mut daemon);
@@ -312,7 +389,10 @@ fn restart_under_readers(mode: &str) {
     };
     std::thread::sleep(Duration::from_millis(1500));
     let stalled_at = progress.load(Ordering::SeqCst);
-    assert!(stalled_at < 3 * 11, "the reader did not wait for the dead daemon ({stalled_at} reads done)");
+    assert!(
+        stalled_at < 3 * 11,
+        "the reader did not wait for the dead daemon ({stalled_at} reads done)"
+    );
     let mut daemon = start_daemon(&work);
     // Once more while the reader runs.
     std::thread::sleep(Duration::from_millis(200));
@@ -336,10 +416,18 @@ fn restart_under_readers(mode: &str) {
     };
     let started = Instant::now();
     while !keepers().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(10), "keepers outlived their mount: {:?}", keepers());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "keepers outlived their mount: {:?}",
+            keepers()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    rustix::process::kill_process(rustix::process::Pid::from_child(&daemon), rustix::process::Signal::TERM).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&daemon),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
     assert!(daemon.wait().unwrap().success());
 }
 
@@ -350,7 +438,8 @@ fn restart_under_readers(mode: &str) {
 fn the_fuse_keeper_sleeps_through_requests() {
     let img = image();
     let (work, mnt, mut daemon, _g) = daemon_mount(&img, "k", "fuse");
-    let keeper = process_running(&["fuse-keeper", mnt.to_str().unwrap()]).expect("a fuse keeper for the mount");
+    let keeper = process_running(&["fuse-keeper", mnt.to_str().unwrap()])
+        .expect("a fuse keeper for the mount");
     // A lookup of a missing name is not cached (no negative entry): every one is a request.
     let (before, started) = (context_switches(keeper), Instant::now());
     let lookups = 3000;
@@ -359,21 +448,44 @@ fn the_fuse_keeper_sleeps_through_requests() {
     }
     let (woke, secs) = (context_switches(keeper) - before, started.elapsed().as_secs());
     naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "umount", mnt]);
-    rustix::process::kill_process(rustix::process::Pid::from_child(&daemon), rustix::process::Signal::TERM).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&daemon),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
     assert!(daemon.wait().unwrap().success());
     // It looks at the connection once a second.
-    assert!(woke <= 3 + 2 * secs, "the keeper woke {woke} times during {lookups} lookups in {secs} s");
+    assert!(
+        woke <= 3 + 2 * secs,
+        "the keeper woke {woke} times during {lookups} lookups in {secs} s"
+    );
 }
 
 /// A daemon started in the work directory `dir` of the image's temp dir, and the image
 /// mounted through it in `mode` at `dir/mnt`: (work dir, mount point, daemon, guard).
-fn daemon_mount(img: &Image, dir: &str, mode: &str) -> (PathBuf, PathBuf, std::process::Child, MountGuard) {
+fn daemon_mount(
+    img: &Image,
+    dir: &str,
+    mode: &str,
+) -> (PathBuf, PathBuf, std::process::Child, MountGuard) {
     let work = img.dir.path().join(dir);
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let daemon = start_daemon(&work);
     let guard = MountGuard(mnt.clone());
-    naiad_ok(args!["ctl", "--api", work.join("run/api.sock"), "mount", img.bootstrap(), mnt, "--blob-dir", img.dir.path().join("out"), "--mode", mode, "--no-prefetch"]);
+    naiad_ok(args![
+        "ctl",
+        "--api",
+        work.join("run/api.sock"),
+        "mount",
+        img.bootstrap(),
+        mnt,
+        "--blob-dir",
+        img.dir.path().join("out"),
+        "--mode",
+        mode,
+        "--no-prefetch"
+    ]);
     (work, mnt, daemon, guard)
 }
 
@@ -381,7 +493,8 @@ fn daemon_mount(img: &Image, dir: &str, mode: &str) -> (PathBuf, PathBuf, std::p
 fn process_running(words: &[&str]) -> Option<u32> {
     std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?).replace('\0', " ");
+        let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?)
+            .replace('\0', " ");
         words.iter().all(|w| cmd.contains(w)).then_some(pid)
     })
 }
@@ -391,7 +504,11 @@ fn context_switches(pid: u32) -> u64 {
     let mut n = 0;
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        n += status.lines().filter(|l| l.contains("ctxt_switches:")).filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).sum::<u64>();
+        n += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
     }
     n
 }

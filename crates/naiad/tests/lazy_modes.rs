@@ -23,7 +23,9 @@ fn image() -> Image {
     let dir = tempfile::tempdir().unwrap();
     make_tree(&dir.path().join("src"), false);
     naiad_ok(args!["build", dir.path().join("src"), "-o", dir.path().join("out")]);
-    let bs = Arc::new(Bootstrap::open(std::fs::read(dir.path().join("out/bootstrap")).unwrap()).unwrap());
+    let bs = Arc::new(
+        Bootstrap::open(std::fs::read(dir.path().join("out/bootstrap")).unwrap()).unwrap(),
+    );
     Image { dir, bs }
 }
 
@@ -51,9 +53,23 @@ fn kernel_mode_shows_the_source_tree() {
     let cache = ChunkCache::open(&img.dir.path().join("cache")).unwrap();
     let f = fetcher(&img);
     let mnt = img.dir.path().join("mnt");
-    let m = naiad_fs::lazy::mount_kernel_mode(&img.dir.path().join("out/bootstrap"), &img.bs, &cache, f.clone(), &img.dir.path().join("views"), &mnt, None).unwrap();
+    let m = naiad_fs::lazy::mount_kernel_mode(
+        &img.dir.path().join("out/bootstrap"),
+        &img.bs,
+        &cache,
+        f.clone(),
+        &img.dir.path().join("views"),
+        &mnt,
+        None,
+    )
+    .unwrap();
     let _g = MountGuard(mnt.clone());
-    assert_same_tree("kernel mode", &snapshot(&img.dir.path().join("src")), &snapshot(&mnt), Skip::default());
+    assert_same_tree(
+        "kernel mode",
+        &snapshot(&img.dir.path().join("src")),
+        &snapshot(&mnt),
+        Skip::default(),
+    );
     assert!(f.stats.verify_failures.load(Ordering::SeqCst) == 0);
     assert_read_only(&mnt);
     m.unmount().unwrap();
@@ -80,25 +96,45 @@ fn fuse_mode_check(ring: bool) {
     assert!(is_root(), "mounting needs root");
     let img = image();
     let cache = ChunkCache::open(&img.dir.path().join("cache")).unwrap();
-    let blobs = img.bs.extension().blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap()).collect();
+    let blobs = img
+        .bs
+        .extension()
+        .blobs
+        .iter()
+        .map(|b| cache.blob(&b.digest, b.view_size).unwrap())
+        .collect();
     let f = fetcher(&img);
     let mnt = img.dir.path().join("mnt");
     let fs = naiad_fs::image_fs::ImageFs::new(img.bs.clone(), blobs, f.clone());
-    let mut session = if ring { mount_fuse_ring(fs, &mnt) } else { naiad_fs::image_fs::mount_fuse_mode(fs, &mnt, None).unwrap() };
+    let mut session = if ring {
+        mount_fuse_ring(fs, &mnt)
+    } else {
+        naiad_fs::image_fs::mount_fuse_mode(fs, &mnt, None).unwrap()
+    };
     let _g = MountGuard(mnt.clone());
     // Nothing is fetched to list the tree.
     let _ = std::fs::read_dir(mnt.join("many")).unwrap().count();
     assert_eq!(f.stats.requests.load(Ordering::SeqCst), 0);
     let want = Arc::new(std::fs::read(img.dir.path().join("src/files/multi_chunk")).unwrap());
     random_readers(&mnt.join("files/multi_chunk"), &want);
-    assert_same_tree("fuse mode", &snapshot(&img.dir.path().join("src")), &snapshot(&mnt), Skip::default());
+    assert_same_tree(
+        "fuse mode",
+        &snapshot(&img.dir.path().join("src")),
+        &snapshot(&mnt),
+        Skip::default(),
+    );
     assert_read_only(&mnt);
     let st = rustix::fs::statvfs(&mnt).unwrap();
     let view_blocks: u64 = img.bs.extension().blobs.iter().map(|b| b.view_size).sum::<u64>() / 4096;
     assert_eq!((st.f_bsize, st.f_blocks, st.f_namemax), (4096, view_blocks, 255));
     assert!(f.stats.verify_failures.load(Ordering::SeqCst) == 0);
     session.stop().unwrap();
-    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&format!(" {} ", mnt.display())), "still mounted");
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&format!(" {} ", mnt.display())),
+        "still mounted"
+    );
 }
 
 #[test]
@@ -132,8 +168,11 @@ fn the_prefetch_list_is_fetched_before_any_read() {
     // Without reading anything, the hot file's 3 MiB arrive; the cold file's 5 MiB do not.
     let started = std::time::Instant::now();
     let present = loop {
-        let ls: serde_json::Value = serde_json::from_str(&naiad_ok(args!["cache", "ls", "--cache-dir", cache, "--json"])).unwrap();
-        let present: u64 = ls.as_array().unwrap().iter().map(|e| e["present_bytes"].as_u64().unwrap()).sum();
+        let ls: serde_json::Value =
+            serde_json::from_str(&naiad_ok(args!["cache", "ls", "--cache-dir", cache, "--json"]))
+                .unwrap();
+        let present: u64 =
+            ls.as_array().unwrap().iter().map(|e| e["present_bytes"].as_u64().unwrap()).sum();
         if present >= 3 << 20 || started.elapsed() > std::time::Duration::from_secs(20) {
             break present;
         }

@@ -35,11 +35,18 @@ impl S3Server {
         let dir = tempfile::Builder::new().prefix("naiad-s3").tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let mut s = S3Server { port: 0, child: None, log_path: dir.path().join("s3s-fs.log"), root, _dir: dir };
+        let mut s = S3Server {
+            port: 0,
+            child: None,
+            log_path: dir.path().join("s3s-fs.log"),
+            root,
+            _dir: dir,
+        };
         // The port is found by binding port 0 and closing it: another process may take it
         // first, so try a few.
         for _ in 0..3 {
-            s.port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            s.port =
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             if s.spawn() {
                 return s;
             }
@@ -49,15 +56,27 @@ impl S3Server {
 
     /// Runs the server on `self.port`; whether it came up.
     fn spawn(&mut self) -> bool {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
         let mut child = Command::new("s3s-fs")
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--access-key",
+                ACCESS_KEY,
+                "--secret-key",
+                SECRET_KEY,
+            ])
             .arg(&self.root)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run s3s-fs: {e} (install it with scripts/install-deps.sh)"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run s3s-fs: {e} (install it with scripts/install-deps.sh)")
+            });
         let started = Instant::now();
         loop {
             if child.try_wait().unwrap().is_some() {
@@ -67,7 +86,11 @@ impl S3Server {
                 self.child = Some(child);
                 return true;
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "s3s-fs did not listen within 20 s:\n{}", self.log());
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "s3s-fs did not listen within 20 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -165,7 +188,18 @@ fn spawn_mount(img: &Image, s3: &S3Server, work: &Path, mode: &str, secret: &str
         .arg("mount")
         .arg(img.bootstrap())
         .arg(&mnt)
-        .args(["--mode", mode, "--s3-endpoint", &s3.endpoint(), "--s3-bucket", BUCKET, "--s3-prefix", PREFIX, "--insecure", "--no-prefetch"])
+        .args([
+            "--mode",
+            mode,
+            "--s3-endpoint",
+            &s3.endpoint(),
+            "--s3-bucket",
+            BUCKET,
+            "--s3-prefix",
+            PREFIX,
+            "--insecure",
+            "--no-prefetch",
+        ])
         .args(["--timeout", "1", "--cache-dir"])
         .arg(work.join("cache"))
         .arg("--runtime-dir")
@@ -182,7 +216,11 @@ fn spawn_mount(img: &Image, s3: &S3Server, work: &Path, mode: &str, secret: &str
         if let Some(status) = child.try_wait().unwrap() {
             panic!("naiad mount exited ({status}):\n{}", read_log(work));
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "the mount did not come up:\n{}", read_log(work));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the mount did not come up:\n{}",
+            read_log(work)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child
@@ -197,7 +235,10 @@ fn umount(mut child: Child, work: &Path) -> String {
     naiad_ok(args!["umount", work.join("mnt")]);
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(10), "naiad mount did not exit after the unmount");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "naiad mount did not exit after the unmount"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(child.wait().unwrap().success(), "naiad mount failed:\n{}", read_log(work));
@@ -219,7 +260,12 @@ fn both_modes_serve_the_tree_from_s3() {
         let mnt = work.join("mnt");
         let _g = MountGuard(mnt.clone());
         assert_eq!(std::fs::read(mnt.join("files/tiny")).unwrap(), b"x", "{mode}");
-        assert_same_tree(&format!("{mode} mode from S3"), &snapshot(&img.src()), &snapshot(&mnt), Skip::default());
+        assert_same_tree(
+            &format!("{mode} mode from S3"),
+            &snapshot(&img.src()),
+            &snapshot(&mnt),
+            Skip::default(),
+        );
         let log = umount(child, &work);
         assert!(!log.contains(SECRET_KEY), "{mode}: the secret is in the log:\n{log}");
     }
@@ -234,7 +280,11 @@ fn the_daemon_mounts_from_s3_fetching_only_what_is_read_with_credentials_from_it
     let dir = img.dir.path();
     // The daemon's credentials are in its config file; ctl has none and sends none.
     let config = dir.join("config.toml");
-    std::fs::write(&config, format!("[s3]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[s3]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n"),
+    )
+    .unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
     let sock = dir.join("run/api.sock");
     let daemon_log = dir.join("daemon.log");
@@ -257,31 +307,69 @@ fn the_daemon_mounts_from_s3_fetching_only_what_is_read_with_credentials_from_it
     let daemon = &mut daemon.0;
     let started = Instant::now();
     while !sock.exists() {
-        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited: {}", std::fs::read_to_string(&daemon_log).unwrap());
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the daemon exited: {}",
+            std::fs::read_to_string(&daemon_log).unwrap()
+        );
         assert!(started.elapsed() < Duration::from_secs(20), "daemon socket did not appear");
         std::thread::sleep(Duration::from_millis(25));
     }
-    let ctl = |args: &[&std::ffi::OsStr]| naiad_ok(&[args!["ctl", "--config", "/dev/null", "--api", sock], args].concat());
+    let ctl = |args: &[&std::ffi::OsStr]| {
+        naiad_ok(&[args!["ctl", "--config", "/dev/null", "--api", sock], args].concat())
+    };
     let endpoint = s3.endpoint();
-    let blob_bytes: u64 = img.blobs.iter().map(|h| std::fs::metadata(s3.object_path(h)).unwrap().len()).sum();
+    let blob_bytes: u64 =
+        img.blobs.iter().map(|h| std::fs::metadata(s3.object_path(h)).unwrap().len()).sum();
     let mut listed = String::new();
     for mode in ["fanotify", "kernel", "fuse"] {
         let mnt = dir.join(format!("mnt-{mode}"));
         let _g = MountGuard(mnt.clone());
-        ctl(args!["mount", img.bootstrap(), mnt, "--mode", mode, "--s3-endpoint", endpoint, "--s3-bucket", BUCKET, "--s3-prefix", PREFIX, "--insecure", "--no-prefetch"]);
+        ctl(args![
+            "mount",
+            img.bootstrap(),
+            mnt,
+            "--mode",
+            mode,
+            "--s3-endpoint",
+            endpoint,
+            "--s3-bucket",
+            BUCKET,
+            "--s3-prefix",
+            PREFIX,
+            "--insecure",
+            "--no-prefetch"
+        ]);
         let fetched = || -> u64 {
             let list: serde_json::Value = serde_json::from_str(&ctl(args!["list"])).unwrap();
-            list.as_array().unwrap().iter().find(|m| m["mountpoint"] == mnt.to_str().unwrap()).unwrap()["bytes_fetched"].as_u64().unwrap()
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["mountpoint"] == mnt.to_str().unwrap())
+                .unwrap()["bytes_fetched"]
+                .as_u64()
+                .unwrap()
         };
         // One small file: its bytes, and only a small part of the blobs came over.
         assert_eq!(std::fs::read(mnt.join("files/tiny")).unwrap(), b"x", "{mode}");
         let after_one = fetched();
-        assert!(after_one > 0 && after_one * 2 < blob_bytes, "{mode}: fetched {after_one} of {blob_bytes} blob bytes for one small file");
-        assert_eq!(std::fs::read(mnt.join("files/multi_chunk")).unwrap(), std::fs::read(img.src().join("files/multi_chunk")).unwrap(), "{mode}");
+        assert!(
+            after_one > 0 && after_one * 2 < blob_bytes,
+            "{mode}: fetched {after_one} of {blob_bytes} blob bytes for one small file"
+        );
+        assert_eq!(
+            std::fs::read(mnt.join("files/multi_chunk")).unwrap(),
+            std::fs::read(img.src().join("files/multi_chunk")).unwrap(),
+            "{mode}"
+        );
         assert!(fetched() > after_one, "{mode}");
         let list = ctl(args!["list"]);
         let parsed: serde_json::Value = serde_json::from_str(&list).unwrap();
-        assert_eq!(parsed[0]["backend"], format!("s3 {endpoint} bucket {BUCKET} prefix {PREFIX}"), "{list}");
+        assert_eq!(
+            parsed[0]["backend"],
+            format!("s3 {endpoint} bucket {BUCKET} prefix {PREFIX}"),
+            "{list}"
+        );
         listed += &list;
         // The mount table the daemon saves for a restart has the location, not the secret.
         let saved = std::fs::read_to_string(dir.join("run/daemon-mounts.json")).unwrap();
@@ -290,16 +378,39 @@ fn the_daemon_mounts_from_s3_fetching_only_what_is_read_with_credentials_from_it
         // Unused now: evicted, so the next mode fetches afresh.
         naiad_ok(args!["cache", "gc", "--cache-dir", dir.join("cache")]);
     }
-    rustix::process::kill_process(rustix::process::Pid::from_child(daemon), rustix::process::Signal::TERM).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(daemon),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
     assert!(daemon.wait().unwrap().success());
     let log = std::fs::read_to_string(&daemon_log).unwrap();
-    assert!(!listed.contains(SECRET_KEY) && !log.contains(SECRET_KEY), "the secret leaked:\n{listed}\n{log}");
+    assert!(
+        !listed.contains(SECRET_KEY) && !log.contains(SECRET_KEY),
+        "the secret leaked:\n{listed}\n{log}"
+    );
     let mnt = dir.join("mnt");
     // S3 flags make no sense with an image reference or blob directories.
     let out = naiad(args!["mount", "docker://127.0.0.1:1/a:b", mnt, "--s3-bucket", BUCKET]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("bootstrap SOURCE"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = naiad(args!["mount", img.bootstrap(), mnt, "--s3-bucket", BUCKET, "--blob-dir", dir.join("out")]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not both"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("bootstrap SOURCE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = naiad(args![
+        "mount",
+        img.bootstrap(),
+        mnt,
+        "--s3-bucket",
+        BUCKET,
+        "--blob-dir",
+        dir.join("out")
+    ]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not both"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -313,7 +424,11 @@ fn wrong_credentials_give_eio_and_a_clear_error_without_the_secret() {
     let _g = MountGuard(work.join("mnt"));
     assert_eq!(read_errno(&work.join("mnt/files/tiny")), Some(5), "a read with wrong credentials");
     let log = umount(child, &work);
-    assert!(log.contains(&format!("s3 {} bucket {BUCKET}", s3.endpoint())) && log.contains("access denied"), "{log}");
+    assert!(
+        log.contains(&format!("s3 {} bucket {BUCKET}", s3.endpoint()))
+            && log.contains("access denied"),
+        "{log}"
+    );
     assert!(!log.contains(wrong) && !log.contains(SECRET_KEY), "a secret is in the log:\n{log}");
 }
 
@@ -332,20 +447,46 @@ fn a_dead_or_frozen_server_gives_eio_in_bounded_time_and_reads_recover() {
         // Killed: connections are refused.
         s3.kill();
         let started = Instant::now();
-        assert_eq!(read_errno(&mnt.join("files/multi_chunk")), Some(5), "{mode}: read with the server dead");
-        assert!(started.elapsed() < Duration::from_secs(20), "{mode}: EIO took {:?}", started.elapsed());
+        assert_eq!(
+            read_errno(&mnt.join("files/multi_chunk")),
+            Some(5),
+            "{mode}: read with the server dead"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{mode}: EIO took {:?}",
+            started.elapsed()
+        );
         s3.restart();
-        assert!(read_when_back(&mnt.join("files/multi_chunk")) == want, "{mode}: wrong bytes after the restart");
+        assert!(
+            read_when_back(&mnt.join("files/multi_chunk")) == want,
+            "{mode}: wrong bytes after the restart"
+        );
         // Frozen: connections are accepted and never answered; the request timeout (1 s,
         // three attempts) ends the read.
         s3.signal(rustix::process::Signal::STOP);
         let started = Instant::now();
-        assert_eq!(read_errno(&mnt.join("files/one_chunk")), Some(5), "{mode}: read with the server frozen");
-        assert!(started.elapsed() < Duration::from_secs(20), "{mode}: EIO took {:?}", started.elapsed());
+        assert_eq!(
+            read_errno(&mnt.join("files/one_chunk")),
+            Some(5),
+            "{mode}: read with the server frozen"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{mode}: EIO took {:?}",
+            started.elapsed()
+        );
         s3.signal(rustix::process::Signal::CONT);
-        assert!(read_when_back(&mnt.join("files/one_chunk")) == std::fs::read(img.src().join("files/one_chunk")).unwrap(), "{mode}: after thawing");
+        assert!(
+            read_when_back(&mnt.join("files/one_chunk"))
+                == std::fs::read(img.src().join("files/one_chunk")).unwrap(),
+            "{mode}: after thawing"
+        );
         let log = umount(child, &work);
-        assert!(log.contains(&format!("s3 {} bucket {BUCKET}", s3.endpoint())), "{mode}: the errors name the backend:\n{log}");
+        assert!(
+            log.contains(&format!("s3 {} bucket {BUCKET}", s3.endpoint())),
+            "{mode}: the errors name the backend:\n{log}"
+        );
     }
 }
 
@@ -362,5 +503,9 @@ fn a_missing_object_is_an_error_naming_its_key() {
     let _g = MountGuard(work.join("mnt"));
     assert_eq!(read_errno(&work.join("mnt/files/tiny")), Some(5));
     let log = umount(child, &work);
-    assert!(img.blobs.iter().any(|hex| log.contains(&format!("object key {PREFIX}/{hex}"))) && log.contains("not found"), "{log}");
+    assert!(
+        img.blobs.iter().any(|hex| log.contains(&format!("object key {PREFIX}/{hex}")))
+            && log.contains("not found"),
+        "{log}"
+    );
 }

@@ -31,7 +31,12 @@ fn busybox_layout_has_two_layers_and_a_whiteout() {
     let layout = tmp.path().join("oci");
     busybox_oci_layout(&layout, "latest");
     let manifest = image_manifest(&layout, "latest");
-    let layers: Vec<&str> = manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap()).collect();
+    let layers: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
     assert_eq!(layers.len(), 2, "{manifest}");
     let first = layer_paths(&layout, layers[0]);
     for p in ["bin/busybox", "bin/sh", "bin/ls", "bin/cat", "bin/echo", "etc/hostname"] {
@@ -49,7 +54,8 @@ fn busybox_layout_has_two_layers_and_a_whiteout() {
     multiarch_oci_layout(&layout, "multi");
     busybox_oci_layout(&layout, "again");
     assert_eq!(tag_descriptor(&layout, "multi")["mediaType"], MT_INDEX);
-    let index = read_json_blob(&layout, tag_descriptor(&layout, "multi")["digest"].as_str().unwrap());
+    let index =
+        read_json_blob(&layout, tag_descriptor(&layout, "multi")["digest"].as_str().unwrap());
     for m in index["manifests"].as_array().unwrap() {
         let manifest = read_json_blob(&layout, m["digest"].as_str().unwrap());
         for l in manifest["layers"].as_array().unwrap() {
@@ -96,7 +102,10 @@ fn registry_with_auth_needs_credentials() {
     let out = try_skopeo_copy(&src, &dst, None, &[]);
     assert!(!out.status.success(), "push without credentials succeeded");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unauthorized") || stderr.contains("authentication required"), "{stderr}");
+    assert!(
+        stderr.contains("unauthorized") || stderr.contains("authentication required"),
+        "{stderr}"
+    );
     let out = try_skopeo_copy(&src, &dst, Some(("naiad", "wrong")), &[]);
     assert!(!out.status.success(), "push with a wrong password succeeded");
 
@@ -116,8 +125,12 @@ fn multiarch_layout_pushes_as_an_index() {
     assert_eq!(desc["mediaType"], MT_INDEX);
     let index = read_json_blob(&layout, desc["digest"].as_str().unwrap());
     assert_eq!(index["mediaType"], MT_INDEX);
-    let arches: Vec<&str> =
-        index["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].as_str().unwrap()).collect();
+    let arches: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
     assert_eq!(arches, ["amd64", "arm64"]);
 
     let reg = Registry::start(None);

@@ -44,7 +44,11 @@ impl Drop for Setup {
     fn drop(&mut self) {
         let root = format!("{}/", self.dir.path().display());
         let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut below: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&root)).collect();
+        let mut below: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&root))
+            .collect();
         below.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in below {
             let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
@@ -58,7 +62,11 @@ impl Setup {
         let issuer = TokenIssuer::start(USER, PASSWORD);
         let reg = Registry::start_with_token_auth(&issuer);
         let dir = tempfile::Builder::new().prefix("naiad-registry-token").tempdir().unwrap();
-        tree_layout(&dir.path().join("layout"), &dir.path().join("bundle"), &dir.path().join("expected"));
+        tree_layout(
+            &dir.path().join("layout"),
+            &dir.path().join("bundle"),
+            &dir.path().join("expected"),
+        );
         Setup { issuer, reg, dir }
     }
 
@@ -167,7 +175,12 @@ impl Running {
             if let Some(s) = self.exited() {
                 break s;
             }
-            assert!(started.elapsed() < COMMAND_TIMEOUT, "naiad {:?} hangs; stderr so far:\n{}", self.args, self.output().1);
+            assert!(
+                started.elapsed() < COMMAND_TIMEOUT,
+                "naiad {:?} hangs; stderr so far:\n{}",
+                self.args,
+                self.output().1
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         self.child = None;
@@ -180,7 +193,10 @@ impl Drop for Running {
     /// SIGTERM first (a mount server then unmounts both of its layers), SIGKILL if it lingers.
     fn drop(&mut self) {
         let Some(c) = self.child.as_mut() else { return };
-        let _ = rustix::process::kill_process(rustix::process::Pid::from_child(c), rustix::process::Signal::TERM);
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(c),
+            rustix::process::Signal::TERM,
+        );
         let started = Instant::now();
         while c.try_wait().ok().flatten().is_none() && started.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(20));
@@ -200,7 +216,10 @@ struct Finished {
 
 impl Finished {
     fn describe(&self) -> String {
-        format!("naiad {:?}: {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.args, self.status, self.stdout, self.stderr)
+        format!(
+            "naiad {:?}: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.args, self.status, self.stdout, self.stderr
+        )
     }
 
     fn assert_success(&self) {
@@ -211,13 +230,25 @@ impl Finished {
     /// neither the password nor its base64 anywhere.
     fn assert_auth_failure(&self, phrases: &[&str]) {
         assert_eq!(self.status.code(), Some(1), "expected exit 1: {}", self.describe());
-        let error = self.stderr.lines().find(|l| l.contains("naiad: error:")).unwrap_or_else(|| panic!("no error line: {}", self.describe()));
+        let error = self
+            .stderr
+            .lines()
+            .find(|l| l.contains("naiad: error:"))
+            .unwrap_or_else(|| panic!("no error line: {}", self.describe()));
         for p in phrases {
-            assert!(error.to_lowercase().contains(&p.to_lowercase()), "the error lacks {p:?}: {}", self.describe());
+            assert!(
+                error.to_lowercase().contains(&p.to_lowercase()),
+                "the error lacks {p:?}: {}",
+                self.describe()
+            );
         }
         let encoded = base64(format!("{USER}:{WRONG_PASSWORD}").as_bytes(), STD_ALPHABET, true);
         for secret in [WRONG_PASSWORD, encoded.as_str()] {
-            assert!(!self.stderr.contains(secret) && !self.stdout.contains(secret), "the password leaked: {}", self.describe());
+            assert!(
+                !self.stderr.contains(secret) && !self.stdout.contains(secret),
+                "the password leaked: {}",
+                self.describe()
+            );
         }
     }
 }
@@ -245,7 +276,11 @@ fn mount(cfg: &DockerConfig, image: &str, work: &Path, mode: &str) -> (Running, 
         if let Some(status) = running.exited() {
             panic!("naiad mount ({mode}) exited with {status}:\n{}", running.output().1);
         }
-        assert!(started.elapsed() < COMMAND_TIMEOUT, "{mode} mount did not come up:\n{}", running.output().1);
+        assert!(
+            started.elapsed() < COMMAND_TIMEOUT,
+            "{mode} mount did not come up:\n{}",
+            running.output().1
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     (running, guard)
@@ -281,7 +316,11 @@ fn the_issuer_works_with_skopeo_and_refuses_a_wrong_password() {
     assert!(issuer.refused() > 0, "the issuer was not asked");
     assert_eq!(issuer.issued(), 0);
     skopeo_copy(&src, &dst, reg.creds());
-    assert!(issuer.scopes().iter().any(|s| s == "repository:test/bb:pull,push"), "{:?}", issuer.scopes());
+    assert!(
+        issuer.scopes().iter().any(|s| s == "repository:test/bb:pull,push"),
+        "{:?}",
+        issuer.scopes()
+    );
     let info = skopeo_inspect(&dst, reg.creds(), &[]);
     assert_eq!(info["Layers"].as_array().unwrap().len(), 2, "{info}");
 }
@@ -292,7 +331,14 @@ fn convert_pushes_and_both_modes_mount_lazily_with_tokens() {
     s.push();
     let after_push = s.issuer.issued();
     assert!(after_push > 0, "convert pushed without a token");
-    assert!(s.issuer.scopes().iter().any(|x| x.contains("repository:naiad/tree:") && x.contains("push")), "{:?}", s.issuer.scopes());
+    assert!(
+        s.issuer
+            .scopes()
+            .iter()
+            .any(|x| x.contains("repository:naiad/tree:") && x.contains("push")),
+        "{:?}",
+        s.issuer.scopes()
+    );
     // An independent client reads what was pushed.
     let info = skopeo_inspect(&s.image(), s.reg.creds(), &[]);
     assert!(!info["Layers"].as_array().unwrap().is_empty(), "{info}");
@@ -324,7 +370,16 @@ fn a_wrong_password_fails_with_a_clear_error_and_is_never_printed() {
     fs::create_dir_all(&mnt).unwrap();
     let _guard = MountGuard(mnt.clone());
     let refused = s.issuer.refused();
-    let out = bad.naiad(&["mount", &s.image(), mnt.to_str().unwrap(), "--insecure", "--cache-dir", work.join("cache").to_str().unwrap(), "--runtime-dir", work.join("run").to_str().unwrap()]);
+    let out = bad.naiad(&[
+        "mount",
+        &s.image(),
+        mnt.to_str().unwrap(),
+        "--insecure",
+        "--cache-dir",
+        work.join("cache").to_str().unwrap(),
+        "--runtime-dir",
+        work.join("run").to_str().unwrap(),
+    ]);
     out.assert_auth_failure(&[&s.reg.addr, "auth"]);
     assert!(s.issuer.refused() > refused, "the issuer was not asked");
     assert!(fs::read_dir(&mnt).unwrap().next().is_none(), "mounted anyway");
@@ -366,7 +421,12 @@ fn expired_tokens_are_renewed_while_reading() {
     let before = s.issuer.issued();
     // Every token issued so far is now refused by the registry.
     std::thread::sleep(Duration::from_secs(3));
-    assert_same_tree("after the tokens expired", &tree_below(&s.src()), &tree_below(&mnt), Skip::default());
+    assert_same_tree(
+        "after the tokens expired",
+        &tree_below(&s.src()),
+        &tree_below(&mnt),
+        Skip::default(),
+    );
     assert!(s.issuer.issued() > before, "no new token: nothing was read after the expiry?");
     unmount(running, guard);
 }

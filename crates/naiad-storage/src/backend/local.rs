@@ -25,6 +25,9 @@ impl Backend for LocalBackend {
     }
 
     fn name(&self) -> String {
-        format!("local:{}", self.dirs.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(","))
+        format!(
+            "local:{}",
+            self.dirs.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(",")
+        )
     }
 }

@@ -32,7 +32,11 @@ pub(crate) struct OwnedRuntime(Option<tokio::runtime::Runtime>);
 impl OwnedRuntime {
     /// Two worker threads named `thread_name`.
     pub(crate) fn new(thread_name: &str) -> std::io::Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name(thread_name).enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(thread_name)
+            .enable_all()
+            .build()?;
         Ok(OwnedRuntime(Some(rt)))
     }
 

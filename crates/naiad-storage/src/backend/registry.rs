@@ -83,10 +83,21 @@ impl RegistryBackend {
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout)
             .build()
-            .map_err(|e| StorageError::Backend { backend: format!("registry {}", opts.registry), detail: e.to_string() })?;
-        let rt = OwnedRuntime::new("naiad-registry")
-            .map_err(|e| StorageError::Backend { backend: format!("registry {}", opts.registry), detail: e.to_string() })?;
-        Ok(RegistryBackend { opts, client, rt, token: RwLock::new(None), redirects: Mutex::new(HashMap::new()) })
+            .map_err(|e| StorageError::Backend {
+                backend: format!("registry {}", opts.registry),
+                detail: e.to_string(),
+            })?;
+        let rt = OwnedRuntime::new("naiad-registry").map_err(|e| StorageError::Backend {
+            backend: format!("registry {}", opts.registry),
+            detail: e.to_string(),
+        })?;
+        Ok(RegistryBackend {
+            opts,
+            client,
+            rt,
+            token: RwLock::new(None),
+            redirects: Mutex::new(HashMap::new()),
+        })
     }
 
     fn scheme(&self) -> &'static str {
@@ -98,7 +109,13 @@ impl RegistryBackend {
     }
 
     fn blob_url(&self, digest: &Digest32) -> String {
-        format!("{}://{}/v2/{}/blobs/sha256:{}", self.scheme(), self.opts.registry, self.opts.repository, to_hex(digest))
+        format!(
+            "{}://{}/v2/{}/blobs/sha256:{}",
+            self.scheme(),
+            self.opts.registry,
+            self.opts.repository,
+            to_hex(digest)
+        )
     }
 
     fn fail(&self, detail: impl Into<String>) -> StorageError {
@@ -115,7 +132,10 @@ impl RegistryBackend {
                 Err(e) => return Attempt::Fail(self.fail(e.to_string())),
             },
         };
-        let mut req = self.client.get(url.clone()).header("Range", format!("bytes={}-{}", offset, offset + len - 1));
+        let mut req = self
+            .client
+            .get(url.clone())
+            .header("Range", format!("bytes={}-{}", offset, offset + len - 1));
         if !direct {
             req = match (&*self.token.read().expect("token lock"), &self.opts.auth) {
                 (Some(t), _) => req.bearer_auth(t),
@@ -136,8 +156,13 @@ impl RegistryBackend {
         if !direct && resp.url() != &url {
             self.redirects.lock().expect("redirects lock").insert(*digest, resp.url().clone());
         }
-        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let resp_range = resp.headers().get("content-range").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let resp_range =
+            resp.headers().get("content-range").and_then(|v| v.to_str().ok()).map(str::to_string);
         match status {
             206 | 200 => {
                 let body = match resp.bytes().await {
@@ -147,7 +172,9 @@ impl RegistryBackend {
                 let slice = if status == 206 {
                     if let Some(start) = content_range_start(resp_range.as_deref()) {
                         if start != offset {
-                            return Attempt::Retry(format!("answered the range at {start}, asked {offset}"));
+                            return Attempt::Retry(format!(
+                                "answered the range at {start}, asked {offset}"
+                            ));
                         }
                     }
                     &body[..]
@@ -163,7 +190,12 @@ impl RegistryBackend {
                 Attempt::Done(slice.to_vec())
             }
             401 if !direct => {
-                let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let challenge = resp
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
                 if !challenge.to_ascii_lowercase().starts_with("bearer") {
                     return Attempt::Fail(self.fail("authentication failed (credentials from the docker config or the config file)"));
                 }
@@ -175,9 +207,15 @@ impl RegistryBackend {
                 Attempt::Retry(format!("redirected URL answered {status}"))
             }
             401 | 403 => Attempt::Fail(self.fail(format!("access denied ({status})"))),
-            404 => Attempt::Fail(StorageError::BlobMissing { digest: to_hex(digest), dirs: self.name() }),
+            404 => Attempt::Fail(StorageError::BlobMissing {
+                digest: to_hex(digest),
+                dirs: self.name(),
+            }),
             429 | 500..=599 => match retry_after {
-                Some(after) => Attempt::RetryAfter(after, format!("HTTP {status}, Retry-After {} s", after.as_secs_f32())),
+                Some(after) => Attempt::RetryAfter(
+                    after,
+                    format!("HTTP {status}, Retry-After {} s", after.as_secs_f32()),
+                ),
                 None => Attempt::Retry(format!("HTTP {status}")),
             },
             other => Attempt::Fail(self.fail(format!("unexpected HTTP {other}"))),
@@ -187,8 +225,10 @@ impl RegistryBackend {
     /// Gets a pull token from the challenge's realm.
     async fn fetch_token(&self, challenge: &str) -> Result<()> {
         let params = parse_challenge(challenge);
-        let realm = params.get("realm").ok_or_else(|| self.fail("bearer challenge without a realm"))?;
-        let mut url = reqwest::Url::parse(realm).map_err(|e| self.fail(format!("bad token realm: {e}")))?;
+        let realm =
+            params.get("realm").ok_or_else(|| self.fail("bearer challenge without a realm"))?;
+        let mut url =
+            reqwest::Url::parse(realm).map_err(|e| self.fail(format!("bad token realm: {e}")))?;
         if url.scheme() == "http" && !self.opts.insecure {
             return Err(self.fail("the token realm is plain HTTP; allow it with --insecure"));
         }
@@ -203,13 +243,24 @@ impl RegistryBackend {
         if let RegistryAuth::Basic(u, p) = &self.opts.auth {
             req = req.basic_auth(u, Some(p));
         }
-        let resp = req.send().await.map_err(|e| self.fail(format!("token request: {}", error_text(&e))))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.fail(format!("token request: {}", error_text(&e))))?;
         if !resp.status().is_success() {
             return Err(self.fail(format!("token request answered {}", resp.status().as_u16())));
         }
-        let bytes = resp.bytes().await.map_err(|e| self.fail(format!("token response: {}", error_text(&e))))?;
-        let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("token response: {e}")))?;
-        let token = body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str()).ok_or_else(|| self.fail("token response without a token"))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.fail(format!("token response: {}", error_text(&e))))?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| self.fail(format!("token response: {e}")))?;
+        let token = body
+            .get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| self.fail("token response without a token"))?;
         *self.token.write().expect("token lock") = Some(token.to_string());
         Ok(())
     }
@@ -219,13 +270,25 @@ impl RegistryBackend {
     async fn read_async(&self, digest: &Digest32, offset: u64, len: u64) -> Result<Vec<u8>> {
         let limit = self.opts.timeout * self.opts.attempts.max(1);
         let deadline = tokio::time::Instant::now() + limit;
-        match tokio::time::timeout_at(deadline, self.read_retrying(digest, offset, len, deadline)).await {
+        match tokio::time::timeout_at(deadline, self.read_retrying(digest, offset, len, deadline))
+            .await
+        {
             Ok(r) => r,
-            Err(_) => Err(self.fail(format!("blob {} at {offset}+{len}: no answer within {} s", to_hex(digest), limit.as_secs_f32()))),
+            Err(_) => Err(self.fail(format!(
+                "blob {} at {offset}+{len}: no answer within {} s",
+                to_hex(digest),
+                limit.as_secs_f32()
+            ))),
         }
     }
 
-    async fn read_retrying(&self, digest: &Digest32, offset: u64, len: u64, deadline: tokio::time::Instant) -> Result<Vec<u8>> {
+    async fn read_retrying(
+        &self,
+        digest: &Digest32,
+        offset: u64,
+        len: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<u8>> {
         let mut delay = Duration::from_millis(200);
         let mut last = String::new();
         let mut authed = false;
@@ -254,7 +317,10 @@ impl RegistryBackend {
                     attempt += 1;
                     if attempt < self.opts.attempts {
                         let wait = after.max(delay);
-                        if tokio::time::Instant::now().checked_add(wait).is_none_or(|t| t >= deadline) {
+                        if tokio::time::Instant::now()
+                            .checked_add(wait)
+                            .is_none_or(|t| t >= deadline)
+                        {
                             // Waiting as asked would outlast the read's bound: fail now.
                             return Err(self.fail(format!(
                                 "blob {} at {offset}+{len}: {last}, beyond this read's limit of {} s",
@@ -269,7 +335,11 @@ impl RegistryBackend {
                 }
             }
         }
-        Err(self.fail(format!("blob {} at {offset}+{len}: gave up after {} attempts: {last}", to_hex(digest), self.opts.attempts)))
+        Err(self.fail(format!(
+            "blob {} at {offset}+{len}: gave up after {} attempts: {last}",
+            to_hex(digest),
+            self.opts.attempts
+        )))
     }
 }
 
@@ -316,7 +386,8 @@ fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
 /// `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94 08:49:37 GMT`,
 /// `Sun Nov  6 08:49:37 1994`. In each the day comes before the year.
 fn parse_http_date(v: &str) -> Option<SystemTime> {
-    const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    const MONTHS: [&str; 12] =
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
     let mut month = None;
     let mut time = None;
     let mut numbers = Vec::new();
@@ -333,9 +404,20 @@ fn parse_http_date(v: &str) -> Option<SystemTime> {
             month = Some(m as i64 + 1);
         }
     }
-    let (&[(day, _), (year, year_digits)], Some(month), Some(time)) = (&numbers[..], month, time) else { return None };
+    let (&[(day, _), (year, year_digits)], Some(month), Some(time)) = (&numbers[..], month, time)
+    else {
+        return None;
+    };
     // RFC 850's two-digit years: the RFC says to read them as at most 50 years ahead.
-    let year = if year_digits == 2 { if year < 70 { 2000 + year } else { 1900 + year } } else { year };
+    let year = if year_digits == 2 {
+        if year < 70 {
+            2000 + year
+        } else {
+            1900 + year
+        }
+    } else {
+        year
+    };
     if !(1..=31).contains(&day) {
         return None;
     }
@@ -367,7 +449,14 @@ fn parse_challenge(h: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut chars = rest.chars().peekable();
     loop {
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim().trim_start_matches(',').trim().to_string();
+        let key: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_string();
         if key.is_empty() {
             break;
         }
@@ -400,12 +489,32 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_770); // Sun, 06 Nov 1994 08:49:30 GMT
         assert_eq!(super::parse_retry_after("3", now), Some(Duration::from_secs(3)));
         assert_eq!(super::parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(super::parse_retry_after("99999999999999999999999", now), Some(Duration::from_secs(u64::MAX)), "huge, not a panic");
-        for date in ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+        assert_eq!(
+            super::parse_retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX)),
+            "huge, not a panic"
+        );
+        for date in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
             assert_eq!(super::parse_retry_after(date, now), Some(Duration::from_secs(7)), "{date}");
         }
-        assert_eq!(super::parse_retry_after("Sat, 05 Nov 1994 08:49:37 GMT", now), Some(Duration::ZERO), "a date past");
-        for bad in ["", "soon", "-1", "1.5", "Sun, 06 Nov 1994 25:00:00 GMT", "Sun, 06 Foo 1994 08:49:37 GMT", "Sun, 06 Nov 99999999999999 08:49:37 GMT"] {
+        assert_eq!(
+            super::parse_retry_after("Sat, 05 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::ZERO),
+            "a date past"
+        );
+        for bad in [
+            "",
+            "soon",
+            "-1",
+            "1.5",
+            "Sun, 06 Nov 1994 25:00:00 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 99999999999999 08:49:37 GMT",
+        ] {
             assert_eq!(super::parse_retry_after(bad, now), None, "{bad:?}");
         }
         assert_eq!(super::days_from_civil(2000, 3, 1), 11_017);
@@ -420,7 +529,9 @@ mod tests {
 
     #[test]
     fn bearer_challenges_parse() {
-        let p = super::parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#);
+        let p = super::parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#,
+        );
         assert_eq!(p["realm"], "https://auth.example/token");
         assert_eq!(p["service"], "registry.example");
         assert_eq!(p["scope"], "repository:a/b:pull");

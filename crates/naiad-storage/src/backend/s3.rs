@@ -52,7 +52,12 @@ pub struct S3Credentials {
 
 impl std::fmt::Debug for S3Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "S3Credentials({}, <redacted>{})", self.access_key_id, if self.session_token.is_some() { ", <token>" } else { "" })
+        write!(
+            f,
+            "S3Credentials({}, <redacted>{})",
+            self.access_key_id,
+            if self.session_token.is_some() { ", <token>" } else { "" }
+        )
     }
 }
 
@@ -64,7 +69,11 @@ impl S3Credentials {
     /// `AWS_SESSION_TOKEN` if set.
     pub fn from_env() -> Option<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Some(S3Credentials { access_key_id: var("AWS_ACCESS_KEY_ID")?, secret_access_key: var("AWS_SECRET_ACCESS_KEY")?, session_token: var("AWS_SESSION_TOKEN") })
+        Some(S3Credentials {
+            access_key_id: var("AWS_ACCESS_KEY_ID")?,
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY")?,
+            session_token: var("AWS_SESSION_TOKEN"),
+        })
     }
 
     /// Records the credentials of this process's configuration file (once, at start; a
@@ -99,7 +108,13 @@ impl S3Options {
     /// Defaults: this process's credentials ([`S3Credentials::resolve`]), 10 s per request,
     /// 3 attempts, HTTPS only.
     pub fn new(location: S3Location) -> Self {
-        S3Options { location, credentials: S3Credentials::resolve(), insecure: false, timeout: Duration::from_secs(10), attempts: 3 }
+        S3Options {
+            location,
+            credentials: S3Credentials::resolve(),
+            insecure: false,
+            timeout: Duration::from_secs(10),
+            attempts: 3,
+        }
     }
 }
 
@@ -119,26 +134,42 @@ impl S3Backend {
     pub fn new(opts: S3Options) -> Result<Self> {
         let loc = &opts.location;
         let endpoint = loc.endpoint.as_deref().map(|e| endpoint_url(e, opts.insecure)).transpose();
-        let region = loc.region.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| DEFAULT_S3_REGION.into());
+        let region = loc
+            .region
+            .clone()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| DEFAULT_S3_REGION.into());
         let shown = match &endpoint {
             Ok(Some(e)) => e.clone(),
             _ => format!("https://s3.{region}.amazonaws.com"),
         };
         let prefix = loc.prefix.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("/");
-        let name = format!("s3 {shown} bucket {}{}", loc.bucket, if prefix.is_empty() { String::new() } else { format!(" prefix {prefix}") });
+        let name = format!(
+            "s3 {shown} bucket {}{}",
+            loc.bucket,
+            if prefix.is_empty() { String::new() } else { format!(" prefix {prefix}") }
+        );
         let fail = |detail: String| StorageError::Backend { backend: name.clone(), detail };
         let endpoint = endpoint.map_err(&fail)?;
         if loc.bucket.is_empty() || loc.bucket.contains('/') {
             return Err(fail(format!("bad bucket name {:?}", loc.bucket)));
         }
         if !prefix.is_empty() {
-            ObjectPath::parse(&prefix).map_err(|e| fail(format!("bad key prefix {:?}: {e}", loc.prefix)))?;
+            ObjectPath::parse(&prefix)
+                .map_err(|e| fail(format!("bad key prefix {:?}: {e}", loc.prefix)))?;
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let attempts = opts.attempts.max(1);
-        let client = ClientOptions::new().with_timeout(opts.timeout).with_connect_timeout(opts.timeout).with_allow_http(opts.insecure);
+        let client = ClientOptions::new()
+            .with_timeout(opts.timeout)
+            .with_connect_timeout(opts.timeout)
+            .with_allow_http(opts.insecure);
         let retry = RetryConfig {
-            backoff: BackoffConfig { init_backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(2), base: 2.0 },
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
             max_retries: attempts as usize - 1,
             retry_timeout: opts.timeout * attempts,
         };
@@ -154,7 +185,9 @@ impl S3Backend {
         let mut secrets = Vec::new();
         match &opts.credentials {
             Some(c) => {
-                b = b.with_access_key_id(&c.access_key_id).with_secret_access_key(&c.secret_access_key);
+                b = b
+                    .with_access_key_id(&c.access_key_id)
+                    .with_secret_access_key(&c.secret_access_key);
                 secrets.push(c.secret_access_key.clone());
                 if let Some(t) = &c.session_token {
                     b = b.with_token(t);
@@ -185,7 +218,9 @@ impl S3Backend {
     pub fn put(&self, digest: &Digest32, data: Vec<u8>) -> Result<()> {
         let key = self.key(digest);
         let path = ObjectPath::from(key.as_str());
-        self.rt.block_on(self.store.put(&path, data.into())).map_err(|e| self.fail(format!("writing object {key}: {}", error_text(&e))))?;
+        self.rt
+            .block_on(self.store.put(&path, data.into()))
+            .map_err(|e| self.fail(format!("writing object {key}: {}", error_text(&e))))?;
         Ok(())
     }
 }
@@ -197,14 +232,24 @@ impl Backend for S3Backend {
         }
         let key = self.key(digest);
         let path = ObjectPath::from(key.as_str());
-        let end = offset.checked_add(len).ok_or_else(|| self.fail(format!("object {key}: range {offset}+{len} overflows")))?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| self.fail(format!("object {key}: range {offset}+{len} overflows")))?;
         match self.rt.block_on(self.store.get_range(&path, offset..end)) {
             Ok(bytes) if bytes.len() as u64 == len => Ok(bytes.to_vec()),
-            Ok(bytes) => Err(self.fail(format!("object {key}: asked {len} bytes at {offset}, got {}", bytes.len()))),
-            Err(object_store::Error::NotFound { .. }) => Err(StorageError::BlobMissing { digest: to_hex(digest), dirs: format!("{} (object key {key})", self.name) }),
-            Err(e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })) => {
+            Ok(bytes) => Err(self
+                .fail(format!("object {key}: asked {len} bytes at {offset}, got {}", bytes.len()))),
+            Err(object_store::Error::NotFound { .. }) => Err(StorageError::BlobMissing {
+                digest: to_hex(digest),
+                dirs: format!("{} (object key {key})", self.name),
+            }),
+            Err(
+                e @ (object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }),
+            ) => {
                 // The response body is not shown: an S3 error may echo the signed request.
-                let code = s3_error_code(&e.to_string()).map(|c| format!(": {c}")).unwrap_or_default();
+                let code =
+                    s3_error_code(&e.to_string()).map(|c| format!(": {c}")).unwrap_or_default();
                 Err(self.fail(format!(
                     "object {key}: access denied{code} (check the credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or [s3] in the config file)"
                 )))
@@ -221,7 +266,11 @@ impl Backend for S3Backend {
 /// A full endpoint URL from `ep`: a bare `host[:port]` gets https (http when insecure);
 /// plain HTTP needs `insecure`; credentials or a path in the URL are refused.
 fn endpoint_url(ep: &str, insecure: bool) -> std::result::Result<String, String> {
-    let full = if ep.contains("://") { ep.to_string() } else { format!("{}://{ep}", if insecure { "http" } else { "https" }) };
+    let full = if ep.contains("://") {
+        ep.to_string()
+    } else {
+        format!("{}://{ep}", if insecure { "http" } else { "https" })
+    };
     let url = reqwest::Url::parse(&full).map_err(|e| format!("endpoint is not a URL ({e})"))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err("the endpoint URL must not hold credentials (give them in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the config file)".into());
@@ -233,7 +282,9 @@ fn endpoint_url(ep: &str, insecure: bool) -> std::result::Result<String, String>
         other => return Err(format!("endpoint scheme {other}: not http or https")),
     }
     if url.path() != "/" || url.query().is_some() {
-        return Err(format!("endpoint {full}: give only scheme, host and port (the bucket and prefix are separate)"));
+        return Err(format!(
+            "endpoint {full}: give only scheme, host and port (the bucket and prefix are separate)"
+        ));
     }
     Ok(full.trim_end_matches('/').to_string())
 }
@@ -257,12 +308,16 @@ fn error_text(e: &dyn std::error::Error) -> String {
 fn s3_error_code(text: &str) -> Option<&str> {
     let start = text.find("<Code>")? + "<Code>".len();
     let len = text[start..].find("</Code>")?;
-    Some(&text[start..start + len]).filter(|c| c.len() < 64 && c.chars().all(|ch| ch.is_ascii_alphanumeric()))
+    Some(&text[start..start + len])
+        .filter(|c| c.len() < 64 && c.chars().all(|ch| ch.is_ascii_alphanumeric()))
 }
 
 /// `text` with every secret replaced (belt and braces: S3 error bodies can echo requests).
 fn redact(text: &str, secrets: &[String]) -> String {
-    secrets.iter().filter(|s| !s.is_empty()).fold(text.to_string(), |t, s| t.replace(s.as_str(), "<redacted>"))
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(text.to_string(), |t, s| t.replace(s.as_str(), "<redacted>"))
 }
 
 #[cfg(test)]
@@ -270,11 +325,22 @@ mod tests {
     use super::*;
 
     fn loc(endpoint: Option<&str>, prefix: &str) -> S3Location {
-        S3Location { endpoint: endpoint.map(String::from), bucket: "b".into(), prefix: prefix.into(), region: None }
+        S3Location {
+            endpoint: endpoint.map(String::from),
+            bucket: "b".into(),
+            prefix: prefix.into(),
+            region: None,
+        }
     }
 
     fn opts(location: S3Location, insecure: bool) -> S3Options {
-        S3Options { location, credentials: None, insecure, timeout: Duration::from_secs(1), attempts: 1 }
+        S3Options {
+            location,
+            credentials: None,
+            insecure,
+            timeout: Duration::from_secs(1),
+            attempts: 1,
+        }
     }
 
     #[test]
@@ -292,29 +358,58 @@ mod tests {
 
     #[test]
     fn bad_endpoints_are_refused_without_echoing_credentials() {
-        let e = S3Backend::new(opts(loc(Some("http://127.0.0.1:9"), ""), false)).err().unwrap().to_string();
+        let e = S3Backend::new(opts(loc(Some("http://127.0.0.1:9"), ""), false))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("--insecure"), "{e}");
-        let e = S3Backend::new(opts(loc(Some("http://ak:topsecret@127.0.0.1:9"), ""), true)).err().unwrap().to_string();
+        let e = S3Backend::new(opts(loc(Some("http://ak:topsecret@127.0.0.1:9"), ""), true))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("must not hold credentials") && !e.contains("topsecret"), "{e}");
-        let e = S3Backend::new(opts(loc(Some("https://h/bucket"), ""), false)).err().unwrap().to_string();
+        let e = S3Backend::new(opts(loc(Some("https://h/bucket"), ""), false))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("only scheme, host and port"), "{e}");
-        let e = S3Backend::new(opts(S3Location { bucket: "a/b".into(), ..loc(None, "") }, false)).err().unwrap().to_string();
+        let e = S3Backend::new(opts(S3Location { bucket: "a/b".into(), ..loc(None, "") }, false))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("bad bucket name"), "{e}");
     }
 
     #[test]
     fn secrets_never_show() {
-        let c = S3Credentials { access_key_id: "AKID".into(), secret_access_key: "hush".into(), session_token: Some("t0k3n".into()) };
+        let c = S3Credentials {
+            access_key_id: "AKID".into(),
+            secret_access_key: "hush".into(),
+            session_token: Some("t0k3n".into()),
+        };
         let shown = format!("{c:?}");
-        assert!(shown.contains("AKID") && !shown.contains("hush") && !shown.contains("t0k3n"), "{shown}");
-        assert_eq!(redact("a hush b tok", &["hush".into(), "tok".into()]), "a <redacted> b <redacted>");
-        assert_eq!(s3_error_code("403: <Error><Code>SignatureDoesNotMatch</Code></Error>"), Some("SignatureDoesNotMatch"));
+        assert!(
+            shown.contains("AKID") && !shown.contains("hush") && !shown.contains("t0k3n"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact("a hush b tok", &["hush".into(), "tok".into()]),
+            "a <redacted> b <redacted>"
+        );
+        assert_eq!(
+            s3_error_code("403: <Error><Code>SignatureDoesNotMatch</Code></Error>"),
+            Some("SignatureDoesNotMatch")
+        );
         assert_eq!(s3_error_code("no xml"), None);
     }
 
     #[test]
     fn a_dead_endpoint_fails_in_bounded_time() {
-        let b = S3Backend::new(S3Options { attempts: 2, ..opts(loc(Some("http://127.0.0.1:9"), "p"), true) }).unwrap();
+        let b = S3Backend::new(S3Options {
+            attempts: 2,
+            ..opts(loc(Some("http://127.0.0.1:9"), "p"), true)
+        })
+        .unwrap();
         let started = std::time::Instant::now();
         let e = b.read(&[1; 32], 0, 10).unwrap_err().to_string();
         assert!(e.starts_with("s3 http://127.0.0.1:9 bucket b prefix p: object p/0101"), "{e}");

@@ -46,8 +46,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let chunk_dict = match &a.chunk_dict {
         Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("reading chunk dictionary {}", p.display()))?;
-            Some(std::sync::Arc::new(ChunkDict::from_bootstrap(bytes).with_context(|| format!("chunk dictionary {}", p.display()))?))
+            let bytes = std::fs::read(p)
+                .with_context(|| format!("reading chunk dictionary {}", p.display()))?;
+            Some(std::sync::Arc::new(
+                ChunkDict::from_bootstrap(bytes)
+                    .with_context(|| format!("chunk dictionary {}", p.display()))?,
+            ))
         }
         None => None,
     };
@@ -81,7 +85,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
         println!(
             "chunks: {} total, {} stored, {} deduplicated, {} from the dictionary, {} all zeros",
-            summary.chunks, summary.stored_chunks, summary.dedup_chunks, summary.dict_chunks, summary.zero_chunks
+            summary.chunks,
+            summary.stored_chunks,
+            summary.dedup_chunks,
+            summary.dict_chunks,
+            summary.zero_chunks
         );
         for b in &summary.blobs {
             println!(
@@ -92,7 +100,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 if b.from_dict { " [dictionary]" } else { "" }
             );
         }
-        println!("bootstrap {} ({}), {:.2} s", summary.bootstrap.display(), human(summary.bootstrap_bytes), summary.seconds);
+        println!(
+            "bootstrap {} ({}), {:.2} s",
+            summary.bootstrap.display(),
+            human(summary.bootstrap_bytes),
+            summary.seconds
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -81,10 +81,16 @@ fn hex_digests<S: serde::Serializer>(v: &[Digest32], s: S) -> std::result::Resul
 
 /// The bootstrap files to check with: `given`, plus the runtime directory's unless only
 /// `given` were asked for.
-fn bootstrap_files(given: &[PathBuf], runtime_dir: Option<PathBuf>, cfg: &crate::config::Config) -> Result<Vec<PathBuf>> {
+fn bootstrap_files(
+    given: &[PathBuf],
+    runtime_dir: Option<PathBuf>,
+    cfg: &crate::config::Config,
+) -> Result<Vec<PathBuf>> {
     let mut files = given.to_vec();
     if given.is_empty() || runtime_dir.is_some() {
-        let run = runtime_dir.or(cfg.runtime_dir.clone()).unwrap_or_else(|| crate::cmd::mount::DEFAULT_RUNTIME_DIR.into());
+        let run = runtime_dir
+            .or(cfg.runtime_dir.clone())
+            .unwrap_or_else(|| crate::cmd::mount::DEFAULT_RUNTIME_DIR.into());
         let dir = run.join("bootstraps");
         match std::fs::read_dir(&dir) {
             Ok(entries) => {
@@ -99,50 +105,96 @@ fn bootstrap_files(given: &[PathBuf], runtime_dir: Option<PathBuf>, cfg: &crate:
                 files.extend(kept);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !given.is_empty() => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {} (name bootstraps with --bootstrap)", dir.display())),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("reading {} (name bootstraps with --bootstrap)", dir.display())
+                })
+            }
         }
     }
     anyhow::ensure!(!files.is_empty(), "no bootstraps to check the cache with: none kept in the runtime directory; name them with --bootstrap");
     Ok(files)
 }
 
-fn verify(cache_dir: &Path, bootstraps: Vec<PathBuf>, repair: bool, json: bool) -> Result<ExitCode> {
+fn verify(
+    cache_dir: &Path,
+    bootstraps: Vec<PathBuf>,
+    repair: bool,
+    json: bool,
+) -> Result<ExitCode> {
     // Per blob (and chunk digest kind): its view size and every chunk the images name in it.
     let mut blobs: BTreeMap<(Digest32, u8), (u64, Digester, Vec<ChunkRecord>)> = BTreeMap::new();
     for path in &bootstraps {
         let bs = open_bootstrap(path)?;
         let ext = bs.extension();
         for (i, b) in ext.blobs.iter().enumerate() {
-            let entry = blobs.entry((b.digest, ext.digester.code())).or_insert_with(|| (b.view_size, ext.digester, Vec::new()));
-            anyhow::ensure!(entry.0 == b.view_size, "{}: blob sha256:{} has view size {}, another bootstrap says {}", path.display(), to_hex(&b.digest), b.view_size, entry.0);
+            let entry = blobs
+                .entry((b.digest, ext.digester.code()))
+                .or_insert_with(|| (b.view_size, ext.digester, Vec::new()));
+            anyhow::ensure!(
+                entry.0 == b.view_size,
+                "{}: blob sha256:{} has view size {}, another bootstrap says {}",
+                path.display(),
+                to_hex(&b.digest),
+                b.view_size,
+                entry.0
+            );
             entry.2.extend_from_slice(ext.blob_chunks(i as u32));
         }
     }
     let mut reports = Vec::new();
     for ((digest, _), (view_size, digester, chunks)) in &blobs {
-        let r = check_cached_blob(cache_dir, digest, *view_size, chunks, *digester, repair).with_context(|| format!("checking blob sha256:{}", to_hex(digest)))?;
+        let r = check_cached_blob(cache_dir, digest, *view_size, chunks, *digester, repair)
+            .with_context(|| format!("checking blob sha256:{}", to_hex(digest)))?;
         if r.cached {
             reports.push(r);
         }
     }
     let named: std::collections::HashSet<Digest32> = blobs.keys().map(|(d, _)| *d).collect();
-    let unknown: Vec<Digest32> = ChunkCache::open(cache_dir)?.list()?.into_iter().map(|e| e.digest).filter(|d| !named.contains(d)).collect();
+    let unknown: Vec<Digest32> = ChunkCache::open(cache_dir)?
+        .list()?
+        .into_iter()
+        .map(|e| e.digest)
+        .filter(|d| !named.contains(d))
+        .collect();
     let bad_chunks: usize = reports.iter().map(|r| r.bad.len()).sum();
     let unrepaired = reports.iter().any(|r| !r.bad.is_empty() && !r.repaired);
     if json {
         print_json(&VerifyReport { bootstraps, blobs: reports, unknown, bad_chunks })?;
     } else {
         for r in &reports {
-            let state = if r.stale { " (stale entry: discarded when next opened)".to_string() } else { String::new() };
-            println!("sha256:{} chunks {} present {} verified {} bad {}{state}", to_hex(&r.digest), r.chunks, r.present, r.verified, r.bad.len());
+            let state = if r.stale {
+                " (stale entry: discarded when next opened)".to_string()
+            } else {
+                String::new()
+            };
+            println!(
+                "sha256:{} chunks {} present {} verified {} bad {}{state}",
+                to_hex(&r.digest),
+                r.chunks,
+                r.present,
+                r.verified,
+                r.bad.len()
+            );
             for b in &r.bad {
-                println!("  bad chunk at view offset {} ({} bytes): {}{}", b.view_offset, b.size, b.detail, if r.repaired { " (cleared)" } else { "" });
+                println!(
+                    "  bad chunk at view offset {} ({} bytes): {}{}",
+                    b.view_offset,
+                    b.size,
+                    b.detail,
+                    if r.repaired { " (cleared)" } else { "" }
+                );
             }
         }
         for d in &unknown {
             println!("sha256:{} not named by any bootstrap: not checked", to_hex(d));
         }
-        println!("{} blobs checked, {} bad chunks{}", reports.len(), bad_chunks, if bad_chunks > 0 && !unrepaired { ", cleared" } else { "" });
+        println!(
+            "{} blobs checked, {} bad chunks{}",
+            reports.len(),
+            bad_chunks,
+            if bad_chunks > 0 && !unrepaired { ", cleared" } else { "" }
+        );
     }
     if unrepaired {
         eprintln!("error: {bad_chunks} cached chunks fail verification (clear them with --repair)");
@@ -167,7 +219,9 @@ pub fn parse_size_u64(s: &str) -> Result<u64> {
 }
 
 pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
-    let dir = |d: Option<PathBuf>| d.or(cfg.cache_dir.clone()).unwrap_or_else(|| crate::cmd::mount::DEFAULT_CACHE_DIR.into());
+    let dir = |d: Option<PathBuf>| {
+        d.or(cfg.cache_dir.clone()).unwrap_or_else(|| crate::cmd::mount::DEFAULT_CACHE_DIR.into())
+    };
     match a.cmd {
         Cmd::Ls { cache_dir, json } => {
             let entries = ChunkCache::open(&dir(cache_dir))?.list()?;
@@ -184,7 +238,11 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                         if e.in_use { " (in use)" } else { "" }
                     );
                 }
-                println!("{} blobs, {} on disk", entries.len(), human(entries.iter().map(|e| e.disk_bytes).sum()));
+                println!(
+                    "{} blobs, {} on disk",
+                    entries.len(),
+                    human(entries.iter().map(|e| e.disk_bytes).sum())
+                );
             }
         }
         Cmd::Gc { cache_dir, max_size, json } => {
@@ -192,7 +250,11 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
             if json {
                 print_json(&removed)?;
             } else {
-                println!("evicted {} blobs, {}", removed.len(), human(removed.iter().map(|e| e.disk_bytes).sum()));
+                println!(
+                    "evicted {} blobs, {}",
+                    removed.len(),
+                    human(removed.iter().map(|e| e.disk_bytes).sum())
+                );
             }
         }
         Cmd::Verify { cache_dir, runtime_dir, bootstraps, repair, json } => {

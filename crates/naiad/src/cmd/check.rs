@@ -59,7 +59,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else if report.ok() {
         println!(
             "ok: {} entries, {} files, {} chunk references; {} blobs and {} chunks verified",
-            report.entries, report.files, report.chunk_refs, report.blobs_checked, report.chunks_verified
+            report.entries,
+            report.files,
+            report.chunk_refs,
+            report.blobs_checked,
+            report.chunks_verified
         );
     }
     finish(&report.problems, &a.target, a.json)
@@ -81,8 +85,14 @@ fn finish(problems: &[String], what: &str, json: bool) -> Result<ExitCode> {
 fn check_image(a: &Args) -> Result<ExitCode> {
     let image = ImageRef::parse(&a.target)?;
     let source = a.source.as_deref().map(ImageRef::parse).transpose()?;
-    let work = tempfile::Builder::new().prefix("naiad-check-").tempdir().context("creating a temporary directory")?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let work = tempfile::Builder::new()
+        .prefix("naiad-check-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let mut report = ImageReport::default();
     let fetched = rt.block_on(naiad_oci::check::fetch_naiad(&image, a.insecure, work.path()))?;
     for f in fetched {
@@ -98,7 +108,10 @@ fn check_image(a: &Args) -> Result<ExitCode> {
                 chunk_size: bs.extension().chunk_size,
                 compressor: naiad_format::compression::Compressor::Lz4,
                 digester: bs.extension().digester,
-                platform: f.platform.clone().map(|p| p.split('/').take(2).collect::<Vec<_>>().join("/")),
+                platform: f
+                    .platform
+                    .clone()
+                    .map(|p| p.split('/').take(2).collect::<Vec<_>>().join("/")),
                 chunk_dict: None,
                 prefetch: Vec::new(),
                 build_cache: None,
@@ -106,13 +119,26 @@ fn check_image(a: &Args) -> Result<ExitCode> {
                 insecure: a.insecure,
                 jobs: 2,
             };
-            let (src_boot, src_dirs) = rt.block_on(naiad_oci::convert::build_local(src, opts.platform.as_deref(), &opts, work.path()))?;
+            let (src_boot, src_dirs) = rt.block_on(naiad_oci::convert::build_local(
+                src,
+                opts.platform.as_deref(),
+                &opts,
+                work.path(),
+            ))?;
             let src_bs = Bootstrap::open(src_boot)?;
-            let diffs = naiad_fs::compare::compare_images(&src_bs, &BlobDirs::new(src_dirs), &bs, &dirs)?;
-            report.problems.extend(diffs.into_iter().map(|d| format!("{label}: against the source: {d}")));
+            let diffs =
+                naiad_fs::compare::compare_images(&src_bs, &BlobDirs::new(src_dirs), &bs, &dirs)?;
+            report
+                .problems
+                .extend(diffs.into_iter().map(|d| format!("{label}: against the source: {d}")));
             compared = true;
         }
-        report.images.push(PlatformReport { platform: f.platform, manifest: f.manifest_digest, check, compared_with_source: compared });
+        report.images.push(PlatformReport {
+            platform: f.platform,
+            manifest: f.manifest_digest,
+            check,
+            compared_with_source: compared,
+        });
     }
     if a.json {
         print_json(&report)?;

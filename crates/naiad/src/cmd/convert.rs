@@ -71,8 +71,15 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                 .any(|h| cfg.insecure(h)),
         jobs: a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
     };
-    let progress: Arc<dyn Progress> = if !a.json && std::io::stderr().is_terminal() { Arc::new(Bars::new()) } else { Arc::new(Quiet) };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let progress: Arc<dyn Progress> = if !a.json && std::io::stderr().is_terminal() {
+        Arc::new(Bars::new())
+    } else {
+        Arc::new(Quiet)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let summary = rt.block_on(naiad_oci::convert::convert(&src, &dst, &opts, progress))?;
     if a.json {
         print_json(&summary)?;
@@ -96,7 +103,10 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
             img.cached_layers
         );
     }
-    println!("pushed {} ({}) in {:.1} s", summary.destination, summary.digest, summary.seconds_total);
+    println!(
+        "pushed {} ({}) in {:.1} s",
+        summary.destination, summary.digest, summary.seconds_total
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -113,7 +123,11 @@ impl Bars {
         let multi = MultiProgress::new();
         let stage = multi.add(ProgressBar::new_spinner());
         let overall = multi.add(ProgressBar::new(0));
-        overall.set_style(ProgressStyle::with_template("{prefix:>16} [{bar:30}] {bytes}/{total_bytes} {elapsed}").expect("valid template").progress_chars("## "));
+        overall.set_style(
+            ProgressStyle::with_template("{prefix:>16} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
+                .expect("valid template")
+                .progress_chars("## "),
+        );
         overall.set_prefix("all layers");
         Bars { multi, stage, overall, layers: Mutex::new(HashMap::new()) }
     }
@@ -125,7 +139,13 @@ impl Progress for Bars {
     }
     fn layer_start(&self, layer: &str, bytes: u64) {
         let bar = self.multi.add(ProgressBar::new(bytes));
-        bar.set_style(ProgressStyle::with_template("{prefix:>16} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}").expect("valid template").progress_chars("=> "));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>16} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
         bar.set_prefix(layer.to_string());
         self.layers.lock().expect("bars lock").insert(layer.to_string(), bar);
     }

@@ -75,7 +75,11 @@ impl From<CtlMode> for Mode {
 }
 
 pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
-    let api = a.api.clone().or(cfg.api.clone()).unwrap_or_else(|| crate::cmd::daemon::DEFAULT_API_SOCKET.into());
+    let api = a
+        .api
+        .clone()
+        .or(cfg.api.clone())
+        .unwrap_or_else(|| crate::cmd::daemon::DEFAULT_API_SOCKET.into());
     let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let (method, path, body) = match &a.cmd {
         Cmd::Mount { source, mountpoint, mode, blob_dirs, fetch, s3 } => {
@@ -85,7 +89,11 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
             let image = source.starts_with("docker://") || source.starts_with("oci:");
             let spec = MountSpec {
                 // The daemon runs elsewhere: a bootstrap path must not depend on our directory.
-                source: if image { source.clone() } else { abs(&PathBuf::from(source)).to_string_lossy().into_owned() },
+                source: if image {
+                    source.clone()
+                } else {
+                    abs(&PathBuf::from(source)).to_string_lossy().into_owned()
+                },
                 mountpoint: abs(mountpoint),
                 mode: (*mode).into(),
                 blob_dirs: blob_dirs.iter().map(abs).collect(),
@@ -102,17 +110,24 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
             };
             ("POST", "/v1/mounts", Some(serde_json::to_value(spec)?))
         }
-        Cmd::Umount { mountpoint } => ("DELETE", "/v1/mounts", Some(serde_json::json!({ "mountpoint": abs(mountpoint) }))),
+        Cmd::Umount { mountpoint } => {
+            ("DELETE", "/v1/mounts", Some(serde_json::json!({ "mountpoint": abs(mountpoint) })))
+        }
         Cmd::List => ("GET", "/v1/mounts", None),
         Cmd::Status => ("GET", "/v1/status", None),
         Cmd::Metrics => ("GET", "/metrics", None),
-        Cmd::Prefetch { mountpoint, all, rate } => {
-            ("POST", "/v1/prefetch", Some(serde_json::json!({ "mountpoint": abs(mountpoint), "all": all, "rate": rate })))
-        }
+        Cmd::Prefetch { mountpoint, all, rate } => (
+            "POST",
+            "/v1/prefetch",
+            Some(serde_json::json!({ "mountpoint": abs(mountpoint), "all": all, "rate": rate })),
+        ),
     };
     let (code, text) = request(&api, method, path, body.as_ref())?;
     if !(200..300).contains(&code) {
-        let msg = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["error"].as_str().map(String::from)).unwrap_or(text);
+        let msg = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(String::from))
+            .unwrap_or(text);
         bail!("the daemon answered {code}: {msg}");
     }
     if !text.is_empty() {

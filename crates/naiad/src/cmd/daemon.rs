@@ -42,8 +42,16 @@ fn parse_size_u64(s: &str) -> Result<u64> {
 
 pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
     let api = a.api.clone().or(cfg.api.clone()).unwrap_or_else(|| DEFAULT_API_SOCKET.into());
-    let cache_dir = a.cache_dir.clone().or(cfg.cache_dir.clone()).unwrap_or_else(|| crate::cmd::mount::DEFAULT_CACHE_DIR.into());
-    let runtime_dir = a.runtime_dir.clone().or(cfg.runtime_dir.clone()).unwrap_or_else(|| crate::cmd::mount::DEFAULT_RUNTIME_DIR.into());
+    let cache_dir = a
+        .cache_dir
+        .clone()
+        .or(cfg.cache_dir.clone())
+        .unwrap_or_else(|| crate::cmd::mount::DEFAULT_CACHE_DIR.into());
+    let runtime_dir = a
+        .runtime_dir
+        .clone()
+        .or(cfg.runtime_dir.clone())
+        .unwrap_or_else(|| crate::cmd::mount::DEFAULT_RUNTIME_DIR.into());
     let cache_limit = match (a.cache_limit, &cfg.cache_limit) {
         (Some(l), _) => Some(l),
         (None, Some(s)) => Some(parse_size_u64(s).context("config cache_limit")?),
@@ -53,7 +61,10 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
     let _lock = RuntimeLock::acquire(&runtime_dir)?;
     let mounts = Mounts::persistent(StateFile::new(&runtime_dir));
     let d = Arc::new(Daemon { mounts, cache, runtime_dir });
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(async {
         if let Some(limit) = cache_limit {
             let cache = d.cache.clone();
@@ -63,7 +74,9 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                     tokio::time::sleep(every).await;
                     let c = cache.clone();
                     match tokio::task::spawn_blocking(move || c.gc(Some(limit))).await {
-                        Ok(Ok(removed)) if !removed.is_empty() => tracing::info!(evicted = removed.len(), "cache limit enforced"),
+                        Ok(Ok(removed)) if !removed.is_empty() => {
+                            tracing::info!(evicted = removed.len(), "cache limit enforced")
+                        }
                         Ok(Err(e)) => tracing::warn!(error = %e, "cache gc failed"),
                         _ => {}
                     }
@@ -71,14 +84,17 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
             });
         }
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
         };
         // A previous daemon that died left its mounts in the state file: bring them back.
-        let (restored, failed) = naiad_daemon::mounts::restore(&d.mounts, &d.cache, &d.runtime_dir).await;
+        let (restored, failed) =
+            naiad_daemon::mounts::restore(&d.mounts, &d.cache, &d.runtime_dir).await;
         for mp in &restored {
             tracing::info!(mountpoint = %mp.display(), "mount restored");
         }

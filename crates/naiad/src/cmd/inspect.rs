@@ -101,12 +101,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.json {
         print_json(&s)?;
     } else {
-        println!("bootstrap: {} ({} chunks, {} digests)", human(s.bootstrap_bytes), human(u64::from(s.chunk_size)), s.digester);
+        println!(
+            "bootstrap: {} ({} chunks, {} digests)",
+            human(s.bootstrap_bytes),
+            human(u64::from(s.chunk_size)),
+            s.digester
+        );
         println!(
             "entries: {} files, {} directories, {} symlinks, {} other, {} extra hardlink names",
             s.files, s.directories, s.symlinks, s.other_entries, s.hardlinked_names
         );
-        println!("file data: {} in {} chunk references ({} holes)", human(s.file_bytes), s.chunk_refs, s.hole_chunks);
+        println!(
+            "file data: {} in {} chunk references ({} holes)",
+            human(s.file_bytes),
+            s.chunk_refs,
+            s.hole_chunks
+        );
         println!(
             "unique chunks: {} holding {}; dedup ratio {:.2}; compressed {}",
             s.unique_chunks,
@@ -115,7 +125,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
             human(s.compressed_bytes)
         );
         for b in &s.blobs {
-            println!("blob {} {} compressed, {} view, {} chunks, {}", b.digest, human(b.compressed_bytes), human(b.view_bytes), b.chunks, b.compressor);
+            println!(
+                "blob {} {} compressed, {} view, {} chunks, {}",
+                b.digest,
+                human(b.compressed_bytes),
+                human(b.view_bytes),
+                b.chunks,
+                b.compressor
+            );
         }
         for p in &s.prefetch {
             println!("prefetch {p}");
@@ -182,7 +199,8 @@ fn summarize(bs: &Bootstrap) -> Result<Summary> {
         }
         Ok(())
     })?;
-    s.dedup_ratio = if s.unique_bytes == 0 { 1.0 } else { s.referenced_bytes as f64 / s.unique_bytes as f64 };
+    s.dedup_ratio =
+        if s.unique_bytes == 0 { 1.0 } else { s.referenced_bytes as f64 / s.unique_bytes as f64 };
     Ok(s)
 }
 
@@ -234,7 +252,11 @@ fn entry(bs: &Bootstrap, path: &str, ino: &Inode) -> Result<EntryInfo> {
             .into_iter()
             .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), hex::encode(v)))
             .collect(),
-        symlink_target: if ino.is_symlink() { Some(String::from_utf8_lossy(&bs.symlink_target(ino)?).into_owned()) } else { None },
+        symlink_target: if ino.is_symlink() {
+            Some(String::from_utf8_lossy(&bs.symlink_target(ino)?).into_owned())
+        } else {
+            None
+        },
         rdev: matches!(ino.type_bits(), 0o020000 | 0o060000).then(|| ino.rdev()),
         chunk_size: ino.is_chunk_based().then(|| ino.chunk_size()),
         chunks,
@@ -242,7 +264,10 @@ fn entry(bs: &Bootstrap, path: &str, ino: &Inode) -> Result<EntryInfo> {
 }
 
 fn print_entry(e: &EntryInfo) {
-    println!("{}: nid {} ino {} mode {} uid {} gid {} size {} nlink {}", e.path, e.nid, e.ino, e.mode, e.uid, e.gid, e.size, e.nlink);
+    println!(
+        "{}: nid {} ino {} mode {} uid {} gid {} size {} nlink {}",
+        e.path, e.nid, e.ino, e.mode, e.uid, e.gid, e.size, e.nlink
+    );
     println!("mtime {}.{:09}", e.mtime, e.mtime_nsec);
     for (k, v) in &e.xattrs {
         println!("xattr {k} = 0x{v}");

@@ -92,8 +92,15 @@ pub struct Args {
 
 pub fn run(mut a: Args, cfg: &Config) -> Result<ExitCode> {
     // Flags win over the config file, the file over the defaults.
-    a.cache_dir = Some(a.cache_dir.clone().or(cfg.cache_dir.clone()).unwrap_or_else(|| DEFAULT_CACHE_DIR.into()));
-    a.runtime_dir = Some(a.runtime_dir.clone().or(cfg.runtime_dir.clone()).unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into()));
+    a.cache_dir = Some(
+        a.cache_dir.clone().or(cfg.cache_dir.clone()).unwrap_or_else(|| DEFAULT_CACHE_DIR.into()),
+    );
+    a.runtime_dir = Some(
+        a.runtime_dir
+            .clone()
+            .or(cfg.runtime_dir.clone())
+            .unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into()),
+    );
     a.timeout = Some(a.timeout.or(cfg.timeout_secs).unwrap_or(10));
     a.fetch.resolve(cfg, &a.source)?;
     let (s3, s3_insecure) = cfg.s3_location(&a.source, !a.blob_dirs.is_empty(), &a.s3)?;
@@ -116,11 +123,15 @@ pub fn run(mut a: Args, cfg: &Config) -> Result<ExitCode> {
 
 fn mount_local(a: &Args) -> Result<ExitCode> {
     if a.blob_dirs.is_empty() {
-        bail!("a bootstrap needs --blob-dir or S3 storage (--s3-bucket), or mount an image reference");
+        bail!(
+            "a bootstrap needs --blob-dir or S3 storage (--s3-bucket), or mount an image reference"
+        );
     }
     let bootstrap_path = PathBuf::from(&a.source);
-    let bytes = std::fs::read(&bootstrap_path).with_context(|| format!("reading {}", bootstrap_path.display()))?;
-    let bs = Bootstrap::open(bytes).with_context(|| format!("bootstrap {} is not valid", a.source))?;
+    let bytes = std::fs::read(&bootstrap_path)
+        .with_context(|| format!("reading {}", bootstrap_path.display()))?;
+    let bs =
+        Bootstrap::open(bytes).with_context(|| format!("bootstrap {} is not valid", a.source))?;
     let dirs = BlobDirs::new(a.blob_dirs.clone());
     let cache = ViewCache::new(a.cache_dir())?;
     let mut devices = Vec::new();
@@ -130,7 +141,8 @@ fn mount_local(a: &Args) -> Result<ExitCode> {
         tracing::info!(view = %path.display(), reused = (state == ViewState::Reused), "blob view ready");
         devices.push(path);
     }
-    std::fs::create_dir_all(&a.mountpoint).with_context(|| format!("creating {}", a.mountpoint.display()))?;
+    std::fs::create_dir_all(&a.mountpoint)
+        .with_context(|| format!("creating {}", a.mountpoint.display()))?;
     naiad_fs::kernel::mount_erofs(&bootstrap_path, &devices, &a.mountpoint)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -147,11 +159,15 @@ impl Args {
 /// Starts this same command without `--daemon` in its own process group, its output in a
 /// log file, and returns once the mount is up (or the server failed).
 fn detach(mode: Option<Mode>, a: &Args) -> Result<ExitCode> {
-    std::fs::create_dir_all(a.runtime_dir()).with_context(|| format!("creating {}", a.runtime_dir().display()))?;
+    std::fs::create_dir_all(a.runtime_dir())
+        .with_context(|| format!("creating {}", a.runtime_dir().display()))?;
     let mountpoint = std::path::absolute(&a.mountpoint)?;
-    let log_path = a.runtime_dir().join(format!("mount-{}.log", naiad_fs::kernel::mount_tag(&mountpoint)));
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).filter(|x| x != "--daemon").collect();
+    let log_path =
+        a.runtime_dir().join(format!("mount-{}.log", naiad_fs::kernel::mount_tag(&mountpoint)));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let args: Vec<std::ffi::OsString> =
+        std::env::args_os().skip(1).filter(|x| x != "--daemon").collect();
     use std::os::unix::process::CommandExt;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(&args)
@@ -167,7 +183,13 @@ fn detach(mode: Option<Mode>, a: &Args) -> Result<ExitCode> {
         // Up once the server says so (it does right after mounting and starting its prefetch).
         let said = std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains(SERVING));
         if said && naiad_daemon::mounts::is_mounted(&mountpoint, lazy_mode) {
-            eprintln!("naiad: {} mounted at {} (server pid {}, log {})", a.source, mountpoint.display(), child.id(), log_path.display());
+            eprintln!(
+                "naiad: {} mounted at {} (server pid {}, log {})",
+                a.source,
+                mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(status) = child.try_wait()? {
@@ -218,7 +240,12 @@ fn mount_lazy(mode: Option<Mode>, a: &Args, s3: Option<S3Location>) -> Result<Ex
     let cache = Arc::new(ChunkCache::open(a.cache_dir())?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let m = rt.block_on(naiad_daemon::mounts::mount(spec, cache, a.runtime_dir(), false))?;
-    eprintln!("naiad: {} mounted at {} ({:?} mode){SERVING}", a.source, m.spec.mountpoint.display(), m.spec.mode);
+    eprintln!(
+        "naiad: {} mounted at {} ({:?} mode){SERVING}",
+        a.source,
+        m.spec.mountpoint.display(),
+        m.spec.mode
+    );
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {

@@ -48,16 +48,19 @@ pub fn run(a: Args, cfg: &crate::config::Config, config_path: Option<&Path>) -> 
     let root = std::fs::canonicalize(&a.root).with_context(|| a.root.display().to_string())?;
     let (daemon, cache_dir) = match &a.daemon_api {
         Some(api) => {
-            let (_, status) = naiad_daemon::client::request(api, "GET", "/v1/status", None).context("the daemon given by --daemon-api")?;
+            let (_, status) = naiad_daemon::client::request(api, "GET", "/v1/status", None)
+                .context("the daemon given by --daemon-api")?;
             let v: serde_json::Value = serde_json::from_str(&status).context("daemon status")?;
-            let cache = v.get("cache_dir").and_then(|c| c.as_str()).map(PathBuf::from).unwrap_or_default();
+            let cache =
+                v.get("cache_dir").and_then(|c| c.as_str()).map(PathBuf::from).unwrap_or_default();
             (DaemonLink { api: api.clone(), spawn: None, log: root.join("daemon.log") }, cache)
         }
         None => {
             let exe = std::env::current_exe().context("finding the naiad executable")?;
             let api = root.join("daemon").join("api.sock");
             let cache = root.join("cache");
-            std::fs::create_dir_all(root.join("daemon")).context("creating the daemon's directory")?;
+            std::fs::create_dir_all(root.join("daemon"))
+                .context("creating the daemon's directory")?;
             let mut cmd = vec![exe.display().to_string()];
             if let Some(c) = config_path {
                 cmd.extend(["--config".to_string(), c.display().to_string()]);
@@ -77,17 +80,26 @@ pub fn run(a: Args, cfg: &crate::config::Config, config_path: Option<&Path>) -> 
     let mut insecure = a.insecure_registry.clone();
     insecure.extend(cfg.registries.iter().filter(|(_, r)| r.insecure).map(|(h, _)| h.clone()));
     let mode: Mode = a.mode.into();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    let sn = Arc::new(Snapshotter::open(Config { root: root.clone(), daemon, cache_dir, insecure_registries: insecure, mode }, rt.handle().clone())?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let sn = Arc::new(Snapshotter::open(
+        Config { root: root.clone(), daemon, cache_dir, insecure_registries: insecure, mode },
+        rt.handle().clone(),
+    )?);
     // Lazy images of the database that are not mounted (after a reboot, say) come back now.
     let sn2 = sn.clone();
-    let restored = rt.block_on(rt.spawn_blocking(move || sn2.restore())).context("restoring mounts")??;
+    let restored =
+        rt.block_on(rt.spawn_blocking(move || sn2.restore())).context("restoring mounts")??;
     if restored > 0 {
         tracing::info!(restored, "lazy images mounted");
     }
     rt.block_on(async {
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

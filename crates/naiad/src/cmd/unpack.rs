@@ -29,9 +29,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let dirs = BlobDirs::new(a.blob_dirs.clone());
     let summary = if a.tar {
         if a.output.as_os_str() == "-" {
-            naiad_fs::unpack::unpack_to_tar(&bs, &dirs, std::io::BufWriter::new(std::io::stdout().lock()))?
+            naiad_fs::unpack::unpack_to_tar(
+                &bs,
+                &dirs,
+                std::io::BufWriter::new(std::io::stdout().lock()),
+            )?
         } else {
-            let f = std::fs::File::create_new(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+            let f = std::fs::File::create_new(&a.output)
+                .with_context(|| format!("creating {}", a.output.display()))?;
             let r = naiad_fs::unpack::unpack_to_tar(&bs, &dirs, std::io::BufWriter::new(f));
             if r.is_err() {
                 let _ = std::fs::remove_file(&a.output);
@@ -44,7 +49,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.json {
         print_json(&summary)?;
     } else if !(a.tar && a.output.as_os_str() == "-") {
-        println!("unpacked {} entries ({} files, {} bytes) to {}", summary.entries, summary.files, summary.bytes, a.output.display());
+        println!(
+            "unpacked {} entries ({} files, {} bytes) to {}",
+            summary.entries,
+            summary.files,
+            summary.bytes,
+            a.output.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 
 /// Whether containerd and runc are here (the tests skip otherwise, saying so).
 pub fn available() -> bool {
-    ["containerd", "ctr", "runc"]
-        .iter()
-        .all(|t| Command::new("sh").args(["-c", &format!("command -v {t}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success()))
+    ["containerd", "ctr", "runc"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 pub struct Containerd {
@@ -48,12 +52,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         );
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new("containerd").arg("--config").arg(dir.join("config.toml")).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
         let c = Containerd {
             dir: dir.to_path_buf(),
             socket,
             child,
-            cgroup: format!("naiad-test-{}-{}", std::process::id(), dir.file_name().unwrap().to_string_lossy()),
+            cgroup: format!(
+                "naiad-test-{}-{}",
+                std::process::id(),
+                dir.file_name().unwrap().to_string_lossy()
+            ),
         };
         let started = Instant::now();
         while !c.ctr(&["version"]).status.success() {
@@ -73,7 +87,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         let out = self.ctr(args);
-        assert!(out.status.success(), "ctr {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -93,7 +112,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
     /// Runs `cmd` in a new container of `image` (snapshotter naiad) and returns its output.
     pub fn run_container(&self, image: &str, id: &str, cmd: &[&str]) -> String {
         let mut args = self.run_args(id);
-        args.extend(["--rm".into(), "--snapshotter".into(), "naiad".into(), image.into(), id.into()]);
+        args.extend([
+            "--rm".into(),
+            "--snapshotter".into(),
+            "naiad".into(),
+            image.into(),
+            id.into(),
+        ]);
         args.extend(cmd.iter().map(|s| s.to_string()));
         self.ctr_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
@@ -111,7 +136,10 @@ impl Drop for Containerd {
         for id in String::from_utf8_lossy(&self.ctr(&["containers", "ls", "-q"]).stdout).lines() {
             let _ = self.ctr(&["containers", "rm", id]);
         }
-        let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), rustix::process::Signal::TERM);
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
         let until = Instant::now() + Duration::from_secs(10);
         while self.child.try_wait().ok().flatten().is_none() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(50));
@@ -168,8 +196,12 @@ pub fn kill_processes_naming(dir: &Path) {
 pub fn unmount_below(dir: &Path) {
     let prefix = dir.display().to_string();
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<String> =
-        info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&prefix)).map(|m| m.replace("\\040", " ")).collect();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(|m| m.replace("\\040", " "))
+        .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
         let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
@@ -202,7 +234,11 @@ impl Snapshotter {
 
     /// Starts it (again) and waits for its socket.
     pub fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("snapshotter.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("snapshotter.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_naiad"))
             .args(["snapshotter", "--address"])
             .arg(&self.socket)
@@ -215,9 +251,19 @@ impl Snapshotter {
             .unwrap();
         self.child = Some(child);
         let started = Instant::now();
-        while !self.log().contains(&format!("snapshotter serving {}", self.socket.display())) || !self.socket.exists() {
-            assert!(self.child.as_mut().unwrap().try_wait().unwrap().is_none(), "the snapshotter exited: {}", self.log());
-            assert!(started.elapsed() < Duration::from_secs(30), "the snapshotter did not start: {}", self.log());
+        while !self.log().contains(&format!("snapshotter serving {}", self.socket.display()))
+            || !self.socket.exists()
+        {
+            assert!(
+                self.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+                "the snapshotter exited: {}",
+                self.log()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the snapshotter did not start: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -240,7 +286,8 @@ impl Snapshotter {
 
     /// The daemon's Prometheus metrics.
     pub fn metrics(&self) -> String {
-        let (code, body) = naiad_daemon::client::request(&self.daemon_api(), "GET", "/metrics", None).unwrap();
+        let (code, body) =
+            naiad_daemon::client::request(&self.daemon_api(), "GET", "/metrics", None).unwrap();
         assert_eq!(code, 200, "{body}");
         body
     }
@@ -271,8 +318,13 @@ impl Drop for Snapshotter {
     fn drop(&mut self) {
         self.kill();
         // The daemon it started: SIGTERM unmounts its mounts.
-        if let Ok((_, status)) = naiad_daemon::client::request(&self.daemon_api(), "GET", "/v1/status", None) {
-            if let Some(pid) = serde_json::from_str::<serde_json::Value>(&status).ok().and_then(|v| v["pid"].as_i64()) {
+        if let Ok((_, status)) =
+            naiad_daemon::client::request(&self.daemon_api(), "GET", "/v1/status", None)
+        {
+            if let Some(pid) = serde_json::from_str::<serde_json::Value>(&status)
+                .ok()
+                .and_then(|v| v["pid"].as_i64())
+            {
                 if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
                     let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
                     let until = Instant::now() + Duration::from_secs(10);

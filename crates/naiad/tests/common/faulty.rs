@@ -143,7 +143,11 @@ impl FaultyProxy {
                 match TcpListener::bind(self.shared.addr) {
                     Ok(l) => break l,
                     Err(e) => {
-                        assert!(started.elapsed() < Duration::from_secs(5), "cannot listen on {} again: {e}", self.shared.addr);
+                        assert!(
+                            started.elapsed() < Duration::from_secs(5),
+                            "cannot listen on {} again: {e}",
+                            self.shared.addr
+                        );
                         std::thread::sleep(Duration::from_millis(20));
                     }
                 }
@@ -193,7 +197,13 @@ impl Shared {
                 st.remaining = None;
             }
         }
-        st.seen.push(Seen { at: Instant::now(), wall: std::time::SystemTime::now(), request: request.to_string(), range, fault: fault.name() });
+        st.seen.push(Seen {
+            at: Instant::now(),
+            wall: std::time::SystemTime::now(),
+            request: request.to_string(),
+            range,
+            fault: fault.name(),
+        });
         fault
     }
 }
@@ -244,7 +254,12 @@ fn header(head: &str, name: &str) -> Option<String> {
 
 /// `head` without its `Connection` header.
 fn without_connection(head: &str) -> String {
-    let mut out: String = head.trim_end_matches("\r\n").split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect::<Vec<_>>().join("\r\n");
+    let mut out: String = head
+        .trim_end_matches("\r\n")
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect::<Vec<_>>()
+        .join("\r\n");
     out.push_str("\r\n\r\n");
     out
 }
@@ -255,7 +270,8 @@ fn serve(s: &Shared, mut client: TcpStream) {
     while !s.stop.load(Ordering::SeqCst) {
         let Some(head_len) = read_head(&mut client, &mut buf) else { return };
         let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
-        let body_len: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let body_len: usize =
+            header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         while buf.len() < head_len + body_len {
             let mut chunk = [0u8; 8192];
             match client.read(&mut chunk) {
@@ -264,10 +280,19 @@ fn serve(s: &Shared, mut client: TcpStream) {
             }
         }
         let request: Vec<u8> = buf.drain(..head_len + body_len).collect();
-        let line = head.lines().next().unwrap_or("").rsplit_once(' ').map_or(head.clone(), |(l, _)| l.to_string());
+        let line = head
+            .lines()
+            .next()
+            .unwrap_or("")
+            .rsplit_once(' ')
+            .map_or(head.clone(), |(l, _)| l.to_string());
         let fault = s.fault_for(&line, header(&head, "range"));
         let answer = |client: &mut TcpStream, status: &str, extra: &str| {
-            client.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n{extra}\r\n").as_bytes()).is_ok()
+            client
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n{extra}\r\n").as_bytes(),
+                )
+                .is_ok()
         };
         match &fault {
             Fault::Refuse => return,
@@ -278,7 +303,11 @@ fn serve(s: &Shared, mut client: TcpStream) {
                 continue;
             }
             Fault::TooMany(after) => {
-                if !answer(&mut client, "429 Too Many Requests", &format!("Retry-After: {after}\r\n")) {
+                if !answer(
+                    &mut client,
+                    "429 Too Many Requests",
+                    &format!("Retry-After: {after}\r\n"),
+                ) {
                     return;
                 }
                 continue;
@@ -286,15 +315,20 @@ fn serve(s: &Shared, mut client: TcpStream) {
             _ => {}
         }
         // Ask the upstream, on a connection of our own that it closes after answering.
-        let Some((resp_head, body)) = ask_upstream(&s.upstream, &request[..head_len], &request[head_len..]) else {
+        let Some((resp_head, body)) =
+            ask_upstream(&s.upstream, &request[..head_len], &request[head_len..])
+        else {
             let _ = answer(&mut client, "502 Bad Gateway", "");
             return;
         };
-        let delimited = header(&resp_head, "content-length").is_some() || header(&resp_head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+        let delimited = header(&resp_head, "content-length").is_some()
+            || header(&resp_head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
         // Keep the client's connection open when the answer's end is marked, as a server would.
         let out_head = if delimited { without_connection(&resp_head) } else { resp_head.clone() };
         let ok = match fault {
-            Fault::Pass => client.write_all(out_head.as_bytes()).and_then(|()| client.write_all(&body)).is_ok(),
+            Fault::Pass => {
+                client.write_all(out_head.as_bytes()).and_then(|()| client.write_all(&body)).is_ok()
+            }
             Fault::Flip => {
                 let mut body = body;
                 if !body.is_empty() {
@@ -304,12 +338,16 @@ fn serve(s: &Shared, mut client: TcpStream) {
                 client.write_all(out_head.as_bytes()).and_then(|()| client.write_all(&body)).is_ok()
             }
             Fault::Truncate => {
-                let _ = client.write_all(out_head.as_bytes()).and_then(|()| client.write_all(&body[..body.len() / 2]));
+                let _ = client
+                    .write_all(out_head.as_bytes())
+                    .and_then(|()| client.write_all(&body[..body.len() / 2]));
                 let _ = client.shutdown(Shutdown::Both);
                 return;
             }
             Fault::ResetAfter(n) => {
-                let _ = client.write_all(out_head.as_bytes()).and_then(|()| client.write_all(&body[..n.min(body.len())]));
+                let _ = client
+                    .write_all(out_head.as_bytes())
+                    .and_then(|()| client.write_all(&body[..n.min(body.len())]));
                 let _ = client.flush();
                 // Closing with a zero linger sends RST instead of FIN.
                 let _ = rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO));
@@ -328,7 +366,9 @@ fn serve(s: &Shared, mut client: TcpStream) {
                 }
                 ok
             }
-            Fault::Refuse | Fault::Unavailable | Fault::TooMany(_) => unreachable!("answered above"),
+            Fault::Refuse | Fault::Unavailable | Fault::TooMany(_) => {
+                unreachable!("answered above")
+            }
         };
         if !ok || !delimited {
             return;
@@ -340,7 +380,10 @@ fn serve(s: &Shared, mut client: TcpStream) {
 /// and its body (as sent, chunked or not).
 fn ask_upstream(upstream: &str, head: &[u8], body: &[u8]) -> Option<(String, Vec<u8>)> {
     let mut up = TcpStream::connect(upstream).ok()?;
-    let head = format!("{}\r\nConnection: close\r\n\r\n", without_connection(&String::from_utf8_lossy(head)).trim_end_matches("\r\n"));
+    let head = format!(
+        "{}\r\nConnection: close\r\n\r\n",
+        without_connection(&String::from_utf8_lossy(head)).trim_end_matches("\r\n")
+    );
     up.write_all(head.as_bytes()).ok()?;
     up.write_all(body).ok()?;
     let mut all = Vec::new();
@@ -352,8 +395,15 @@ fn ask_upstream(upstream: &str, head: &[u8], body: &[u8]) -> Option<(String, Vec
 
 /// An HTTP date (IMF-fixdate) `from_now` ahead, for `Retry-After`.
 pub fn http_date_in(from_now: Duration) -> String {
-    let at = (std::time::SystemTime::now() + from_now).duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let out = std::process::Command::new("date").args(["-u", &format!("--date=@{at}"), "+%a, %d %b %Y %H:%M:%S GMT"]).env("LC_ALL", "C").output().unwrap();
+    let at = (std::time::SystemTime::now() + from_now)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let out = std::process::Command::new("date")
+        .args(["-u", &format!("--date=@{at}"), "+%a, %d %b %Y %H:%M:%S GMT"])
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

@@ -7,8 +7,8 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 /// Deterministic pseudo-random bytes (xorshift): incompressible test data.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -87,7 +87,8 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let full = if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(&rel) };
-        let md = std::fs::symlink_metadata(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()));
+        let md =
+            std::fs::symlink_metadata(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()));
         let ft = md.file_type();
         let kind = if ft.is_dir() {
             "dir"
@@ -107,7 +108,8 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
         let content = if ft.is_file() {
             hash_file(&full)
         } else if ft.is_symlink() {
-            String::from_utf8_lossy(std::fs::read_link(&full).unwrap().as_os_str().as_bytes()).into_owned()
+            String::from_utf8_lossy(std::fs::read_link(&full).unwrap().as_os_str().as_bytes())
+                .into_owned()
         } else {
             String::new()
         };
@@ -140,7 +142,8 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
             },
         );
         if ft.is_dir() {
-            let mut names: Vec<_> = std::fs::read_dir(&full).unwrap().map(|e| e.unwrap().file_name()).collect();
+            let mut names: Vec<_> =
+                std::fs::read_dir(&full).unwrap().map(|e| e.unwrap().file_name()).collect();
             names.sort();
             for n in names {
                 stack.push(rel.join(n));
@@ -172,7 +175,12 @@ pub fn hash_file(path: &Path) -> String {
 }
 
 /// Asserts two snapshots are equal (up to `skip`), listing every difference.
-pub fn assert_same_tree(what: &str, expected: &BTreeMap<Vec<u8>, Entry>, actual: &BTreeMap<Vec<u8>, Entry>, skip: Skip) {
+pub fn assert_same_tree(
+    what: &str,
+    expected: &BTreeMap<Vec<u8>, Entry>,
+    actual: &BTreeMap<Vec<u8>, Entry>,
+    skip: Skip,
+) {
     let mut diffs = Vec::new();
     for (path, e) in expected {
         let shown = String::from_utf8_lossy(path);
@@ -240,9 +248,9 @@ pub fn is_root() -> bool {
 
 pub mod containerd;
 pub mod faulty;
-pub mod tree;
 pub mod registry;
 pub mod token;
+pub mod tree;
 
 /// Reads `path` once its backend is back: a fetcher that saw the backend fail answers EIO
 /// for a short while (`BACKEND_RETRY_AFTER`) before it asks again. Every failure must be EIO,
@@ -266,7 +274,8 @@ pub fn read_when_back(path: &Path) -> Vec<u8> {
 pub fn start_daemon(dir: &Path) -> std::process::Child {
     let sock = dir.join("run/api.sock");
     let _ = std::fs::remove_file(&sock);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap();
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap();
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_naiad"))
         .args(["daemon", "--api"])
         .arg(&sock)
@@ -279,8 +288,15 @@ pub fn start_daemon(dir: &Path) -> std::process::Child {
         .unwrap();
     let started = std::time::Instant::now();
     while !sock.exists() {
-        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited: {}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "daemon socket did not appear");
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the daemon exited: {}",
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "daemon socket did not appear"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     daemon
@@ -304,7 +320,10 @@ pub fn random_readers(path: &Path, want: &Arc<Vec<u8>>) {
                     let len = ((x >> 32) % 200_000).min(want.len() as u64 - off) as usize;
                     let mut buf = vec![0u8; len];
                     f.read_exact_at(&mut buf, off).unwrap();
-                    assert!(buf == want[off as usize..off as usize + len], "reader {t} at {off}+{len}");
+                    assert!(
+                        buf == want[off as usize..off as usize + len],
+                        "reader {t} at {off}+{len}"
+                    );
                 }
             })
         })
@@ -325,7 +344,10 @@ pub fn has_fuse_uring() -> bool {
 /// Mounts `fs` in fuse mode served through FUSE over io_uring. The module parameter only
 /// decides what the kernel offers at INIT: it is on while mounting and back as it was at
 /// once; the connection keeps its ring.
-pub fn mount_fuse_ring(fs: naiad_fs::image_fs::ImageFs, mnt: &Path) -> naiad_fs::fuse_keep::FuseServer {
+pub fn mount_fuse_ring(
+    fs: naiad_fs::image_fs::ImageFs,
+    mnt: &Path,
+) -> naiad_fs::fuse_keep::FuseServer {
     let old = std::fs::read_to_string(ENABLE_URING).unwrap();
     std::fs::write(ENABLE_URING, "Y").unwrap();
     let s = naiad_fs::image_fs::mount_fuse_mode(fs, mnt, None);

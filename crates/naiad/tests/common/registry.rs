@@ -30,9 +30,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs `cmd` and returns its output (panics only if it cannot be started).
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is it installed? see scripts/install-deps.sh)"))
+    cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (is it installed? see scripts/install-deps.sh)")
+    })
 }
 
 /// Runs `cmd`, panicking with the command, its status and its stderr unless it succeeds.
@@ -127,7 +127,10 @@ impl Registry {
                 let line = run_ok(Command::new("htpasswd").args(["-Bbn", user, pass]));
                 let htpasswd = dir.path().join("htpasswd");
                 fs::write(&htpasswd, format!("{}\n", line.trim())).unwrap();
-                config += &format!("auth:\n  htpasswd:\n    realm: naiad-test\n    path: {}\n", q(&htpasswd));
+                config += &format!(
+                    "auth:\n  htpasswd:\n    realm: naiad-test\n    path: {}\n",
+                    q(&htpasswd)
+                );
                 Some((user.to_owned(), pass.to_owned()))
             }
             Auth::Token(issuer) => {
@@ -148,7 +151,11 @@ impl Registry {
         let log_path = dir.path().join("registry.log");
         let log = fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new("docker-registry");
-        cmd.arg("serve").arg(&config_path).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         // REGISTRY_* variables override the config file.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("REGISTRY_") {
@@ -158,20 +165,16 @@ impl Registry {
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot run docker-registry: {e} (install the Debian package docker-registry)")
         });
-        let mut reg = Registry {
-            port,
-            addr,
-            auth: creds,
-            child,
-            log_path,
-            dir,
-        };
+        let mut reg = Registry { port, addr, auth: creds, child, log_path, dir };
         let want = if reg.auth.is_some() { 401 } else { 200 };
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last;
         loop {
             if let Some(status) = reg.child.try_wait().unwrap() {
-                return Err(format!("docker-registry exited with {status} before answering; log:\n{}", reg.log()));
+                return Err(format!(
+                    "docker-registry exited with {status} before answering; log:\n{}",
+                    reg.log()
+                ));
             }
             match http_status(&reg.addr, "/v2/") {
                 Ok(code) if code == want => return Ok(reg),
@@ -220,8 +223,14 @@ impl Registry {
         };
         let resp = request(format!("POST /v2/{repo}/blobs/uploads/ HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.addr), b"");
         assert!(resp.starts_with("HTTP/1.1 202"), "starting an upload: {resp}");
-        let location = resp.lines().find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: "))).expect("upload location").trim();
-        let path = location.split_once("://").map_or(location, |(_, rest)| &rest[rest.find('/').unwrap_or(0)..]);
+        let location = resp
+            .lines()
+            .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
+            .expect("upload location")
+            .trim();
+        let path = location
+            .split_once("://")
+            .map_or(location, |(_, rest)| &rest[rest.find('/').unwrap_or(0)..]);
         let sep = if path.contains('?') { '&' } else { '?' };
         let resp = request(
             format!("PUT {path}{sep}digest=sha256:{hex} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", self.addr, bytes.len()),
@@ -242,12 +251,21 @@ impl Registry {
         self.kill();
         let log = fs::OpenOptions::new().append(true).open(&self.log_path).unwrap();
         let mut cmd = Command::new("docker-registry");
-        cmd.arg("serve").arg(self.dir.path().join("config.yml")).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         self.child = cmd.spawn().expect("restarting docker-registry");
         let want = if self.auth.is_some() { 401 } else { 200 };
         let deadline = Instant::now() + START_TIMEOUT;
         while http_status(&self.addr, "/v2/").ok() != Some(want) {
-            assert!(Instant::now() < deadline, "docker-registry did not come back on {}; log:\n{}", self.addr, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not come back on {}; log:\n{}",
+                self.addr,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -299,7 +317,13 @@ pub fn http_status(addr: &str, path: &str) -> std::io::Result<u16> {
 
 fn skopeo_copy_cmd(src: &str, dst: &str, creds: Option<(&str, &str)>, extra: &[&str]) -> Command {
     let mut cmd = Command::new("skopeo");
-    cmd.args(["copy", "--quiet", "--insecure-policy", "--src-tls-verify=false", "--dest-tls-verify=false"]);
+    cmd.args([
+        "copy",
+        "--quiet",
+        "--insecure-policy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+    ]);
     cmd.args(extra);
     if let Some((u, p)) = creds {
         cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
@@ -310,7 +334,12 @@ fn skopeo_copy_cmd(src: &str, dst: &str, creds: Option<(&str, &str)>, extra: &[&
 
 /// `skopeo copy --insecure-policy --src-tls-verify=false --dest-tls-verify=false
 /// [--dest-creds user:pass] EXTRA.. SRC DST`, returning its output whether it failed or not.
-pub fn try_skopeo_copy(src: &str, dst: &str, creds: Option<(&str, &str)>, extra: &[&str]) -> Output {
+pub fn try_skopeo_copy(
+    src: &str,
+    dst: &str,
+    creds: Option<(&str, &str)>,
+    extra: &[&str],
+) -> Output {
     run(&mut skopeo_copy_cmd(src, dst, creds, extra))
 }
 
@@ -334,7 +363,8 @@ pub fn skopeo_inspect(image: &str, creds: Option<(&str, &str)>, extra: &[&str]) 
     }
     cmd.arg(image);
     let out = run_ok(&mut cmd);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("skopeo inspect {image}: bad JSON ({e}):\n{out}"))
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("skopeo inspect {image}: bad JSON ({e}):\n{out}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,7 +479,14 @@ pub fn busybox_oci_layout(dir: &Path, tag: &str) {
     fs::create_dir(rootfs.join("data")).unwrap();
     fs::write(rootfs.join("data/hello.txt"), "hello from layer 2\n").unwrap();
     fs::remove_file(rootfs.join("etc/hostname")).unwrap();
-    umoci(os!["repack", "--image", image, "--history.created_by", "naiad test: hello, rm hostname", bundle]);
+    umoci(os![
+        "repack",
+        "--image",
+        image,
+        "--history.created_by",
+        "naiad test: hello, rm hostname",
+        bundle
+    ]);
     // Drop the blobs of the intermediate manifests and configs.
     umoci(os!["gc", "--layout", dir]);
 }
@@ -619,7 +656,9 @@ pub fn debian_oci_layout(cache_dir: &Path) -> PathBuf {
         .find(|p| Path::new(p).exists())
         .unwrap_or("debootstrap");
     let mirror = debian_mirror();
-    run_ok(Command::new(debootstrap).args(["--variant=minbase", "bookworm"]).arg(&rootfs).arg(&mirror));
+    run_ok(
+        Command::new(debootstrap).args(["--variant=minbase", "bookworm"]).arg(&rootfs).arg(&mirror),
+    );
     for d in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         let Ok(rd) = fs::read_dir(rootfs.join(d)) else { continue };
         for e in rd {
@@ -629,7 +668,14 @@ pub fn debian_oci_layout(cache_dir: &Path) -> PathBuf {
             }
         }
     }
-    umoci(os!["repack", "--image", image, "--history.created_by", "debootstrap --variant=minbase bookworm", bundle]);
+    umoci(os![
+        "repack",
+        "--image",
+        image,
+        "--history.created_by",
+        "debootstrap --variant=minbase bookworm",
+        bundle
+    ]);
     umoci(os!["config", "--image", image, "--config.cmd", "/bin/bash"]);
     umoci(os!["gc", "--layout", tmp_layout]);
     match fs::rename(&tmp_layout, &layout) {

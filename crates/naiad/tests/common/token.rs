@@ -70,15 +70,31 @@ impl TokenIssuer {
         let key_path = dir.path().join("key.pem");
         let cert_path = dir.path().join("cert.pem");
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=naiad-test-token-issuer"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=naiad-test-token-issuer",
+            ])
             .arg("-keyout")
             .arg(&key_path)
             .arg("-out")
             .arg(&cert_path)
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("cannot run openssl: {e} (install the Debian package openssl)"));
-        assert!(out.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
+            .unwrap_or_else(|e| {
+                panic!("cannot run openssl: {e} (install the Debian package openssl)")
+            });
+        assert!(
+            out.status.success(),
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let pem = std::fs::read_to_string(&cert_path).unwrap();
         let x5c: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
 
@@ -92,7 +108,10 @@ impl TokenIssuer {
             scopes: Mutex::new(Vec::new()),
             key_path,
             x5c,
-            basic: format!("Basic {}", base64(format!("{user}:{password}").as_bytes(), STD_ALPHABET, true)),
+            basic: format!(
+                "Basic {}",
+                base64(format!("{user}:{password}").as_bytes(), STD_ALPHABET, true)
+            ),
         });
         let st = state.clone();
         let thread = std::thread::Builder::new()
@@ -108,7 +127,14 @@ impl TokenIssuer {
                 }
             })
             .unwrap();
-        TokenIssuer { addr, user: user.into(), password: password.into(), state, thread: Some(thread), dir }
+        TokenIssuer {
+            addr,
+            user: user.into(),
+            password: password.into(),
+            state,
+            thread: Some(thread),
+            dir,
+        }
     }
 
     /// The URL of the token endpoint (the registry's `realm`).
@@ -216,11 +242,22 @@ fn answer(st: &State, head: &str) -> (u16, String, String) {
         .collect();
     let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.as_str());
     if service != Some(SERVICE) {
-        return (400, String::new(), format!(r#"{{"errors":[{{"code":"BAD_REQUEST","message":"unknown service {service:?}"}}]}}"#));
+        return (
+            400,
+            String::new(),
+            format!(
+                r#"{{"errors":[{{"code":"BAD_REQUEST","message":"unknown service {service:?}"}}]}}"#
+            ),
+        );
     }
     // Grants every action asked for on every repository named, in one or more `scope`
     // parameters, each a space-separated list.
-    let scopes: Vec<&str> = params.iter().filter(|(k, _)| k == "scope").flat_map(|(_, v)| v.split(' ')).filter(|s| !s.is_empty()).collect();
+    let scopes: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' '))
+        .filter(|s| !s.is_empty())
+        .collect();
     let mut access = Vec::new();
     for scope in &scopes {
         let Some((kind_and_name, actions)) = scope.rsplit_once(':') else { continue };
@@ -242,7 +279,11 @@ fn answer(st: &State, head: &str) -> (u16, String, String) {
         "jti": format!("naiad-test-token-{n}"),
         "access": access,
     });
-    let signing_input = format!("{}.{}", base64url(header.to_string().as_bytes()), base64url(claims.to_string().as_bytes()));
+    let signing_input = format!(
+        "{}.{}",
+        base64url(header.to_string().as_bytes()),
+        base64url(claims.to_string().as_bytes())
+    );
     let signature = sign_rs256(&st.key_path, signing_input.as_bytes());
     let jwt = format!("{signing_input}.{}", base64url(&signature));
     let body = serde_json::json!({ "token": jwt, "access_token": jwt, "expires_in": lifetime });
@@ -261,7 +302,11 @@ fn sign_rs256(key: &Path, data: &[u8]) -> Vec<u8> {
         .expect("running openssl dgst");
     child.stdin.take().unwrap().write_all(data).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "openssl dgst -sign failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl dgst -sign failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -273,7 +318,10 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(v) => out.push(v),
                     None => out.extend_from_slice(&b[i..i + 3]),
                 }
@@ -288,14 +336,17 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub const STD_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+pub const STD_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const URL_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 /// Base64 of `input` in `alphabet`, with `=` padding when `pad`.
 pub fn base64(input: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::new();
     for c in input.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);

@@ -10,10 +10,14 @@ use std::path::{Path, PathBuf};
 
 pub fn set_mtime(path: &Path, secs: i64, nsec: i64) {
     let t = rustix::fs::Timespec { tv_sec: secs, tv_nsec: nsec as _ };
-    rustix::fs::utimensat(rustix::fs::CWD, path, &rustix::fs::Timestamps { last_access: t, last_modification: t }, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-        .unwrap();
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &rustix::fs::Timestamps { last_access: t, last_modification: t },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
-
 
 /// Makes a tree holding every kind of entry and metadata Naiad keeps; with `huge`, also a
 /// sparse file over 4 GiB.
@@ -57,15 +61,41 @@ pub fn make_tree(root: &Path, huge: bool) {
     symlink("../files/tiny", p("special/rel_link")).unwrap();
     symlink("/etc/passwd", p("special/abs_link")).unwrap();
     symlink("x".repeat(1000), p("special/long_link")).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, p("special/null"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::from_raw_mode(0o666), rustix::fs::makedev(1, 3)).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, p("special/blk"), rustix::fs::FileType::BlockDevice, rustix::fs::Mode::from_raw_mode(0o660), rustix::fs::makedev(259, 70000)).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, p("special/fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o644), 0).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p("special/null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p("special/blk"),
+        rustix::fs::FileType::BlockDevice,
+        rustix::fs::Mode::from_raw_mode(0o660),
+        rustix::fs::makedev(259, 70000),
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p("special/fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
     drop(std::os::unix::net::UnixListener::bind(p("special/socket")).unwrap());
 
     // Ownership and mode bits.
     fs::create_dir(p("perms")).unwrap();
     fs::write(p("perms/setuid"), b"#!/bin/sh\n").unwrap();
-    rustix::fs::chown(p("perms/setuid"), Some(rustix::fs::Uid::from_raw(100_000)), Some(rustix::fs::Gid::from_raw(200_000))).unwrap();
+    rustix::fs::chown(
+        p("perms/setuid"),
+        Some(rustix::fs::Uid::from_raw(100_000)),
+        Some(rustix::fs::Gid::from_raw(200_000)),
+    )
+    .unwrap();
     fs::set_permissions(p("perms/setuid"), fs::Permissions::from_mode(0o4755)).unwrap();
     fs::write(p("perms/setgid"), b"").unwrap();
     fs::set_permissions(p("perms/setgid"), fs::Permissions::from_mode(0o2711)).unwrap();
@@ -73,7 +103,14 @@ pub fn make_tree(root: &Path, huge: bool) {
     fs::set_permissions(p("perms/sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::write(p("perms/none"), b"secret").unwrap();
     fs::set_permissions(p("perms/none"), fs::Permissions::from_mode(0o000)).unwrap();
-    rustix::fs::chownat(rustix::fs::CWD, p("special/abs_link"), Some(rustix::fs::Uid::from_raw(4_000_000)), Some(rustix::fs::Gid::from_raw(65_536)), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        p("special/abs_link"),
+        Some(rustix::fs::Uid::from_raw(4_000_000)),
+        Some(rustix::fs::Gid::from_raw(65_536)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 
     // Xattrs, including file capabilities and an overlay opaque marker.
     fs::create_dir(p("xattrs")).unwrap();
@@ -115,4 +152,3 @@ pub fn make_tree(root: &Path, huge: bool) {
     }
     set_mtime(&p("files/tiny"), -86_400, 123_456_789);
 }
-
