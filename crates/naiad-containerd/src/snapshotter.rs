@@ -12,7 +12,7 @@
 
 use crate::store::{Kind, Remote, Snapshot, Store};
 use crate::{Error, Result};
-use naiad_daemon::mounts::{is_mounted, Mode};
+use naiad_daemon::spec::Mode;
 use naiad_oci::manifest::Manifest;
 use naiad_oci::media::NAIAD_BLOB;
 use std::collections::{BTreeMap, HashMap};
@@ -362,7 +362,7 @@ impl Snapshotter {
         if !self.cfg.cache_dir.exists() {
             return Ok(());
         }
-        let cache = naiad_storage::chunk_cache::ChunkCache::open(&self.cfg.cache_dir)
+        let cache = naiad_storage::cache::ChunkCache::open(&self.cfg.cache_dir)
             .map_err(|e| Error::Internal(format!("cache {}: {e}", self.cfg.cache_dir.display())))?;
         for b in blobs.iter().filter(|b| !still_used.contains(*b)) {
             let Some(d) = b
@@ -464,11 +464,11 @@ impl Snapshotter {
         let Some(remote @ Remote::Image { mountpoint, .. }) = &s.remote else {
             return Ok(());
         };
-        if is_mounted(mountpoint, Mode::Auto) {
+        if Mode::Auto.is_mounted(mountpoint) {
             return Ok(());
         }
         let _guard = self.mounting.lock().expect("mounting lock");
-        if is_mounted(mountpoint, Mode::Auto) {
+        if Mode::Auto.is_mounted(mountpoint) {
             return Ok(());
         }
         tracing::info!("lazy image at {} is not mounted: mounting it again", mountpoint.display());
@@ -487,7 +487,7 @@ impl Snapshotter {
         if listed.iter().any(|m| {
             m.get("mountpoint").and_then(|p| p.as_str()) == Some(&mountpoint.display().to_string())
         }) {
-            if is_mounted(mountpoint, Mode::Auto) {
+            if Mode::Auto.is_mounted(mountpoint) {
                 return Ok(());
             }
             self.unmount_image(mountpoint)?;
@@ -505,7 +505,7 @@ impl Snapshotter {
     }
 
     fn unmount_image(&self, mountpoint: &Path) -> Result<()> {
-        if !self.cfg.daemon.api.exists() && !is_mounted(mountpoint, Mode::Auto) {
+        if !self.cfg.daemon.api.exists() && !Mode::Auto.is_mounted(mountpoint) {
             return Ok(());
         }
         self.ensure_daemon()?;
@@ -548,14 +548,8 @@ impl Snapshotter {
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(Error::io("daemon log"))?)
             .stderr(log);
-        use std::os::unix::process::CommandExt;
         // Its own session: a daemon that outlives the snapshotter (and its restarts).
-        unsafe {
-            c.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
+        naiad_fs::keeper::spawn::in_new_session(&mut c);
         let mut child = c.spawn().map_err(Error::io(&cmd[0]))?;
         tracing::info!(pid = child.id(), "started the Naiad daemon on {}", api.display());
         let until = Instant::now() + Duration::from_secs(30);

@@ -94,9 +94,11 @@ impl Containerd {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // Our own child, not yet reaped: its pid is still its own.
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {
@@ -324,8 +326,7 @@ async fn write_blob(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn talks_to_containerd_1_6() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("skipped: needs root to run containerd");
         return;
     }

@@ -9,14 +9,15 @@
 //! | `POST /v1/prefetch` | `{"mountpoint": ..., "all": bool, "rate": bytes/s}` | starts a prefetch |
 //! | `GET /metrics` | | Prometheus text |
 
-use crate::mounts::{MountSpec, Mounts};
+use crate::spec::MountSpec;
+use crate::table::Mounts;
 use crate::{DaemonError, Result};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use naiad_storage::chunk_cache::ChunkCache;
+use naiad_storage::cache::ChunkCache;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -34,7 +35,7 @@ pub struct Daemon {
 pub struct MountInfo {
     pub mountpoint: PathBuf,
     pub source: String,
-    pub mode: crate::mounts::Mode,
+    pub mode: crate::spec::Mode,
     pub backend: String,
     pub requests: u64,
     pub bytes_fetched: u64,
@@ -47,7 +48,7 @@ pub struct MountInfo {
     pub prefetch_total: u64,
 }
 
-fn info(m: &crate::mounts::ActiveMount) -> MountInfo {
+fn info(m: &crate::mount::ActiveMount) -> MountInfo {
     let s = &m.fetcher.stats;
     let p = m.prefetch.lock().expect("prefetch lock").clone();
     MountInfo {
@@ -133,7 +134,7 @@ async fn do_mount(
         ))
         .into());
     }
-    let m = crate::mounts::mount(spec, d.cache.clone(), &d.runtime_dir, true).await?;
+    let m = crate::mount::mount(spec, d.cache.clone(), &d.runtime_dir, true).await?;
     let m = d.mounts.insert(m)?;
     Ok((StatusCode::CREATED, Json(info(&m))))
 }
@@ -158,7 +159,7 @@ async fn prefetch(
     m.start_prefetch(naiad_fs::prefetch::PrefetchPlan {
         everything: req.all,
         rate_bytes_per_sec: req.rate,
-    })?;
+    });
     Ok(StatusCode::ACCEPTED)
 }
 

@@ -2,8 +2,8 @@
 //! and requests fetched, cache hits and misses, the fetch latency histogram, verification
 //! failures, fetch errors and cache write failures, and prefetch progress.
 
-use crate::mounts::Mounts;
-use naiad_storage::fetcher::LATENCY_BUCKETS_SECS;
+use crate::table::Mounts;
+use naiad_storage::fetch::LATENCY_BUCKETS_SECS;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
@@ -18,7 +18,7 @@ pub fn render(mounts: &Mounts) -> String {
     let counter = |out: &mut String,
                    name: &str,
                    help: &str,
-                   get: &dyn Fn(&crate::mounts::ActiveMount) -> u64| {
+                   get: &dyn Fn(&crate::mount::ActiveMount) -> u64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for m in &all {
             let _ = writeln!(
@@ -63,7 +63,7 @@ pub fn render(mounts: &Mounts) -> String {
         "Fetches the cache could not store (disk full), served from memory.",
         &|m| m.fetcher.stats.cache_write_failures.load(Ordering::Relaxed),
     );
-    let prefetch = |m: &crate::mounts::ActiveMount,
+    let prefetch = |m: &crate::mount::ActiveMount,
                     f: &dyn Fn(&naiad_fs::prefetch::PrefetchProgress) -> u64| {
         m.prefetch.lock().expect("prefetch lock").as_ref().map_or(0, |p| f(p))
     };

@@ -10,7 +10,7 @@
 //! `RUNTIME_DIR/daemon.lock` is held (flock) by the running daemon, so a second daemon on the
 //! same runtime directory is refused instead of fighting over the same mounts.
 
-use crate::mounts::MountSpec;
+use crate::spec::MountSpec;
 use crate::{DaemonError, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -96,7 +96,7 @@ impl RuntimeLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mounts::Mode;
+    use crate::spec::Mode;
 
     fn spec(mp: &str) -> MountSpec {
         serde_json::from_value(

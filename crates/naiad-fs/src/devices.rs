@@ -9,8 +9,8 @@ use naiad_format::digest::to_hex;
 use naiad_format::extension::ChunkRecord;
 use naiad_format::remap::{remap_devices, Device, MAX_DEVICES};
 use naiad_format::{block_align, BLOCK_SIZE_BYTES};
-use naiad_storage::chunk_cache::CachedBlob;
-use naiad_storage::fetcher::FrameIndex;
+use naiad_storage::cache::CachedBlob;
+use naiad_storage::fetch::FrameIndex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -115,10 +115,10 @@ pub(crate) fn mount(
     mountpoint: &Path,
 ) -> Result<()> {
     let Some(image) = &plan.image else {
-        return crate::kernel::mount_erofs(bootstrap_path, &plan.paths, mountpoint);
+        return crate::erofs_mount::mount_erofs(bootstrap_path, &plan.paths, mountpoint);
     };
     std::fs::write(scratch, image).map_err(FsError::io(scratch))?;
-    let r = crate::kernel::mount_erofs(scratch, &plan.paths, mountpoint);
+    let r = crate::erofs_mount::mount_erofs(scratch, &plan.paths, mountpoint);
     let _ = std::fs::remove_file(scratch);
     r
 }

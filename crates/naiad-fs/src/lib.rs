@@ -1,18 +1,26 @@
-//! The Naiad read path: reading files out of an image ([`unpack`]), verifying a whole image
-//! ([`check`]), and mounting a bootstrap with the kernel's EROFS ([`kernel`]).
+//! The Naiad read path.
+//!
+//! * [`mode`]: lazy mounts, one module per mode (fanotify, kernel, fuse), all reading
+//!   through the storage crate's `LazyBlob`; [`prefetch`] fetches ahead of them.
+//! * [`fanotify`], [`fuse`]: what the modes need of the kernel's fanotify and FUSE (system
+//!   calls and wire structures, the FUSE server, FUSE over io_uring, adopted connections).
+//! * [`keeper`]: the processes that hold a mount's fanotify group or FUSE connection across
+//!   a restart of its server.
+//! * [`erofs_mount`]: mounting a bootstrap with the kernel's EROFS; [`devices`] plans which
+//!   files a lazy mount gives it as devices.
+//! * [`unpack`], [`check`], [`compare`]: reading a whole image out, verifying it, comparing
+//!   two.
+#![deny(unsafe_code)]
 
-pub mod blob_view_fs;
 pub mod check;
 pub mod compare;
 mod devices;
+pub mod erofs_mount;
 mod error;
 pub mod fanotify;
-pub mod fanotify_keeper;
-pub mod fuse_keep;
-pub mod fuse_ring;
-pub mod image_fs;
-pub mod kernel;
-pub mod lazy;
+pub mod fuse;
+pub mod keeper;
+pub mod mode;
 pub mod prefetch;
 pub mod unpack;
 

@@ -1,12 +1,11 @@
 //! Prefetch: fetching ahead of reads. First the image's prefetch list (files, or whole
 //! directories), then optionally every chunk of the image, in the background under a
-//! bandwidth limit. Prefetch uses the same fetcher as reads, so a chunk being prefetched and
-//! read at once is fetched once.
+//! bandwidth limit. Prefetch reads through the same blobs as the mount, so a chunk being
+//! prefetched and read at once is fetched once.
 
 use naiad_format::bootstrap::{Bootstrap, ChunkSlot};
 use naiad_format::extension::ChunkRecord;
-use naiad_storage::chunk_cache::CachedBlob;
-use naiad_storage::fetcher::Fetcher;
+use naiad_storage::lazy::LazyBlob;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,11 +68,11 @@ pub fn plan_chunks(bs: &Bootstrap, everything: bool) -> Vec<ChunkRecord> {
     out
 }
 
-/// Runs a prefetch on a background thread; `stop` ends it early.
+/// Runs a prefetch of image `bs` (its blobs by blob index) on a background thread; `stop`
+/// ends it early.
 pub fn spawn(
     bs: Arc<Bootstrap>,
-    blobs: Vec<Arc<CachedBlob>>,
-    fetcher: Arc<Fetcher>,
+    blobs: Vec<Arc<LazyBlob>>,
     plan: PrefetchPlan,
     stop: Arc<AtomicBool>,
 ) -> Arc<PrefetchProgress> {
@@ -90,7 +89,7 @@ pub fn spawn(
                     break;
                 }
                 let Some(blob) = blobs.get(c.blob_index as usize) else { continue };
-                match fetcher.ensure(blob, &[c]) {
+                match blob.ensure(&[c]) {
                     Ok(()) => {
                         p.chunks_done.fetch_add(1, Ordering::Relaxed);
                         p.bytes_done.fetch_add(u64::from(c.size), Ordering::Relaxed);

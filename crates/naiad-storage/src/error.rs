@@ -31,6 +31,10 @@ pub enum StorageError {
     Mismatch { blob: String, detail: String },
     #[error("blob {blob}: {cause}")]
     Format { blob: String, cause: naiad_format::FormatError },
+    /// A read of view bytes some block of which no chunk of the image covers: unknown
+    /// bytes, never served as data.
+    #[error("blob {blob}: view range {offset}+{len} holds blocks no chunk of the image covers")]
+    Uncovered { blob: String, offset: u64, len: u64 },
 }
 
 impl StorageError {
@@ -41,6 +45,6 @@ impl StorageError {
 
     /// errno for a filesystem: every storage failure reads as `EIO`.
     pub fn to_errno(&self) -> i32 {
-        5
+        rustix::io::Errno::IO.raw_os_error()
     }
 }

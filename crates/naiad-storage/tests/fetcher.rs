@@ -8,8 +8,9 @@ use naiad_format::digest::Digest32;
 use naiad_format::extension::ChunkRecord;
 use naiad_storage::backend::{Backend, LocalBackend};
 use naiad_storage::blob_store::BlobDirs;
-use naiad_storage::chunk_cache::ChunkCache;
-use naiad_storage::fetcher::{Fetcher, FrameIndex, BACKEND_RETRY_AFTER, DEFAULT_MERGE_LIMIT_BYTES};
+use naiad_storage::cache::ChunkCache;
+use naiad_storage::fetch::{Fetcher, BACKEND_RETRY_AFTER, DEFAULT_MERGE_LIMIT_BYTES};
+use naiad_storage::lazy::LazyBlob;
 use naiad_storage::{Result, StorageError};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,9 +102,10 @@ fn only_requested_chunks_are_fetched_verified_and_kept() {
     let (_dir, bs, big, backend, cache) = setup(false);
     let ext = bs.extension();
     let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
-    let fetcher = Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES);
+    let fetcher = Arc::new(Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES));
+    let lazy = LazyBlob::new(blob.clone(), ext.blob_chunks(0).to_vec(), fetcher.clone());
     let recs = records(&bs, b"/big");
-    fetcher.ensure(&blob, &recs[1..2]).unwrap();
+    lazy.ensure(&recs[1..2]).unwrap();
     assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
     assert!(blob.is_present(recs[1].view_offset, u64::from(recs[1].size)));
     assert!(!blob.is_present(recs[0].view_offset, 1) && !blob.is_present(recs[2].view_offset, 1));
@@ -111,11 +113,11 @@ fn only_requested_chunks_are_fetched_verified_and_kept() {
     blob.read_at(&recs[1..2], &mut buf, recs[1].view_offset).unwrap();
     assert_eq!(buf, big[1 << 20..2 << 20]);
     // Present chunks are not fetched again.
-    fetcher.ensure(&blob, &recs[1..2]).unwrap();
+    lazy.ensure(&recs[1..2]).unwrap();
     assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
     assert_eq!(fetcher.stats.hits.load(Ordering::SeqCst), 1);
     // The rest of the file: adjacent frames merged into few requests.
-    fetcher.ensure(&blob, &recs).unwrap();
+    lazy.ensure(&recs).unwrap();
     let reqs = backend.requests.load(Ordering::SeqCst);
     assert!(reqs <= 3, "{reqs} requests for 4 adjacent chunks around a present one");
     for (i, r) in recs.iter().enumerate() {
@@ -127,7 +129,7 @@ fn only_requested_chunks_are_fetched_verified_and_kept() {
     let small: Vec<ChunkRecord> =
         (0..40).flat_map(|i| records(&bs, format!("/small/f{i:02}").as_bytes())).collect();
     let before = backend.requests.load(Ordering::SeqCst);
-    fetcher.ensure(&blob, &small).unwrap();
+    lazy.ensure(&small).unwrap();
     assert_eq!(
         backend.requests.load(Ordering::SeqCst) - before,
         1,
@@ -140,15 +142,13 @@ fn a_fetched_frame_fills_all_its_chunks() {
     let (_dir, bs, _big, backend, cache) = setup(false);
     let ext = bs.extension();
     let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
-    let fetcher = Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES);
-    let index = FrameIndex::new(ext.chunks.clone());
+    let fetcher = Arc::new(Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES));
+    let lazy = LazyBlob::new(blob.clone(), ext.blob_chunks(0).to_vec(), fetcher.clone());
     let first = records(&bs, b"/small/f00");
-    fetcher.ensure_with(&blob, &first, Some(&index)).unwrap();
+    lazy.ensure_frames(&first).unwrap();
     assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
     for i in 1..40 {
-        fetcher
-            .ensure_with(&blob, &records(&bs, format!("/small/f{i:02}").as_bytes()), Some(&index))
-            .unwrap();
+        lazy.ensure_frames(&records(&bs, format!("/small/f{i:02}").as_bytes())).unwrap();
     }
     assert_eq!(
         backend.requests.load(Ordering::SeqCst),
@@ -162,11 +162,12 @@ fn concurrent_readers_share_one_fetch() {
     let (_dir, bs, _big, backend, cache) = setup(false);
     let ext = bs.extension();
     let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
-    let fetcher = Fetcher::new(backend.clone(), ext.digester, 1);
+    let fetcher = Arc::new(Fetcher::new(backend.clone(), ext.digester, 1));
+    let lazy = LazyBlob::new(blob.clone(), ext.blob_chunks(0).to_vec(), fetcher.clone());
     let recs = records(&bs, b"/big");
     std::thread::scope(|s| {
         for _ in 0..16 {
-            s.spawn(|| fetcher.ensure(&blob, &recs).unwrap());
+            s.spawn(|| lazy.ensure(&recs).unwrap());
         }
     });
     let frames: std::collections::HashSet<u64> = recs.iter().map(|r| r.compressed_offset).collect();
@@ -185,12 +186,14 @@ fn backend_requests_are_limited_to_the_configured_concurrency() {
         let ext = bs.extension();
         let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
         // One frame per request (merge limit 1), one reader per chunk, all at once.
-        let fetcher = Fetcher::new(backend.clone(), ext.digester, 1).with_max_requests(limit);
+        let fetcher =
+            Arc::new(Fetcher::new(backend.clone(), ext.digester, 1).with_max_requests(limit));
+        let lazy = LazyBlob::new(blob.clone(), ext.blob_chunks(0).to_vec(), fetcher.clone());
         let recs = records(&bs, b"/big");
         std::thread::scope(|s| {
             for r in &recs {
-                let (f, b) = (&fetcher, &blob);
-                s.spawn(move || f.ensure(b, std::slice::from_ref(r)).unwrap());
+                let l = &lazy;
+                s.spawn(move || l.ensure(std::slice::from_ref(r)).unwrap());
             }
         });
         let frames: std::collections::HashSet<u64> =
@@ -219,9 +222,10 @@ fn corrupt_chunks_are_errors_and_never_cached() {
     let (_dir, bs, _big, backend, cache) = setup(true);
     let ext = bs.extension();
     let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
-    let fetcher = Fetcher::new(backend, ext.digester, DEFAULT_MERGE_LIMIT_BYTES);
+    let fetcher = Arc::new(Fetcher::new(backend, ext.digester, DEFAULT_MERGE_LIMIT_BYTES));
+    let lazy = LazyBlob::new(blob.clone(), ext.blob_chunks(0).to_vec(), fetcher.clone());
     let recs = records(&bs, b"/big");
-    let err = fetcher.ensure(&blob, &recs[..1]).unwrap_err().to_string();
+    let err = lazy.ensure(&recs[..1]).unwrap_err().to_string();
     assert!(err.contains("view offset 0"), "{err}");
     assert!(!blob.is_present(recs[0].view_offset, 1));
     assert_eq!(fetcher.stats.verify_failures.load(Ordering::SeqCst), 1);
@@ -232,10 +236,11 @@ fn after_a_backend_failure_reads_fail_fast_then_the_backend_is_tried_again() {
     let (_dir, bs, big, backend, cache) = setup(false);
     let ext = bs.extension();
     let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
-    let fetcher = Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES);
+    let fetcher = Arc::new(Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES));
+    let lazy = LazyBlob::new(blob.clone(), ext.blob_chunks(0).to_vec(), fetcher.clone());
     let recs = records(&bs, b"/big");
     backend.down.store(true, Ordering::SeqCst);
-    let e = fetcher.ensure(&blob, &recs[..1]).unwrap_err();
+    let e = lazy.ensure(&recs[..1]).unwrap_err();
     assert!(
         matches!(e, StorageError::Backend { .. }) && e.to_string().contains("connection refused"),
         "{e}"
@@ -245,7 +250,7 @@ fn after_a_backend_failure_reads_fail_fast_then_the_backend_is_tried_again() {
     // is back, until the retry delay has passed.
     backend.down.store(false, Ordering::SeqCst);
     let started = std::time::Instant::now();
-    let e = fetcher.ensure(&blob, &recs[1..2]).unwrap_err();
+    let e = lazy.ensure(&recs[1..2]).unwrap_err();
     assert!(
         e.to_string().contains("unavailable") && e.to_string().contains("connection refused"),
         "{e}"
@@ -256,7 +261,7 @@ fn after_a_backend_failure_reads_fail_fast_then_the_backend_is_tried_again() {
         BACKEND_RETRY_AFTER.saturating_sub(started.elapsed())
             + std::time::Duration::from_millis(50),
     );
-    fetcher.ensure(&blob, &recs).unwrap();
+    lazy.ensure(&recs).unwrap();
     for (i, r) in recs.iter().enumerate() {
         let mut buf = vec![0u8; r.size as usize];
         blob.read_at(std::slice::from_ref(r), &mut buf, r.view_offset).unwrap();

@@ -7,8 +7,9 @@ use naiad_builder::{build, BuildOptions, Source};
 use naiad_format::bootstrap::{Bootstrap, ChunkSlot};
 use naiad_format::digest::{sha256, to_hex};
 use naiad_storage::backend::{Backend, S3Backend, S3Credentials, S3Location, S3Options};
-use naiad_storage::chunk_cache::ChunkCache;
-use naiad_storage::fetcher::{Fetcher, DEFAULT_MERGE_LIMIT_BYTES};
+use naiad_storage::cache::ChunkCache;
+use naiad_storage::fetch::{Fetcher, DEFAULT_MERGE_LIMIT_BYTES};
+use naiad_storage::lazy::LazyBlob;
 use naiad_storage::StorageError;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -167,7 +168,7 @@ fn chunks_come_through_the_fetcher_byte_exact() {
         .unwrap();
     }
     let ext = bs.extension();
-    let fetcher = Fetcher::new(Arc::new(b), ext.digester, DEFAULT_MERGE_LIMIT_BYTES);
+    let fetcher = Arc::new(Fetcher::new(Arc::new(b), ext.digester, DEFAULT_MERGE_LIMIT_BYTES));
     let cache = ChunkCache::open(&dir.path().join("cache")).unwrap();
     let ino = bs.lookup(b"/big").unwrap();
     let mut out = Vec::new();
@@ -175,7 +176,10 @@ fn chunks_come_through_the_fetcher_byte_exact() {
         let ChunkSlot::Data(r) = bs.chunk(&ino, i).unwrap() else { panic!("hole") };
         let meta = &ext.blobs[r.blob_index as usize];
         let blob = cache.blob(&meta.digest, meta.view_size).unwrap();
-        fetcher.ensure(&blob, std::slice::from_ref(r)).unwrap();
+        let chunks = ext.blob_chunks(r.blob_index).to_vec();
+        LazyBlob::new(blob.clone(), chunks, fetcher.clone())
+            .ensure(std::slice::from_ref(r))
+            .unwrap();
         let mut buf = vec![0u8; r.size as usize];
         blob.read_at(std::slice::from_ref(r), &mut buf, r.view_offset).unwrap();
         out.extend_from_slice(&buf);

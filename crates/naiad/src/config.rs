@@ -40,6 +40,14 @@ use std::path::{Path, PathBuf};
 
 /// Where the configuration is read from by default.
 pub const DEFAULT_CONFIG: &str = "/etc/naiad/config.toml";
+/// Default directory of the blob cache.
+pub const DEFAULT_CACHE_DIR: &str = "/var/lib/naiad/cache";
+/// Default directory for runtime state (keeper sockets, kept bootstraps, blob-view mounts).
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/naiad";
+/// Default admin API socket of `naiad daemon`.
+pub const DEFAULT_API_SOCKET: &str = "/run/naiad/api.sock";
+/// Default seconds per registry or S3 request.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
 
 /// The configuration file's contents.
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +151,26 @@ impl S3Args {
 }
 
 impl Config {
+    /// The cache directory: the flag, else the file's, else the default.
+    pub fn cache_dir(&self, flag: Option<&Path>) -> PathBuf {
+        pick(flag, self.cache_dir.as_deref(), DEFAULT_CACHE_DIR)
+    }
+
+    /// The runtime directory: the flag, else the file's, else the default.
+    pub fn runtime_dir(&self, flag: Option<&Path>) -> PathBuf {
+        pick(flag, self.runtime_dir.as_deref(), DEFAULT_RUNTIME_DIR)
+    }
+
+    /// The daemon's admin socket: the flag, else the file's, else the default.
+    pub fn api(&self, flag: Option<&Path>) -> PathBuf {
+        pick(flag, self.api.as_deref(), DEFAULT_API_SOCKET)
+    }
+
+    /// Seconds per registry or S3 request: the flag, else the file's, else the default.
+    pub fn timeout_secs(&self, flag: Option<u64>) -> u64 {
+        flag.or(self.timeout_secs).unwrap_or(DEFAULT_TIMEOUT_SECS)
+    }
+
     /// Where a mount of `source` reads its blobs from S3, if it does: a bootstrap source with
     /// no blob directories and a bucket given by a flag or the file. Each flag wins over its
     /// key in the file. Also returns whether the file allows plain HTTP to the endpoint.
@@ -252,7 +280,7 @@ impl Config {
     pub fn fetch_merge_max(&self) -> Result<Option<u64>> {
         self.fetch_merge_max
             .as_deref()
-            .map(|s| crate::cmd::cache::parse_size_u64(s).context("config fetch_merge_max"))
+            .map(|s| crate::args::parse_size_u64(s).context("config fetch_merge_max"))
             .transpose()
     }
 
@@ -270,6 +298,11 @@ impl Config {
 /// The registry host of an image reference, if it is one.
 pub fn registry_of(reference: &str) -> Option<&str> {
     reference.strip_prefix("docker://").and_then(|r| r.split('/').next())
+}
+
+/// A flag's path, else the config file's, else `default`.
+fn pick(flag: Option<&Path>, file: Option<&Path>, default: &str) -> PathBuf {
+    flag.or(file).map_or_else(|| PathBuf::from(default), Path::to_path_buf)
 }
 
 #[cfg(test)]

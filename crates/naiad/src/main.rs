@@ -1,10 +1,13 @@
 //! `naiad`: build, check, inspect, unpack and mount lazily loaded container images.
 
+mod args;
 mod cmd;
 mod config;
 mod output;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use naiad_fs::keeper::spawn::inherited_fd;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -111,14 +114,8 @@ fn main() -> ExitCode {
         Cmd::Umount(a) => cmd::umount::run(a),
         Cmd::Pull(a) => cmd::pull::run(a, &cfg),
         Cmd::Snapshotter(a) => cmd::snapshotter::run(a, &cfg, cli.config.as_deref()),
-        Cmd::FuseKeeper(a) => naiad_fs::fuse_keep::run_keeper(a.fd, &a.socket)
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(Into::into),
-        Cmd::FanotifyKeeper(a) => {
-            naiad_fs::fanotify_keeper::run(a.group_fd, &a.writer_fds, &a.socket, &a.mountpoint)
-                .map(|()| ExitCode::SUCCESS)
-                .map_err(Into::into)
-        }
+        Cmd::FuseKeeper(a) => run_fuse_keeper(&a),
+        Cmd::FanotifyKeeper(a) => run_fanotify_keeper(&a),
     };
     match result {
         Ok(code) => code,
@@ -127,4 +124,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_fuse_keeper(a: &FuseKeeperArgs) -> anyhow::Result<ExitCode> {
+    let fd = inherited_fd(a.fd).with_context(|| format!("--fd {}", a.fd))?;
+    naiad_fs::keeper::fuse::run(fd, &a.socket)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_fanotify_keeper(a: &KeeperArgs) -> anyhow::Result<ExitCode> {
+    let group = inherited_fd(a.group_fd).with_context(|| format!("--group-fd {}", a.group_fd))?;
+    let writers = a
+        .writer_fds
+        .iter()
+        .map(|&fd| inherited_fd(fd).with_context(|| format!("--writer-fds: {fd}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    naiad_fs::keeper::fanotify::run(group, writers, &a.socket, &a.mountpoint)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! Shared bits of command output and argument parsing.
 
-use anyhow::{bail, Context, Result};
+use crate::args::parse_size;
+use anyhow::{Context, Result};
 use naiad_format::bootstrap::Bootstrap;
 use std::path::Path;
 
@@ -26,7 +27,7 @@ pub struct FetchArgs {
     pub mirrors: Vec<String>,
     /// Lazy modes: the largest backend request adjacent missing chunks are merged into, e.g.
     /// 8M [default: config fetch_merge_max, else 4M].
-    #[arg(long, value_parser = crate::cmd::cache::parse_size_u64)]
+    #[arg(long, value_parser = crate::args::parse_size_u64)]
     pub fetch_merge_max: Option<u64>,
     /// Lazy modes: backend requests at once [default: config fetch_concurrency, else 8].
     #[arg(long)]
@@ -98,21 +99,6 @@ pub fn read_path_list(path: &Path) -> Result<Vec<Vec<u8>>> {
         .collect())
 }
 
-/// Parses sizes such as `4096`, `4K`, `4KiB`, `1M`, `16MiB`.
-pub fn parse_size(s: &str) -> Result<u32> {
-    let t = s.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
-    let mul = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => bail!("bad size unit in {s:?} (use K, M or G)"),
-    };
-    u32::try_from(n * mul).with_context(|| format!("size {s:?} is too large"))
-}
-
 /// Human-readable byte count.
 pub fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -126,20 +112,5 @@ pub fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("4K").unwrap(), 4096);
-        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
-        assert_eq!(parse_size("16m").unwrap(), 16 << 20);
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("").is_err());
     }
 }

@@ -5,8 +5,8 @@ use crate::output::{human, open_bootstrap, print_json};
 use anyhow::{Context, Result};
 use naiad_format::digest::{to_hex, Digest32, Digester};
 use naiad_format::extension::ChunkRecord;
-use naiad_storage::cache_check::{check_cached_blob, BlobCheckReport};
-use naiad_storage::chunk_cache::ChunkCache;
+use naiad_storage::cache::check::{check_cached_blob, BlobCheckReport};
+use naiad_storage::cache::ChunkCache;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,7 +35,7 @@ enum Cmd {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
         /// Target disk use, e.g. 10G.
-        #[arg(long, value_parser = parse_size_u64)]
+        #[arg(long, value_parser = crate::args::parse_size_u64)]
         max_size: Option<u64>,
         #[arg(long)]
         json: bool,
@@ -88,9 +88,7 @@ fn bootstrap_files(
 ) -> Result<Vec<PathBuf>> {
     let mut files = given.to_vec();
     if given.is_empty() || runtime_dir.is_some() {
-        let run = runtime_dir
-            .or(cfg.runtime_dir.clone())
-            .unwrap_or_else(|| crate::cmd::mount::DEFAULT_RUNTIME_DIR.into());
+        let run = cfg.runtime_dir(runtime_dir.as_deref());
         let dir = run.join("bootstraps");
         match std::fs::read_dir(&dir) {
             Ok(entries) => {
@@ -203,25 +201,8 @@ fn verify(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn parse_size_u64(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("bad size {s:?}"))?;
-    let mul: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        _ => anyhow::bail!("bad size unit in {s:?}"),
-    };
-    n.checked_mul(mul).ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
-}
-
 pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
-    let dir = |d: Option<PathBuf>| {
-        d.or(cfg.cache_dir.clone()).unwrap_or_else(|| crate::cmd::mount::DEFAULT_CACHE_DIR.into())
-    };
+    let dir = |d: Option<PathBuf>| cfg.cache_dir(d.as_deref());
     match a.cmd {
         Cmd::Ls { cache_dir, json } => {
             let entries = ChunkCache::open(&dir(cache_dir))?.list()?;

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use naiad_daemon::client::request;
-use naiad_daemon::mounts::{Mode, MountSpec};
+use naiad_daemon::spec::{Mode, MountSpec};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,8 +26,10 @@ enum Cmd {
     Mount {
         source: String,
         mountpoint: PathBuf,
-        #[arg(long, value_enum, default_value = "auto")]
-        mode: CtlMode,
+        /// auto (the best the daemon's kernel supports: fanotify, else kernel, else fuse),
+        /// fanotify, kernel or fuse.
+        #[arg(long, default_value = "auto", value_parser = crate::args::mode_parser(crate::args::LAZY_MODES))]
+        mode: Mode,
         #[arg(long = "blob-dir")]
         blob_dirs: Vec<PathBuf>,
         #[command(flatten)]
@@ -49,37 +51,13 @@ enum Cmd {
         #[arg(long)]
         all: bool,
         /// Bytes per second at most, e.g. 20M.
-        #[arg(long, value_parser = crate::output::parse_size)]
+        #[arg(long, value_parser = crate::args::parse_size)]
         rate: Option<u32>,
     },
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum CtlMode {
-    /// The best the daemon's kernel supports (fanotify, else kernel, else fuse).
-    Auto,
-    Fanotify,
-    Kernel,
-    Fuse,
-}
-
-impl From<CtlMode> for Mode {
-    fn from(m: CtlMode) -> Mode {
-        match m {
-            CtlMode::Auto => Mode::Auto,
-            CtlMode::Fanotify => Mode::Fanotify,
-            CtlMode::Kernel => Mode::Kernel,
-            CtlMode::Fuse => Mode::Fuse,
-        }
-    }
-}
-
 pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
-    let api = a
-        .api
-        .clone()
-        .or(cfg.api.clone())
-        .unwrap_or_else(|| crate::cmd::daemon::DEFAULT_API_SOCKET.into());
+    let api = cfg.api(a.api.as_deref());
     let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let (method, path, body) = match &a.cmd {
         Cmd::Mount { source, mountpoint, mode, blob_dirs, fetch, s3 } => {
@@ -95,7 +73,7 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                     abs(&PathBuf::from(source)).to_string_lossy().into_owned()
                 },
                 mountpoint: abs(mountpoint),
-                mode: (*mode).into(),
+                mode: *mode,
                 blob_dirs: blob_dirs.iter().map(abs).collect(),
                 insecure: fetch.insecure || (s3.is_some() && s3_insecure),
                 s3,

@@ -2,15 +2,12 @@
 
 use anyhow::{Context, Result};
 use naiad_daemon::api::Daemon;
-use naiad_daemon::mounts::Mounts;
 use naiad_daemon::state::{RuntimeLock, StateFile};
-use naiad_storage::chunk_cache::ChunkCache;
+use naiad_daemon::table::Mounts;
+use naiad_storage::cache::ChunkCache;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-
-/// Default admin API socket.
-pub const DEFAULT_API_SOCKET: &str = "/run/naiad/api.sock";
 
 /// Run the daemon: lazy mounts managed over the admin API (`naiad ctl`), Prometheus metrics
 /// at /metrics on the same socket. SIGINT/SIGTERM unmount everything and stop it. A daemon
@@ -36,22 +33,12 @@ pub struct Args {
     gc_interval: u64,
 }
 
-fn parse_size_u64(s: &str) -> Result<u64> {
-    crate::cmd::cache::parse_size_u64(s)
-}
+use crate::args::parse_size_u64;
 
 pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
-    let api = a.api.clone().or(cfg.api.clone()).unwrap_or_else(|| DEFAULT_API_SOCKET.into());
-    let cache_dir = a
-        .cache_dir
-        .clone()
-        .or(cfg.cache_dir.clone())
-        .unwrap_or_else(|| crate::cmd::mount::DEFAULT_CACHE_DIR.into());
-    let runtime_dir = a
-        .runtime_dir
-        .clone()
-        .or(cfg.runtime_dir.clone())
-        .unwrap_or_else(|| crate::cmd::mount::DEFAULT_RUNTIME_DIR.into());
+    let api = cfg.api(a.api.as_deref());
+    let cache_dir = cfg.cache_dir(a.cache_dir.as_deref());
+    let runtime_dir = cfg.runtime_dir(a.runtime_dir.as_deref());
     let cache_limit = match (a.cache_limit, &cfg.cache_limit) {
         (Some(l), _) => Some(l),
         (None, Some(s)) => Some(parse_size_u64(s).context("config cache_limit")?),
@@ -94,7 +81,7 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
         };
         // A previous daemon that died left its mounts in the state file: bring them back.
         let (restored, failed) =
-            naiad_daemon::mounts::restore(&d.mounts, &d.cache, &d.runtime_dir).await;
+            naiad_daemon::table::restore(&d.mounts, &d.cache, &d.runtime_dir).await;
         for mp in &restored {
             tracing::info!(mountpoint = %mp.display(), "mount restored");
         }

@@ -5,43 +5,16 @@
 use crate::config::{Config, S3Args};
 use crate::output::FetchArgs;
 use anyhow::{bail, Context, Result};
-use naiad_daemon::mounts::{Mode as LazyMode, MountSpec};
+use naiad_daemon::spec::{Mode, MountSpec};
 use naiad_format::bootstrap::Bootstrap;
 use naiad_storage::backend::S3Location;
 use naiad_storage::blob_store::BlobDirs;
-use naiad_storage::chunk_cache::ChunkCache;
+use naiad_storage::cache::ChunkCache;
 use naiad_storage::view_cache::{ViewCache, ViewState};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Default directory of the blob cache.
-pub const DEFAULT_CACHE_DIR: &str = "/var/lib/naiad/cache";
-/// Default directory for runtime state (the kernel mode's blob-view mounts).
-pub const DEFAULT_RUNTIME_DIR: &str = "/run/naiad";
-
-/// How a mount reads its data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// Blobs are local: each blob's whole view is written to the cache once, then the kernel
-    /// mounts EROFS on the views; no process stays behind. The default for a bootstrap file
-    /// with --blob-dir.
-    Local,
-    /// Lazy: the kernel mounts EROFS straight on the cache's frame files, which this process
-    /// fills through fanotify pre-content events as they are read: no FUSE on the data path,
-    /// and what was read once is read again like local files. Needs Linux 6.14+
-    /// (pre-content events) with file-backed EROFS.
-    Fanotify,
-    /// Lazy: the kernel mounts EROFS on blob-view files that this process serves over FUSE,
-    /// fetching and verifying chunks as they are read. Needs file-backed EROFS (6.12+).
-    Kernel,
-    /// Lazy, the whole filesystem served from user space over FUSE (no file-backed EROFS
-    /// needed). Through FUSE over io_uring, a server thread per CPU, where the kernel offers
-    /// it (Linux 6.14+ with the fuse.enable_uring module parameter on), except for daemon
-    /// mounts, which must survive a daemon restart.
-    Fuse,
-}
 
 /// Mount a Naiad image.
 ///
@@ -68,7 +41,16 @@ pub struct Args {
     blob_dirs: Vec<PathBuf>,
     /// local, fanotify, kernel or fuse (default: local for a bootstrap file with --blob-dir;
     /// for an image or S3, the best lazy mode this kernel supports).
-    #[arg(long, value_enum)]
+    ///
+    /// local: each blob's whole view is written to the cache once, then the kernel mounts
+    /// EROFS on the views; no process stays behind. fanotify: the kernel mounts EROFS
+    /// straight on the cache's frame files, which this process fills through fanotify
+    /// pre-content events as they are read (Linux 6.14+ with file-backed EROFS). kernel: the
+    /// kernel mounts EROFS on blob-view files this process serves over FUSE (6.12+). fuse: the
+    /// whole filesystem served from user space over FUSE, through FUSE over io_uring where the
+    /// kernel offers it (except daemon mounts, which must survive a daemon restart). auto: the
+    /// best lazy mode.
+    #[arg(long, value_parser = crate::args::mode_parser(&["local", "auto", "fanotify", "kernel", "fuse"]))]
     mode: Option<Mode>,
     /// Where blob data is cached [default: config cache_dir, else /var/lib/naiad/cache].
     #[arg(long)]
@@ -92,16 +74,9 @@ pub struct Args {
 
 pub fn run(mut a: Args, cfg: &Config) -> Result<ExitCode> {
     // Flags win over the config file, the file over the defaults.
-    a.cache_dir = Some(
-        a.cache_dir.clone().or(cfg.cache_dir.clone()).unwrap_or_else(|| DEFAULT_CACHE_DIR.into()),
-    );
-    a.runtime_dir = Some(
-        a.runtime_dir
-            .clone()
-            .or(cfg.runtime_dir.clone())
-            .unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into()),
-    );
-    a.timeout = Some(a.timeout.or(cfg.timeout_secs).unwrap_or(10));
+    a.cache_dir = Some(cfg.cache_dir(a.cache_dir.as_deref()));
+    a.runtime_dir = Some(cfg.runtime_dir(a.runtime_dir.as_deref()));
+    a.timeout = Some(cfg.timeout_secs(a.timeout));
     a.fetch.resolve(cfg, &a.source)?;
     let (s3, s3_insecure) = cfg.s3_location(&a.source, !a.blob_dirs.is_empty(), &a.s3)?;
     a.fetch.insecure |= s3.is_some() && s3_insecure;
@@ -143,7 +118,7 @@ fn mount_local(a: &Args) -> Result<ExitCode> {
     }
     std::fs::create_dir_all(&a.mountpoint)
         .with_context(|| format!("creating {}", a.mountpoint.display()))?;
-    naiad_fs::kernel::mount_erofs(&bootstrap_path, &devices, &a.mountpoint)?;
+    naiad_fs::erofs_mount::mount_erofs(&bootstrap_path, &devices, &a.mountpoint)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -162,8 +137,9 @@ fn detach(mode: Option<Mode>, a: &Args) -> Result<ExitCode> {
     std::fs::create_dir_all(a.runtime_dir())
         .with_context(|| format!("creating {}", a.runtime_dir().display()))?;
     let mountpoint = std::path::absolute(&a.mountpoint)?;
-    let log_path =
-        a.runtime_dir().join(format!("mount-{}.log", naiad_fs::kernel::mount_tag(&mountpoint)));
+    let log_path = a
+        .runtime_dir()
+        .join(format!("mount-{}.log", naiad_fs::erofs_mount::mount_tag(&mountpoint)));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
     let args: Vec<std::ffi::OsString> =
@@ -177,12 +153,12 @@ fn detach(mode: Option<Mode>, a: &Args) -> Result<ExitCode> {
         .process_group(0)
         .spawn()
         .context("starting the mount server")?;
-    let lazy_mode = lazy_mode(mode);
+    let lazy_mode = mode.unwrap_or(Mode::Auto);
     let started = std::time::Instant::now();
     loop {
         // Up once the server says so (it does right after mounting and starting its prefetch).
         let said = std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains(SERVING));
-        if said && naiad_daemon::mounts::is_mounted(&mountpoint, lazy_mode) {
+        if said && lazy_mode.is_mounted(&mountpoint) {
             eprintln!(
                 "naiad: {} mounted at {} (server pid {}, log {})",
                 a.source,
@@ -207,16 +183,6 @@ fn detach(mode: Option<Mode>, a: &Args) -> Result<ExitCode> {
 /// What a mount server prints once its mount is up.
 const SERVING: &str = "; serving until unmounted";
 
-/// The daemon's mode for a lazy CLI mode (none: the best available).
-fn lazy_mode(mode: Option<Mode>) -> LazyMode {
-    match mode {
-        None | Some(Mode::Local) => LazyMode::Auto,
-        Some(Mode::Fanotify) => LazyMode::Fanotify,
-        Some(Mode::Kernel) => LazyMode::Kernel,
-        Some(Mode::Fuse) => LazyMode::Fuse,
-    }
-}
-
 fn mount_lazy(mode: Option<Mode>, a: &Args, s3: Option<S3Location>) -> Result<ExitCode> {
     if a.daemon {
         return detach(mode, a);
@@ -224,11 +190,11 @@ fn mount_lazy(mode: Option<Mode>, a: &Args, s3: Option<S3Location>) -> Result<Ex
     let spec = MountSpec {
         source: a.source.clone(),
         mountpoint: a.mountpoint.clone(),
-        mode: lazy_mode(mode),
+        mode: mode.unwrap_or(Mode::Auto),
         blob_dirs: a.blob_dirs.clone(),
         s3,
         insecure: a.fetch.insecure,
-        timeout_secs: a.timeout.unwrap_or(10),
+        timeout_secs: a.timeout.expect("resolved in run"),
         prefetch: !a.fetch.no_prefetch,
         prefetch_all: a.fetch.prefetch_all,
         prefetch_rate: a.fetch.prefetch_rate.map(u64::from),
@@ -239,7 +205,7 @@ fn mount_lazy(mode: Option<Mode>, a: &Args, s3: Option<S3Location>) -> Result<Ex
     };
     let cache = Arc::new(ChunkCache::open(a.cache_dir())?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let m = rt.block_on(naiad_daemon::mounts::mount(spec, cache, a.runtime_dir(), false))?;
+    let m = rt.block_on(naiad_daemon::mount::mount(spec, cache, a.runtime_dir(), false))?;
     eprintln!(
         "naiad: {} mounted at {} ({:?} mode){SERVING}",
         a.source,

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use naiad_containerd::snapshotter::{Config, DaemonLink, Snapshotter};
-use naiad_daemon::mounts::Mode;
+use naiad_daemon::spec::Mode;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,8 +35,8 @@ pub struct Args {
     #[arg(long)]
     daemon_api: Option<PathBuf>,
     /// How images are mounted (see `naiad mount --help`).
-    #[arg(long, value_enum, default_value = "auto")]
-    mode: crate::cmd::ctl::CtlMode,
+    #[arg(long, default_value = "auto", value_parser = crate::args::mode_parser(crate::args::LAZY_MODES))]
+    mode: Mode,
     /// A registry (`host[:port]`) to reach over plain HTTP; may be repeated. Registries with
     /// `insecure = true` in the config file are too.
     #[arg(long, value_name = "HOST")]
@@ -79,7 +79,7 @@ pub fn run(a: Args, cfg: &crate::config::Config, config_path: Option<&Path>) -> 
     };
     let mut insecure = a.insecure_registry.clone();
     insecure.extend(cfg.registries.iter().filter(|(_, r)| r.insecure).map(|(h, _)| h.clone()));
-    let mode: Mode = a.mode.into();
+    let mode = a.mode;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,6 +11,6 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    naiad_fs::kernel::umount(&a.mountpoint)?;
+    naiad_fs::erofs_mount::umount(&a.mountpoint)?;
     Ok(ExitCode::SUCCESS)
 }

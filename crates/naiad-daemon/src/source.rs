@@ -1,0 +1,109 @@
+//! Resolving a mount's source to its bootstrap and the backend its blobs come from: an image
+//! reference (`docker://`, `oci:`) reads its bootstrap layer and its blobs from the registry
+//! (through the spec's mirrors first) or layout; a bootstrap file reads its blobs from blob
+//! directories or S3.
+
+use crate::spec::MountSpec;
+use crate::{DaemonError, Result};
+use naiad_oci::reference::ImageRef;
+use naiad_storage::backend::{
+    Backend, LocalBackend, MirroredBackend, RegistryBackend, RegistryOptions, S3Backend, S3Options,
+};
+use naiad_storage::blob_store::BlobDirs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A mount's source, resolved.
+pub(crate) struct Resolved {
+    /// The image reference, if the source is one.
+    pub image: Option<ImageRef>,
+    /// The bootstrap file the kernel mounts (for an image, kept in the runtime directory).
+    pub bootstrap_path: PathBuf,
+    pub bootstrap_bytes: Vec<u8>,
+    pub backend: Arc<dyn Backend>,
+}
+
+fn host_platform() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "linux/arm64",
+        _ => "linux/amd64",
+    }
+}
+
+/// Resolves `spec`'s source; an image's bootstrap is kept in `runtime_dir/bootstraps`.
+pub(crate) async fn resolve(spec: &MountSpec, runtime_dir: &Path) -> Result<Resolved> {
+    let image = (spec.source.starts_with("docker://") || spec.source.starts_with("oci:"))
+        .then(|| ImageRef::parse(&spec.source))
+        .transpose()?;
+    if image.is_some() && spec.s3.is_some() {
+        return Err(DaemonError::Invalid("S3 storage is for a bootstrap source: an image reference reads its blobs from its registry".into()));
+    }
+    let (path, bytes, backend): (PathBuf, Vec<u8>, Arc<dyn Backend>) = match &image {
+        None => {
+            let backend: Arc<dyn Backend> = match (&spec.s3, spec.blob_dirs.is_empty()) {
+                (None, true) => {
+                    return Err(DaemonError::Invalid(
+                        "a bootstrap source needs blob directories or S3 storage".into(),
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(DaemonError::Invalid(
+                        "blob directories or S3 storage, not both".into(),
+                    ))
+                }
+                (None, false) => Arc::new(LocalBackend::new(BlobDirs::new(spec.blob_dirs.clone()))),
+                // The credentials are this process's own (S3Options::new), never the spec's.
+                (Some(loc), true) => Arc::new(S3Backend::new(S3Options {
+                    insecure: spec.insecure,
+                    timeout: Duration::from_secs(spec.timeout_secs.max(1)),
+                    ..S3Options::new(loc.clone())
+                })?),
+            };
+            let path = PathBuf::from(&spec.source);
+            let bytes = std::fs::read(&path).map_err(DaemonError::io(path.display()))?;
+            (path, bytes, backend)
+        }
+        Some(r) => {
+            let kept = spec.bootstrap.as_ref().and_then(|p| std::fs::read(p).ok());
+            let bytes = match kept {
+                Some(b) => b,
+                None => {
+                    naiad_oci::check::fetch_bootstrap(r, spec.insecure, host_platform()).await?
+                }
+            };
+            let backend: Arc<dyn Backend> = match r {
+                ImageRef::Registry { registry, repository, .. } => {
+                    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+                    for host in spec.mirrors.iter().chain(std::iter::once(registry)) {
+                        let opts = RegistryOptions {
+                            insecure: spec.insecure,
+                            timeout: Duration::from_secs(spec.timeout_secs.max(1)),
+                            ..RegistryOptions::new(host, repository)
+                        };
+                        backends.push(Arc::new(
+                            tokio::task::spawn_blocking(move || RegistryBackend::new(opts))
+                                .await
+                                .map_err(|e| DaemonError::Invalid(e.to_string()))??,
+                        ));
+                    }
+                    if backends.len() == 1 {
+                        backends.remove(0)
+                    } else {
+                        Arc::new(MirroredBackend::new(backends))
+                    }
+                }
+                ImageRef::Layout { dir, .. } => {
+                    Arc::new(LocalBackend::new(BlobDirs::new(vec![dir.join("blobs/sha256")])))
+                }
+            };
+            let dir = runtime_dir.join("bootstraps");
+            std::fs::create_dir_all(&dir).map_err(DaemonError::io(dir.display()))?;
+            let path =
+                dir.join(format!("{}.boot", hex::encode(naiad_format::digest::sha256(&bytes))));
+            std::fs::write(&path, &bytes).map_err(DaemonError::io(path.display()))?;
+            (path, bytes, backend)
+        }
+    };
+    Ok(Resolved { image, bootstrap_path: path, bootstrap_bytes: bytes, backend })
+}

@@ -1,0 +1,64 @@
+//! What a lazy mount is asked to be: [`MountSpec`], as the CLI builds it, the admin API
+//! takes it and the daemon's state file keeps it.
+
+pub use naiad_fs::mode::Mode;
+use naiad_storage::backend::S3Location;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What to mount and how.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// An image reference (`docker://`, `oci:`) or a bootstrap path.
+    pub source: String,
+    pub mountpoint: PathBuf,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// Blob directories, for a bootstrap source.
+    #[serde(default)]
+    pub blob_dirs: Vec<PathBuf>,
+    /// S3-compatible storage holding the blobs, for a bootstrap source (instead of blob
+    /// directories). No credentials: the serving process (the foreground `naiad mount` or
+    /// the daemon) takes them from its own environment or config file, so a spec sent over
+    /// the API, listed or saved never holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Location>,
+    #[serde(default)]
+    pub insecure: bool,
+    /// Seconds per registry or S3 request.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Fetch the prefetch list ahead of reads.
+    #[serde(default = "yes")]
+    pub prefetch: bool,
+    /// Then fetch everything in the background.
+    #[serde(default)]
+    pub prefetch_all: bool,
+    /// Background prefetch limit in bytes per second.
+    #[serde(default)]
+    pub prefetch_rate: Option<u64>,
+    /// Registry mirrors (`host[:port]`, same repository), tried in order before the origin.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// The image's bootstrap, already fetched and kept in the runtime directory. The daemon
+    /// sets it when it mounts an image reference, so that bringing the mount back after a
+    /// crash needs no registry; a bootstrap read from here is verified like a fetched one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<PathBuf>,
+    /// Largest merged backend request, bytes (default 4 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_merge_max: Option<u64>,
+    /// Backend requests at once, per mount (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_concurrency: Option<usize>,
+}
+
+fn default_mode() -> Mode {
+    Mode::Auto
+}
+fn default_timeout() -> u64 {
+    10
+}
+fn yes() -> bool {
+    true
+}

@@ -1,0 +1,157 @@
+//! The daemon's table of active mounts, saved to its state file on every change, and
+//! bringing the mounts of a daemon that died back ([`restore`]).
+
+use crate::mount::{mount, views_dir, ActiveMount};
+use crate::spec::Mode;
+use crate::state::StateFile;
+use crate::{DaemonError, Result};
+use naiad_fs::erofs_mount::MountTable;
+use naiad_storage::cache::ChunkCache;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The daemon's table of mounts, by mount point; with a [`StateFile`], every change is saved
+/// so a restarted daemon can bring the mounts back ([`restore`]).
+#[derive(Default)]
+pub struct Mounts {
+    table: Mutex<BTreeMap<PathBuf, Arc<ActiveMount>>>,
+    state: Option<StateFile>,
+}
+
+impl Mounts {
+    /// A table saved to `state` on every change.
+    pub fn persistent(state: StateFile) -> Self {
+        Mounts { table: Mutex::default(), state: Some(state) }
+    }
+
+    /// Saves the table (under its lock, so saves follow the order of changes). A failed save
+    /// is logged: the mounts work on, only a restart would not bring them back.
+    fn save(&self, t: &BTreeMap<PathBuf, Arc<ActiveMount>>) {
+        if let Some(st) = &self.state {
+            if let Err(e) = st.save(&t.values().map(|m| &m.spec).collect::<Vec<_>>()) {
+                tracing::warn!(error = %e, "saving the mount table failed");
+            }
+        }
+    }
+
+    /// Adds a mount (refused if the mount point is taken).
+    pub fn insert(&self, m: ActiveMount) -> Result<Arc<ActiveMount>> {
+        let mut t = self.table.lock().expect("mounts lock");
+        if t.contains_key(&m.spec.mountpoint) {
+            return Err(DaemonError::Invalid(format!(
+                "{} is already mounted",
+                m.spec.mountpoint.display()
+            )));
+        }
+        let m = Arc::new(m);
+        t.insert(m.spec.mountpoint.clone(), m.clone());
+        self.save(&t);
+        Ok(m)
+    }
+
+    /// Removes and unmounts.
+    pub fn remove(&self, mountpoint: &Path) -> Result<()> {
+        let m = {
+            let mut t = self.table.lock().expect("mounts lock");
+            let m = t
+                .remove(mountpoint)
+                .ok_or_else(|| DaemonError::NotMounted(mountpoint.display().to_string()))?;
+            self.save(&t);
+            m
+        };
+        m.unmount();
+        Ok(())
+    }
+
+    /// A mount by mount point.
+    pub fn get(&self, mountpoint: &Path) -> Option<Arc<ActiveMount>> {
+        self.table.lock().expect("mounts lock").get(mountpoint).cloned()
+    }
+
+    /// Every mount.
+    pub fn all(&self) -> Vec<Arc<ActiveMount>> {
+        self.table.lock().expect("mounts lock").values().cloned().collect()
+    }
+
+    /// Drops the mounts whose kernel mount went away (an external `umount`).
+    pub fn reap(&self) {
+        let table = MountTable::read();
+        let gone: Vec<PathBuf> = self
+            .all()
+            .into_iter()
+            .filter(|m| !m.spec.mode.is_mounted_in(&table, &m.spec.mountpoint))
+            .map(|m| m.spec.mountpoint.clone())
+            .collect();
+        for p in gone {
+            let _ = self.remove(&p);
+        }
+    }
+
+    /// Unmounts everything (daemon shutdown).
+    pub fn clear(&self) {
+        let all: Vec<_> = {
+            let mut t = self.table.lock().expect("mounts lock");
+            let all = std::mem::take(&mut *t).into_values().collect();
+            self.save(&t);
+            all
+        };
+        for m in all {
+            m.unmount();
+        }
+    }
+}
+
+/// Brings back the mounts a previous daemon saved in `mounts`' state file and did not
+/// unmount (it died). Each mount point still carries the dead daemon's mount (a FUSE mount
+/// with no server, or EROFS over blob views with none): it is detached, so processes that
+/// hold files open there keep the old mount (their reads fail), and the image is mounted
+/// afresh with the same spec, its data served from the cache the dead daemon filled. Returns
+/// the mount points restored and, for each that failed, the error (the spec is dropped).
+pub async fn restore(
+    mounts: &Mounts,
+    cache: &Arc<ChunkCache>,
+    runtime_dir: &Path,
+) -> (Vec<PathBuf>, Vec<(PathBuf, DaemonError)>) {
+    let specs = match mounts.state.as_ref().map(|s| s.load()) {
+        Some(Ok(specs)) => specs,
+        Some(Err(e)) => {
+            return (
+                Vec::new(),
+                vec![(
+                    mounts.state.as_ref().map(|s| s.path().to_path_buf()).unwrap_or_default(),
+                    e,
+                )],
+            )
+        }
+        None => return (Vec::new(), Vec::new()),
+    };
+    let (mut ok, mut failed) = (Vec::new(), Vec::new());
+    for spec in specs {
+        let mp = spec.mountpoint.clone();
+        // A mount whose keeper lives is still in place, its readers waiting: the new server
+        // takes it over.
+        let kept = match spec.mode {
+            Mode::Fanotify => naiad_fs::keeper::fanotify::keeper_alive(runtime_dir, &mp),
+            Mode::Kernel => {
+                naiad_fs::keeper::fuse::keeper_alive(runtime_dir, &views_dir(runtime_dir, &mp))
+            }
+            Mode::Fuse => naiad_fs::keeper::fuse::keeper_alive(runtime_dir, &mp),
+            Mode::Auto | Mode::Local => false,
+        };
+        if !kept && spec.mode.is_mounted(&mp) {
+            let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
+        }
+        let r = match mount(spec, cache.clone(), runtime_dir, true).await {
+            Ok(m) => mounts.insert(m).map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => ok.push(mp),
+            Err(e) => failed.push((mp, e)),
+        }
+    }
+    // Saves the table as restored (the failed specs are gone).
+    mounts.save(&mounts.table.lock().expect("mounts lock"));
+    (ok, failed)
+}
