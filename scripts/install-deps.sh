@@ -37,6 +37,13 @@ if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2
     exit 1
 fi
+# The style gate of scripts/test.sh.
+for c in fmt clippy; do
+    if ! cargo "$c" --version >/dev/null 2>&1; then
+        echo "cargo $c not found: rustup component add ${c/fmt/rustfmt}" >&2
+        exit 1
+    fi
+done
 # The S3 tests (crates/naiad/tests/lazy_s3.rs) run s3s-fs, an S3 server over a plain
 # directory, pinned to a release that builds on this toolchain (rustc 1.95).
 S3S_FS_VERSION=0.14.1
