@@ -12,7 +12,9 @@
 
 use crate::store::{Kind, Remote, Snapshot, Store};
 use crate::{Error, Result};
-use naiad_daemon::spec::Mode;
+use naiad_daemon::client::DaemonClient;
+use naiad_daemon::spec::{Mode, MountSpec};
+use naiad_daemon::DaemonError;
 use naiad_oci::manifest::Manifest;
 use naiad_oci::media::NAIAD_BLOB;
 use std::collections::{BTreeMap, HashMap};
@@ -482,26 +484,27 @@ impl Snapshotter {
         std::fs::create_dir_all(mountpoint).map_err(Error::io(mountpoint.display()))?;
         self.ensure_daemon()?;
         // A mount left from before (the daemon kept it, or brought it back itself).
-        let (_, list) = self.daemon_request("GET", "/v1/mounts", None)?;
-        let listed: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap_or_default();
-        if listed.iter().any(|m| {
-            m.get("mountpoint").and_then(|p| p.as_str()) == Some(&mountpoint.display().to_string())
-        }) {
+        let listed = self.daemon().list().map_err(daemon_error)?;
+        if listed.iter().any(|m| m.mountpoint == *mountpoint) {
             if Mode::Auto.is_mounted(mountpoint) {
                 return Ok(());
             }
             self.unmount_image(mountpoint)?;
         }
-        let body = serde_json::json!({ "source": source, "mountpoint": mountpoint, "mode": self.cfg.mode, "insecure": insecure });
-        let (code, text) = self.daemon_request("POST", "/v1/mounts", Some(&body))?;
-        if !(200..300).contains(&code) {
-            return Err(Error::Daemon(format!(
-                "mounting {source} at {}: {}",
-                mountpoint.display(),
-                text.trim()
-            )));
+        let spec: MountSpec = serde_json::from_value(serde_json::json!({
+            "source": source,
+            "mountpoint": mountpoint,
+        }))
+        .map_err(|e| Error::Internal(format!("a mount spec: {e}")))?;
+        let spec = MountSpec { mode: self.cfg.mode, insecure: *insecure, ..spec };
+        match self.daemon().mount(&spec) {
+            Ok(_) => Ok(()),
+            Err(DaemonError::Api { message, .. }) => Err(Error::Daemon(format!(
+                "mounting {source} at {}: {message}",
+                mountpoint.display()
+            ))),
+            Err(e) => Err(daemon_error(e)),
         }
-        Ok(())
     }
 
     fn unmount_image(&self, mountpoint: &Path) -> Result<()> {
@@ -509,30 +512,20 @@ impl Snapshotter {
             return Ok(());
         }
         self.ensure_daemon()?;
-        let body = serde_json::json!({ "mountpoint": mountpoint });
-        let (code, text) = self.daemon_request("DELETE", "/v1/mounts", Some(&body))?;
-        if (200..300).contains(&code) || code == 404 {
-            return Ok(());
+        match self.daemon().umount(mountpoint) {
+            Ok(()) | Err(DaemonError::NotMounted(_)) => Ok(()),
+            Err(e) => Err(Error::Daemon(format!("unmounting {}: {e}", mountpoint.display()))),
         }
-        Err(Error::Daemon(format!("unmounting {}: {}", mountpoint.display(), text.trim())))
     }
 
-    fn daemon_request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<(u16, String)> {
-        naiad_daemon::client::request(&self.cfg.daemon.api, method, path, body)
-            .map_err(|e| Error::Daemon(e.to_string()))
+    fn daemon(&self) -> DaemonClient {
+        DaemonClient::new(&self.cfg.daemon.api)
     }
 
     /// Starts the daemon if none answers on its socket and we know how.
     pub fn ensure_daemon(&self) -> Result<()> {
         let api = &self.cfg.daemon.api;
-        if naiad_daemon::client::request(api, "GET", "/v1/status", None)
-            .is_ok_and(|(c, _)| c == 200)
-        {
+        if self.daemon().status().is_ok() {
             return Ok(());
         }
         let Some(cmd) = &self.cfg.daemon.spawn else {
@@ -554,9 +547,7 @@ impl Snapshotter {
         tracing::info!(pid = child.id(), "started the Naiad daemon on {}", api.display());
         let until = Instant::now() + Duration::from_secs(30);
         loop {
-            if naiad_daemon::client::request(api, "GET", "/v1/status", None)
-                .is_ok_and(|(c, _)| c == 200)
-            {
+            if self.daemon().status().is_ok() {
                 // Reap it later without blocking: it lives on in its own session.
                 std::thread::spawn(move || child.wait());
                 return Ok(());
@@ -596,6 +587,11 @@ pub fn split_image_ref(s: &str) -> Option<(String, String)> {
         _ => rest,
     };
     (!repo.is_empty()).then_some((first, repo))
+}
+
+/// A daemon request that failed.
+fn daemon_error(e: DaemonError) -> Error {
+    Error::Daemon(e.to_string())
 }
 
 #[cfg(test)]

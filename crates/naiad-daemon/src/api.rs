@@ -30,6 +30,16 @@ pub struct Daemon {
     pub runtime_dir: PathBuf,
 }
 
+/// What `GET /v1/status` says of the daemon.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    /// Mounts it serves.
+    pub mounts: usize,
+    pub cache_dir: PathBuf,
+}
+
 /// One mount as the API shows it.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct MountInfo {
@@ -107,14 +117,14 @@ fn absolute(p: &Path) -> std::result::Result<PathBuf, ApiError> {
     std::path::absolute(p).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
-async fn status(State(d): State<Arc<Daemon>>) -> Json<serde_json::Value> {
+async fn status(State(d): State<Arc<Daemon>>) -> Json<DaemonStatus> {
     d.mounts.reap();
-    Json(serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "mounts": d.mounts.all().len(),
-        "cache_dir": d.cache.dir(),
-    }))
+    Json(DaemonStatus {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        mounts: d.mounts.all().len(),
+        cache_dir: d.cache.dir().to_path_buf(),
+    })
 }
 
 async fn list(State(d): State<Arc<Daemon>>) -> Json<Vec<MountInfo>> {

@@ -16,13 +16,20 @@ pub enum DaemonError {
     #[error(transparent)]
     Format(#[from] naiad_format::FormatError),
     #[error("{path}: {cause}")]
-    Io { path: String, cause: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        cause: std::io::Error,
+    },
     /// A request that cannot be served as asked.
     #[error("{0}")]
     Invalid(String),
     /// No mount at that mount point.
     #[error("nothing is mounted at {0}")]
     NotMounted(String),
+    /// The daemon refused a request (its HTTP status and its error message).
+    #[error("the daemon answered {status}: {message}")]
+    Api { status: u16, message: String },
 }
 
 impl DaemonError {

@@ -1,7 +1,8 @@
 //! `naiad ctl`: talk to a running `naiad daemon`.
 
-use anyhow::{bail, Result};
-use naiad_daemon::client::request;
+use anyhow::Result;
+use naiad_daemon::api::PrefetchRequest;
+use naiad_daemon::client::DaemonClient;
 use naiad_daemon::spec::{Mode, MountSpec};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,7 +60,8 @@ enum Cmd {
 pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
     let api = cfg.api(a.api.as_deref());
     let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
-    let (method, path, body) = match &a.cmd {
+    let client = DaemonClient::new(api);
+    match &a.cmd {
         Cmd::Mount { source, mountpoint, mode, blob_dirs, fetch, s3 } => {
             let mut fetch = fetch.clone();
             fetch.resolve(cfg, source)?;
@@ -86,30 +88,23 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                 fetch_merge_max: fetch.fetch_merge_max,
                 fetch_concurrency: fetch.fetch_concurrency,
             };
-            ("POST", "/v1/mounts", Some(serde_json::to_value(spec)?))
+            out(&client.mount(&spec)?)?;
         }
-        Cmd::Umount { mountpoint } => {
-            ("DELETE", "/v1/mounts", Some(serde_json::json!({ "mountpoint": abs(mountpoint) })))
-        }
-        Cmd::List => ("GET", "/v1/mounts", None),
-        Cmd::Status => ("GET", "/v1/status", None),
-        Cmd::Metrics => ("GET", "/metrics", None),
-        Cmd::Prefetch { mountpoint, all, rate } => (
-            "POST",
-            "/v1/prefetch",
-            Some(serde_json::json!({ "mountpoint": abs(mountpoint), "all": all, "rate": rate })),
-        ),
-    };
-    let (code, text) = request(&api, method, path, body.as_ref())?;
-    if !(200..300).contains(&code) {
-        let msg = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(String::from))
-            .unwrap_or(text);
-        bail!("the daemon answered {code}: {msg}");
-    }
-    if !text.is_empty() {
-        println!("{}", text.trim_end());
+        Cmd::Umount { mountpoint } => client.umount(&abs(mountpoint))?,
+        Cmd::List => out(&client.list()?)?,
+        Cmd::Status => out(&client.status()?)?,
+        Cmd::Metrics => print!("{}", client.metrics()?),
+        Cmd::Prefetch { mountpoint, all, rate } => client.prefetch(&PrefetchRequest {
+            mountpoint: abs(mountpoint),
+            all: *all,
+            rate: rate.map(u64::from),
+        })?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one of the daemon's answers as compact JSON, as the API sends it.
+fn out(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
 }

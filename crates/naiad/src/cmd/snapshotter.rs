@@ -48,11 +48,10 @@ pub fn run(a: Args, cfg: &crate::config::Config, config_path: Option<&Path>) -> 
     let root = std::fs::canonicalize(&a.root).with_context(|| a.root.display().to_string())?;
     let (daemon, cache_dir) = match &a.daemon_api {
         Some(api) => {
-            let (_, status) = naiad_daemon::client::request(api, "GET", "/v1/status", None)
+            let status = naiad_daemon::client::DaemonClient::new(api)
+                .status()
                 .context("the daemon given by --daemon-api")?;
-            let v: serde_json::Value = serde_json::from_str(&status).context("daemon status")?;
-            let cache =
-                v.get("cache_dir").and_then(|c| c.as_str()).map(PathBuf::from).unwrap_or_default();
+            let cache = status.cache_dir;
             (DaemonLink { api: api.clone(), spawn: None, log: root.join("daemon.log") }, cache)
         }
         None => {

@@ -286,10 +286,7 @@ impl Snapshotter {
 
     /// The daemon's Prometheus metrics.
     pub fn metrics(&self) -> String {
-        let (code, body) =
-            naiad_daemon::client::request(&self.daemon_api(), "GET", "/metrics", None).unwrap();
-        assert_eq!(code, 200, "{body}");
-        body
+        naiad_daemon::client::DaemonClient::new(self.daemon_api()).metrics().unwrap()
     }
 
     /// Sum of a metric's samples (all label sets).
@@ -318,19 +315,12 @@ impl Drop for Snapshotter {
     fn drop(&mut self) {
         self.kill();
         // The daemon it started: SIGTERM unmounts its mounts.
-        if let Ok((_, status)) =
-            naiad_daemon::client::request(&self.daemon_api(), "GET", "/v1/status", None)
-        {
-            if let Some(pid) = serde_json::from_str::<serde_json::Value>(&status)
-                .ok()
-                .and_then(|v| v["pid"].as_i64())
-            {
-                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-                    let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-                    let until = Instant::now() + Duration::from_secs(10);
-                    while rustix::process::test_kill_process(p).is_ok() && Instant::now() < until {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+        if let Ok(status) = naiad_daemon::client::DaemonClient::new(self.daemon_api()).status() {
+            if let Some(p) = rustix::process::Pid::from_raw(status.pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+                let until = Instant::now() + Duration::from_secs(10);
+                while rustix::process::test_kill_process(p).is_ok() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
         }
