@@ -12,7 +12,20 @@ pub type Result<T, E = BuildError> = std::result::Result<T, E>;
 pub enum BuildError {
     /// Reading a source file or writing an output failed.
     #[error("{path}: {cause}")]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        cause: std::io::Error,
+    },
+    /// The layer stream failed to read (a broken connection, a digest mismatch found by the
+    /// reader under it, a damaged compressed stream): `context` says what was being read, in
+    /// the words of [`BuildError::Layer`] and [`BuildError::Entry`].
+    #[error("{context}: {cause}")]
+    Read {
+        context: String,
+        #[source]
+        cause: std::io::Error,
+    },
     /// A tar layer could not be read (bad header checksum, truncated stream, ...).
     #[error("layer {layer}: {detail}")]
     Layer { layer: String, detail: String },

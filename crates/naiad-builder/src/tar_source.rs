@@ -25,7 +25,10 @@ pub fn open_layer(path: &Path) -> Result<Box<dyn Read + Send>> {
 pub fn decompress_layer(reader: Box<dyn Read + Send>, name: &str) -> Result<Box<dyn Read + Send>> {
     let mut r = BufReader::with_capacity(1 << 20, reader);
     let layer = |detail: String| BuildError::Layer { layer: name.into(), detail };
-    let head = r.fill_buf().map_err(|e| layer(format!("unreadable: {e}")))?;
+    let head = r.fill_buf().map_err(|cause| BuildError::Read {
+        context: format!("layer {name}: unreadable"),
+        cause,
+    })?;
     Ok(match head {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(r)),
         [0x28, 0xb5, 0x2f, 0xfd, ..] => {
@@ -98,14 +101,17 @@ pub fn add_layer(
         padded: false,
         pad_left: 0,
     });
-    let layer_err = |detail: String| BuildError::Layer { layer: layer_name.into(), detail };
-    let entries = archive.entries().map_err(|e| layer_err(e.to_string()))?;
+    let entries = archive
+        .entries()
+        .map_err(|cause| BuildError::Read { context: format!("layer {layer_name}"), cause })?;
     add_entries(entries, layer_name, tb, pipe, opts, warnings, &data_end)?;
     // Read to the end so that the decompressor checks its trailer (gzip CRC and length,
     // zstd checksum): a layer cut short after its last entry is still an error.
     let mut stream = archive.into_inner();
-    std::io::copy(&mut stream, &mut std::io::sink())
-        .map_err(|e| layer_err(format!("layer stream is damaged after its last entry: {e}")))?;
+    std::io::copy(&mut stream, &mut std::io::sink()).map_err(|cause| BuildError::Read {
+        context: format!("layer {layer_name}: layer stream is damaged after its last entry"),
+        cause,
+    })?;
     if stream.padded {
         warnings.push(format!("layer {layer_name}: the tar stream ends without the padding of its last entry (read as containerd reads it)"));
     }
@@ -130,9 +136,11 @@ fn add_entries<R: Read>(
     data_end: &std::cell::Cell<u64>,
 ) -> Result<()> {
     let chunk_size = opts.chunk_size;
-    let layer_err = |detail: String| BuildError::Layer { layer: layer_name.into(), detail };
     for entry in entries {
-        let mut entry = entry.map_err(|e| layer_err(format!("unreadable tar header: {e}")))?;
+        let mut entry = entry.map_err(|cause| BuildError::Read {
+            context: format!("layer {layer_name}: unreadable tar header"),
+            cause,
+        })?;
         data_end.set(
             entry
                 .raw_file_position()
@@ -225,7 +233,10 @@ fn add_entries<R: Read>(
         let id = tb.insert(&comps, node).map_err(&bad)?;
         if is_file {
             push_stream(&mut entry, size, id, chunk_size, pipe).map_err(|e| match e {
-                BuildError::Io { cause, .. } => bad(format!("data unreadable: {cause}")),
+                BuildError::Io { cause, .. } => BuildError::Read {
+                    context: format!("layer {layer_name}: entry {name:?}: data unreadable"),
+                    cause,
+                },
                 e => e,
             })?;
         }

@@ -13,13 +13,21 @@ pub enum Error {
     #[error("{0}")]
     Internal(String),
     #[error("{path}: {cause}")]
-    Io { path: String, cause: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        cause: std::io::Error,
+    },
     #[error("snapshot database {path}: {detail}")]
     Db { path: String, detail: String },
     #[error("the Naiad daemon: {0}")]
     Daemon(String),
     #[error("image {image}: {cause}")]
-    Image { image: String, cause: Box<naiad_oci::OciError> },
+    Image {
+        image: String,
+        #[source]
+        cause: Box<naiad_oci::OciError>,
+    },
     #[error("containerd: {0}")]
     Containerd(Box<tonic::Status>),
     #[error("containerd at {socket}: {cause}")]

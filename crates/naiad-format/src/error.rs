@@ -28,10 +28,18 @@ pub enum FormatError {
     Decompress { what: String, detail: String },
     /// An error found while looking at one entry of the tree.
     #[error("{path}: {cause}")]
-    AtPath { path: String, cause: Box<FormatError> },
+    AtPath {
+        path: String,
+        #[source]
+        cause: Box<FormatError>,
+    },
     /// An I/O error from a `Read`/`Write` the caller handed in.
     #[error("i/o error while {context}: {cause}")]
-    Io { context: &'static str, cause: std::io::Error },
+    Io {
+        context: &'static str,
+        #[source]
+        cause: std::io::Error,
+    },
 }
 
 impl FormatError {
@@ -58,9 +66,9 @@ impl FormatError {
     /// an unsupported feature is `EOPNOTSUPP`.
     pub fn to_errno(&self) -> i32 {
         match self {
-            FormatError::Unsupported { .. } => 95, // EOPNOTSUPP
+            FormatError::Unsupported { .. } => libc::EOPNOTSUPP,
             FormatError::AtPath { cause, .. } => cause.to_errno(),
-            _ => 5, // EIO
+            _ => libc::EIO,
         }
     }
 }

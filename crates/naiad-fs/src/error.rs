@@ -14,12 +14,20 @@ pub enum FsError {
     #[error(transparent)]
     Storage(#[from] naiad_storage::StorageError),
     #[error("{path}: {cause}")]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        cause: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
     /// An error while handling one entry of the image.
     #[error("{path}: {cause}")]
-    Entry { path: String, cause: Box<FsError> },
+    Entry {
+        path: String,
+        #[source]
+        cause: Box<FsError>,
+    },
 }
 
 impl FsError {

@@ -401,20 +401,29 @@ async fn convert_layer(
     Ok(LayerOut { dir: out, summary: Some(summary) })
 }
 
-/// The builder wraps read errors; a digest mismatch of the source layer is reported as such.
+/// The builder keeps the read error of the layer stream as its source; a digest mismatch of
+/// the source layer found by the verifying reader under it is reported as such.
 fn digest_error(
     e: &naiad_builder::BuildError,
     layer: &Descriptor,
     image: &str,
 ) -> Option<OciError> {
-    let text = e.to_string();
-    let detail = text.split_once("does not match its descriptor: expected ")?.1;
-    let (expected, actual) = detail.split_once(", got ")?;
-    Some(OciError::Digest {
-        what: format!("layer {} of {image}", layer.digest),
-        expected: expected.into(),
-        actual: actual.into(),
-    })
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        let mismatch = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<crate::store::DigestMismatch>());
+        if let Some(m) = mismatch {
+            return Some(OciError::Digest {
+                what: format!("layer {} of {image}", layer.digest),
+                expected: m.expected.clone(),
+                actual: m.actual.clone(),
+            });
+        }
+        cause = err.source();
+    }
+    None
 }
 
 /// Copies a converted layer into the build cache (hardlinks; atomic rename of the directory).

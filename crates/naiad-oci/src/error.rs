@@ -17,9 +17,10 @@ pub enum OciError {
     /// The registry refused our credentials (or asked for some).
     #[error("{image}: authentication failed ({detail})")]
     Auth { image: String, detail: String },
-    /// Any other registry failure.
+    /// Any other registry failure; `transient` when retrying the same request may succeed
+    /// (a 5xx or 429 answer, a connection refused, reset or timed out).
     #[error("{image}: registry error: {detail}")]
-    Registry { image: String, detail: String },
+    Registry { image: String, detail: String, transient: bool },
     /// Bytes that do not match their digest or size.
     #[error("{what}: digest or size mismatch: expected {expected}, got {actual}")]
     Digest { what: String, expected: String, actual: String },
@@ -27,9 +28,17 @@ pub enum OciError {
     #[error("{image}: {detail}")]
     Invalid { image: String, detail: String },
     #[error("{path}: {cause}")]
-    Io { path: String, cause: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        cause: std::io::Error,
+    },
     #[error("building layer {layer}: {cause}")]
-    Build { layer: String, cause: naiad_builder::BuildError },
+    Build {
+        layer: String,
+        #[source]
+        cause: naiad_builder::BuildError,
+    },
     #[error(transparent)]
     Format(#[from] naiad_format::FormatError),
 }
@@ -46,15 +55,22 @@ impl OciError {
 
     /// Whether retrying the same request may succeed (5xx, 429, connection trouble).
     pub fn is_transient(&self) -> bool {
-        match self {
-            OciError::Registry { detail, .. } => {
-                detail.contains("code: 5")
-                    || detail.contains("code: 429")
-                    || detail.contains("connect")
-                    || detail.contains("timed out")
-                    || detail.contains("reset")
-            }
-            _ => false,
-        }
+        matches!(self, OciError::Registry { transient: true, .. })
+    }
+
+    /// Whether an I/O error is one a retry may get past (connection trouble, a timeout).
+    pub(crate) fn io_is_transient(e: &std::io::Error) -> bool {
+        use std::io::ErrorKind::*;
+        matches!(
+            e.kind(),
+            ConnectionRefused
+                | ConnectionReset
+                | ConnectionAborted
+                | NotConnected
+                | BrokenPipe
+                | TimedOut
+                | UnexpectedEof
+                | Interrupted
+        )
     }
 }

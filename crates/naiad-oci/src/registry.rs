@@ -109,7 +109,17 @@ impl Repo {
             {
                 OciError::Auth { image, detail: format!("{what}: access denied") }
             }
-            other => OciError::Registry { image, detail: format!("{what}: {other}") },
+            other => {
+                let transient = match &other {
+                    OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+                    OciDistributionError::RequestError(e) => {
+                        e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+                    }
+                    OciDistributionError::IoError(e) => OciError::io_is_transient(e),
+                    _ => false,
+                };
+                OciError::Registry { image, detail: format!("{what}: {other}"), transient }
+            }
         }
     }
 

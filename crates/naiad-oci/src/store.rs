@@ -215,6 +215,7 @@ fn read_error(image: &str, desc: &Descriptor, e: std::io::Error) -> OciError {
         None => OciError::Registry {
             image: image.into(),
             detail: format!("reading blob {}: {e}", desc.digest),
+            transient: OciError::io_is_transient(&e),
         },
     }
 }

@@ -10,10 +10,20 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("{path}: {cause}")]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        cause: std::io::Error,
+    },
     /// The blob file is shorter than a structure in it says, or cannot be read.
     #[error("blob {blob}: cannot read {len} bytes at offset {offset}: {cause}")]
-    BlobRead { blob: String, offset: u64, len: usize, cause: std::io::Error },
+    BlobRead {
+        blob: String,
+        offset: u64,
+        len: usize,
+        #[source]
+        cause: std::io::Error,
+    },
     /// A remote backend failed (after its retries), or refused us.
     #[error("{backend}: {detail}")]
     Backend { backend: String, detail: String },
@@ -30,7 +40,11 @@ pub enum StorageError {
     #[error("blob {blob}: {detail}")]
     Mismatch { blob: String, detail: String },
     #[error("blob {blob}: {cause}")]
-    Format { blob: String, cause: naiad_format::FormatError },
+    Format {
+        blob: String,
+        #[source]
+        cause: naiad_format::FormatError,
+    },
     /// A read of view bytes some block of which no chunk of the image covers: unknown
     /// bytes, never served as data.
     #[error("blob {blob}: view range {offset}+{len} holds blocks no chunk of the image covers")]

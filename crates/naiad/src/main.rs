@@ -1,4 +1,7 @@
-//! `naiad`: build, check, inspect, unpack and mount lazily loaded container images.
+//! `naiad`: build, convert, check, inspect, unpack and mount lazily loaded container images;
+//! the daemon and its control client, the cache commands, the containerd snapshotter and
+//! `naiad pull`. One file per subcommand in `cmd/`; `config.rs` (the config file and the
+//! flag-else-config-else-default rule), `args.rs` (shared value parsers), `output.rs`.
 
 mod args;
 mod cmd;
@@ -97,7 +100,7 @@ fn main() -> ExitCode {
     let cfg = match config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("naiad: error: {e:#}");
+            eprintln!("naiad: error: {}", report(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -120,7 +123,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("naiad: error: {e:#}");
+            eprintln!("naiad: error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -141,4 +144,37 @@ fn run_fanotify_keeper(a: &KeeperArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     naiad_fs::keeper::fanotify::run(group, writers, &a.socket, &a.mountpoint)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// An error and its causes, outermost first, joined by ": ". Errors of the crates name their
+/// cause in their own message as well as keeping it as their source: a cause already at the
+/// end of the message so far is not said again.
+fn report(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.ends_with(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_the_message_already_names_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(naiad_fs::FsError::Io { path: "/x".into(), cause: io })
+            .context("mounting /x");
+        assert_eq!(report(&e), "mounting /x: /x: no such file");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(report(&plain), "outer: inner");
+    }
 }
