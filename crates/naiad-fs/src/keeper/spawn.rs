@@ -91,18 +91,60 @@ pub(crate) fn copy_fd(pid: u32, fd: RawFd) -> std::io::Result<OwnedFd> {
     Ok(rustix::process::pidfd_getfd(pidfd, fd, rustix::process::PidfdGetfdFlags::empty())?)
 }
 
-/// Takes ownership of descriptor `fd`, inherited from the process that started this one
-/// (a keeper's `--fd` arguments); an error if it is not open. Call once per descriptor.
+/// Takes ownership of descriptor `fd`, inherited across exec from the process that started
+/// this one (a keeper's `--fd` arguments). Refused unless it is open, is not stdin, stdout or
+/// stderr, was not opened by this process (those are close-on-exec: Rust opens every
+/// descriptor so, and [`spawn_keeper`] clears the flag only on the ones it hands down), and
+/// was not taken before: so no descriptor gets two owners. It is made close-on-exec again.
 pub fn inherited_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
-    if fd < 0 {
-        return Err(std::io::Error::new(
+    static TAKEN: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
+    let refuse = |why: &str| {
+        Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("descriptor {fd}"),
-        ));
+            format!("descriptor {fd}: {why}"),
+        ))
+    };
+    if fd <= 2 {
+        return refuse("not an inherited descriptor");
     }
-    // SAFETY: only borrowed for the check that the number is an open descriptor.
-    rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) })?;
-    // SAFETY: the descriptor is open (checked above) and was handed to this process to own
-    // by its parent; the caller turns each number into an owner once.
+    let mut taken = TAKEN.lock().expect("inherited descriptors");
+    if taken.contains(&fd) {
+        return refuse("taken already");
+    }
+    // SAFETY: only borrowed for the checks below, while this function holds the list of
+    // descriptors taken; the call fails on a number that is not an open descriptor.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let flags = rustix::io::fcntl_getfd(borrowed)?;
+    if flags.contains(FdFlags::CLOEXEC) {
+        return refuse("opened by this process, not inherited");
+    }
+    rustix::io::fcntl_setfd(borrowed, flags | FdFlags::CLOEXEC)?;
+    taken.push(fd);
+    // SAFETY: the descriptor is open, was inherited across exec (close-on-exec was clear, and
+    // this process opens none so), and no owner was made of it before (the list above).
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_inherited_descriptors_are_taken_and_only_once() {
+        let own = std::fs::File::open("/dev/null").unwrap();
+        let raw = own.as_raw_fd();
+        let e = inherited_fd(raw).unwrap_err().to_string();
+        assert!(e.contains("not inherited"), "{e}");
+        assert!(inherited_fd(1).is_err() && inherited_fd(-1).is_err());
+        // What a parent hands down: close-on-exec clear.
+        let dup = rustix::io::fcntl_dupfd_cloexec(&own, 100).unwrap();
+        let n = dup.as_raw_fd();
+        rustix::io::fcntl_setfd(&dup, FdFlags::empty()).unwrap();
+        std::mem::forget(dup);
+        let taken = inherited_fd(n).unwrap();
+        assert!(rustix::io::fcntl_getfd(&taken).unwrap().contains(FdFlags::CLOEXEC));
+        assert!(inherited_fd(n).unwrap_err().to_string().contains("taken already"));
+        drop(taken);
+        assert!(inherited_fd(n).is_err(), "closed: not open any more");
+    }
 }
