@@ -698,6 +698,11 @@ proptest! {
 
     #[test]
     fn build_then_unpack_roundtrips_exactly(case in case()) {
+        // The cases set any owner and setuid bits on files owned by others.
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: build_then_unpack_roundtrips_exactly: needs root (it sets ownership)");
+            return Ok(());
+        }
         if let Err(e) = roundtrip(&case) {
             return Err(TestCaseError::fail(e));
         }

@@ -4,9 +4,9 @@
 
 use crate::support as common;
 
-use common::containerd::{available, Containerd, Snapshotter};
+use common::containerd::{Containerd, Snapshotter};
 use common::registry::{busybox_oci_layout, run_ok, skopeo_copy, Registry};
-use common::{is_root, naiad_ok, noise};
+use common::{naiad_ok, noise};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
@@ -14,14 +14,6 @@ use std::time::{Duration, Instant};
 
 /// Size of the file the containers never read.
 const BIG: usize = 24 << 20;
-
-fn skip() -> bool {
-    if !is_root() || !available() {
-        eprintln!("skipped: needs root, containerd, ctr and runc");
-        return true;
-    }
-    false
-}
 
 /// The busybox test image (`/bin/*`, `/data/hello.txt` = "hello from layer 2\n", no
 /// `/etc/hostname`) plus a third layer holding `/data/big.bin` (BIG incompressible bytes)
@@ -81,9 +73,7 @@ fn setup() -> Env {
 
 #[test]
 fn naiad_and_plain_images_run_from_naiad_pull() {
-    if skip() {
-        return;
-    }
+    require!(Root, Containerd);
     let env = setup();
     let (ctd, sn) = (&env.ctd, &env.sn);
 
@@ -154,9 +144,7 @@ fn naiad_and_plain_images_run_from_naiad_pull() {
 
 #[test]
 fn a_running_container_survives_snapshotter_restarts() {
-    if skip() {
-        return;
-    }
+    require!(Root, Containerd);
     let mut env = setup();
     pull(&env.ctd, &env.naiad);
     let snaps_before = env.ctd.ctr_ok(&["snapshots", "--snapshotter", "naiad", "ls"]);
@@ -226,9 +214,7 @@ fn a_running_container_survives_snapshotter_restarts() {
 
 #[test]
 fn removing_an_image_removes_its_mounts_and_cache() {
-    if skip() {
-        return;
-    }
+    require!(Root, Containerd);
     let env = setup();
     pull(&env.ctd, &env.naiad);
     assert_eq!(

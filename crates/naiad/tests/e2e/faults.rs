@@ -272,6 +272,7 @@ fn setup() -> (Image, FaultyProxy) {
 
 #[test]
 fn connection_refused_gives_eio_in_bounded_time_then_reads_recover() {
+    require!(Root);
     let (img, proxy) = setup();
     for mode in modes() {
         fails_then_recovers(&img, &proxy, mode, Fault::Refuse);
@@ -280,6 +281,7 @@ fn connection_refused_gives_eio_in_bounded_time_then_reads_recover() {
 
 #[test]
 fn a_reset_mid_body_is_retried_or_eio_never_cached() {
+    require!(Root);
     let (img, proxy) = setup();
     for mode in modes() {
         rides_out(&img, &proxy, mode, Fault::ResetAfter(1000), 1);
@@ -289,6 +291,7 @@ fn a_reset_mid_body_is_retried_or_eio_never_cached() {
 
 #[test]
 fn bursts_of_503_are_retried_and_a_longer_burst_is_eio_until_it_ends() {
+    require!(Root);
     let (img, proxy) = setup();
     for mode in modes() {
         rides_out(&img, &proxy, mode, Fault::Unavailable, ATTEMPTS - 1);
@@ -308,6 +311,7 @@ fn assert_retried_after(proxy: &FaultyProxy, not_before: impl Fn(&common::faulty
 
 #[test]
 fn too_many_requests_waits_as_retry_after_says_within_the_bound() {
+    require!(Root);
     let (img, proxy) = setup();
     for mode in modes() {
         // Seconds: the retry waits at least that long, and the read succeeds.
@@ -343,6 +347,7 @@ fn too_many_requests_waits_as_retry_after_says_within_the_bound() {
 
 #[test]
 fn a_truncated_body_is_retried_or_eio_never_cached() {
+    require!(Root);
     let (img, proxy) = setup();
     for mode in modes() {
         rides_out(&img, &proxy, mode, Fault::Truncate, 1);
@@ -352,6 +357,7 @@ fn a_truncated_body_is_retried_or_eio_never_cached() {
 
 #[test]
 fn wrong_bytes_are_eio_counted_and_never_cached() {
+    require!(Root);
     let (img, proxy) = setup();
     for mode in modes() {
         // One bad answer: that read may fail (EIO, never wrong bytes) or be served by another
@@ -380,6 +386,7 @@ fn wrong_bytes_are_eio_counted_and_never_cached() {
 
 #[test]
 fn a_slow_trickle_times_out_into_eio_then_reads_recover() {
+    require!(Root);
     let (img, proxy) = setup();
     // A chunk of 1 MiB at 1 KiB/s would take 17 minutes.
     const TRICKLE: Fault = Fault::Trickle(1024);
@@ -457,7 +464,7 @@ fn read_through(
 
 #[test]
 fn a_full_cache_disk_still_serves_reads_from_the_backend_and_stays_consistent() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let img = image("1M");
     let disk = SmallDisk::new(img.dir.path());
     let cache_dir = disk.dir.join("cache");
@@ -564,7 +571,7 @@ fn try_spawn_mount(
 
 #[test]
 fn a_full_cache_disk_never_yields_wrong_bytes_in_any_mode() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let img = image("1M");
     let disk = SmallDisk::new(img.dir.path());
     let file_len = expected().len() as u64;
@@ -642,7 +649,7 @@ impl Drop for DaemonGuard {
 
 #[test]
 fn a_daemon_killed_during_prefetch_leaves_a_cache_that_verifies() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     // Small chunks: many fills for the kill to land among.
     let img = image("64K");
     let dir = img.dir.path();

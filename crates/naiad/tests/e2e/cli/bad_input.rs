@@ -897,10 +897,7 @@ fn naiad_unprivileged(args: &[&std::ffi::OsStr]) -> Run {
 /// node, while `unpack --tar` (no mknod) works and keeps the numbers.
 #[test]
 fn tar_devices_build_unprivileged_and_unpack_refuses_mknod() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root to switch to uid {NOBODY}");
-        return;
-    }
+    require!(Root);
     let sb = Sandbox::new();
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(sb.root(), fs::Permissions::from_mode(0o755)).unwrap();

@@ -15,7 +15,7 @@ const MIB: u64 = 1 << 20;
 
 #[test]
 fn unpack_kernel_mount_and_fsck_all_reproduce_the_source() {
-    assert!(is_root(), "this test needs root: it creates devices, sets ownership and mounts EROFS");
+    require!(Root);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     let out = tmp.path().join("image");

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 
 #[test]
 fn views_are_written_once_and_reused() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
@@ -50,7 +50,7 @@ fn views_are_written_once_and_reused() {
 
 #[test]
 fn a_corrupt_blob_is_refused_before_mounting() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();

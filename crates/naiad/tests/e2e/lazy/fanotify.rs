@@ -90,6 +90,7 @@ fn allocated(cache: &ChunkCache) -> u64 {
 
 #[test]
 fn only_the_ranges_read_are_fetched_and_the_tree_matches_the_source() {
+    require!(Root, Fanotify);
     let img = image();
     let (m, fetcher, mnt, cache) = mount(&img, local(&img), "a");
     let _g = MountGuard(mnt.clone());
@@ -130,6 +131,7 @@ fn only_the_ranges_read_are_fetched_and_the_tree_matches_the_source() {
 
 #[test]
 fn a_hole_is_never_read_as_data_and_reads_recover() {
+    require!(Root, Fanotify);
     let img = image();
     let mut reg = Registry::start(None);
     // The image's blobs in the registry, read back through the registry backend.
@@ -164,6 +166,7 @@ fn a_hole_is_never_read_as_data_and_reads_recover() {
 
 #[test]
 fn concurrent_readers_share_fetches_and_get_exact_bytes() {
+    require!(Root, Fanotify);
     let img = image();
     let (m, fetcher, mnt, _cache) = mount(&img, local(&img), "c");
     let _g = MountGuard(mnt.clone());
@@ -181,6 +184,7 @@ fn concurrent_readers_share_fetches_and_get_exact_bytes() {
 
 #[test]
 fn a_fully_cached_image_is_read_without_the_mount_process() {
+    require!(Root, Fanotify);
     read_without_the_mount_process("fanotify", false);
 }
 
@@ -188,6 +192,7 @@ fn a_fully_cached_image_is_read_without_the_mount_process() {
 /// image mounted again reads without the process (no FUSE view in between).
 #[test]
 fn a_cached_image_mounted_again_in_kernel_mode_is_read_without_the_mount_process() {
+    require!(Root, Fanotify);
     read_without_the_mount_process("kernel", true);
 }
 
@@ -282,6 +287,7 @@ fn keepers_of(mnt: &std::path::Path) -> Vec<rustix::process::Pid> {
 /// cache dropped), while a read of data never read waits for them.
 #[test]
 fn the_frames_read_are_read_again_with_nothing_in_user_space() {
+    require!(Root, Fanotify);
     let img = image();
     let work = img.dir.path().join("f");
     let mnt = work.join("mnt");
@@ -343,17 +349,20 @@ fn kill9(child: &mut std::process::Child) {
 
 #[test]
 fn a_killed_daemon_costs_readers_a_delay_never_an_error_or_wrong_bytes() {
+    require!(Root, Fanotify);
     restart_under_readers("fanotify");
 }
 
 /// The same in the FUSE modes: the connection is held by a keeper and taken over.
 #[test]
 fn a_killed_daemon_costs_readers_a_delay_in_kernel_mode() {
+    require!(Root, Fanotify);
     restart_under_readers("kernel");
 }
 
 #[test]
 fn a_killed_daemon_costs_readers_a_delay_in_fuse_mode() {
+    require!(Root, Fanotify);
     restart_under_readers("fuse");
 }
 
@@ -437,6 +446,7 @@ fn restart_under_readers(mode: &str) {
 /// it, on another CPU, per request).
 #[test]
 fn the_fuse_keeper_sleeps_through_requests() {
+    require!(Root, Fanotify);
     let img = image();
     let (work, mnt, mut daemon, _g) = daemon_mount(&img, "k", "fuse");
     let keeper = process_running(&["fuse-keeper", mnt.to_str().unwrap()])

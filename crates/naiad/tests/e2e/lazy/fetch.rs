@@ -83,6 +83,7 @@ fn read_file_through_cache(
 
 #[test]
 fn chunks_come_from_the_registry_byte_exact() {
+    require!(Root);
     let reg = Registry::start(None);
     let (dir, bs) = naiad_image(&reg, None);
     let backend = Arc::new(RegistryBackend::new(options(&reg, RegistryAuth::Anonymous)).unwrap());
@@ -92,6 +93,7 @@ fn chunks_come_from_the_registry_byte_exact() {
 
 #[test]
 fn basic_auth_is_used_and_wrong_credentials_are_refused() {
+    require!(Root);
     let reg = Registry::start(Some(("naiad", "s3cret")));
     let (dir, bs) = naiad_image(&reg, reg.creds());
     let good = Arc::new(
@@ -117,6 +119,7 @@ fn basic_auth_is_used_and_wrong_credentials_are_refused() {
 
 #[test]
 fn missing_blobs_and_dead_registries_are_errors_in_bounded_time() {
+    require!(Root);
     let reg = Registry::start(None);
     let (_dir, bs) = naiad_image(&reg, None);
     let backend = RegistryBackend::new(options(&reg, RegistryAuth::Anonymous)).unwrap();
@@ -136,7 +139,7 @@ fn missing_blobs_and_dead_registries_are_errors_in_bounded_time() {
 
 #[test]
 fn kernel_mode_mount_fetches_only_what_is_read() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let reg = Registry::start(None);
     let (dir, bs) = naiad_image(&reg, None);
     let boot_path = dir.path().join("bootstrap");
@@ -228,7 +231,7 @@ fn wait_exit(mut child: std::process::Child) -> std::process::ExitStatus {
 
 #[test]
 fn naiad_mount_serves_an_image_lazily_in_both_modes() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let reg = Registry::start(None);
     let (dir, _bs) = naiad_image(&reg, None);
     let image = reg.docker_ref("naiad/bb:1");
@@ -287,7 +290,7 @@ fn naiad_mount_serves_an_image_lazily_in_both_modes() {
 
 #[test]
 fn a_dead_registry_gives_eio_in_bounded_time_and_reads_recover() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let mut reg = Registry::start(None);
     let (dir, bs) = naiad_image(&reg, None);
     let boot_path = dir.path().join("bootstrap");
@@ -329,6 +332,7 @@ fn a_dead_registry_gives_eio_in_bounded_time_and_reads_recover() {
 
 #[test]
 fn flipped_bytes_are_caught_and_never_cached() {
+    require!(Root);
     let reg = Registry::start(None);
     let (dir, bs) = naiad_image(&reg, None);
     let proxy = common::faulty::FaultyProxy::start(&reg.addr);
@@ -357,7 +361,7 @@ fn flipped_bytes_are_caught_and_never_cached() {
 #[test]
 fn the_daemon_serves_mounts_api_and_metrics() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let reg = Registry::start(None);
     let (dir, _bs) = naiad_image(&reg, None);
     let sock = dir.path().join("run/api.sock");
@@ -462,7 +466,7 @@ fn the_daemon_serves_mounts_api_and_metrics() {
 
 #[test]
 fn mirrors_are_tried_in_order_before_the_origin() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let mut origin = Registry::start(None);
     let mirror = Registry::start(None);
     let (dir, _bs) = naiad_image(&origin, None);
@@ -502,7 +506,7 @@ fn mirrors_are_tried_in_order_before_the_origin() {
 
 #[test]
 fn a_killed_mount_process_can_be_unmounted_and_mounted_again() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let reg = Registry::start(None);
     let (dir, _bs) = naiad_image(&reg, None);
     let image = reg.docker_ref("naiad/bb:1");
@@ -532,7 +536,7 @@ fn a_killed_mount_process_can_be_unmounted_and_mounted_again() {
 
 #[test]
 fn a_killed_daemon_brings_its_mounts_back_served_from_its_cache() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let mut reg = Registry::start(None);
     let (dir, _bs) = naiad_image(&reg, None);
     let image = reg.docker_ref("naiad/bb:1");
@@ -649,7 +653,7 @@ fn a_killed_daemon_brings_its_mounts_back_served_from_its_cache() {
 
 #[test]
 fn naiad_mount_daemon_detaches_and_umount_stops_the_server() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let reg = Registry::start(None);
     let (dir, _bs) = naiad_image(&reg, None);
     let mnt = dir.path().join("mnt");
@@ -690,7 +694,7 @@ fn naiad_mount_daemon_detaches_and_umount_stops_the_server() {
 
 #[test]
 fn the_config_file_supplies_dirs_insecure_registries_and_mirrors() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let mut origin = Registry::start(None);
     let mirror = Registry::start(None);
     let (dir, _bs) = naiad_image(&origin, None);
@@ -738,7 +742,7 @@ fn the_config_file_supplies_dirs_insecure_registries_and_mirrors() {
 
 #[test]
 fn registry_credentials_can_come_from_the_config_file() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let reg = Registry::start(Some(("cfguser", "cfg-secret-pw")));
     let (dir, _bs) = naiad_image(&reg, reg.creds());
     // No docker config at all: only naiad's config file has the credentials.

@@ -49,7 +49,7 @@ fn assert_read_only(mnt: &std::path::Path) {
 
 #[test]
 fn kernel_mode_shows_the_source_tree() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let img = image();
     let cache = ChunkCache::open(&img.dir.path().join("cache")).unwrap();
     let f = fetcher(&img);
@@ -77,6 +77,7 @@ fn kernel_mode_shows_the_source_tree() {
 
 #[test]
 fn fuse_mode_shows_the_source_tree() {
+    require!(Root);
     fuse_mode_check(false);
 }
 
@@ -85,10 +86,7 @@ fn fuse_mode_shows_the_source_tree() {
 /// symlinks, statfs, 16 concurrent readers).
 #[test]
 fn fuse_mode_over_io_uring_shows_the_source_tree() {
-    if !has_fuse_uring() {
-        eprintln!("skipped: this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING)");
-        return;
-    }
+    require!(Root, FuseRing);
     fuse_mode_check(true);
 }
 
@@ -133,7 +131,7 @@ fn fuse_mode_check(ring: bool) {
 
 #[test]
 fn the_prefetch_list_is_fetched_before_any_read() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir_all(src.join("app")).unwrap();

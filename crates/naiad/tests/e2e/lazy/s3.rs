@@ -251,7 +251,7 @@ fn read_errno(path: &Path) -> Option<i32> {
 
 #[test]
 fn both_modes_serve_the_tree_from_s3() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let s3 = S3Server::start();
     let img = image(&s3);
     for mode in ["fanotify", "kernel", "fuse"] {
@@ -274,7 +274,7 @@ fn both_modes_serve_the_tree_from_s3() {
 #[test]
 fn the_daemon_mounts_from_s3_fetching_only_what_is_read_with_credentials_from_its_config_file() {
     use std::os::unix::fs::PermissionsExt;
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let s3 = S3Server::start();
     let img = image(&s3);
     let dir = img.dir.path();
@@ -415,7 +415,7 @@ fn the_daemon_mounts_from_s3_fetching_only_what_is_read_with_credentials_from_it
 
 #[test]
 fn wrong_credentials_give_eio_and_a_clear_error_without_the_secret() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let s3 = S3Server::start();
     let img = image(&s3);
     let work = img.dir.path().join("bad");
@@ -434,7 +434,7 @@ fn wrong_credentials_give_eio_and_a_clear_error_without_the_secret() {
 
 #[test]
 fn a_dead_or_frozen_server_gives_eio_in_bounded_time_and_reads_recover() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let mut s3 = S3Server::start();
     let img = image(&s3);
     let want = std::fs::read(img.src().join("files/multi_chunk")).unwrap();
@@ -492,7 +492,7 @@ fn a_dead_or_frozen_server_gives_eio_in_bounded_time_and_reads_recover() {
 
 #[test]
 fn a_missing_object_is_an_error_naming_its_key() {
-    assert!(is_root(), "mounting needs root");
+    require!(Root);
     let s3 = S3Server::start();
     let img = image(&s3);
     for hex in &img.blobs {

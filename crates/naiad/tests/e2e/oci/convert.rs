@@ -469,6 +469,7 @@ fn layout_digest(dir: &Path, tag: &str) -> String {
 
 #[test]
 fn busybox_registry_to_registry_is_a_valid_naiad_image() {
+    require!(Root);
     let t = Instant::now();
     let bb = busybox();
     let reg = Registry::start(None);
@@ -612,6 +613,7 @@ fn busybox_registry_to_registry_is_a_valid_naiad_image() {
 
 #[test]
 fn layout_to_layout_gives_the_same_digest_as_registry_to_registry() {
+    require!(Root);
     let t = Instant::now();
     let bb = busybox();
     let reg = Registry::start(None);
@@ -666,6 +668,7 @@ fn layout_to_layout_gives_the_same_digest_as_registry_to_registry() {
 
 #[test]
 fn registry_with_basic_auth_uses_the_docker_config() {
+    require!(Root);
     let t = Instant::now();
     let bb = busybox();
     let reg = Registry::start(Some(("naiad", "s3cret pass")));
@@ -726,6 +729,7 @@ fn registry_with_basic_auth_uses_the_docker_config() {
 
 #[test]
 fn multiarch_index_converts_per_platform() {
+    require!(Root);
     let t = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("multi");
@@ -859,6 +863,7 @@ fn multiarch_index_converts_per_platform() {
 /// entries), and the converter and `check` must find them.
 #[test]
 fn multiarch_layout_to_layout() {
+    require!(Root);
     let t = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("multi");
@@ -899,6 +904,7 @@ fn multiarch_layout_to_layout() {
 /// its platform manifests are found by digest.
 #[test]
 fn check_finds_the_manifests_of_an_index_in_a_layout() {
+    require!(Root);
     let t = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("multi");
@@ -921,6 +927,7 @@ fn check_finds_the_manifests_of_an_index_in_a_layout() {
 /// `naiad.image.v1` OS feature, like the entries of a converted multi-platform index.
 #[test]
 fn merge_platform_of_a_single_manifest_marks_the_naiad_entry() {
+    require!(Root);
     let t = Instant::now();
     let bb = busybox();
     let reg = Registry::start(None);
@@ -961,6 +968,7 @@ fn merge_platform_of_a_single_manifest_marks_the_naiad_entry() {
 /// unknown/unknown, in-toto layers): the attestation is skipped, the two images converted.
 #[test]
 fn attestation_manifests_are_skipped() {
+    require!(Root);
     let t = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("multi");
@@ -1008,6 +1016,7 @@ fn attestation_manifests_are_skipped() {
 /// A Docker v2 schema 2 source (Docker media types for manifest, config and layers).
 #[test]
 fn docker_schema2_source_converts() {
+    require!(Root);
     let t = Instant::now();
     let bb = busybox();
     let reg = Registry::start(None);
@@ -1048,6 +1057,7 @@ fn docker_schema2_source_converts() {
 /// registry, are both reported (exit 1, `naiad: check:` lines).
 #[test]
 fn check_reports_a_different_source_and_a_damaged_blob() {
+    require!(Root);
     let t = Instant::now();
     let bb = busybox();
     let reg = Registry::start(None);
@@ -1111,6 +1121,7 @@ fn check_reports_a_different_source_and_a_damaged_blob() {
 
 #[test]
 fn build_cache_reuses_converted_layers() {
+    require!(Root);
     let t = Instant::now();
     let bb = busybox();
     let reg = Registry::start(None);
@@ -1163,6 +1174,7 @@ fn build_cache_reuses_converted_layers() {
 
 #[test]
 fn chunk_dict_references_the_dictionarys_chunks() {
+    require!(Root);
     let t = Instant::now();
     let bb = busybox();
     let reg = Registry::start(None);
@@ -1284,6 +1296,7 @@ fn edit_manifest(dir: &Path, tag: &str, edit: impl FnOnce(&mut Value)) {
 
 #[test]
 fn bad_sources_fail_cleanly_and_push_nothing() {
+    require!(Root);
     let t = Instant::now();
     let bb = busybox();
     let reg = Registry::start(None);
@@ -1442,6 +1455,7 @@ fn bad_sources_fail_cleanly_and_push_nothing() {
 /// also when one layer fails while another is still being converted.
 #[test]
 fn failed_conversion_leaves_no_temporary_files() {
+    require!(Root);
     let t = Instant::now();
     let bb = busybox();
     let cfg = DockerConfig::anonymous();
@@ -1530,6 +1544,7 @@ fn test_images_dir() -> PathBuf {
 
 #[test]
 fn debian_minbase_converts_to_the_same_tree() {
+    require!(Root);
     let t = Instant::now();
     let layout = debian_oci_layout(&test_images_dir());
     eprintln!("debian layout ready after {:?}", t.elapsed());

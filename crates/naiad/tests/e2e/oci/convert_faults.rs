@@ -62,6 +62,7 @@ fn source_image(reg: &Registry) -> tempfile::TempDir {
 
 #[test]
 fn transient_registry_errors_are_retried() {
+    require!(Root);
     let reg = Registry::start(None);
     let _src = source_image(&reg);
     let proxy = FlakyProxy::start(reg.addr.clone(), 2);
@@ -79,6 +80,7 @@ fn transient_registry_errors_are_retried() {
 
 #[test]
 fn a_registry_that_keeps_failing_gives_a_clear_error() {
+    require!(Root);
     let reg = Registry::start(None);
     let _src = source_image(&reg);
     let proxy = FlakyProxy::start(reg.addr.clone(), usize::MAX);

@@ -27,6 +27,7 @@ fn layer_paths(layout: &Path, digest: &str) -> Vec<String> {
 
 #[test]
 fn busybox_layout_has_two_layers_and_a_whiteout() {
+    require!(Root);
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("oci");
     busybox_oci_layout(&layout, "latest");
@@ -67,6 +68,7 @@ fn busybox_layout_has_two_layers_and_a_whiteout() {
 
 #[test]
 fn registry_without_auth_takes_a_push() {
+    require!(Root);
     let t = Instant::now();
     let reg = Registry::start(None);
     eprintln!("registry without auth started in {:?}", t.elapsed());
@@ -88,6 +90,7 @@ fn registry_without_auth_takes_a_push() {
 
 #[test]
 fn registry_with_auth_needs_credentials() {
+    require!(Root);
     let t = Instant::now();
     let reg = Registry::start(Some(("naiad", "s3cret pass")));
     eprintln!("registry with auth started in {:?}", t.elapsed());
@@ -116,6 +119,7 @@ fn registry_with_auth_needs_credentials() {
 
 #[test]
 fn multiarch_layout_pushes_as_an_index() {
+    require!(Root);
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("oci");
     multiarch_oci_layout(&layout, "multi");
@@ -162,6 +166,7 @@ fn test_images_dir() -> PathBuf {
 
 #[test]
 fn debian_minbase_image_is_built_and_cached() {
+    require!(Root);
     let cache = test_images_dir();
     let t = Instant::now();
     let layout = debian_oci_layout(&cache);

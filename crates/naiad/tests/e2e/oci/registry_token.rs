@@ -303,7 +303,7 @@ fn tree_below(root: &Path) -> std::collections::BTreeMap<Vec<u8>, Entry> {
 
 #[test]
 fn the_issuer_works_with_skopeo_and_refuses_a_wrong_password() {
-    assert!(is_root(), "needs root: umoci keeps ownership");
+    require!(Root);
     let issuer = TokenIssuer::start(USER, PASSWORD);
     let reg = Registry::start_with_token_auth(&issuer);
     let dir = tempfile::tempdir().unwrap();
@@ -327,6 +327,7 @@ fn the_issuer_works_with_skopeo_and_refuses_a_wrong_password() {
 
 #[test]
 fn convert_pushes_and_both_modes_mount_lazily_with_tokens() {
+    require!(Root);
     let s = Setup::new();
     s.push();
     let after_push = s.issuer.issued();
@@ -357,6 +358,7 @@ fn convert_pushes_and_both_modes_mount_lazily_with_tokens() {
 
 #[test]
 fn a_wrong_password_fails_with_a_clear_error_and_is_never_printed() {
+    require!(Root);
     let s = Setup::new();
     let bad = s.docker_config(WRONG_PASSWORD);
     let out = bad.naiad(&["convert", &s.layout_ref(), &s.image(), "--insecure"]);
@@ -407,6 +409,7 @@ fn registry_blob_digest(s: &Setup) -> [u8; 32] {
 
 #[test]
 fn expired_tokens_are_renewed_while_reading() {
+    require!(Root);
     let s = Setup::new();
     s.push();
     // From now on the registry takes each token for two seconds only.

@@ -246,6 +246,62 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// What a test may need of the machine beyond an ordinary user's rights.
+#[derive(Clone, Copy, Debug)]
+pub enum Need {
+    /// Root: mounts, device nodes, ownership, another uid, network namespaces.
+    Root,
+    /// The kernel's fanotify pre-content events and file-backed EROFS (Linux 6.14+).
+    Fanotify,
+    /// FUSE over io_uring in this kernel (CONFIG_FUSE_IO_URING).
+    FuseRing,
+    /// containerd, ctr and runc installed.
+    Containerd,
+}
+
+impl Need {
+    /// Why the machine does not have it, if it does not.
+    fn missing(self) -> Option<String> {
+        match self {
+            Need::Root => {
+                (!is_root()).then(|| "root (it mounts, makes devices or sets ownership)".into())
+            }
+            Need::Fanotify => naiad_fs::fanotify::supported(&std::env::temp_dir())
+                .err()
+                .map(|why| format!("the fanotify mode: {why}")),
+            Need::FuseRing => {
+                (!has_fuse_uring()).then(|| "FUSE over io_uring (CONFIG_FUSE_IO_URING)".into())
+            }
+            Need::Containerd => {
+                (!containerd::available()).then(|| "containerd, ctr and runc".into())
+            }
+        }
+    }
+}
+
+/// The one skip rule of the end-to-end tests: whether the machine has every one of `needs`;
+/// if not, prints `skipped: TEST: needs ...` (so a skip is never silent) and the test returns.
+pub fn has(needs: &[Need]) -> bool {
+    let missing: Vec<String> = needs.iter().filter_map(|n| n.missing()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    eprintln!("skipped: {test}: needs {}", missing.join(", "));
+    false
+}
+
+/// Returns from the test unless the machine has all of the [`Need`]s named:
+/// `require!(Root, Fanotify);`.
+#[macro_export]
+macro_rules! require {
+    ($($need:ident),+ $(,)?) => {
+        if !$crate::support::has(&[$($crate::support::Need::$need),+]) {
+            return;
+        }
+    };
+}
+
 pub mod containerd;
 pub mod faulty;
 pub mod registry;
