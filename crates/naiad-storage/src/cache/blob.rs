@@ -384,23 +384,8 @@ fn eio_errno() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{BlockBuf, ChunkCache};
+    use crate::cache::{test_record as rec, BlockBuf, ChunkCache};
     use std::os::unix::fs::OpenOptionsExt;
-
-    /// A chunk record that says where a chunk lies: its frame and view range.
-    fn rec(frame: u64, view_offset: u64, size: u32) -> ChunkRecord {
-        ChunkRecord {
-            blob_index: 0,
-            view_offset,
-            size,
-            compressed_offset: frame,
-            compressed_size: 0,
-            frame_size: 0,
-            frame_offset: 0,
-            compressor: naiad_format::compression::Compressor::None,
-            digest: [0; 32],
-        }
-    }
 
     #[test]
     fn data_without_bits_is_not_present() {

@@ -276,25 +276,26 @@ fn hex_digest<S: serde::Serializer>(d: &Digest32, s: S) -> std::result::Result<S
     s.serialize_str(&format!("sha256:{}", to_hex(d)))
 }
 
+/// A chunk record that says where a chunk lies, for the tests: its frame and view range.
+#[cfg(test)]
+fn test_record(frame: u64, view_offset: u64, size: u32) -> naiad_format::extension::ChunkRecord {
+    naiad_format::extension::ChunkRecord {
+        blob_index: 0,
+        view_offset,
+        size,
+        compressed_offset: frame,
+        compressed_size: 0,
+        frame_size: 0,
+        frame_offset: 0,
+        compressor: naiad_format::compression::Compressor::None,
+        digest: [0; 32],
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_record as rec;
     use super::*;
-    use naiad_format::extension::ChunkRecord;
-
-    /// A chunk record that says where a chunk lies: its frame and view range.
-    fn rec(frame: u64, view_offset: u64, size: u32) -> ChunkRecord {
-        ChunkRecord {
-            blob_index: 0,
-            view_offset,
-            size,
-            compressed_offset: frame,
-            compressed_size: 0,
-            frame_size: 0,
-            frame_offset: 0,
-            compressor: naiad_format::compression::Compressor::None,
-            digest: [0; 32],
-        }
-    }
 
     #[test]
     fn presence_survives_reopening_and_holes_are_never_data() {
