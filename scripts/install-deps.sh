@@ -1,33 +1,13 @@
 #!/usr/bin/env bash
-# Installs what building, testing and running Naiad need on Debian (run as root).
+# Installs what building and running Naiad needs on Debian (run as root): a C compiler for
+# the crates that build C, FUSE (fuse mode, kernel mode's blob views), and the kernel's
+# EROFS. The tests need more: scripts/install-test-deps.sh.
 # Rust itself comes from rustup (https://rustup.rs); Debian's own rustc is too old.
 set -euo pipefail
 
 need=()
-command -v fsck.erofs >/dev/null || need+=(erofs-utils)
-command -v zstd >/dev/null || need+=(zstd)
-command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v cc >/dev/null || need+=(gcc)
-# End-to-end tests of `naiad convert` (tests/common/registry.rs): a local registry, skopeo to push,
-# umoci/debootstrap/busybox to build images, htpasswd for registry auth.
-command -v docker-registry >/dev/null || need+=(docker-registry)
-command -v skopeo >/dev/null || need+=(skopeo)
-command -v umoci >/dev/null || need+=(umoci)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v htpasswd >/dev/null || need+=(apache2-utils)
-# The containerd tests (crates/naiad/tests/containerd.rs) and the cold-start benchmark
-# (bench/coldstart.sh): a private containerd with runc, and
-# gnuplot for its chart.
-command -v containerd >/dev/null || need+=(containerd)
-command -v runc >/dev/null || need+=(runc)
-command -v gnuplot >/dev/null || need+=(gnuplot-nox)
-# The benchmarks (bench/*.sh) read manifests and registry answers with jq and curl.
-command -v jq >/dev/null || need+=(jq)
-command -v curl >/dev/null || need+=(curl)
-# The token issuer of the bearer-auth tests (tests/common/token.rs) makes and signs with openssl.
-command -v openssl >/dev/null || need+=(openssl)
-# The test images need a static /bin/busybox (Debian's `busybox` package is dynamically linked).
-dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
+command -v fusermount3 >/dev/null || need+=(fuse3)
 if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -36,25 +16,6 @@ fi
 if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2
     exit 1
-fi
-# The style gate of scripts/test.sh.
-for c in fmt clippy; do
-    if ! cargo "$c" --version >/dev/null 2>&1; then
-        echo "cargo $c not found: rustup component add ${c/fmt/rustfmt}" >&2
-        exit 1
-    fi
-done
-# The S3 tests (crates/naiad/tests/lazy_s3.rs) run s3s-fs, an S3 server over a plain
-# directory, pinned to a release that builds on this toolchain (rustc 1.95).
-S3S_FS_VERSION=0.14.1
-if [[ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs $S3S_FS_VERSION" ]]; then
-    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
-fi
-# Fuzzing (fuzz/run.sh): cargo-fuzz, pinned. The toolchain is stable; fuzz/run.sh sets
-# RUSTC_BOOTSTRAP=1 for the -Z flags cargo-fuzz passes to rustc and cargo.
-CARGO_FUZZ_VERSION=0.13.2
-if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
-    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 # The kernel's EROFS (file-backed mounts need Linux >= 6.12).
 grep -qw erofs /proc/filesystems || modprobe erofs 2>/dev/null || true

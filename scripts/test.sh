@@ -4,7 +4,7 @@
 # an ordinary user they skip those, each saying why, and run the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-test-deps.sh
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 
 echo "== style: cargo fmt --check, clippy -D warnings, module cycles"

@@ -1,4 +1,9 @@
-//! containerd's gRPC API as Naiad uses it: prost messages and tonic clients/servers generated
+//! Naiad in containerd: the remote snapshotter ([`snapshotter`], served by [`service`], its
+//! snapshots kept in [`store`]) that mounts Naiad images lazily through a Naiad daemon and
+//! keeps every other image as containerd's overlayfs snapshotter does, and `naiad pull`
+//! ([`pull`]), which pulls an image with the labels the snapshotter needs.
+//!
+//! Underneath, containerd's gRPC API: prost messages and tonic clients/servers generated
 //! at build time (protox, no `protoc`) from protos under `proto/` that match containerd v1.6's
 //! wire format (package, service, RPC and message names and field numbers are containerd's),
 //! plus helpers to talk gRPC over unix sockets and to set containerd's request metadata.
