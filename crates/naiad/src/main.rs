@@ -65,12 +65,25 @@ struct FuseKeeperArgs {
 struct KeeperArgs {
     #[arg(long)]
     group_fd: i32,
-    #[arg(long, value_delimiter = ',')]
-    writer_fds: Vec<i32>,
+    /// The watched files' descriptors, comma-separated (none when every frame is cached).
+    #[arg(long, value_parser = fd_list, default_value = "")]
+    writer_fds: FdList,
     #[arg(long)]
     socket: std::path::PathBuf,
     #[arg(long)]
     mountpoint: std::path::PathBuf,
+}
+
+/// Descriptor numbers, comma-separated; empty for none.
+#[derive(Clone, Debug)]
+struct FdList(Vec<i32>);
+
+fn fd_list(s: &str) -> Result<FdList, String> {
+    s.split(',')
+        .filter(|f| !f.is_empty())
+        .map(|f| f.parse::<i32>().map_err(|e| format!("{f:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(FdList)
 }
 
 /// Raises the soft limit of open files to the hard one: the chunk cache keeps a file per
@@ -139,6 +152,7 @@ fn run_fanotify_keeper(a: &KeeperArgs) -> anyhow::Result<ExitCode> {
     let group = inherited_fd(a.group_fd).with_context(|| format!("--group-fd {}", a.group_fd))?;
     let writers = a
         .writer_fds
+        .0
         .iter()
         .map(|&fd| inherited_fd(fd).with_context(|| format!("--writer-fds: {fd}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -167,6 +181,13 @@ fn report(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptor_lists_may_be_empty() {
+        assert!(fd_list("").unwrap().0.is_empty(), "a fully cached image watches nothing");
+        assert_eq!(fd_list("3,17").unwrap().0, vec![3, 17]);
+        assert!(fd_list("3,x").is_err());
+    }
 
     #[test]
     fn a_cause_the_message_already_names_is_not_repeated() {

@@ -188,6 +188,14 @@ fn a_fully_cached_image_is_read_without_the_mount_process() {
     read_without_the_mount_process("fanotify", false);
 }
 
+/// An image whose every frame is in the cache mounts again in fanotify mode (nothing left to
+/// watch: its keeper gets no writers) and reads without the process.
+#[test]
+fn a_fully_cached_image_mounts_again_in_fanotify_mode() {
+    require!(Root, Fanotify);
+    read_without_the_mount_process("fanotify", true);
+}
+
 /// Kernel mode mounts a blob complete in the cache straight from its cache file: a cached
 /// image mounted again reads without the process (no FUSE view in between).
 #[test]
