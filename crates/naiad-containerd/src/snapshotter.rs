@@ -491,12 +491,11 @@ impl Snapshotter {
             }
             self.unmount_image(mountpoint)?;
         }
-        let spec: MountSpec = serde_json::from_value(serde_json::json!({
-            "source": source,
-            "mountpoint": mountpoint,
-        }))
-        .map_err(|e| Error::Internal(format!("a mount spec: {e}")))?;
-        let spec = MountSpec { mode: self.cfg.mode, insecure: *insecure, ..spec };
+        let spec = MountSpec {
+            mode: self.cfg.mode,
+            insecure: *insecure,
+            ..MountSpec::new(source.clone(), mountpoint.clone())
+        };
         match self.daemon().mount(&spec) {
             Ok(_) => Ok(()),
             Err(DaemonError::Api { message, .. }) => Err(Error::Daemon(format!(

@@ -53,6 +53,29 @@ pub struct MountSpec {
     pub fetch_concurrency: Option<usize>,
 }
 
+impl MountSpec {
+    /// `source` at `mountpoint` with every other field at its default (what an API request
+    /// naming only these two gets).
+    pub fn new(source: impl Into<String>, mountpoint: impl Into<PathBuf>) -> MountSpec {
+        MountSpec {
+            source: source.into(),
+            mountpoint: mountpoint.into(),
+            mode: default_mode(),
+            blob_dirs: Vec::new(),
+            s3: None,
+            insecure: false,
+            timeout_secs: default_timeout(),
+            prefetch: yes(),
+            prefetch_all: false,
+            prefetch_rate: None,
+            mirrors: Vec::new(),
+            bootstrap: None,
+            fetch_merge_max: None,
+            fetch_concurrency: None,
+        }
+    }
+}
+
 fn default_mode() -> Mode {
     Mode::Auto
 }
@@ -61,4 +84,20 @@ fn default_timeout() -> u64 {
 }
 fn yes() -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_has_the_defaults_an_api_request_gets() {
+        let parsed: MountSpec = serde_json::from_value(
+            serde_json::json!({ "source": "docker://h/r:t", "mountpoint": "/m" }),
+        )
+        .unwrap();
+        let made = MountSpec::new("docker://h/r:t", "/m");
+        assert_eq!(serde_json::to_value(&made).unwrap(), serde_json::to_value(&parsed).unwrap());
+        assert_eq!((made.mode, made.timeout_secs, made.prefetch), (Mode::Auto, 10, true));
+    }
 }
