@@ -88,7 +88,7 @@ rtt() { for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{time_starttransfer} %{
 # The machine, for the report's header.
 machine() { echo "$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(uname -r), $(awk '/MemTotal/ {printf "%.0f GB RAM", $2 / 1e6}' /proc/meminfo)"; }
 
-# The Debian mirror apt uses: the first enabled `deb` source for bookworm (as the tests find it: tests/common/registry.rs).
+# The Debian mirror apt uses: the first enabled `deb` source for bookworm (as the tests find it: crates/naiad/tests/e2e/support/registry.rs).
 mirror() {
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do
         [[ -f $f ]] || continue
