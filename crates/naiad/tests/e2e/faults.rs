@@ -23,7 +23,7 @@ use naiad_storage::lazy::LazyBlob;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Per request.
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -321,9 +321,10 @@ fn too_many_requests_waits_as_retry_after_says_within_the_bound() {
         assert_retried_after(&proxy, |r| {
             r.at.duration_since(seen[first].at) >= Duration::from_secs(1)
         });
-        // An HTTP date: not before that time.
-        let date = http_date_in(Duration::from_secs(2));
-        let not_before = SystemTime::now() + Duration::from_secs(1);
+        // An HTTP date: not before that time. Whole seconds: 1.5 s ahead names a time 0.5 to
+        // 1.5 s away, within the read's bound of 2 s (2 s ahead could name one 2 s away, and
+        // the read would rightly give up at once).
+        let (date, not_before) = http_date_in(Duration::from_millis(1500));
         rides_out(&img, &proxy, mode, Fault::TooMany(date.clone()), 1);
         assert_retried_after(&proxy, |r| r.wall >= not_before);
         // Asked to wait past the read's bound: EIO at once, not after the wait.

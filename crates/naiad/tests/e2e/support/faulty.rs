@@ -394,7 +394,8 @@ fn ask_upstream(upstream: &str, head: &[u8], body: &[u8]) -> Option<(String, Vec
 }
 
 /// An HTTP date (IMF-fixdate) `from_now` ahead, for `Retry-After`.
-pub fn http_date_in(from_now: Duration) -> String {
+/// Also the instant the date names: `from_now` ahead, down to the whole second.
+pub fn http_date_in(from_now: Duration) -> (String, std::time::SystemTime) {
     let at = (std::time::SystemTime::now() + from_now)
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -405,5 +406,6 @@ pub fn http_date_in(from_now: Duration) -> String {
         .output()
         .unwrap();
     assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let date = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    (date, std::time::UNIX_EPOCH + Duration::from_secs(at))
 }
