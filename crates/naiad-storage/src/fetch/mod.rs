@@ -344,13 +344,17 @@ impl Fetcher {
                 });
             }
             self.stats.bytes_fetched.fetch_add(len, Ordering::Relaxed);
-            let mut verified: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+            // Frame by frame: each is decoded into the one buffer, its wanted chunks verified,
+            // and filled straight from it (no copy of the chunks, one frame in memory at a
+            // time). A chunk that fails verification ends the fetch; the frames before it
+            // were verified and stay cached.
             for (head, wanted) in &run {
                 let at = (head.compressed_offset - start) as usize;
                 let input = &bytes[at..at + head.compressed_size as usize];
                 source
                     .decode(head, input, &mut frame)
                     .map_err(|detail| self.corrupt(blob, head.view_offset, detail))?;
+                let mut verified: Vec<(u64, u64, &[u8])> = Vec::with_capacity(wanted.len());
                 for c in wanted {
                     let data = frame
                         .get(c.frame_offset as usize..c.frame_offset as usize + c.size as usize)
@@ -369,15 +373,13 @@ impl Fetcher {
                             ),
                         ));
                     }
-                    verified.push((c.compressed_offset, c.view_offset, data.to_vec()));
+                    verified.push((c.compressed_offset, c.view_offset, data));
                 }
+                if blob.fill(&verified)? == Filled::InMemory {
+                    self.stats.cache_write_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                self.stats.chunks_fetched.fetch_add(verified.len() as u64, Ordering::Relaxed);
             }
-            let refs: Vec<(u64, u64, &[u8])> =
-                verified.iter().map(|(f, o, d)| (*f, *o, d.as_slice())).collect();
-            if blob.fill(&refs)? == Filled::InMemory {
-                self.stats.cache_write_failures.fetch_add(1, Ordering::Relaxed);
-            }
-            self.stats.chunks_fetched.fetch_add(verified.len() as u64, Ordering::Relaxed);
         }
         Ok(())
     }
