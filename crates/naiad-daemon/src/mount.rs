@@ -113,9 +113,8 @@ impl Target<'_> {
             }
             m => m,
         };
-        let keep = (keep_fuse && matches!(mode, Mode::Kernel | Mode::Fuse))
-            .then(|| keeper_for(self.runtime_dir))
-            .transpose()?;
+        // FUSE connections (kernel mode's views, fuse mode's mount) go to keepers if asked.
+        let keep = || keep_fuse.then(|| keeper_for(self.runtime_dir)).transpose();
         match mode {
             Mode::Fanotify => match self.fanotify() {
                 Ok(m) => Ok(m),
@@ -123,15 +122,14 @@ impl Target<'_> {
                 // disk) still lets kernel mode serve reads, from memory.
                 Err(DaemonError::Fs(e @ naiad_fs::FsError::Storage(_))) if asked == Mode::Auto => {
                     tracing::warn!(error = %e, "fanotify mode cannot set up its cache files; mounting in kernel mode");
-                    let keep = keep_fuse.then(|| keeper_for(self.runtime_dir)).transpose()?;
-                    self.kernel(keep.as_ref())
+                    self.kernel(keep()?.as_ref())
                 }
                 Err(e) => Err(e),
             },
-            Mode::Kernel => self.kernel(keep.as_ref()),
+            Mode::Kernel => self.kernel(keep()?.as_ref()),
             Mode::Fuse => {
                 let fs = naiad_fs::mode::fuse::ImageFs::new(self.bs.clone(), self.blobs.to_vec());
-                Ok(LazyMount::Fuse(naiad_fs::mode::fuse::mount_fuse_mode(fs, self.mountpoint, keep.as_ref())?))
+                Ok(LazyMount::Fuse(naiad_fs::mode::fuse::mount_fuse_mode(fs, self.mountpoint, keep()?.as_ref())?))
             }
             Mode::Local => Err(DaemonError::Invalid(
                 "local mode is for `naiad mount` of a bootstrap with --blob-dir; a daemon mounts lazily (auto, fanotify, kernel or fuse)".into(),

@@ -25,16 +25,18 @@ pub fn parse_size(s: &str) -> Result<u32> {
     u32::try_from(parse_size_u64(s)?).map_err(|_| anyhow!("size {s:?} is too large"))
 }
 
-/// `--mode` of the lazy commands: one of `names` (a subset of the modes), as a [`Mode`].
-pub fn mode_parser(
-    names: &'static [&'static str],
-) -> impl clap::builder::TypedValueParser<Value = Mode> {
-    clap::builder::PossibleValuesParser::new(names)
+/// `--mode`: one of `modes`, by name.
+pub fn mode_parser(modes: &'static [Mode]) -> impl clap::builder::TypedValueParser<Value = Mode> {
+    clap::builder::PossibleValuesParser::new(modes.iter().map(|m| m.name()))
         .map(|s| s.parse::<Mode>().expect("one of the listed modes"))
 }
 
 /// The modes a mount through the daemon (or the snapshotter) can ask for.
-pub const LAZY_MODES: &[&str] = &["auto", "fanotify", "kernel", "fuse"];
+pub const LAZY_MODES: &[Mode] = &[Mode::Auto, Mode::Fanotify, Mode::Kernel, Mode::Fuse];
+
+/// The modes of `naiad mount`: local too.
+pub const MOUNT_MODES: &[Mode] =
+    &[Mode::Local, Mode::Auto, Mode::Fanotify, Mode::Kernel, Mode::Fuse];
 
 #[cfg(test)]
 mod tests {

@@ -50,7 +50,7 @@ pub struct Args {
     /// whole filesystem served from user space over FUSE, through FUSE over io_uring where the
     /// kernel offers it (except daemon mounts, which must survive a daemon restart). auto: the
     /// best lazy mode.
-    #[arg(long, value_parser = crate::args::mode_parser(&["local", "auto", "fanotify", "kernel", "fuse"]))]
+    #[arg(long, value_parser = crate::args::mode_parser(crate::args::MOUNT_MODES))]
     mode: Option<Mode>,
     /// Where blob data is cached [default: config cache_dir, else /var/lib/naiad/cache].
     #[arg(long)]
