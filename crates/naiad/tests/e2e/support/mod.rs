@@ -397,17 +397,25 @@ pub fn has_fuse_uring() -> bool {
     Path::new(ENABLE_URING).exists()
 }
 
-/// Mounts `fs` in fuse mode served through FUSE over io_uring. The module parameter only
-/// decides what the kernel offers at INIT: it is on while mounting and back as it was at
-/// once; the connection keeps its ring.
+/// Mounts `fs` in fuse mode served through FUSE over io_uring. The module parameter decides
+/// what the kernel offers at INIT and whether it takes the ring's registration: it is on while
+/// mounting and back as it was at once; the connection keeps its ring. The switch is global
+/// and tests run in parallel processes, so one process at a time turns it on and back, under
+/// a lock file: without it, one test put it back while another was still registering its ring
+/// (EOPNOTSUPP), and two tests could leave it on.
 pub fn mount_fuse_ring(
     fs: naiad_fs::mode::fuse::ImageFs,
     mnt: &Path,
 ) -> naiad_fs::fuse::server::FuseServer {
+    let lock =
+        std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("enable_uring.lock"))
+            .unwrap();
+    lock.lock().unwrap();
     let old = std::fs::read_to_string(ENABLE_URING).unwrap();
     std::fs::write(ENABLE_URING, "Y").unwrap();
     let s = naiad_fs::mode::fuse::mount_fuse_mode(fs, mnt, None);
     std::fs::write(ENABLE_URING, old.trim()).unwrap();
+    drop(lock);
     let s = s.unwrap();
     assert!(s.uses_ring(), "mounted with enable_uring=Y but not served through the ring");
     s
