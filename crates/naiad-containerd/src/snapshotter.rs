@@ -374,7 +374,7 @@ impl Snapshotter {
             else {
                 continue;
             };
-            match cache.remove(&d) {
+            match cache.remove_blob(&d) {
                 Ok(true) => tracing::info!("cache entry of blob {b} removed"),
                 Ok(false) => tracing::info!(
                     "cache entry of blob {b} still in use: left for the cache's own collection"

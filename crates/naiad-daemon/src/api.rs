@@ -174,7 +174,7 @@ async fn prefetch(
 }
 
 async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render(&d.mounts))
+    ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render(&d.mounts, &d.cache))
 }
 
 /// The API's routes.

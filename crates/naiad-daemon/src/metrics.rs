@@ -12,7 +12,7 @@ fn label(v: &str) -> String {
 }
 
 /// Renders every metric.
-pub fn render(mounts: &Mounts) -> String {
+pub fn render(mounts: &Mounts, cache: &naiad_storage::cache::ChunkCache) -> String {
     let all = mounts.all();
     let mut out = String::new();
     let counter = |out: &mut String,
@@ -99,6 +99,11 @@ pub fn render(mounts: &Mounts) -> String {
         let _ =
             writeln!(out, "naiad_fetch_duration_seconds_count{{mountpoint=\"{mp}\"}} {cumulative}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP naiad_cache_layout_splits_total Cache entries made for a blob another image gives other chunk records.\n# TYPE naiad_cache_layout_splits_total counter\nnaiad_cache_layout_splits_total {}",
+        cache.layout_splits.load(Ordering::Relaxed)
+    );
     let _ = writeln!(
         out,
         "# HELP naiad_mounts Active mounts.\n# TYPE naiad_mounts gauge\nnaiad_mounts {}",

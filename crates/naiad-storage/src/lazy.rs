@@ -59,7 +59,9 @@ impl LazyBlob {
         })
     }
 
-    /// Every blob of an image (by blob index), its entry opened in `cache`.
+    /// Every blob of an image (by blob index), its entry opened in `cache`: the entry of the
+    /// layout this image gives the blob, so that what it reads was verified against its own
+    /// chunk digests whatever other images sharing the cache say.
     pub fn for_image(
         ext: &Extension,
         cache: &ChunkCache,
@@ -68,8 +70,8 @@ impl LazyBlob {
         ext.blobs
             .iter()
             .enumerate()
-            .map(|(i, b)| {
-                let cached = cache.blob(&b.digest, b.view_size)?;
+            .map(|(i, _)| {
+                let cached = cache.image_blob(ext, i)?;
                 Ok(Self::new(cached, ext.blob_chunks(i as u32).to_vec(), fetcher.clone()))
             })
             .collect()

@@ -101,7 +101,7 @@ fn setup(flip: bool) -> Setup {
 fn only_requested_chunks_are_fetched_verified_and_kept() {
     let (_dir, bs, big, backend, cache) = setup(false);
     let ext = bs.extension();
-    let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
+    let blob = cache.image_blob(ext, 0).unwrap();
     let fetcher = Arc::new(Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES));
     let lazy = LazyBlob::new(blob.clone(), ext.blob_chunks(0).to_vec(), fetcher.clone());
     let recs = records(&bs, b"/big");
@@ -141,7 +141,7 @@ fn only_requested_chunks_are_fetched_verified_and_kept() {
 fn a_fetched_frame_fills_all_its_chunks() {
     let (_dir, bs, _big, backend, cache) = setup(false);
     let ext = bs.extension();
-    let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
+    let blob = cache.image_blob(ext, 0).unwrap();
     let fetcher = Arc::new(Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES));
     let lazy = LazyBlob::new(blob.clone(), ext.blob_chunks(0).to_vec(), fetcher.clone());
     let first = records(&bs, b"/small/f00");
@@ -161,7 +161,7 @@ fn a_fetched_frame_fills_all_its_chunks() {
 fn concurrent_readers_share_one_fetch() {
     let (_dir, bs, _big, backend, cache) = setup(false);
     let ext = bs.extension();
-    let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
+    let blob = cache.image_blob(ext, 0).unwrap();
     let fetcher = Arc::new(Fetcher::new(backend.clone(), ext.digester, 1));
     let lazy = LazyBlob::new(blob.clone(), ext.blob_chunks(0).to_vec(), fetcher.clone());
     let recs = records(&bs, b"/big");
@@ -184,7 +184,7 @@ fn backend_requests_are_limited_to_the_configured_concurrency() {
     for limit in [1usize, 2] {
         let (_dir, bs, big, backend, cache) = setup(false);
         let ext = bs.extension();
-        let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
+        let blob = cache.image_blob(ext, 0).unwrap();
         // One frame per request (merge limit 1), one reader per chunk, all at once.
         let fetcher =
             Arc::new(Fetcher::new(backend.clone(), ext.digester, 1).with_max_requests(limit));
@@ -221,7 +221,7 @@ fn backend_requests_are_limited_to_the_configured_concurrency() {
 fn corrupt_chunks_are_errors_and_never_cached() {
     let (_dir, bs, _big, backend, cache) = setup(true);
     let ext = bs.extension();
-    let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
+    let blob = cache.image_blob(ext, 0).unwrap();
     let fetcher = Arc::new(Fetcher::new(backend, ext.digester, DEFAULT_MERGE_LIMIT_BYTES));
     let lazy = LazyBlob::new(blob.clone(), ext.blob_chunks(0).to_vec(), fetcher.clone());
     let recs = records(&bs, b"/big");
@@ -235,7 +235,7 @@ fn corrupt_chunks_are_errors_and_never_cached() {
 fn after_a_backend_failure_reads_fail_fast_then_the_backend_is_tried_again() {
     let (_dir, bs, big, backend, cache) = setup(false);
     let ext = bs.extension();
-    let blob = cache.blob(&ext.blobs[0].digest, ext.blobs[0].view_size).unwrap();
+    let blob = cache.image_blob(ext, 0).unwrap();
     let fetcher = Arc::new(Fetcher::new(backend.clone(), ext.digester, DEFAULT_MERGE_LIMIT_BYTES));
     let lazy = LazyBlob::new(blob.clone(), ext.blob_chunks(0).to_vec(), fetcher.clone());
     let recs = records(&bs, b"/big");

@@ -174,8 +174,7 @@ fn chunks_come_through_the_fetcher_byte_exact() {
     let mut out = Vec::new();
     for i in 0..ino.chunk_count() {
         let ChunkSlot::Data(r) = bs.chunk(&ino, i).unwrap() else { panic!("hole") };
-        let meta = &ext.blobs[r.blob_index as usize];
-        let blob = cache.blob(&meta.digest, meta.view_size).unwrap();
+        let blob = cache.image_blob(ext, r.blob_index as usize).unwrap();
         let chunks = ext.blob_chunks(r.blob_index).to_vec();
         LazyBlob::new(blob.clone(), chunks, fetcher.clone())
             .ensure(std::slice::from_ref(r))

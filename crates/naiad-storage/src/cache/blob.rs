@@ -69,7 +69,7 @@ impl FrameFile {
 /// the bitmap write of their own blob; frame files are opened once and shared.
 #[derive(Debug)]
 pub struct CachedBlob {
-    digest: Digest32,
+    key: super::EntryKey,
     /// Held open for its shared lock.
     _entry: File,
     frames_dir: PathBuf,
@@ -99,10 +99,10 @@ pub enum Filled {
 }
 
 impl CachedBlob {
-    /// The entry of blob `digest` (its lock taken), its frames directory, its presence map
-    /// file with the bits read from it.
+    /// The entry `key` (its lock taken), its frames directory, its presence map file with the
+    /// bits read from it.
     pub(super) fn new(
-        digest: Digest32,
+        key: super::EntryKey,
         entry: File,
         frames_dir: PathBuf,
         (map, map_path): (File, PathBuf),
@@ -110,7 +110,7 @@ impl CachedBlob {
         view_size: u64,
     ) -> Self {
         CachedBlob {
-            digest,
+            key,
             _entry: entry,
             frames_dir,
             frames: RwLock::new(HashMap::new()),
@@ -126,9 +126,14 @@ impl CachedBlob {
         }
     }
 
+    /// The entry's key: the blob and the layout of it this entry holds.
+    pub fn key(&self) -> &super::EntryKey {
+        &self.key
+    }
+
     /// The blob's digest.
     pub fn digest(&self) -> &Digest32 {
-        &self.digest
+        &self.key.blob
     }
     /// Size of the view.
     pub fn view_size(&self) -> u64 {
@@ -218,7 +223,7 @@ impl CachedBlob {
     pub fn read_at(&self, chunks: &[ChunkRecord], buf: &mut [u8], offset: u64) -> Result<()> {
         let len = buf.len() as u64;
         let missing = |at: u64| StorageError::Mismatch {
-            blob: to_hex(&self.digest),
+            blob: to_hex(&self.key.blob),
             detail: format!("range {offset}+{len} is not in the cache (at {at})"),
         };
         let end = offset
@@ -298,7 +303,7 @@ impl CachedBlob {
                 || off.checked_add(bytes.len() as u64).is_none_or(|e| e > self.view_size)
             {
                 return Err(StorageError::Mismatch {
-                    blob: to_hex(&self.digest),
+                    blob: to_hex(&self.key.blob),
                     detail: format!("chunk at {off} does not fit the view"),
                 });
             }
@@ -318,7 +323,7 @@ impl CachedBlob {
             return Ok(Filled::InMemory);
         }
         if self.write_failing.swap(false, Ordering::Relaxed) {
-            tracing::info!(blob = %to_hex(&self.digest), "writing to the cache again");
+            tracing::info!(blob = %to_hex(&self.key.blob), "writing to the cache again");
         }
         {
             let mut spill = self.spill.lock().expect("spill lock");
@@ -384,7 +389,7 @@ fn eio_errno() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{test_record as rec, BlockBuf, ChunkCache};
+    use crate::cache::{test_key as key, test_record as rec, BlockBuf, ChunkCache};
     use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
@@ -393,10 +398,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = [9u8; 32];
         let cache = ChunkCache::open(dir.path()).unwrap();
-        let b = cache.blob(&d, 8 * 4096).unwrap();
+        let b = cache.blob(&key(d), 8 * 4096).unwrap();
         b.frame(0).unwrap().file.write_all_at(&[5u8; 4096], 0).unwrap();
         drop(b);
-        let b = ChunkCache::open(dir.path()).unwrap().blob(&d, 8 * 4096).unwrap();
+        let b = ChunkCache::open(dir.path()).unwrap().blob(&key(d), 8 * 4096).unwrap();
         assert!(!b.is_present(0, 4096));
     }
 
@@ -404,7 +409,7 @@ mod tests {
     fn spilled_chunks_are_read_from_memory_never_marked_present() {
         let dir = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(dir.path()).unwrap();
-        let b = cache.blob(&[4u8; 32], 8 * 4096).unwrap();
+        let b = cache.blob(&key([4u8; 32]), 8 * 4096).unwrap();
         assert_eq!(b.fill(&[(0, 0, &[1u8; 4096][..])]).unwrap(), Filled::Cached);
         // What a full disk leaves: a chunk of 5000 bytes at 4096 only in memory.
         b.spill.lock().unwrap().keep(&[(4096, &[2u8; 5000][..])]);
@@ -432,7 +437,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(dir.path()).unwrap();
         let view = 10 * 4096 + 100; // the last block is partial
-        let b = cache.blob(&[6u8; 32], view).unwrap();
+        let b = cache.blob(&key([6u8; 32]), view).unwrap();
         let data: Vec<u8> = (0..view as usize).map(|i| (i * 7 + i / 4096) as u8).collect();
         // Two frames: blocks 0-4 and 5-10, one chunk per block (the last one 100 bytes).
         let chunks: Vec<ChunkRecord> = (0..11u64)
@@ -477,7 +482,7 @@ mod tests {
         b.read_at(&chunks, &mut tail, 10 * 4096).unwrap();
         assert_eq!(&tail[..], &data[10 * 4096..]);
         // A hole is never read as data, aligned or not.
-        let c = cache.blob(&[8u8; 32], 4 * 4096).unwrap();
+        let c = cache.blob(&key([8u8; 32]), 4 * 4096).unwrap();
         c.fill(&[(0, 0, &[1u8; 4096][..])]).unwrap();
         assert!(c
             .read_at(&[rec(0, 0, 4096), rec(0, 4096, 4096)], &mut BlockBuf::new(2 * 4096), 0)
@@ -489,7 +494,7 @@ mod tests {
     fn fills_outside_the_view_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(dir.path()).unwrap();
-        let b = cache.blob(&[1u8; 32], 4096).unwrap();
+        let b = cache.blob(&key([1u8; 32]), 4096).unwrap();
         assert!(b.fill(&[(0, 4096, &[0u8; 10][..])]).is_err());
         assert!(b.fill(&[(0, 100, &[0u8; 10][..])]).is_err());
         assert!(!b.is_present(0, 4096));

@@ -4,7 +4,7 @@
 //! a full disk or a suspect storage device. With `repair`, the bits of a chunk that fails are
 //! cleared, so that the next read fetches it again.
 
-use super::{PresenceMap, ENTRY_SUFFIX, FRAMES_SUFFIX, MAP_SUFFIX};
+use super::{entry_paths, EntryKey, PresenceMap};
 use crate::{Result, StorageError};
 use naiad_format::digest::{to_hex, Digest32, Digester};
 use naiad_format::extension::ChunkRecord;
@@ -18,12 +18,15 @@ use std::path::Path;
 pub struct BlobCheckReport {
     #[serde(serialize_with = "hex_digest")]
     pub digest: Digest32,
+    /// The layout the images give the blob ([`EntryKey::layout`]): its entry.
+    #[serde(serialize_with = "hex_digest")]
+    pub layout: Digest32,
     /// Whether the cache has an entry for the blob (else every count is zero).
     pub cached: bool,
     /// An entry whose files do not have the sizes of this view: the cache discards and
     /// recreates it when it is next opened, so nothing in it is served (and nothing checked).
     pub stale: bool,
-    /// Chunks the images name in this blob.
+    /// Chunks the image names in this blob.
     pub chunks: u64,
     /// Those with a block marked present.
     pub present: u64,
@@ -31,8 +34,8 @@ pub struct BlobCheckReport {
     pub verified: u64,
     /// Present chunks whose bytes do not.
     pub bad: Vec<BadChunk>,
-    /// Blocks marked present that no chunk the images name covers (another image's chunks of
-    /// a shared blob): not checked.
+    /// Blocks marked present that no chunk of the layout covers: not checked (Naiad's fills
+    /// never set them; a damaged or foreign map could).
     pub unchecked_blocks: u64,
     /// Whether the bad chunks' bits were cleared.
     pub repaired: bool,
@@ -50,10 +53,11 @@ fn hex_digest<S: serde::Serializer>(d: &Digest32, s: S) -> std::result::Result<S
     s.serialize_str(&format!("sha256:{}", to_hex(d)))
 }
 
-/// Checks the cache entry in `cache_dir` of blob `digest` (view of `view_size` bytes) against
-/// `chunks` (the blob's chunk records, any order, duplicates allowed), hashed with `digester`.
-/// With `repair`, clears the bits of bad chunks; that needs the entry unused (an error if a
-/// process has it open, since that process keeps its own copy of the bits).
+/// Checks the cache entry in `cache_dir` of blob `digest` (view of `view_size` bytes) read
+/// through `chunks` (an image's chunk records of it, any order), hashed with `digester`: the
+/// entry of that layout ([`EntryKey`]). With `repair`, clears the bits of bad chunks; that
+/// needs the entry unused (an error if a process has it open, since that process keeps its
+/// own copy of the bits).
 pub fn check_cached_blob(
     cache_dir: &Path,
     digest: &Digest32,
@@ -62,15 +66,17 @@ pub fn check_cached_blob(
     digester: Digester,
     repair: bool,
 ) -> Result<BlobCheckReport> {
-    let hex = to_hex(digest);
-    let entry_path = cache_dir.join(format!("{hex}{ENTRY_SUFFIX}"));
-    let map_path = cache_dir.join(format!("{hex}{MAP_SUFFIX}"));
-    let frames_dir = cache_dir.join(format!("{hex}{FRAMES_SUFFIX}"));
+    let key = EntryKey::new(digest, view_size, digester, chunks);
+    let [entry_path, map_path, frames_dir] = entry_paths(cache_dir, &key);
     let mut chunks = chunks.to_vec();
     chunks.sort_by_key(|c| c.view_offset);
     chunks.dedup_by_key(|c| c.view_offset);
-    let mut report =
-        BlobCheckReport { digest: *digest, chunks: chunks.len() as u64, ..Default::default() };
+    let mut report = BlobCheckReport {
+        digest: *digest,
+        layout: key.layout,
+        chunks: chunks.len() as u64,
+        ..Default::default()
+    };
     let (entry_md, map) = match (std::fs::metadata(&entry_path), std::fs::read(&map_path)) {
         (Ok(d), Ok(m)) => (d, m),
         (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
@@ -204,32 +210,33 @@ mod tests {
         let view = 16 * 4096;
         let (a, b, c) = (vec![1u8; 5000], vec![2u8; 4096], vec![3u8; 100]);
         let recs = [record(0, &a), record(8192, &b), record(12288, &c)];
+        let key = EntryKey::new(&d, view, Digester::Blake3, &recs);
         {
             let cache = ChunkCache::open(dir.path()).unwrap();
-            let blob = cache.blob(&d, view).unwrap();
-            blob.fill(&[(0, 0, &a[..]), (0, 8192, &b[..])]).unwrap();
+            let blob = cache.blob(&key, view).unwrap();
+            // And a block no record covers (what a damaged map could claim).
+            blob.fill(&[(0, 0, &a[..]), (0, 8192, &b[..]), (0, 32768, &[4u8; 4096][..])]).unwrap();
             let r =
                 check_cached_blob(dir.path(), &d, view, &recs, Digester::Blake3, false).unwrap();
             assert_eq!(
-                (r.cached, r.chunks, r.present, r.verified, r.bad.len()),
-                (true, 3, 2, 2, 0),
+                (r.cached, r.chunks, r.present, r.verified, r.bad.len(), r.unchecked_blocks),
+                (true, 3, 2, 2, 0, 1),
                 "{r:?}"
             );
-            let err = check_cached_blob(
-                dir.path(),
-                &d,
-                view,
-                &[record(0, &[7u8; 5000])],
-                Digester::Blake3,
-                true,
-            )
-            .unwrap_err();
+            assert_eq!(r.layout, key.layout);
+            // Repair needs the entry unused: a damaged chunk, the entry open, is refused.
+            let frame0 = dir.path().join(format!("{}.frames/{:016x}", key.name(), 0));
+            let f = OpenOptions::new().write(true).open(&frame0).unwrap();
+            f.write_all_at(&[9], 10).unwrap();
+            let err =
+                check_cached_blob(dir.path(), &d, view, &recs, Digester::Blake3, true).unwrap_err();
             assert!(err.to_string().contains("in use"), "{err}");
+            f.write_all_at(&a, 0).unwrap();
         }
         // Damage a present chunk: found, then repaired (its bits cleared).
         let data = OpenOptions::new()
             .write(true)
-            .open(dir.path().join(format!("{}.frames/{:016x}", to_hex(&d), 0)))
+            .open(dir.path().join(format!("{}.frames/{:016x}", key.name(), 0)))
             .unwrap();
         data.write_all_at(&[9], 8192 + 10).unwrap();
         let r = check_cached_blob(dir.path(), &d, view, &recs, Digester::Blake3, false).unwrap();
@@ -241,31 +248,31 @@ mod tests {
         assert!(r.repaired);
         let r = check_cached_blob(dir.path(), &d, view, &recs, Digester::Blake3, false).unwrap();
         assert_eq!((r.present, r.verified, r.bad.len()), (1, 1, 0), "{r:?}");
-        let blob = ChunkCache::open(dir.path()).unwrap().blob(&d, view).unwrap();
+        let blob = ChunkCache::open(dir.path()).unwrap().blob(&key, view).unwrap();
         assert!(blob.is_present(0, 5000) && !blob.is_present(8192, 1), "the cache sees the repair");
-        // Bits no named chunk covers are counted, not checked.
+        drop(blob);
+        // Other records of the same blob are another entry: none cached.
         let r =
             check_cached_blob(dir.path(), &d, view, &recs[1..], Digester::Blake3, false).unwrap();
-        assert_eq!((r.present, r.unchecked_blocks), (0, 2));
+        assert!(!r.cached && r.present == 0, "{r:?}");
     }
 
     #[test]
     fn missing_and_stale_entries_are_reported_not_checked() {
         let dir = tempfile::tempdir().unwrap();
         let d = [8u8; 32];
-        let r =
-            check_cached_blob(dir.path(), &d, 4096, &[record(0, &[1])], Digester::Blake3, false)
-                .unwrap();
+        let recs = [record(0, &[1])];
+        let r = check_cached_blob(dir.path(), &d, 4096, &recs, Digester::Blake3, false).unwrap();
         assert!(!r.cached && r.present == 0);
+        // An entry of this layout whose files have another view's sizes.
+        let key = EntryKey::new(&d, 4096, Digester::Blake3, &recs);
         ChunkCache::open(dir.path())
             .unwrap()
-            .blob(&d, 8192)
+            .blob(&key, 8192)
             .unwrap()
             .fill(&[(0, 0, &[1u8][..])])
             .unwrap();
-        let r =
-            check_cached_blob(dir.path(), &d, 4096, &[record(0, &[1])], Digester::Blake3, false)
-                .unwrap();
+        let r = check_cached_blob(dir.path(), &d, 4096, &recs, Digester::Blake3, false).unwrap();
         assert!(r.cached && r.stale && r.present == 0, "{r:?}");
     }
 }

@@ -16,7 +16,7 @@ use crate::backend::Backend;
 use crate::cache::{CachedBlob, Filled};
 use crate::source::ChunkSource;
 use crate::{Result, StorageError};
-use naiad_format::digest::{to_hex, Digest32, Digester};
+use naiad_format::digest::{to_hex, Digester};
 use naiad_format::extension::ChunkRecord;
 use readahead::READAHEAD_FETCHES;
 use std::collections::hash_map::Entry;
@@ -93,7 +93,7 @@ pub struct Fetcher {
     backend: Arc<dyn Backend>,
     digester: Digester,
     merge_limit: u64,
-    inflight: Mutex<HashMap<(Digest32, u64), Arc<Flight>>>,
+    inflight: Mutex<HashMap<(crate::cache::EntryKey, u64), Arc<Flight>>>,
     /// Set when the backend failed: until when reads fail fast, and why.
     down: Mutex<Option<(Instant, String)>>,
     /// Background readahead fetches running.
@@ -176,7 +176,7 @@ impl Fetcher {
             self.stats.hits.fetch_add(chunks.len() as u64, Ordering::Relaxed);
             return Ok(());
         }
-        let digest = *blob.digest();
+        let key = *blob.key();
         let mut mine = Vec::new();
         let mut theirs = Vec::new();
         // With a frame index, the whole frames are claimed: a frame being fetched for one
@@ -212,7 +212,7 @@ impl Fetcher {
                     self.stats.hits.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                match inflight.entry((digest, c.view_offset)) {
+                match inflight.entry((key, c.view_offset)) {
                     Entry::Occupied(e) => theirs.push(e.get().clone()),
                     Entry::Vacant(v) => {
                         self.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -236,7 +236,7 @@ impl Fetcher {
             let mut inflight = self.inflight.lock().expect("inflight lock");
             let shared = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
             for c in &mine {
-                if let Some(f) = inflight.remove(&(digest, c.view_offset)) {
+                if let Some(f) = inflight.remove(&(key, c.view_offset)) {
                     f.finish(shared.clone());
                 }
             }
@@ -244,7 +244,7 @@ impl Fetcher {
         result?;
         for f in theirs {
             f.wait().map_err(|detail| StorageError::Mismatch {
-                blob: to_hex(&digest),
+                blob: to_hex(&key.blob),
                 detail: format!("a concurrent fetch failed: {detail}"),
             })?;
         }

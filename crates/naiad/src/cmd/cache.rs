@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use naiad_format::digest::{to_hex, Digest32, Digester};
 use naiad_format::extension::ChunkRecord;
 use naiad_storage::cache::check::{check_cached_blob, BlobCheckReport};
-use naiad_storage::cache::ChunkCache;
+use naiad_storage::cache::{ChunkCache, EntryKey};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -69,7 +69,8 @@ enum Cmd {
 struct VerifyReport {
     bootstraps: Vec<PathBuf>,
     blobs: Vec<BlobCheckReport>,
-    /// Cached blobs no bootstrap names: not checked.
+    /// Blobs of cache entries no bootstrap reads (a blob none names, or a layout of it none
+    /// gives): not checked.
     #[serde(serialize_with = "hex_digests")]
     unknown: Vec<Digest32>,
     bad_chunks: usize,
@@ -120,40 +121,31 @@ fn verify(
     repair: bool,
     json: bool,
 ) -> Result<ExitCode> {
-    // Per blob (and chunk digest kind): its view size and every chunk the images name in it.
-    let mut blobs: BTreeMap<(Digest32, u8), (u64, Digester, Vec<ChunkRecord>)> = BTreeMap::new();
+    // Per entry (a blob and the layout an image gives it, so images that agree share one):
+    // the view size, digest kind and chunk records that entry is read through.
+    let mut entries: BTreeMap<EntryKey, (u64, Digester, Vec<ChunkRecord>)> = BTreeMap::new();
     for path in &bootstraps {
         let bs = open_bootstrap(path)?;
         let ext = bs.extension();
         for (i, b) in ext.blobs.iter().enumerate() {
-            let entry = blobs
-                .entry((b.digest, ext.digester.code()))
-                .or_insert_with(|| (b.view_size, ext.digester, Vec::new()));
-            anyhow::ensure!(
-                entry.0 == b.view_size,
-                "{}: blob sha256:{} has view size {}, another bootstrap says {}",
-                path.display(),
-                to_hex(&b.digest),
-                b.view_size,
-                entry.0
-            );
-            entry.2.extend_from_slice(ext.blob_chunks(i as u32));
+            entries
+                .entry(EntryKey::of_image_blob(ext, i))
+                .or_insert_with(|| (b.view_size, ext.digester, ext.blob_chunks(i as u32).to_vec()));
         }
     }
     let mut reports = Vec::new();
-    for ((digest, _), (view_size, digester, chunks)) in &blobs {
-        let r = check_cached_blob(cache_dir, digest, *view_size, chunks, *digester, repair)
-            .with_context(|| format!("checking blob sha256:{}", to_hex(digest)))?;
+    for (key, (view_size, digester, chunks)) in &entries {
+        let r = check_cached_blob(cache_dir, &key.blob, *view_size, chunks, *digester, repair)
+            .with_context(|| format!("checking blob sha256:{}", to_hex(&key.blob)))?;
         if r.cached {
             reports.push(r);
         }
     }
-    let named: std::collections::HashSet<Digest32> = blobs.keys().map(|(d, _)| *d).collect();
     let unknown: Vec<Digest32> = ChunkCache::open(cache_dir)?
         .list()?
         .into_iter()
+        .filter(|e| !entries.contains_key(&e.key()))
         .map(|e| e.digest)
-        .filter(|d| !named.contains(d))
         .collect();
     let bad_chunks: usize = reports.iter().map(|r| r.bad.len()).sum();
     let unrepaired = reports.iter().any(|r| !r.bad.is_empty() && !r.repaired);
@@ -211,8 +203,9 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
             } else {
                 for e in &entries {
                     println!(
-                        "sha256:{} view {} present {} disk {}{}",
+                        "sha256:{} layout {} view {} present {} disk {}{}",
                         to_hex(&e.digest),
+                        &to_hex(&e.layout)[..12],
                         human(e.view_size),
                         human(e.present_bytes),
                         human(e.disk_bytes),

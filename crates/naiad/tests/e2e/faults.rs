@@ -624,10 +624,9 @@ fn a_full_cache_disk_never_yields_wrong_bytes_in_any_mode() {
         let cache = ChunkCache::open(&cache_dir).unwrap();
         let ext = img.bs.extension();
         for c in img.file_chunks() {
-            let b = &ext.blobs[c.blob_index as usize];
             assert!(
                 cache
-                    .blob(&b.digest, b.view_size)
+                    .image_blob(ext, c.blob_index as usize)
                     .unwrap()
                     .is_present(c.view_offset, u64::from(c.size)),
                 "{mode}: chunk at {} not cached",
@@ -724,8 +723,7 @@ fn a_daemon_killed_during_prefetch_leaves_a_cache_that_verifies() {
     let ext = img.bs.extension();
     let victim = {
         let cc = ChunkCache::open(&cache).unwrap();
-        let blobs: Vec<_> =
-            ext.blobs.iter().map(|b| cc.blob(&b.digest, b.view_size).unwrap()).collect();
+        let blobs: Vec<_> = (0..ext.blobs.len()).map(|i| cc.image_blob(ext, i).unwrap()).collect();
         *ext.chunks
             .iter()
             .find(|c| blobs[c.blob_index as usize].is_present(c.view_offset, u64::from(c.size)))
@@ -733,7 +731,7 @@ fn a_daemon_killed_during_prefetch_leaves_a_cache_that_verifies() {
     };
     let data_path = cache.join(format!(
         "{}.frames/{:016x}",
-        hex::encode(ext.blobs[victim.blob_index as usize].digest),
+        naiad_storage::cache::EntryKey::of_image_blob(ext, victim.blob_index as usize).name(),
         victim.compressed_offset
     ));
     {

@@ -7,6 +7,7 @@
 //! * [`lazy`]: lazy mounts in every mode, from a registry, local blobs and S3.
 //! * [`containerd`]: the remote snapshotter and `naiad pull` with a private containerd.
 //! * [`faults`]: a registry that fails on demand, a full disk, a daemon killed mid-read.
+//! * [`trust`]: hostile images, labels and peers: what one of them can never do to another.
 //! * [`support`]: what the tests share (servers, trees, snapshots, the skip rule).
 //!
 //! Tests that need root or a kernel feature skip, printing why, where it is missing
@@ -20,3 +21,4 @@ mod containerd;
 mod faults;
 mod lazy;
 mod oci;
+mod trust;

@@ -103,13 +103,9 @@ fn only_the_ranges_read_are_fetched_and_the_tree_matches_the_source() {
     let want = std::fs::read(img.src().join("files/one_chunk")).unwrap();
     assert_eq!(std::fs::read(mnt.join("files/one_chunk")).unwrap(), want);
     let (fetched, stored) = (fetcher.stats.bytes_fetched.load(Ordering::SeqCst), allocated(&cache));
-    let present: u64 = img
-        .bs
-        .extension()
-        .blobs
-        .iter()
-        .map(|b| cache.blob(&b.digest, b.view_size).unwrap().present_bytes())
-        .sum();
+    let ext = img.bs.extension();
+    let present: u64 =
+        (0..ext.blobs.len()).map(|i| cache.image_blob(ext, i).unwrap().present_bytes()).sum();
     assert!(
         fetched > 0
             && stored >= want.len() as u64
@@ -307,8 +303,7 @@ fn the_frames_read_are_read_again_with_nothing_in_user_space() {
     // to look).
     let cache = ChunkCache::open(&work.join("cache")).unwrap();
     let ext = img.bs.extension();
-    let blobs: Vec<_> =
-        ext.blobs.iter().map(|b| cache.blob(&b.digest, b.view_size).unwrap()).collect();
+    let blobs: Vec<_> = (0..ext.blobs.len()).map(|i| cache.image_blob(ext, i).unwrap()).collect();
     let unread = ["files/one_chunk", "files/text", "many/entry-00001", "files/holey"]
         .into_iter()
         .find(|p| {
@@ -344,15 +339,6 @@ fn the_frames_read_are_read_again_with_nothing_in_user_space() {
     naiad_ok(args!["umount", mnt]);
     let mut child = child;
     assert!(child.wait().unwrap().success());
-}
-
-fn kill9(child: &mut std::process::Child) {
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(child),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
-    let _ = child.wait();
 }
 
 #[test]

@@ -358,6 +358,16 @@ pub fn start_daemon(dir: &Path) -> std::process::Child {
     daemon
 }
 
+/// Kills `child` with SIGKILL (no chance to clean up) and reaps it.
+pub fn kill9(child: &mut std::process::Child) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(child),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+}
+
 /// 16 threads read `path` at pseudo-random offsets and lengths, each comparing every byte
 /// with `want`.
 pub fn random_readers(path: &Path, want: &Arc<Vec<u8>>) {
