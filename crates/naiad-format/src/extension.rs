@@ -253,6 +253,7 @@ impl Extension {
             }
         }
         let mut blobs = Vec::with_capacity(blob_count as usize);
+        let mut total_view = 0u64;
         for i in 0..blob_count {
             let (raw, r) = RawBlob::read_from_prefix(rest)
                 .map_err(|_| FormatError::invalid("blob table", "short"))?;
@@ -261,6 +262,26 @@ impl Extension {
                 return Err(FormatError::invalid(
                     "blob table",
                     format!("blob {i}: view size not block aligned"),
+                ));
+            }
+            if raw.view_size.get() > crate::MAX_BLOB_VIEW_SIZE_BYTES {
+                return Err(FormatError::invalid(
+                    "blob table",
+                    format!(
+                        "blob {i}: view size {} is over the limit MAX_BLOB_VIEW_SIZE_BYTES ({} bytes)",
+                        raw.view_size.get(),
+                        crate::MAX_BLOB_VIEW_SIZE_BYTES
+                    ),
+                ));
+            }
+            total_view += raw.view_size.get();
+            if total_view > crate::MAX_IMAGE_VIEW_SIZE_BYTES {
+                return Err(FormatError::invalid(
+                    "blob table",
+                    format!(
+                        "the blobs' views add up to over the limit MAX_IMAGE_VIEW_SIZE_BYTES ({} bytes) at blob {i}",
+                        crate::MAX_IMAGE_VIEW_SIZE_BYTES
+                    ),
                 ));
             }
             blobs.push(BlobEntry {
@@ -340,6 +361,13 @@ fn validate_chunk(c: &ChunkRecord, blobs: &[BlobEntry]) -> std::result::Result<(
         || u64::from(c.frame_offset) + u64::from(c.size) > u64::from(c.frame_size)
     {
         return Err("lies outside its frame".into());
+    }
+    if c.compressed_size > crate::MAX_COMPRESSED_FRAME_SIZE_BYTES {
+        return Err(format!(
+            "compressed frame size {} is over the limit MAX_COMPRESSED_FRAME_SIZE_BYTES ({} bytes)",
+            c.compressed_size,
+            crate::MAX_COMPRESSED_FRAME_SIZE_BYTES
+        ));
     }
     if c.compressed_offset
         .checked_add(u64::from(c.compressed_size))
@@ -424,4 +452,41 @@ pub fn verify_seal(bootstrap: &[u8]) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compression::Compressor;
+
+    fn blobs(views: &[u64]) -> Extension {
+        Extension {
+            digester: Digester::Blake3,
+            chunk_size: 1 << 20,
+            blobs: views
+                .iter()
+                .enumerate()
+                .map(|(i, &view_size)| BlobEntry {
+                    digest: [i as u8; 32],
+                    compressed_size: 0,
+                    view_size,
+                    chunk_count: 0,
+                    compressor: Compressor::Zstd,
+                })
+                .collect(),
+            chunks: Vec::new(),
+            prefetch: Vec::new(),
+            block_checksums: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_views_of_all_blobs_together_are_bounded() {
+        let max = crate::MAX_BLOB_VIEW_SIZE_BYTES;
+        let n = (crate::MAX_IMAGE_VIEW_SIZE_BYTES / max) as usize;
+        let at_limit = blobs(&vec![max; n]);
+        assert_eq!(Extension::decode(&at_limit.encode()).unwrap(), at_limit);
+        let err = Extension::decode(&blobs(&vec![max; n + 1]).encode()).unwrap_err();
+        assert!(err.to_string().contains("MAX_IMAGE_VIEW_SIZE_BYTES"), "{err}");
+    }
 }

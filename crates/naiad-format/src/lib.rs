@@ -37,6 +37,16 @@ pub const MAX_CHUNK_SIZE_BYTES: u32 = 16 << 20;
 /// Largest uncompressed frame a blob may hold. A frame is either one chunk (up to
 /// [`MAX_CHUNK_SIZE_BYTES`]) or several small chunks packed together.
 pub const MAX_FRAME_SIZE_BYTES: u32 = MAX_CHUNK_SIZE_BYTES;
+/// Largest compressed frame: more than zstd or lz4 can make of a frame of
+/// [`MAX_FRAME_SIZE_BYTES`] at worst (they add under 1/255 of the input and a few bytes), so a
+/// chunk record can never ask a backend for more than this in one frame.
+pub const MAX_COMPRESSED_FRAME_SIZE_BYTES: u32 =
+    MAX_FRAME_SIZE_BYTES + MAX_FRAME_SIZE_BYTES / 128 + 65536;
+/// Largest uncompressed view of one blob (a layer's files, block aligned). A mount keeps a
+/// presence bitmap of one bit per block of every view: at most 2 MiB for such a blob.
+pub const MAX_BLOB_VIEW_SIZE_BYTES: u64 = 64 << 30;
+/// Largest sum of the views of an image's blobs: at most 8 MiB of presence bitmaps a mount.
+pub const MAX_IMAGE_VIEW_SIZE_BYTES: u64 = 256 << 30;
 
 /// Rounds `n` up to a multiple of [`BLOCK_SIZE_BYTES`].
 pub const fn block_align(n: u64) -> u64 {

@@ -273,3 +273,24 @@ fn overlapping_chunks_are_refused() {
         expect_refused(bytes, "not sorted or overlaps the previous chunk");
     }
 }
+
+/// Sizes a record declares are bounded before memory or a request is spent on them: a blob's
+/// view (its presence bitmap is one bit per block), all views together, a compressed frame
+/// (one backend request, buffered whole).
+#[test]
+fn declared_sizes_over_the_limits_are_refused() {
+    let img = image();
+    let ext = open(&img.bootstrap).extension().clone();
+    let mut e = ext.clone();
+    e.blobs[0].view_size = 16 << 40;
+    let mut bytes = img.bootstrap.clone();
+    reseal(&mut bytes, Some(&e));
+    expect_refused(bytes, "over the limit MAX_BLOB_VIEW_SIZE_BYTES");
+
+    let mut e = ext.clone();
+    e.blobs[0].compressed_size = u64::MAX;
+    e.chunks[0].compressed_size = u32::MAX;
+    let mut bytes = img.bootstrap.clone();
+    reseal(&mut bytes, Some(&e));
+    expect_refused(bytes, "over the limit MAX_COMPRESSED_FRAME_SIZE_BYTES");
+}

@@ -8,6 +8,27 @@ mod mirrors;
 mod registry;
 mod s3;
 
+/// Longest timeout of one backend request a mount may ask for.
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
+/// Most attempts per read a mount may ask for.
+pub const MAX_ATTEMPTS: u32 = 100;
+
+/// Checks a request timeout and attempt count against [`MAX_TIMEOUT_SECS`] and
+/// [`MAX_ATTEMPTS`] (their product bounds a read: it must not overflow, and a reader must not
+/// wait for ever); the error names the limit.
+pub(crate) fn check_bounds(timeout: std::time::Duration, attempts: u32) -> Result<(), String> {
+    if timeout > std::time::Duration::from_secs(MAX_TIMEOUT_SECS) {
+        return Err(format!(
+            "timeout of {} s is over the limit MAX_TIMEOUT_SECS ({MAX_TIMEOUT_SECS} s)",
+            timeout.as_secs()
+        ));
+    }
+    if attempts > MAX_ATTEMPTS {
+        return Err(format!("{attempts} attempts is over the limit MAX_ATTEMPTS ({MAX_ATTEMPTS})"));
+    }
+    Ok(())
+}
+
 pub use local::LocalBackend;
 pub use mirrors::MirroredBackend;
 pub use registry::{RegistryBackend, RegistryOptions};

@@ -78,6 +78,9 @@ enum Attempt {
 impl RegistryBackend {
     /// A backend for one repository.
     pub fn new(opts: RegistryOptions) -> Result<Self> {
+        super::check_bounds(opts.timeout, opts.attempts).map_err(|detail| {
+            StorageError::Backend { backend: format!("registry {}", opts.registry), detail }
+        })?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(opts.timeout)
@@ -483,6 +486,22 @@ fn parse_challenge(h: &str) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn timeouts_and_attempts_over_the_limits_are_refused_not_a_panic() {
+        let opts = |secs: u64, attempts: u32| super::RegistryOptions {
+            timeout: Duration::from_secs(secs),
+            attempts,
+            ..super::RegistryOptions::new("127.0.0.1:9", "r")
+        };
+        for (o, limit) in
+            [(opts(u64::MAX, 3), "MAX_TIMEOUT_SECS"), (opts(10, u32::MAX), "MAX_ATTEMPTS")]
+        {
+            let err = super::RegistryBackend::new(o).err().expect("accepted");
+            assert!(err.to_string().contains(limit), "{err}");
+        }
+        assert!(super::RegistryBackend::new(opts(super::super::MAX_TIMEOUT_SECS, 3)).is_ok());
+    }
 
     #[test]
     fn retry_after_takes_seconds_and_http_dates() {

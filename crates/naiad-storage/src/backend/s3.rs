@@ -158,6 +158,7 @@ impl S3Backend {
             ObjectPath::parse(&prefix)
                 .map_err(|e| fail(format!("bad key prefix {:?}: {e}", loc.prefix)))?;
         }
+        super::check_bounds(opts.timeout, opts.attempts).map_err(&fail)?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let attempts = opts.attempts.max(1);
         let client = ClientOptions::new()
