@@ -193,18 +193,44 @@ pub async fn serve(
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(DaemonError::io(dir.display()))?;
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener =
-        tokio::net::UnixListener::bind(socket).map_err(DaemonError::io(socket.display()))?;
-    rustix::fs::chmod(socket, rustix::fs::Mode::from_raw_mode(0o600))
-        .map_err(|e| DaemonError::Io { path: socket.display().to_string(), cause: e.into() })?;
+    let io = || DaemonError::io(socket.display());
+    let listener = naiad_fs::socket::bind_private(socket, naiad_fs::socket::Replace::DeadSocket)
+        .map_err(io())?;
+    listener.set_nonblocking(true).map_err(io())?;
+    let listener = TrustedPeers(tokio::net::UnixListener::from_std(listener).map_err(io())?);
     let app = router(d.clone());
     let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = std::fs::remove_file(socket);
     let mounts = d.clone();
     let _ = tokio::task::spawn_blocking(move || mounts.mounts.clear()).await;
     r.map_err(DaemonError::io(socket.display()))
+}
+
+/// The API's listener: connections from anyone but root and the daemon's own uid are closed
+/// unanswered (the socket is 0600 too; this holds if its mode is ever changed).
+struct TrustedPeers(tokio::net::UnixListener);
+
+impl axum::serve::Listener for TrustedPeers {
+    type Io = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((s, addr)) if naiad_fs::socket::peer_trusted(&s) => return (s, addr),
+                Ok((s, _)) => {
+                    let uid = s.peer_cred().map(|c| c.uid()).ok();
+                    tracing::warn!(?uid, "admin API: a connection from another user, closed");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin API: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
 }

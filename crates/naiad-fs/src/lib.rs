@@ -8,6 +8,7 @@
 //!   a restart of its server.
 //! * [`erofs_mount`]: mounting a bootstrap with the kernel's EROFS; [`devices`] plans which
 //!   files a lazy mount gives it as devices.
+//! * [`socket`]: local sockets only their owner may use (the keepers', the admin API's).
 //! * [`unpack`], [`check`], [`compare`]: reading a whole image out, verifying it, comparing
 //!   two.
 #![deny(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod fuse;
 pub mod keeper;
 pub mod mode;
 pub mod prefetch;
+pub mod socket;
 pub mod unpack;
 
 pub use error::{FsError, Result};

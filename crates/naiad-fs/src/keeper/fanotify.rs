@@ -42,7 +42,7 @@ use naiad_storage::cache::PresenceMap;
 use rustix::event::{PollFd, PollFlags};
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -230,8 +230,7 @@ pub fn run(
             Ok((st.st_dev, st.st_ino, fd))
         })
         .collect::<std::io::Result<Vec<_>>>()?;
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
+    let listener = crate::socket::bind_private(socket, crate::socket::Replace::AnySocket)?;
     let mut k = Keeper {
         group,
         writers,
@@ -266,8 +265,8 @@ pub fn run(
         if listener_ready {
             if let Ok((mut s, _)) = listener.accept() {
                 // A new worker replaces the old one; it takes the writers and registers its
-                // files again.
-                if k.writers_msg().send(&mut s).is_ok() {
+                // files again. Only root or the keeper's own uid may be one.
+                if crate::socket::peer_trusted(&s) && k.writers_msg().send(&mut s).is_ok() {
                     k.worker = Some(s);
                     k.ready = false;
                 }

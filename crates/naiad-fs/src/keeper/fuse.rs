@@ -11,7 +11,7 @@ use crate::{FsError, Result};
 use rustix::event::{PollFd, PollFlags};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use zerocopy::IntoBytes;
@@ -24,9 +24,8 @@ pub fn socket_path(runtime_dir: &Path, fuse_mountpoint: &Path) -> PathBuf {
 /// The keeper: holds `fd` (a `/dev/fuse` descriptor) until its connection ends; answers each
 /// connection on `socket` with its pid and the descriptor's number.
 pub fn run(fd: OwnedFd, socket: &Path) -> Result<()> {
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket).map_err(FsError::io(socket))?;
-    let _ = std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    let listener = crate::socket::bind_private(socket, crate::socket::Replace::AnySocket)
+        .map_err(FsError::io(socket))?;
     let hello = FuseHello::new(std::process::id(), fd.as_raw_fd());
     // Leaving, the socket file is removed only if it is still this keeper's: the mount point
     // may have been mounted again meanwhile, with a new keeper on the same path.
@@ -60,7 +59,9 @@ pub fn run(fd: OwnedFd, socket: &Path) -> Result<()> {
         }
         if sock[0].revents().contains(PollFlags::IN) {
             if let Ok((mut s, _)) = listener.accept() {
-                let _ = s.write_all(hello.as_bytes());
+                if crate::socket::peer_trusted(&s) {
+                    let _ = s.write_all(hello.as_bytes());
+                }
             }
         }
     }

@@ -1,3 +1,4 @@
 //! The trust boundary between images: hostile images, and what one can never do to another
 //! that shares a node's daemon and cache.
 mod cache;
+mod sockets;
