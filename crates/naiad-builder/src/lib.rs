@@ -17,6 +17,7 @@ mod error;
 pub mod image;
 pub mod merge;
 pub mod options;
+pub mod tar_reader;
 pub mod tar_source;
 mod temp_path;
 pub mod tree_builder;

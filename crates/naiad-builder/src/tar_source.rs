@@ -1,15 +1,18 @@
-//! Reads an OCI layer tar (plain, gzip or zstd, told apart by their magic bytes): every
-//! entry type, PAX and GNU long names, PAX nanosecond mtimes, `SCHILY.xattr.*` xattrs, and
-//! the OCI whiteouts. Every path is checked by the [`TreeBuilder`].
+//! Reads an OCI layer tar (plain, gzip or zstd, told apart by their magic bytes) into the
+//! tree containerd would unpack from it: members are read as Go's `archive/tar` reads them
+//! ([`crate::tar_reader`]: PAX and GNU long names, PAX nanosecond mtimes, `SCHILY.xattr.*`,
+//! GNU sparse files in every format), every entry type containerd applies, and the OCI
+//! whiteouts. Every path is checked by the [`TreeBuilder`]. `trusted.*` xattrs are dropped
+//! (containerd does not set them; a layer must never hand overlayfs `trusted.overlay.*`).
 
 use crate::chunk_pipeline::{ChunkData, ChunkJob, Pipeline};
+use crate::tar_reader::{typeflag, Member, TarError, TarReader};
 use crate::tree_builder::{file_node, TreeBuilder, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::{BuildError, Result};
 use naiad_format::tree::{Meta, Node, NodeKind, Xattr};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use tar::EntryType;
 
 /// Largest size a sparse (GNU) entry may claim: its holes are expanded while reading, so an
 /// unbounded claim would make the build run for ever.
@@ -48,43 +51,7 @@ pub fn decompress_layer(reader: Box<dyn Read + Send>, name: &str) -> Result<Box<
     })
 }
 
-/// The layer stream as the tar reader sees it: counts what it reads, and when the stream
-/// ends cleanly (not with an error) inside a 512-byte block after every byte the last entry
-/// declared, supplies the zeros of that block. Some writers (umoci 0.4's `insert`) end a
-/// layer without padding its last entry; containerd and GNU tar read such layers. Only
-/// padding is made up, never a missing data byte, so a file cut short is still an error.
-struct PadLastBlock<R> {
-    inner: R,
-    pos: u64,
-    /// Where the current entry's data ends in the stream.
-    data_end: std::rc::Rc<std::cell::Cell<u64>>,
-    padded: bool,
-    pad_left: usize,
-}
-
-impl<R: Read> Read for PadLastBlock<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.pad_left == 0 {
-            let n = self.inner.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                self.pos += n as u64;
-                return Ok(n);
-            }
-            if self.pos.is_multiple_of(512) || self.pos < self.data_end.get() || self.padded {
-                return Ok(0);
-            }
-            self.pad_left = (512 - self.pos % 512) as usize;
-            self.padded = true;
-        }
-        let n = self.pad_left.min(buf.len());
-        buf[..n].fill(0);
-        self.pad_left -= n;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-/// Adds every entry of one layer.
+/// Adds every member of one layer.
 pub fn add_layer(
     reader: impl Read,
     layer_name: &str,
@@ -93,27 +60,32 @@ pub fn add_layer(
     opts: &LayerOptions,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
-    let data_end = std::rc::Rc::new(std::cell::Cell::new(0));
-    let mut archive = tar::Archive::new(PadLastBlock {
-        inner: reader,
-        pos: 0,
-        data_end: data_end.clone(),
-        padded: false,
-        pad_left: 0,
-    });
-    let entries = archive
-        .entries()
-        .map_err(|cause| BuildError::Read { context: format!("layer {layer_name}"), cause })?;
-    add_entries(entries, layer_name, tb, pipe, opts, warnings, &data_end)?;
+    let mut tar = TarReader::new(reader);
+    let mut layer = Layer { name: layer_name, tb, pipe, opts, dropped_trusted: 0, dropped_user: 0 };
+    while let Some(m) = tar.next_member().map_err(|e| tar_error(e, layer_name))? {
+        layer.add_member(&mut tar, m, warnings)?;
+    }
     // Read to the end so that the decompressor checks its trailer (gzip CRC and length,
     // zstd checksum): a layer cut short after its last entry is still an error.
-    let mut stream = archive.into_inner();
+    let mut stream = tar.into_inner();
     std::io::copy(&mut stream, &mut std::io::sink()).map_err(|cause| BuildError::Read {
         context: format!("layer {layer_name}: layer stream is damaged after its last entry"),
         cause,
     })?;
-    if stream.padded {
+    if stream.padded() {
         warnings.push(format!("layer {layer_name}: the tar stream ends without the padding of its last entry (read as containerd reads it)"));
+    }
+    if layer.dropped_trusted > 0 {
+        warnings.push(format!(
+            "layer {layer_name}: {} trusted.* xattr(s) dropped: containerd does not set them from a layer, and a layer may not hand overlayfs trusted.overlay.* attributes",
+            layer.dropped_trusted
+        ));
+    }
+    if layer.dropped_user > 0 {
+        warnings.push(format!(
+            "layer {layer_name}: {} user.* xattr(s) on entries other than files and directories dropped (Linux refuses them there; containerd skips them)",
+            layer.dropped_user
+        ));
     }
     Ok(())
 }
@@ -126,113 +98,121 @@ pub struct LayerOptions {
     pub keep_whiteouts: bool,
 }
 
-fn add_entries<R: Read>(
-    entries: tar::Entries<'_, R>,
-    layer_name: &str,
-    tb: &mut TreeBuilder,
-    pipe: &mut Pipeline,
-    opts: &LayerOptions,
-    warnings: &mut Vec<String>,
-    data_end: &std::cell::Cell<u64>,
-) -> Result<()> {
-    let chunk_size = opts.chunk_size;
-    for entry in entries {
-        let mut entry = entry.map_err(|cause| BuildError::Read {
-            context: format!("layer {layer_name}: unreadable tar header"),
+/// The error of a tar member that could not be read, in the words of [`BuildError`].
+fn tar_error(e: TarError, layer_name: &str) -> BuildError {
+    match e {
+        TarError::Io(cause) => BuildError::Read {
+            context: format!("layer {layer_name}: unreadable tar stream"),
             cause,
-        })?;
-        data_end.set(
-            entry
-                .raw_file_position()
-                .saturating_add(entry.header().entry_size().unwrap_or(u64::MAX)),
-        );
-        let raw_path = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&raw_path).into_owned();
+        },
+        TarError::Header { offset, member: Some(name), detail } => BuildError::Entry {
+            source_name: format!("layer {layer_name}"),
+            entry: String::from_utf8_lossy(&name).into_owned(),
+            detail: format!("{detail} (tar header at byte {offset})"),
+        },
+        TarError::Header { offset, member: None, detail } => BuildError::Layer {
+            layer: layer_name.into(),
+            detail: format!("tar header at byte {offset}: {detail}"),
+        },
+    }
+}
+
+/// One layer being added.
+struct Layer<'a> {
+    name: &'a str,
+    tb: &'a mut TreeBuilder,
+    pipe: &'a mut Pipeline,
+    opts: &'a LayerOptions,
+    /// `trusted.*` xattrs left out.
+    dropped_trusted: u64,
+    /// `user.*` xattrs of entries that cannot have them, left out.
+    dropped_user: u64,
+}
+
+impl Layer<'_> {
+    /// Adds one member (its data read from `tar`).
+    fn add_member<R: Read>(
+        &mut self,
+        tar: &mut TarReader<R>,
+        m: Member,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        let layer_name = self.name;
+        let name = String::from_utf8_lossy(&m.name).into_owned();
         let bad = |detail: String| BuildError::Entry {
             source_name: format!("layer {layer_name}"),
             entry: name.clone(),
             detail,
         };
-        let ty = entry.header().entry_type();
-        if matches!(ty, EntryType::XGlobalHeader) {
-            continue;
+        if m.typeflag == typeflag::PAX_GLOBAL {
+            return Ok(());
         }
-        let comps = TreeBuilder::split_path(&raw_path).map_err(&bad)?;
+        let comps = TreeBuilder::split_path(&m.name).map_err(&bad)?;
         // Whiteouts.
-        if let Some((last, dirs)) = comps.split_last().filter(|_| !opts.keep_whiteouts) {
+        if let Some((last, dirs)) = comps.split_last().filter(|_| !self.opts.keep_whiteouts) {
             if *last == OPAQUE_MARKER {
-                tb.opaque(dirs).map_err(&bad)?;
-                continue;
+                return self.tb.opaque(dirs).map_err(&bad);
             }
             if let Some(target) = last.strip_prefix(WHITEOUT_PREFIX) {
                 if target.starts_with(WHITEOUT_PREFIX) {
                     warnings.push(format!(
                         "layer {layer_name}: {name}: unknown whiteout marker skipped"
                     ));
-                } else {
-                    tb.whiteout(dirs, target).map_err(&bad)?;
+                    return Ok(());
                 }
-                continue;
+                return self.tb.whiteout(dirs, target).map_err(&bad);
             }
         }
-        check_size_field(entry.header()).map_err(&bad)?;
-        let meta = entry_meta(&mut entry).map_err(&bad)?;
-        let header = entry.header();
-        let dev = || -> Result<(u32, u32), String> {
-            let major = header
-                .device_major()
-                .map_err(|e| e.to_string())?
-                .ok_or("device without numbers")?;
-            let minor = header
-                .device_minor()
-                .map_err(|e| e.to_string())?
-                .ok_or("device without numbers")?;
-            Ok((major, minor))
-        };
+        let meta = self.member_meta(&m).map_err(&bad)?;
         let link = || -> Result<Vec<u8>, String> {
-            let l = entry.link_name_bytes().ok_or("link without a target")?.into_owned();
-            if l.is_empty() {
+            if m.link.is_empty() {
                 Err("link with an empty target".into())
             } else {
-                Ok(l)
+                Ok(m.link.clone())
             }
         };
-        let node = match ty {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let size = entry.size();
-                if ty == EntryType::GNUSparse && size > MAX_SPARSE_FILE_BYTES {
-                    return Err(bad(format!("sparse file claims {size} bytes, more than the {MAX_SPARSE_FILE_BYTES} allowed")));
+        let dev = || -> Result<(u32, u32), String> {
+            let n =
+                |v: i64| u32::try_from(v).map_err(|_| format!("device number {v} out of range"));
+            Ok((n(m.devmajor)?, n(m.devminor)?))
+        };
+        let node = match m.typeflag {
+            typeflag::REG | typeflag::CONT | typeflag::GNU_SPARSE => {
+                if m.sparse.is_some() && m.size > MAX_SPARSE_FILE_BYTES {
+                    return Err(bad(format!(
+                        "sparse file claims {} bytes, more than the {MAX_SPARSE_FILE_BYTES} allowed",
+                        m.size
+                    )));
                 }
-                file_node(meta, size)
+                file_node(meta, m.size)
             }
-            EntryType::Directory => Node { meta, kind: NodeKind::Dir(BTreeMap::new()) },
-            EntryType::Symlink => Node { meta, kind: NodeKind::Symlink(link().map_err(&bad)?) },
-            EntryType::Char => {
+            typeflag::DIR => Node { meta, kind: NodeKind::Dir(BTreeMap::new()) },
+            typeflag::SYMLINK => Node { meta, kind: NodeKind::Symlink(link().map_err(&bad)?) },
+            typeflag::CHAR => {
                 let (major, minor) = dev().map_err(&bad)?;
                 Node { meta, kind: NodeKind::CharDev { major, minor } }
             }
-            EntryType::Block => {
+            typeflag::BLOCK => {
                 let (major, minor) = dev().map_err(&bad)?;
                 Node { meta, kind: NodeKind::BlockDev { major, minor } }
             }
-            EntryType::Fifo => Node { meta, kind: NodeKind::Fifo },
-            EntryType::Link => {
+            typeflag::FIFO => Node { meta, kind: NodeKind::Fifo },
+            typeflag::LINK => {
                 let target = link().map_err(&bad)?;
                 let tcomps = TreeBuilder::split_path(&target)
                     .map_err(|d| bad(format!("hardlink target: {d}")))?;
-                tb.hardlink(&comps, &tcomps).map_err(&bad)?;
-                continue;
+                self.tb.hardlink(&comps, &tcomps).map_err(&bad)?;
+                return Ok(());
             }
-            other => return Err(bad(format!("unsupported tar entry type {:?}", other))),
+            other => {
+                return Err(bad(format!("unsupported tar entry type {:?}", char::from(other))))
+            }
         };
         let is_file = matches!(node.kind, NodeKind::File(_));
-        let size = match &node.kind {
-            NodeKind::File(f) => f.size,
-            _ => 0,
-        };
-        let id = tb.insert(&comps, node).map_err(&bad)?;
+        let id = self.tb.insert(&comps, node).map_err(&bad)?;
         if is_file {
-            push_stream(&mut entry, size, id, chunk_size, pipe).map_err(|e| match e {
+            let chunk_size = self.opts.chunk_size;
+            push_member(tar, &m, id, chunk_size, self.pipe).map_err(|e| match e {
                 BuildError::Io { cause, .. } => BuildError::Read {
                     context: format!("layer {layer_name}: entry {name:?}: data unreadable"),
                     cause,
@@ -240,155 +220,152 @@ fn add_entries<R: Read>(
                 e => e,
             })?;
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Mode, ids, mtime and xattrs as containerd sets them from the member.
+    fn member_meta(&mut self, m: &Member) -> Result<Meta, String> {
+        let mut xattrs = Vec::new();
+        let file_or_dir = matches!(
+            m.typeflag,
+            typeflag::REG | typeflag::CONT | typeflag::GNU_SPARSE | typeflag::DIR
+        );
+        for (name, value) in &m.xattrs {
+            let shown = String::from_utf8_lossy(name);
+            if name.starts_with(b"trusted.") {
+                tracing::debug!(layer = self.name, entry = %String::from_utf8_lossy(&m.name), xattr = %shown, "trusted.* xattr of a tar layer dropped");
+                self.dropped_trusted += 1;
+                continue;
+            }
+            if name.starts_with(b"user.") && !file_or_dir {
+                self.dropped_user += 1;
+                continue;
+            }
+            if naiad_format::writer::split_xattr_name(name).is_err() {
+                return Err(format!("xattr {shown:?} is in a namespace EROFS cannot store"));
+            }
+            xattrs.push(Xattr { name: name.clone(), value: value.clone() });
+        }
+        xattrs.sort();
+        Ok(Meta {
+            perm: (m.mode & 0o7777) as u32,
+            uid: owner_id(m.uid, "uid")?,
+            gid: owner_id(m.gid, "gid")?,
+            mtime: m.mtime,
+            mtime_nsec: m.mtime_nsec,
+            xattrs,
+        })
+    }
 }
 
-/// Refuses size fields the tar crate would misread: base-256 numbers that are negative or
-/// wider than 64 bits (it keeps only the low 8 bytes and drops the sign).
-fn check_size_field(h: &tar::Header) -> Result<(), String> {
-    let raw = &h.as_old().size;
-    if raw[0] & 0x80 != 0 {
-        if raw[0] & 0x40 != 0 {
-            return Err("negative size in the tar header".into());
-        }
-        if raw[0] & 0x3f != 0 || raw[1..4].iter().any(|&b| b != 0) {
-            return Err("size in the tar header does not fit 64 bits".into());
-        }
+/// The owner containerd gives a file for a tar uid or gid: -1 and 4294967295 are the
+/// "leave as it is" value of `lchown`, so the file keeps the owner it was created with,
+/// containerd's own (root, 0). Other values outside 32 bits (which the kernel would
+/// truncate) are refused.
+fn owner_id(v: i64, what: &str) -> Result<u32, String> {
+    match v {
+        -1 | 0xffff_ffff => Ok(0),
+        0..0xffff_ffff => Ok(v as u32),
+        _ => Err(format!("{what} does not fit 32 bits ({v})")),
     }
-    Ok(())
 }
 
-/// Reads `size` bytes of an entry into the pipeline; a short stream is an error.
-fn push_stream(
-    r: &mut impl Read,
-    size: u64,
+/// Reads a member's file data into the pipeline, chunk by chunk; a chunk that lies wholly
+/// in a hole of a sparse file is passed on as zeros.
+fn push_member<R: Read>(
+    tar: &mut TarReader<R>,
+    m: &Member,
     node: usize,
     chunk_size: u32,
     pipe: &mut Pipeline,
 ) -> Result<()> {
     let cs = u64::from(chunk_size);
+    let size = m.size;
+    let segments = m.sparse.as_deref();
+    let mut seg = 0usize;
     let mut index = 0u64;
     while index * cs < size {
-        let len = cs.min(size - index * cs) as usize;
-        let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            match r.read(&mut buf[got..]) {
-                Ok(0) => {
-                    let e = std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "layer ends after {} of the {size} bytes the entry claims",
-                            index * cs + got as u64
-                        ),
-                    );
-                    return Err(BuildError::Io { path: "".into(), cause: e });
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(BuildError::Io { path: "".into(), cause: e }),
+        let off = index * cs;
+        let len = cs.min(size - off);
+        let end = off + len;
+        let data = match segments {
+            None => {
+                let mut buf = vec![0u8; len as usize];
+                read_exact(tar, &mut buf, off, size)?;
+                ChunkData::Bytes(buf)
             }
-        }
-        pipe.push(ChunkJob { node, index, data: ChunkData::Bytes(buf) })?;
+            Some(segs) if segs.get(seg).is_none_or(|s| s.offset >= end) => {
+                ChunkData::Zeros(len as u32)
+            }
+            Some(segs) => {
+                let mut buf = vec![0u8; len as usize];
+                while let Some(s) = segs.get(seg).filter(|s| s.offset < end) {
+                    let s_end = s.offset + s.length;
+                    let (from, to) = (s.offset.max(off), s_end.min(end));
+                    read_exact(
+                        tar,
+                        &mut buf[(from - off) as usize..(to - off) as usize],
+                        from,
+                        size,
+                    )?;
+                    if s_end > end {
+                        break;
+                    }
+                    seg += 1;
+                }
+                ChunkData::Bytes(buf)
+            }
+        };
+        pipe.push(ChunkJob { node, index, data })?;
         index += 1;
     }
     Ok(())
 }
 
-/// Mode, ids, mtime (PAX `mtime` with its fraction when present) and `SCHILY.xattr.*`.
-fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, String> {
-    let h = entry.header();
-    let mode = h.mode().map_err(|e| format!("bad mode: {e}"))?;
-    let uid = u32::try_from(h.uid().map_err(|e| format!("bad uid: {e}"))?)
-        .map_err(|_| "uid does not fit 32 bits".to_string())?;
-    let gid = u32::try_from(h.gid().map_err(|e| format!("bad gid: {e}"))?)
-        .map_err(|_| "gid does not fit 32 bits".to_string())?;
-    if uid == u32::MAX || gid == u32::MAX {
-        return Err("uid or gid 4294967295 is not a valid id".into());
-    }
-    let mut mtime = i64::try_from(h.mtime().map_err(|e| format!("bad mtime: {e}"))?)
-        .map_err(|_| "mtime out of range".to_string())?;
-    let mut mtime_nsec = 0;
-    let mut xattrs = Vec::new();
-    if let Some(exts) = entry.pax_extensions().map_err(|e| format!("bad PAX header: {e}"))? {
-        for ext in exts {
-            let ext = ext.map_err(|e| format!("bad PAX record: {e}"))?;
-            let key = ext.key_bytes();
-            if key == b"mtime" {
-                (mtime, mtime_nsec) = parse_pax_time(ext.value_bytes()).ok_or("bad PAX mtime")?;
-            } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                if naiad_format::writer::split_xattr_name(name).is_err() {
-                    return Err(format!(
-                        "xattr {:?} is in a namespace EROFS cannot store",
-                        String::from_utf8_lossy(name)
-                    ));
-                }
-                xattrs.push(Xattr { name: name.to_vec(), value: ext.value_bytes().to_vec() });
-            } else if key == b"size" {
-                // The tar reader quietly falls back to the header's size when this does not
-                // parse; a layer claiming a size it cannot state is refused instead.
-                std::str::from_utf8(ext.value_bytes())
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or("bad PAX size")?;
-            } else if matches!(key, b"uid" | b"gid") {
-                let v: u64 = std::str::from_utf8(ext.value_bytes())
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("bad PAX uid/gid")?;
-                if v > u64::from(u32::MAX) {
-                    return Err("PAX uid/gid does not fit 32 bits".into());
-                }
+/// Fills `buf` from the member's data (file offset `at` of `size` bytes, for messages).
+fn read_exact<R: Read>(tar: &mut TarReader<R>, buf: &mut [u8], at: u64, size: u64) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match tar.read_some(&mut buf[got..]) {
+            Ok(0) => {
+                let e = std::io::Error::other("the member's data ends before its declared size");
+                return Err(BuildError::Io { path: "".into(), cause: e });
+            }
+            Ok(n) => got += n,
+            Err(TarError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                let e = std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "layer ends after {} of the {size} bytes the entry claims",
+                        at + got as u64
+                    ),
+                );
+                return Err(BuildError::Io { path: "".into(), cause: e });
+            }
+            Err(TarError::Io(e)) => return Err(BuildError::Io { path: "".into(), cause: e }),
+            Err(TarError::Header { detail, .. }) => {
+                return Err(BuildError::Io {
+                    path: "".into(),
+                    cause: std::io::Error::other(detail),
+                })
             }
         }
     }
-    xattrs.sort();
-    xattrs.dedup_by(|a, b| a.name == b.name);
-    Ok(Meta { perm: mode & 0o7777, uid, gid, mtime, mtime_nsec, xattrs })
-}
-
-/// Parses a PAX time: `[-]seconds[.fraction]`.
-fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s),
-    };
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    if secs.is_empty()
-        || !secs.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let secs: i64 = secs.parse().ok()?;
-    let mut digits: String = frac.chars().take(9).collect();
-    while digits.len() < 9 {
-        digits.push('0');
-    }
-    let nsec: u32 = digits.parse().ok()?;
-    if !neg {
-        return Some((secs, nsec));
-    }
-    // -1.25 is 1.25 s before the epoch: seconds -2, nanoseconds 750000000.
-    if nsec == 0 {
-        Some((-secs, 0))
-    } else {
-        Some((-secs - 1, 1_000_000_000 - nsec))
-    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_pax_time;
+    use super::owner_id;
 
     #[test]
-    fn pax_times_parse_with_fractions_and_signs() {
-        assert_eq!(parse_pax_time(b"1700000000.123456789"), Some((1_700_000_000, 123_456_789)));
-        assert_eq!(parse_pax_time(b"5"), Some((5, 0)));
-        assert_eq!(parse_pax_time(b"-1.25"), Some((-2, 750_000_000)));
-        assert_eq!(parse_pax_time(b"1.5e3"), None);
-        assert_eq!(parse_pax_time(b""), None);
+    fn owner_ids_follow_containerd() {
+        assert_eq!(owner_id(0, "uid"), Ok(0));
+        assert_eq!(owner_id(65534, "uid"), Ok(65534));
+        assert_eq!(owner_id(4_294_967_294, "uid"), Ok(4_294_967_294));
+        assert_eq!(owner_id(4_294_967_295, "uid"), Ok(0));
+        assert_eq!(owner_id(-1, "gid"), Ok(0));
+        assert!(owner_id(4_294_967_296, "uid").unwrap_err().contains("uid does not fit 32 bits"));
+        assert!(owner_id(-2, "gid").is_err());
     }
 }
