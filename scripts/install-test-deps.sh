@@ -29,6 +29,9 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 # The test images need a static /bin/busybox (Debian's `busybox` package is dynamically linked).
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
+# The tar conformance tests (crates/naiad-builder/tests/tar_conformance.rs) read Go's and CPython's tar test data.
+dpkg-query -W -f='${Status}' golang-1.19-src 2>/dev/null | grep -q 'ok installed' || need+=(golang-1.19-src)
+dpkg-query -W -f='${Status}' libpython3.11-testsuite 2>/dev/null | grep -q 'ok installed' || need+=(libpython3.11-testsuite)
 if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
