@@ -106,6 +106,7 @@ impl From<DaemonError> for ApiError {
     fn from(e: DaemonError) -> Self {
         let code = match e {
             DaemonError::NotMounted(_) => StatusCode::NOT_FOUND,
+            DaemonError::Conflict(_) => StatusCode::CONFLICT,
             DaemonError::Invalid(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -137,16 +138,32 @@ async fn do_mount(
     Json(spec): Json<MountSpec>,
 ) -> std::result::Result<(StatusCode, Json<MountInfo>), ApiError> {
     let spec = MountSpec { mountpoint: absolute(&spec.mountpoint)?, ..spec };
-    if d.mounts.get(&spec.mountpoint).is_some() {
-        return Err(DaemonError::Invalid(format!(
-            "{} is already mounted",
-            spec.mountpoint.display()
-        ))
-        .into());
-    }
+    let claim = d.mounts.claim(&spec.mountpoint)?;
+    check_target(&spec.mountpoint, spec.force)?;
     let m = crate::mount::mount(spec, d.cache.clone(), &d.runtime_dir, true).await?;
-    let m = d.mounts.insert(m)?;
+    let m = d.mounts.insert(claim, m);
     Ok((StatusCode::CREATED, Json(info(&m))))
+}
+
+/// A mount point must be an existing directory, and empty unless `force`: mounting over
+/// `/etc` or a user's files by mistake (or by a request that means harm) hides them.
+fn check_target(mountpoint: &Path, force: bool) -> Result<(), DaemonError> {
+    let md = std::fs::metadata(mountpoint).map_err(DaemonError::io(mountpoint.display()))?;
+    if !md.is_dir() {
+        return Err(DaemonError::Invalid(format!(
+            "{}: the mount point is not a directory",
+            mountpoint.display()
+        )));
+    }
+    let mut entries =
+        std::fs::read_dir(mountpoint).map_err(DaemonError::io(mountpoint.display()))?;
+    if !force && entries.next().is_some() {
+        return Err(DaemonError::Invalid(format!(
+            "{}: the mount point is not empty (force to mount over what it holds)",
+            mountpoint.display()
+        )));
+    }
+    Ok(())
 }
 
 async fn do_umount(

@@ -24,6 +24,9 @@ pub enum DaemonError {
     /// A request that cannot be served as asked.
     #[error("{0}")]
     Invalid(String),
+    /// The request conflicts with another one (a mount point being mounted already).
+    #[error("{0}")]
+    Conflict(String),
     /// No mount at that mount point.
     #[error("nothing is mounted at {0}")]
     NotMounted(String),

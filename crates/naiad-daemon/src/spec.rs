@@ -51,6 +51,10 @@ pub struct MountSpec {
     /// Backend requests at once, per mount (default 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetch_concurrency: Option<usize>,
+    /// Mount even if the mount point is not an empty directory (what is there is hidden
+    /// while mounted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 impl MountSpec {
@@ -72,6 +76,7 @@ impl MountSpec {
             bootstrap: None,
             fetch_merge_max: None,
             fetch_concurrency: None,
+            force: false,
         }
     }
 }

@@ -16,13 +16,28 @@ use std::sync::{Arc, Mutex};
 #[derive(Default)]
 pub struct Mounts {
     table: Mutex<BTreeMap<PathBuf, Arc<ActiveMount>>>,
+    /// Mount points a request is mounting now (see [`Mounts::claim`]).
+    claimed: Mutex<std::collections::BTreeSet<PathBuf>>,
     state: Option<StateFile>,
+}
+
+/// A mount point claimed for a mount being made: no other request may mount there until it
+/// is dropped (the mount failed) or its mount is [inserted](Mounts::insert).
+pub struct Claim<'a> {
+    mounts: &'a Mounts,
+    mountpoint: PathBuf,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.mounts.claimed.lock().expect("claims lock").remove(&self.mountpoint);
+    }
 }
 
 impl Mounts {
     /// A table saved to `state` on every change.
     pub fn persistent(state: StateFile) -> Self {
-        Mounts { table: Mutex::default(), state: Some(state) }
+        Mounts { table: Mutex::default(), claimed: Mutex::default(), state: Some(state) }
     }
 
     /// Saves the table (under its lock, so saves follow the order of changes). A failed save
@@ -35,19 +50,30 @@ impl Mounts {
         }
     }
 
-    /// Adds a mount (refused if the mount point is taken).
-    pub fn insert(&self, m: ActiveMount) -> Result<Arc<ActiveMount>> {
-        let mut t = self.table.lock().expect("mounts lock");
-        if t.contains_key(&m.spec.mountpoint) {
-            return Err(DaemonError::Invalid(format!(
-                "{} is already mounted",
-                m.spec.mountpoint.display()
+    /// Claims `mountpoint` for a mount about to be made: a conflict if it is mounted or
+    /// being mounted, so of two requests for one mount point exactly one mounts, and the
+    /// winner's mount is never touched by the other.
+    pub fn claim(&self, mountpoint: &Path) -> Result<Claim<'_>> {
+        let t = self.table.lock().expect("mounts lock");
+        let mut claimed = self.claimed.lock().expect("claims lock");
+        if t.contains_key(mountpoint) || !claimed.insert(mountpoint.to_path_buf()) {
+            return Err(DaemonError::Conflict(format!(
+                "{} is mounted or being mounted already",
+                mountpoint.display()
             )));
         }
+        Ok(Claim { mounts: self, mountpoint: mountpoint.to_path_buf() })
+    }
+
+    /// Adds a mount made under `claim` (its mount point).
+    pub fn insert(&self, claim: Claim<'_>, m: ActiveMount) -> Arc<ActiveMount> {
+        debug_assert!(claim.mountpoint == m.spec.mountpoint);
+        let mut t = self.table.lock().expect("mounts lock");
         let m = Arc::new(m);
         t.insert(m.spec.mountpoint.clone(), m.clone());
         self.save(&t);
-        Ok(m)
+        drop(claim);
+        m
     }
 
     /// Removes and unmounts.
@@ -142,8 +168,14 @@ pub async fn restore(
         if !kept && spec.mode.is_mounted(&mp) {
             let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
         }
-        let r = match mount(spec, cache.clone(), runtime_dir, true).await {
-            Ok(m) => mounts.insert(m).map(|_| ()),
+        let r = match mounts.claim(&mp) {
+            Ok(claim) => match mount(spec, cache.clone(), runtime_dir, true).await {
+                Ok(m) => {
+                    mounts.insert(claim, m);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match r {

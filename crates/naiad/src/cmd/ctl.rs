@@ -37,6 +37,10 @@ enum Cmd {
         fetch: crate::output::FetchArgs,
         #[command(flatten)]
         s3: crate::config::S3Args,
+        /// Mount even if MOUNTPOINT is not an empty directory (what it holds is hidden while
+        /// mounted).
+        #[arg(long)]
+        force: bool,
     },
     /// Unmount.
     Umount { mountpoint: PathBuf },
@@ -62,7 +66,7 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
     let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let client = DaemonClient::new(api);
     match &a.cmd {
-        Cmd::Mount { source, mountpoint, mode, blob_dirs, fetch, s3 } => {
+        Cmd::Mount { source, mountpoint, mode, blob_dirs, fetch, s3, force } => {
             let mut fetch = fetch.clone();
             fetch.resolve(cfg, source)?;
             let (s3, s3_insecure) = cfg.s3_location(source, !blob_dirs.is_empty(), s3)?;
@@ -87,6 +91,7 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                 bootstrap: None,
                 fetch_merge_max: fetch.fetch_merge_max,
                 fetch_concurrency: fetch.fetch_concurrency,
+                force: *force,
             };
             out(&client.mount(&spec)?)?;
         }

@@ -202,6 +202,7 @@ fn mount_lazy(mode: Option<Mode>, a: &Args, s3: Option<S3Location>) -> Result<Ex
         bootstrap: None,
         fetch_merge_max: a.fetch.fetch_merge_max,
         fetch_concurrency: a.fetch.fetch_concurrency,
+        force: false,
     };
     let cache = Arc::new(ChunkCache::open(a.cache_dir())?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

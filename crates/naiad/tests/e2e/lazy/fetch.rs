@@ -473,21 +473,16 @@ fn mirrors_are_tried_in_order_before_the_origin() {
     // The mirror holds the same image.
     skopeo_copy(&origin.docker_ref("naiad/bb:1"), &mirror.docker_ref("naiad/bb:1"), None);
     let spec = naiad_daemon::spec::MountSpec {
-        source: origin.docker_ref("naiad/bb:1"),
-        mountpoint: dir.path().join("mnt"),
         mode: naiad_daemon::spec::Mode::Kernel,
-        blob_dirs: Vec::new(),
-        s3: None,
         insecure: true,
         timeout_secs: 2,
         prefetch: false,
-        prefetch_all: false,
-        prefetch_rate: None,
         // A dead mirror first: it must be skipped.
         mirrors: vec!["127.0.0.1:9".into(), mirror.addr.clone()],
-        bootstrap: None,
-        fetch_merge_max: None,
-        fetch_concurrency: None,
+        ..naiad_daemon::spec::MountSpec::new(
+            origin.docker_ref("naiad/bb:1"),
+            dir.path().join("mnt"),
+        )
     };
     let cache = Arc::new(ChunkCache::open(&dir.path().join("cache")).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();

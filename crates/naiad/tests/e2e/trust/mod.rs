@@ -1,4 +1,5 @@
 //! The trust boundary between images: hostile images, and what one can never do to another
 //! that shares a node's daemon and cache.
+mod api;
 mod cache;
 mod sockets;

@@ -1,0 +1,116 @@
+//! The admin API's requests: a mount point must be an empty directory unless forced, and of
+//! concurrent mounts of one path exactly one wins, its mount untouched.
+
+use crate::support as common;
+
+use common::*;
+use std::path::Path;
+
+/// An image of one file `f`, built under `work`.
+fn image(work: &Path) -> std::path::PathBuf {
+    let src = work.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), noise(50_000, 7)).unwrap();
+    let out = work.join("img");
+    naiad_ok(args!["build", src, "-o", out]);
+    out
+}
+
+/// How many mounts the kernel has at `mnt`.
+fn mounts_at(mnt: &Path) -> usize {
+    let at = mnt.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(at))
+        .count()
+}
+
+#[test]
+fn a_mount_point_must_be_an_empty_directory_unless_forced() {
+    require!(Root);
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let _cleanup = BelowGuard(work.to_path_buf());
+    let img = image(work);
+    let mut daemon = start_daemon(work);
+    let sock = work.join("run/api.sock");
+    let mount = |mnt: &Path, extra: &[&str]| {
+        let mut a: Vec<std::ffi::OsString> = ["ctl", "--api"].map(Into::into).to_vec();
+        a.push(sock.clone().into());
+        a.extend(["mount".into(), img.join("bootstrap").into(), mnt.into()]);
+        a.extend(["--blob-dir".into(), img.clone().into(), "--mode".into(), "fuse".into()]);
+        a.extend(extra.iter().map(Into::into));
+        naiad(&a.iter().map(|s| s.as_os_str()).collect::<Vec<_>>())
+    };
+    let full = work.join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("precious"), b"keep").unwrap();
+    let out = mount(&full, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not empty"), "{err}");
+    assert_eq!(mounts_at(&full), 0);
+    let file = work.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    for (target, why) in [(&file, "not a directory"), (&work.join("missing"), "No such file")] {
+        let out = mount(target, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{}: {err}", target.display());
+    }
+    // Forced, it mounts over what is there, which comes back after.
+    let out = mount(&full, &["--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(full.join("f")).unwrap(), noise(50_000, 7));
+    naiad_ok(args!["ctl", "--api", sock, "umount", full]);
+    assert_eq!(std::fs::read(full.join("precious")).unwrap(), b"keep");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+#[test]
+fn of_concurrent_mounts_of_one_path_exactly_one_wins_and_keeps_its_mount() {
+    require!(Root);
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let _cleanup = BelowGuard(work.to_path_buf());
+    let img = image(work);
+    let mut daemon = start_daemon(work);
+    let sock = work.join("run/api.sock");
+    for mode in ["fuse", "kernel"] {
+        let mnt = work.join(format!("mnt-{mode}"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        naiad(args![
+                            "ctl",
+                            "--api",
+                            sock,
+                            "mount",
+                            img.join("bootstrap"),
+                            mnt,
+                            "--blob-dir",
+                            img,
+                            "--mode",
+                            mode
+                        ])
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(won, 1, "{mode}: {won} of 4 concurrent mounts succeeded");
+        for o in outs.iter().filter(|o| !o.status.success()) {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("409") && err.contains("being mounted"), "{mode}: {err}");
+        }
+        assert_eq!(mounts_at(&mnt), 1, "{mode}: the kernel's mounts at the path");
+        assert_eq!(std::fs::read(mnt.join("f")).unwrap(), noise(50_000, 7), "{mode}");
+        naiad_ok(args!["ctl", "--api", sock, "umount", mnt]);
+        assert_eq!(mounts_at(&mnt), 0, "{mode}");
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
