@@ -288,7 +288,13 @@ fn listen(s: &Shared, mut stream: UnixStream, tx: mpsc::Sender<Job>) {
                     return;
                 }
             }
-            None => answer(s, id, true), // not a file of this mount (cannot happen: the keeper asks per file)
+            None => {
+                // Not a file of this mount: the keeper asks only for files registered with
+                // it, so this is a keeper out of step (or not ours). Never let an unknown
+                // file's read through: a denied read is an EIO, an allowed one may be zeros.
+                tracing::warn!(dev, ino, "an event for a file this mount does not know: denied");
+                answer(s, id, false)
+            }
         }
     }
 }
@@ -368,5 +374,30 @@ impl FanotifyMount {
 impl Drop for FanotifyMount {
     fn drop(&mut self) {
         let _ = self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_for_a_file_the_mount_does_not_know_is_denied() {
+        let (keeper_end, worker_end) = UnixStream::pair().unwrap();
+        let s = Shared {
+            blobs: Vec::new(),
+            blob_of: HashMap::new(),
+            keeper: Mutex::new(worker_end.try_clone().unwrap()),
+        };
+        let (tx, rx) = mpsc::channel();
+        let mut k = keeper_end;
+        Msg::Event { id: 7, dev: 1, ino: 2, offset: 0, count: 4096 }.send(&mut k).unwrap();
+        k.shutdown(std::net::Shutdown::Write).unwrap();
+        listen(&s, worker_end, tx);
+        assert!(rx.try_recv().is_err(), "no job for an unknown file");
+        match Msg::recv(&mut k).unwrap() {
+            Msg::Answer { id, allow } => assert_eq!((id, allow), (7, false)),
+            other => panic!("answered {other:?}"),
+        }
     }
 }
