@@ -97,13 +97,36 @@ pub(crate) async fn resolve(spec: &MountSpec, runtime_dir: &Path) -> Result<Reso
                     Arc::new(LocalBackend::new(BlobDirs::new(vec![dir.join("blobs/sha256")])))
                 }
             };
-            let dir = runtime_dir.join("bootstraps");
-            std::fs::create_dir_all(&dir).map_err(DaemonError::io(dir.display()))?;
-            let path =
-                dir.join(format!("{}.boot", hex::encode(naiad_format::digest::sha256(&bytes))));
-            std::fs::write(&path, &bytes).map_err(DaemonError::io(path.display()))?;
+            let path = keep_bootstrap(runtime_dir, &bytes)?;
             (path, bytes, backend)
         }
     };
     Ok(Resolved { image, bootstrap_path: path, bootstrap_bytes: bytes, backend })
+}
+
+/// Where the bootstrap `bytes` is kept: `RUNTIME_DIR/bootstraps/<sha256>.boot`, written once
+/// (to a new file, synced, renamed into place) and never rewritten: the kernel may be reading
+/// it, for a mount of the same image, and a file it has mounted must not change under it. A
+/// kept file with other contents (damaged) is replaced the same way.
+pub(crate) fn keep_bootstrap(runtime_dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let dir = runtime_dir.join("bootstraps");
+    std::fs::create_dir_all(&dir).map_err(DaemonError::io(dir.display()))?;
+    let hex = hex::encode(naiad_format::digest::sha256(bytes));
+    let path = dir.join(format!("{hex}.boot"));
+    if std::fs::read(&path).is_ok_and(|kept| kept == bytes) {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(".{hex}.{}.tmp", std::process::id()));
+    let written = (|| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(DaemonError::io(path.display()))?;
+    Ok(path)
 }

@@ -87,7 +87,25 @@ impl Mounts {
             m
         };
         m.unmount();
+        self.forget_bootstrap(&m.spec);
         Ok(())
+    }
+
+    /// Removes the bootstrap `spec` kept in the runtime directory once no mount uses it (nor
+    /// may: while a mount is being made, which may be of the same image, it is left for the
+    /// next removal).
+    fn forget_bootstrap(&self, spec: &crate::spec::MountSpec) {
+        let Some(path) = &spec.bootstrap else { return };
+        let t = self.table.lock().expect("mounts lock");
+        let in_use = t.values().any(|m| m.spec.bootstrap.as_ref() == Some(path))
+            || !self.claimed.lock().expect("claims lock").is_empty();
+        if !in_use {
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "removing a kept bootstrap");
+                }
+            }
+        }
     }
 
     /// A mount by mount point.
@@ -124,6 +142,7 @@ impl Mounts {
         };
         for m in all {
             m.unmount();
+            self.forget_bootstrap(&m.spec);
         }
     }
 }

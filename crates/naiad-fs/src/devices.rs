@@ -106,8 +106,11 @@ pub(crate) fn plan(
     Ok(Plan { paths, image: Some(image) })
 }
 
-/// Mounts the plan at `mountpoint`: the remapped bootstrap is written to `scratch` for the
-/// mount and removed after (the kernel holds it open), else `bootstrap_path` is mounted.
+/// Mounts the plan at `mountpoint`: the remapped bootstrap is written to a new file named
+/// after `scratch` for the mount and removed after (the kernel holds it open), else
+/// `bootstrap_path` is mounted. The new file is created for this mount alone: a file another
+/// mount still reads (a previous mount at this mount point, left in place for its readers) is
+/// never truncated or rewritten.
 pub(crate) fn mount(
     plan: &Plan,
     bootstrap_path: &Path,
@@ -117,8 +120,19 @@ pub(crate) fn mount(
     let Some(image) = &plan.image else {
         return crate::erofs_mount::mount_erofs(bootstrap_path, &plan.paths, mountpoint);
     };
-    std::fs::write(scratch, image).map_err(FsError::io(scratch))?;
-    let r = crate::erofs_mount::mount_erofs(scratch, &plan.paths, mountpoint);
-    let _ = std::fs::remove_file(scratch);
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = scratch.as_os_str().to_owned();
+    name.push(format!(".{}-{n}", std::process::id()));
+    let path = std::path::PathBuf::from(name);
+    let written = (|| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        f.write_all(image)
+    })();
+    let r = written
+        .map_err(FsError::io(&path))
+        .and_then(|()| crate::erofs_mount::mount_erofs(&path, &plan.paths, mountpoint));
+    let _ = std::fs::remove_file(&path);
     r
 }
