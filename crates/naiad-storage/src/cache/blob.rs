@@ -86,6 +86,9 @@ pub struct CachedBlob {
     write_failing: AtomicBool,
     /// errno of the last failed write (0: none yet).
     write_errno: AtomicI32,
+    /// A frame file was created since the frames directory was last synced: its name is not
+    /// durable yet, so neither is its data.
+    dir_dirty: AtomicBool,
 }
 
 /// Where [`CachedBlob::fill`] put the chunks.
@@ -123,6 +126,7 @@ impl CachedBlob {
             spill: Mutex::new(Spill::default()),
             write_failing: AtomicBool::new(false),
             write_errno: AtomicI32::new(0),
+            dir_dirty: AtomicBool::new(false),
         }
     }
 
@@ -164,10 +168,11 @@ impl CachedBlob {
             return Ok(f.clone());
         }
         let path = self.frame_path(frame);
-        let file = match rw_create().open(&path) {
+        let file = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(&self.frames_dir)
                     .map_err(|e| (self.frames_dir.clone(), e))?;
+                self.dir_dirty.store(true, Ordering::Release);
                 rw_create().open(&path)
             }
             r => r,
@@ -374,6 +379,17 @@ impl CachedBlob {
         // Durable once per frame file.
         for (_, f) in written {
             f.writer.get().unwrap_or(&f.file).sync_data().map_err(|e| (f.path.clone(), e))?;
+        }
+        // And the names of new frame files (and of their directory), before any bit says
+        // their data is there: after a crash a bit never points into a file that is gone.
+        if self.dir_dirty.swap(false, Ordering::AcqRel) {
+            let parent = self.frames_dir.parent().map(Path::to_path_buf);
+            for dir in std::iter::once(self.frames_dir.clone()).chain(parent) {
+                if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+                    self.dir_dirty.store(true, Ordering::Release);
+                    return Err((dir, e));
+                }
+            }
         }
         Ok(())
     }
