@@ -243,25 +243,34 @@ fn serve(
     pin_to(cpu);
     let qid = cpu as u16;
     let raw = fd.as_fd().as_raw_fd();
-    let mut entries: Vec<Entry> = (0..ENTRIES_PER_THREAD)
-        .map(|_| {
-            let mut header = Box::new(UringReqHeader::new_zeroed());
-            let mut payload = vec![0u8; MAX_PAYLOAD as usize];
-            let iov = Box::new([
-                libc::iovec {
-                    iov_base: header.as_mut_bytes().as_mut_ptr().cast(),
-                    iov_len: URING_HEADER_SIZE,
-                },
-                libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() },
-            ]);
-            Entry { header, payload, iov }
-        })
-        .collect();
+    // The kernel may write into an entry's buffers for as long as one of its commands is
+    // registered, which only the end of the FUSE connection or the entry's own completion
+    // ends, not the end of this thread or of the ring. So the entries are freed only once
+    // every one has completed (the loop below ends with none live); on every other return
+    // they are left allocated (one entry a thread, on an error path) rather than freed under
+    // the kernel.
+    let mut entries: std::mem::ManuallyDrop<Vec<Entry>> = std::mem::ManuallyDrop::new(
+        (0..ENTRIES_PER_THREAD)
+            .map(|_| {
+                let mut header = Box::new(UringReqHeader::new_zeroed());
+                let mut payload = vec![0u8; MAX_PAYLOAD as usize];
+                let iov = Box::new([
+                    libc::iovec {
+                        iov_base: header.as_mut_bytes().as_mut_ptr().cast(),
+                        iov_len: URING_HEADER_SIZE,
+                    },
+                    libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() },
+                ]);
+                Entry { header, payload, iov }
+            })
+            .collect(),
+    );
     // Register: the kernel completes a REGISTER only when it has a request for the entry,
     // so an error comes back at once and success is silence. Submitted, not waited for.
     for (i, e) in entries.iter().enumerate() {
         let sqe = uring_cmd(raw, URING_CMD_REGISTER, qid, 0, e.iov.as_ptr(), i as u64);
-        // SAFETY: the entry's buffers and iovec live (boxed, not moved) until the thread ends.
+        // SAFETY: the entry's buffers and iovec are boxed (never moved) and freed only once
+        // every command holding them has completed (see `entries`).
         if unsafe { ring.submission().push(&sqe) }.is_err() {
             let _ = ready.send(Err(std::io::Error::other("ring submission queue full")));
             return;
@@ -309,6 +318,10 @@ fn serve(
             let _ = unsafe { ring.submission().push(&sqe) };
         }
     }
+    // Every entry has completed: no command of this thread's holds its buffers any more.
+    drop(ring);
+    // SAFETY: taken once, here, after the last use of `entries`.
+    drop(unsafe { std::mem::ManuallyDrop::take(&mut entries) });
 }
 
 /// Answers the request in `e` in place; returns its commit id.
