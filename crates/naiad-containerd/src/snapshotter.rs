@@ -494,6 +494,9 @@ impl Snapshotter {
         let spec = MountSpec {
             mode: self.cfg.mode,
             insecure: *insecure,
+            // A container's root filesystem: its setuid binaries and device nodes work.
+            allow_setuid: true,
+            allow_devices: true,
             ..MountSpec::new(source.clone(), mountpoint.clone())
         };
         match self.daemon().mount(&spec) {

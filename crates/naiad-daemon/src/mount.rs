@@ -57,6 +57,7 @@ pub async fn mount(
         blobs: &blobs,
         mountpoint: &mountpoint,
         runtime_dir,
+        exposure: spec.exposure(),
     };
     let handle = target.mount(spec.mode, cache.dir(), keep_fuse)?;
     let m = ActiveMount {
@@ -90,6 +91,7 @@ struct Target<'a> {
     blobs: &'a [Arc<LazyBlob>],
     mountpoint: &'a Path,
     runtime_dir: &'a Path,
+    exposure: naiad_fs::erofs_mount::Exposure,
 }
 
 impl Target<'_> {
@@ -129,7 +131,7 @@ impl Target<'_> {
             Mode::Kernel => self.kernel(keep()?.as_ref()),
             Mode::Fuse => {
                 let fs = naiad_fs::mode::fuse::ImageFs::new(self.bs.clone(), self.blobs.to_vec());
-                Ok(LazyMount::Fuse(naiad_fs::mode::fuse::mount_fuse_mode(fs, self.mountpoint, keep()?.as_ref())?))
+                Ok(LazyMount::Fuse(naiad_fs::mode::fuse::mount_fuse_mode(fs, self.mountpoint, keep()?.as_ref(), self.exposure)?))
             }
             Mode::Local => Err(DaemonError::Invalid(
                 "local mode is for `naiad mount` of a bootstrap with --blob-dir; a daemon mounts lazily (auto, fanotify, kernel or fuse)".into(),
@@ -147,6 +149,7 @@ impl Target<'_> {
             self.mountpoint,
             self.runtime_dir,
             &exe,
+            self.exposure,
         )?))
     }
 
@@ -158,6 +161,7 @@ impl Target<'_> {
             &views_dir(self.runtime_dir, self.mountpoint),
             self.mountpoint,
             keep,
+            self.exposure,
         )?))
     }
 }

@@ -55,6 +55,20 @@ pub struct MountSpec {
     /// while mounted).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// Let setuid/setgid bits take effect (default: `nosuid`; a container's root filesystem
+    /// needs them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_setuid: bool,
+    /// Let device nodes open their devices (default: `nodev`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_devices: bool,
+}
+
+impl MountSpec {
+    /// What the mount lets its files do beyond being read.
+    pub fn exposure(&self) -> naiad_fs::erofs_mount::Exposure {
+        naiad_fs::erofs_mount::Exposure { setuid: self.allow_setuid, devices: self.allow_devices }
+    }
 }
 
 impl MountSpec {
@@ -77,6 +91,8 @@ impl MountSpec {
             fetch_merge_max: None,
             fetch_concurrency: None,
             force: false,
+            allow_setuid: false,
+            allow_devices: false,
         }
     }
 }

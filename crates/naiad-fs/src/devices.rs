@@ -116,9 +116,10 @@ pub(crate) fn mount(
     bootstrap_path: &Path,
     scratch: &Path,
     mountpoint: &Path,
+    exposure: crate::erofs_mount::Exposure,
 ) -> Result<()> {
     let Some(image) = &plan.image else {
-        return crate::erofs_mount::mount_erofs(bootstrap_path, &plan.paths, mountpoint);
+        return crate::erofs_mount::mount_erofs(bootstrap_path, &plan.paths, mountpoint, exposure);
     };
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -132,7 +133,7 @@ pub(crate) fn mount(
     })();
     let r = written
         .map_err(FsError::io(&path))
-        .and_then(|()| crate::erofs_mount::mount_erofs(&path, &plan.paths, mountpoint));
+        .and_then(|()| crate::erofs_mount::mount_erofs(&path, &plan.paths, mountpoint, exposure));
     let _ = std::fs::remove_file(&path);
     r
 }

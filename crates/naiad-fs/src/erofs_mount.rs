@@ -13,8 +13,51 @@ use rustix::mount::{
 };
 use std::path::{Path, PathBuf};
 
-/// Mounts `bootstrap` read-only at `mountpoint` with `devices` (absolute paths, in blob order).
-pub fn mount_erofs(bootstrap: &Path, devices: &[PathBuf], mountpoint: &Path) -> Result<()> {
+/// What a mount lets its files do beyond being read. An image mounted on the host for a user
+/// gets neither (`nosuid,nodev`, the default): a hostile image's setuid binaries and device
+/// nodes are inert there. A container's root filesystem needs both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exposure {
+    /// Setuid and setgid bits take effect.
+    pub setuid: bool,
+    /// Device nodes open their devices.
+    pub devices: bool,
+}
+
+impl Exposure {
+    /// What a container's root filesystem needs: both.
+    pub const CONTAINER: Exposure = Exposure { setuid: true, devices: true };
+
+    /// The mount attributes of a read-only mount with this exposure.
+    pub fn attrs(self) -> MountAttrFlags {
+        let mut a = MountAttrFlags::MOUNT_ATTR_RDONLY;
+        if !self.setuid {
+            a |= MountAttrFlags::MOUNT_ATTR_NOSUID;
+        }
+        if !self.devices {
+            a |= MountAttrFlags::MOUNT_ATTR_NODEV;
+        }
+        a
+    }
+
+    /// The FUSE mount options saying the same.
+    pub fn fuse_options(self) -> [fuser::MountOption; 2] {
+        use fuser::MountOption as O;
+        [
+            if self.setuid { O::Suid } else { O::NoSuid },
+            if self.devices { O::Dev } else { O::NoDev },
+        ]
+    }
+}
+
+/// Mounts `bootstrap` read-only at `mountpoint` with `devices` (absolute paths, in blob order),
+/// its files exposed as `exposure` says, from the moment it appears.
+pub fn mount_erofs(
+    bootstrap: &Path,
+    devices: &[PathBuf],
+    mountpoint: &Path,
+    exposure: Exposure,
+) -> Result<()> {
     let abs = |p: &Path| std::path::absolute(p).map_err(FsError::io(p));
     let source = abs(bootstrap)?;
     let fail = |what: &str, e: rustix::io::Errno| {
@@ -43,7 +86,7 @@ pub fn mount_erofs(bootstrap: &Path, devices: &[PathBuf], mountpoint: &Path) -> 
             e,
         )
     })?;
-    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::MOUNT_ATTR_RDONLY)
+    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, exposure.attrs())
         .map_err(|e| fail("fsmount", e))?;
     move_mount(&mnt, "", rustix::fs::CWD, mountpoint, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
         .map_err(|e| fail("move_mount", e))?;

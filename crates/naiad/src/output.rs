@@ -5,6 +5,25 @@ use anyhow::{Context, Result};
 use naiad_format::bootstrap::Bootstrap;
 use std::path::Path;
 
+/// What a mount on the host lets its files do beyond being read (`naiad mount`, `naiad ctl
+/// mount`): by default neither, `nosuid,nodev`.
+#[derive(clap::Args, Clone, Copy)]
+pub struct ExposureArgs {
+    /// Let the image's setuid and setgid bits take effect (the mount is nosuid without).
+    #[arg(long)]
+    pub allow_setuid: bool,
+    /// Let the image's device nodes open their devices (the mount is nodev without).
+    #[arg(long)]
+    pub allow_devices: bool,
+}
+
+impl ExposureArgs {
+    /// As the mount layer takes it.
+    pub fn exposure(self) -> naiad_fs::erofs_mount::Exposure {
+        naiad_fs::erofs_mount::Exposure { setuid: self.allow_setuid, devices: self.allow_devices }
+    }
+}
+
 /// How a lazy mount fetches: the options `naiad mount` and `naiad ctl mount` share.
 #[derive(clap::Args, Clone)]
 pub struct FetchArgs {

@@ -87,6 +87,7 @@ pub fn mount_fanotify_mode(
     mountpoint: &Path,
     runtime_dir: &Path,
     keeper_exe: &Path,
+    exposure: crate::erofs_mount::Exposure,
 ) -> Result<FanotifyMount> {
     let t0 = std::time::Instant::now();
     let sock = socket_path(runtime_dir, mountpoint);
@@ -166,7 +167,7 @@ pub fn mount_fanotify_mode(
     if let Some(plan) = plan {
         std::fs::create_dir_all(mountpoint).map_err(FsError::io(mountpoint))?;
         let scratch = sock.with_extension("erofs");
-        crate::devices::mount(&plan, bootstrap_path, &scratch, mountpoint)?;
+        crate::devices::mount(&plan, bootstrap_path, &scratch, mountpoint, exposure)?;
         m.mounted = true;
     }
     tracing::debug!(

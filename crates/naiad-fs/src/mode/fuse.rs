@@ -488,6 +488,7 @@ pub fn mount_fuse_mode(
     fs: ImageFs,
     mountpoint: &std::path::Path,
     keep: Option<&crate::keeper::Keep>,
+    exposure: crate::erofs_mount::Exposure,
 ) -> crate::Result<FuseServer> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -495,9 +496,8 @@ pub fn mount_fuse_mode(
         fuser::MountOption::FSName("naiad".into()),
         fuser::MountOption::Subtype("naiad".into()),
         fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::Suid,
-        fuser::MountOption::Dev,
     ];
+    config.mount_options.extend(exposure.fuse_options());
     let may_adopt = crate::erofs_mount::has_mount(mountpoint, &["fuse", "fuse.naiad"]);
     let ring: RingParts = (fs.ring.clone(), Arc::new(fs.clone()));
     FuseServer::start(fs, mountpoint, config, FUSE_THREADS, keep, may_adopt, Some(ring))

@@ -50,6 +50,7 @@ pub fn mount_kernel_mode(
     views_dir: &Path,
     mountpoint: &Path,
     keep: Option<&Keep>,
+    exposure: crate::erofs_mount::Exposure,
 ) -> Result<KernelMount> {
     let fs = BlobViewFs::new(blobs);
     // Frames complete in the cache are read by EROFS straight from their files, like a local
@@ -86,6 +87,7 @@ pub fn mount_kernel_mode(
             bootstrap_path,
             &views_dir.with_extension("erofs"),
             mountpoint,
+            exposure,
         )?;
     }
     Ok(m)

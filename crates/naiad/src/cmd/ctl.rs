@@ -37,6 +37,8 @@ enum Cmd {
         fetch: crate::output::FetchArgs,
         #[command(flatten)]
         s3: crate::config::S3Args,
+        #[command(flatten)]
+        exposure: crate::output::ExposureArgs,
         /// Mount even if MOUNTPOINT is not an empty directory (what it holds is hidden while
         /// mounted).
         #[arg(long)]
@@ -66,7 +68,7 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
     let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let client = DaemonClient::new(api);
     match &a.cmd {
-        Cmd::Mount { source, mountpoint, mode, blob_dirs, fetch, s3, force } => {
+        Cmd::Mount { source, mountpoint, mode, blob_dirs, fetch, s3, exposure, force } => {
             let mut fetch = fetch.clone();
             fetch.resolve(cfg, source)?;
             let (s3, s3_insecure) = cfg.s3_location(source, !blob_dirs.is_empty(), s3)?;
@@ -92,6 +94,8 @@ pub fn run(a: Args, cfg: &crate::config::Config) -> Result<ExitCode> {
                 fetch_merge_max: fetch.fetch_merge_max,
                 fetch_concurrency: fetch.fetch_concurrency,
                 force: *force,
+                allow_setuid: exposure.allow_setuid,
+                allow_devices: exposure.allow_devices,
             };
             out(&client.mount(&spec)?)?;
         }

@@ -70,6 +70,8 @@ pub struct Args {
     fetch: FetchArgs,
     #[command(flatten)]
     s3: S3Args,
+    #[command(flatten)]
+    exposure: crate::output::ExposureArgs,
 }
 
 pub fn run(mut a: Args, cfg: &Config) -> Result<ExitCode> {
@@ -118,7 +120,12 @@ fn mount_local(a: &Args) -> Result<ExitCode> {
     }
     std::fs::create_dir_all(&a.mountpoint)
         .with_context(|| format!("creating {}", a.mountpoint.display()))?;
-    naiad_fs::erofs_mount::mount_erofs(&bootstrap_path, &devices, &a.mountpoint)?;
+    naiad_fs::erofs_mount::mount_erofs(
+        &bootstrap_path,
+        &devices,
+        &a.mountpoint,
+        a.exposure.exposure(),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -203,6 +210,8 @@ fn mount_lazy(mode: Option<Mode>, a: &Args, s3: Option<S3Location>) -> Result<Ex
         fetch_merge_max: a.fetch.fetch_merge_max,
         fetch_concurrency: a.fetch.fetch_concurrency,
         force: false,
+        allow_setuid: a.exposure.allow_setuid,
+        allow_devices: a.exposure.allow_devices,
     };
     let cache = Arc::new(ChunkCache::open(a.cache_dir())?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -176,12 +176,16 @@ impl Lazy {
                     &work.path().join("views"),
                     &mnt,
                     None,
+                    Default::default(),
                 )
                 .unwrap(),
             ),
             Mode::Fuse => {
                 let fs = naiad_fs::mode::fuse::ImageFs::new(img.bs.clone(), lazy.clone());
-                Box::new(naiad_fs::mode::fuse::mount_fuse_mode(fs, &mnt, None).unwrap())
+                Box::new(
+                    naiad_fs::mode::fuse::mount_fuse_mode(fs, &mnt, None, Default::default())
+                        .unwrap(),
+                )
             }
             Mode::FuseRing => Box::new(mount_fuse_ring(
                 naiad_fs::mode::fuse::ImageFs::new(img.bs.clone(), lazy.clone()),

@@ -67,6 +67,7 @@ fn mount(
         &mnt,
         &run,
         env!("CARGO_BIN_EXE_naiad").as_ref(),
+        Default::default(),
     )
     .unwrap();
     (m, fetcher, mnt, cache)

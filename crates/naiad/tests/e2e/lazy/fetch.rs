@@ -156,6 +156,7 @@ fn kernel_mode_mount_fetches_only_what_is_read() {
         &dir.path().join("views"),
         &mnt,
         None,
+        Default::default(),
     )
     .unwrap();
     let _guard = MountGuard(mnt.clone());
@@ -312,6 +313,7 @@ fn a_dead_registry_gives_eio_in_bounded_time_and_reads_recover() {
         &dir.path().join("views"),
         &mnt,
         None,
+        Default::default(),
     )
     .unwrap();
     let _guard = MountGuard(mnt.clone());

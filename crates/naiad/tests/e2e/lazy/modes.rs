@@ -61,6 +61,7 @@ fn kernel_mode_shows_the_source_tree() {
         &img.dir.path().join("views"),
         &mnt,
         None,
+        Default::default(),
     )
     .unwrap();
     let _g = MountGuard(mnt.clone());
@@ -101,7 +102,7 @@ fn fuse_mode_check(ring: bool) {
     let mut session = if ring {
         mount_fuse_ring(fs, &mnt)
     } else {
-        naiad_fs::mode::fuse::mount_fuse_mode(fs, &mnt, None).unwrap()
+        naiad_fs::mode::fuse::mount_fuse_mode(fs, &mnt, None, Default::default()).unwrap()
     };
     let _g = MountGuard(mnt.clone());
     // Nothing is fetched to list the tree.

@@ -423,7 +423,7 @@ pub fn mount_fuse_ring(
     lock.lock().unwrap();
     let old = std::fs::read_to_string(ENABLE_URING).unwrap();
     std::fs::write(ENABLE_URING, "Y").unwrap();
-    let s = naiad_fs::mode::fuse::mount_fuse_mode(fs, mnt, None);
+    let s = naiad_fs::mode::fuse::mount_fuse_mode(fs, mnt, None, Default::default());
     std::fs::write(ENABLE_URING, old.trim()).unwrap();
     drop(lock);
     let s = s.unwrap();

@@ -3,4 +3,5 @@
 mod api;
 mod bootstrap;
 mod cache;
+mod exposure;
 mod sockets;
