@@ -76,16 +76,35 @@ impl Mounts {
         m
     }
 
-    /// Removes and unmounts.
+    /// Unmounts and removes. The image's own mount goes first, while everything still
+    /// serves it: if it is busy (files open in it), nothing changes, and the caller gets the
+    /// error, the mount and its spec kept.
     pub fn remove(&self, mountpoint: &Path) -> Result<()> {
+        let held = self
+            .get(mountpoint)
+            .ok_or_else(|| DaemonError::NotMounted(mountpoint.display().to_string()))?;
+        if held.is_mounted() {
+            if let Err(e) = rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::empty())
+            {
+                if held.is_mounted() {
+                    return Err(DaemonError::Conflict(format!(
+                        "{} cannot be unmounted: {e}{}; still mounted",
+                        mountpoint.display(),
+                        if e == rustix::io::Errno::BUSY { " (files are open in it)" } else { "" }
+                    )));
+                }
+            }
+        }
         let m = {
             let mut t = self.table.lock().expect("mounts lock");
-            let m = t
-                .remove(mountpoint)
-                .ok_or_else(|| DaemonError::NotMounted(mountpoint.display().to_string()))?;
+            let Some(m) = t.remove(mountpoint) else {
+                // Removed meanwhile by another request.
+                return Err(DaemonError::NotMounted(mountpoint.display().to_string()));
+            };
             self.save(&t);
             m
         };
+        drop(held);
         m.unmount();
         self.forget_bootstrap(&m.spec);
         Ok(())

@@ -101,7 +101,14 @@ impl KernelMount {
 
     fn teardown(&mut self) -> Result<()> {
         let Some(mut views) = self.views.take() else { return Ok(()) };
+        // Unmounted already (the daemon unmounts the image first, to learn if it is busy):
+        // just as done.
         let r = crate::erofs_mount::umount(&self.mountpoint);
+        let r = if r.is_err() && !crate::erofs_mount::is_erofs_mounted(&self.mountpoint) {
+            Ok(())
+        } else {
+            r
+        };
         let _ = views.stop();
         r
     }

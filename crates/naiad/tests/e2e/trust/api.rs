@@ -114,3 +114,52 @@ fn of_concurrent_mounts_of_one_path_exactly_one_wins_and_keeps_its_mount() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+#[test]
+fn a_busy_mount_is_not_unmounted_and_the_caller_is_told() {
+    require!(Root);
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let _cleanup = BelowGuard(work.to_path_buf());
+    let img = image(work);
+    let mut daemon = start_daemon(work);
+    let sock = work.join("run/api.sock");
+    let mut modes = vec!["kernel", "fuse"];
+    if naiad_fs::fanotify::supported(&std::env::temp_dir()).is_ok() {
+        modes.push("fanotify");
+    }
+    for mode in modes {
+        let mnt = work.join(format!("busy-{mode}"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        naiad_ok(args![
+            "ctl",
+            "--api",
+            sock,
+            "mount",
+            img.join("bootstrap"),
+            mnt,
+            "--blob-dir",
+            img,
+            "--mode",
+            mode
+        ]);
+        let open = std::fs::File::open(mnt.join("f")).unwrap();
+        let out = naiad(args!["ctl", "--api", sock, "umount", mnt]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("409") && err.contains("busy"),
+            "{mode}: {err}"
+        );
+        // Still mounted, still served, still listed.
+        assert_eq!(mounts_at(&mnt), 1, "{mode}");
+        std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+        assert_eq!(std::fs::read(mnt.join("f")).unwrap(), noise(50_000, 7), "{mode}");
+        let list = naiad_ok(args!["ctl", "--api", sock, "list"]);
+        assert!(list.contains(mnt.to_str().unwrap()), "{mode}: {list}");
+        drop(open);
+        naiad_ok(args!["ctl", "--api", sock, "umount", mnt]);
+        assert_eq!(mounts_at(&mnt), 0, "{mode}");
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
