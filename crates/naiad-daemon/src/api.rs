@@ -137,6 +137,14 @@ async fn do_mount(
     State(d): State<Arc<Daemon>>,
     Json(spec): Json<MountSpec>,
 ) -> std::result::Result<(StatusCode, Json<MountInfo>), ApiError> {
+    if spec.bootstrap.is_some() {
+        // The daemon's own record of a bootstrap it fetched and verified: a client naming a
+        // file there could mount any bootstrap under an image's name.
+        return Err(DaemonError::Invalid(
+            "bootstrap: set by the daemon for the images it fetches, not by a request".into(),
+        )
+        .into());
+    }
     let spec = MountSpec { mountpoint: absolute(&spec.mountpoint)?, ..spec };
     let claim = d.mounts.claim(&spec.mountpoint)?;
     check_target(&spec.mountpoint, spec.force)?;

@@ -5,6 +5,7 @@
 
 use crate::spec::MountSpec;
 use crate::{DaemonError, Result};
+use naiad_oci::bootstrap_layer::MAX_BOOTSTRAP_BYTES;
 use naiad_oci::reference::ImageRef;
 use naiad_storage::backend::{
     Backend, LocalBackend, MirroredBackend, RegistryBackend, RegistryOptions, S3Backend, S3Options,
@@ -61,11 +62,11 @@ pub(crate) async fn resolve(spec: &MountSpec, runtime_dir: &Path) -> Result<Reso
                 })?),
             };
             let path = PathBuf::from(&spec.source);
-            let bytes = std::fs::read(&path).map_err(DaemonError::io(path.display()))?;
+            let bytes = read_bounded(&path)?;
             (path, bytes, backend)
         }
         Some(r) => {
-            let kept = spec.bootstrap.as_ref().and_then(|p| std::fs::read(p).ok());
+            let kept = spec.bootstrap.as_ref().and_then(|p| read_bounded(p).ok());
             let bytes = match kept {
                 Some(b) => b,
                 None => {
@@ -129,4 +130,23 @@ pub(crate) fn keep_bootstrap(runtime_dir: &Path, bytes: &[u8]) -> Result<PathBuf
     }
     written.map_err(DaemonError::io(path.display()))?;
     Ok(path)
+}
+
+/// Reads a bootstrap file, refusing one over [`MAX_BOOTSTRAP_BYTES`] before reading it all.
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = || DaemonError::io(path.display());
+    let f = std::fs::File::open(path).map_err(io())?;
+    let declared = f.metadata().map_err(io())?.len();
+    let mut bytes = Vec::new();
+    if declared <= MAX_BOOTSTRAP_BYTES {
+        f.take(MAX_BOOTSTRAP_BYTES + 1).read_to_end(&mut bytes).map_err(io())?;
+    }
+    if declared > MAX_BOOTSTRAP_BYTES || bytes.len() as u64 > MAX_BOOTSTRAP_BYTES {
+        return Err(DaemonError::Invalid(format!(
+            "{}: over the limit MAX_BOOTSTRAP_BYTES ({MAX_BOOTSTRAP_BYTES} bytes) for a bootstrap",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }

@@ -163,3 +163,40 @@ fn a_busy_mount_is_not_unmounted_and_the_caller_is_told() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+#[test]
+fn a_request_cannot_name_the_bootstrap_nor_a_huge_source() {
+    require!(Root);
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let _cleanup = BelowGuard(work.to_path_buf());
+    let img = image(work);
+    let mut daemon = start_daemon(work);
+    let client = naiad_daemon::client::DaemonClient::new(work.join("run/api.sock"));
+    let mnt = work.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // The bootstrap field is the daemon's record of one it fetched and verified: a request
+    // naming one (any file) is refused, and nothing is mounted.
+    let spec = naiad_daemon::spec::MountSpec {
+        bootstrap: Some(img.join("bootstrap")),
+        blob_dirs: vec![img.clone()],
+        ..naiad_daemon::spec::MountSpec::new("docker://127.0.0.1:9/some/image:1", &mnt)
+    };
+    let err = client.mount(&spec).unwrap_err().to_string();
+    assert!(err.contains("400") && err.contains("set by the daemon"), "{err}");
+    assert_eq!(mounts_at(&mnt), 0);
+    // A bootstrap source over the limit is refused before it is read.
+    let huge = work.join("huge");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(naiad_oci::bootstrap_layer::MAX_BOOTSTRAP_BYTES + 1)
+        .unwrap();
+    let spec = naiad_daemon::spec::MountSpec {
+        blob_dirs: vec![img.clone()],
+        ..naiad_daemon::spec::MountSpec::new(huge.to_str().unwrap(), &mnt)
+    };
+    let err = client.mount(&spec).unwrap_err().to_string();
+    assert!(err.contains("MAX_BOOTSTRAP_BYTES"), "{err}");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
