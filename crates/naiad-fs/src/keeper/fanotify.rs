@@ -67,6 +67,23 @@ pub fn keeper_alive(runtime_dir: &Path, mountpoint: &Path) -> bool {
 struct Blob {
     map: std::fs::File,
     view_size: u64,
+    /// The cache entry's file, locked shared: the entry is in use for as long as this keeper
+    /// answers from its map, also while no worker is attached, so no `cache gc` or removal
+    /// in another process takes the files the mount reads away (a new entry's files would
+    /// then be filled while the kernel reads the old, unlinked ones).
+    _entry: std::fs::File,
+}
+
+/// Opens and locks (shared) the entry file beside the presence map `map_path`.
+fn lock_entry(map_path: &Path) -> std::io::Result<std::fs::File> {
+    use naiad_storage::cache::{ENTRY_SUFFIX, MAP_SUFFIX};
+    let name = map_path.to_string_lossy();
+    let stem = name.strip_suffix(MAP_SUFFIX).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a presence map's path")
+    })?;
+    let entry = std::fs::File::open(format!("{stem}{ENTRY_SUFFIX}"))?;
+    rustix::fs::flock(&entry, rustix::fs::FlockOperation::LockShared)?;
+    Ok(entry)
 }
 
 impl Blob {
@@ -172,12 +189,14 @@ impl Keeper {
     /// Handles one message from the worker; false on bye.
     fn on_msg(&mut self, m: Msg) -> bool {
         match m {
-            Msg::Blob { blob, view_size, map_path } => match std::fs::File::open(&map_path) {
-                Ok(map) => {
-                    self.blobs.insert(blob, Blob { map, view_size });
+            Msg::Blob { blob, view_size, map_path } => {
+                match lock_entry(&map_path).and_then(|e| Ok((e, std::fs::File::open(&map_path)?))) {
+                    Ok((entry, map)) => {
+                        self.blobs.insert(blob, Blob { map, view_size, _entry: entry });
+                    }
+                    Err(e) => eprintln!("naiad fanotify-keeper: {}: {e}", map_path.display()),
                 }
-                Err(e) => eprintln!("naiad fanotify-keeper: {}: {e}", map_path.display()),
-            },
+            }
             Msg::Frames(frames) => {
                 for FrameReg { dev, ino, blob, span } in frames {
                     // A worker attaching registers again: what was unwatched stays so.

@@ -265,3 +265,56 @@ fn wait_unmounted_below(dir: &Path) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A fanotify-mode mount whose daemon is dead is still served by its keeper, from the cache
+/// entry's files: `cache gc` in another process must leave that entry alone, and the next
+/// daemon goes on filling the very files the kernel reads.
+#[test]
+fn an_entry_a_keeper_serves_survives_cache_gc_while_its_daemon_is_dead() {
+    require!(Root, Fanotify);
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let _cleanup = BelowGuard(work.to_path_buf());
+    let honest = build(work, "honest", Maker::Honest);
+    let sock = work.join("run/api.sock");
+    let mut daemon = start_daemon(work);
+    let mnt = work.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    naiad_ok(args![
+        "ctl",
+        "--api",
+        sock,
+        "mount",
+        honest.bootstrap,
+        mnt,
+        "--blob-dir",
+        honest.blobs,
+        "--mode",
+        "fanotify",
+        "--no-prefetch"
+    ]);
+    assert_reads_its_own(&mnt, Maker::Honest, &["etc/conf"], "before the kill");
+    kill9(&mut daemon);
+    let entries = |what: &str| -> usize {
+        let ls: serde_json::Value = serde_json::from_str(&naiad_ok(args![
+            "cache",
+            "ls",
+            "--cache-dir",
+            work.join("cache"),
+            "--json"
+        ]))
+        .unwrap();
+        let n = ls.as_array().unwrap().len();
+        assert!(n > 0 || what.is_empty(), "{what}: {ls}");
+        n
+    };
+    let before = entries("before gc");
+    naiad_ok(args!["cache", "gc", "--cache-dir", work.join("cache")]);
+    assert_eq!(entries("after gc"), before, "gc removed an entry a keeper serves");
+    let mut daemon = start_daemon(work);
+    std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    assert_reads_its_own(&mnt, Maker::Honest, &ALL, "after gc and a daemon restart");
+    naiad_ok(args!["ctl", "--api", sock, "umount", mnt]);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
