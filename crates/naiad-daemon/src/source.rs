@@ -7,6 +7,7 @@ use crate::spec::MountSpec;
 use crate::{DaemonError, Result};
 use naiad_oci::bootstrap_layer::MAX_BOOTSTRAP_BYTES;
 use naiad_oci::reference::ImageRef;
+use naiad_oci::registry::Timeouts;
 use naiad_storage::backend::{
     Backend, LocalBackend, MirroredBackend, RegistryBackend, RegistryOptions, S3Backend, S3Options,
 };
@@ -70,7 +71,9 @@ pub(crate) async fn resolve(spec: &MountSpec, runtime_dir: &Path) -> Result<Reso
             let bytes = match kept {
                 Some(b) => b,
                 None => {
-                    naiad_oci::check::fetch_bootstrap(r, spec.insecure, host_platform()).await?
+                    let timeouts = Timeouts::within(Duration::from_secs(spec.timeout_secs.max(1)));
+                    naiad_oci::check::fetch_bootstrap(r, spec.insecure, host_platform(), timeouts)
+                        .await?
                 }
             };
             let backend: Arc<dyn Backend> = match r {

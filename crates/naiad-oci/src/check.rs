@@ -6,6 +6,7 @@ use crate::bootstrap_layer;
 use crate::manifest::{Index, Manifest, MAX_CONFIG_BYTES};
 use crate::media::{is_index, is_manifest, NAIAD_BLOB};
 use crate::reference::ImageRef;
+use crate::registry::Timeouts;
 use crate::store::Store;
 use crate::{OciError, Result};
 use std::io::Read;
@@ -104,10 +105,16 @@ pub async fn fetch_naiad(r: &ImageRef, insecure: bool, dir: &Path) -> Result<Vec
     Ok(out)
 }
 
-/// The bootstrap of a Naiad image, without its blobs (for a lazy mount). In an index, the
-/// Naiad manifest for `platform` (`os/arch`) is used.
-pub async fn fetch_bootstrap(r: &ImageRef, insecure: bool, platform: &str) -> Result<Vec<u8>> {
-    let store = Store::open(r, insecure, false)?;
+/// The bootstrap of a Naiad image, without its blobs (for a lazy mount), each request to a
+/// registry within `timeouts`. In an index, the Naiad manifest for `platform` (`os/arch`)
+/// is used.
+pub async fn fetch_bootstrap(
+    r: &ImageRef,
+    insecure: bool,
+    platform: &str,
+    timeouts: Timeouts,
+) -> Result<Vec<u8>> {
+    let store = Store::open_within(r, insecure, false, timeouts)?;
     let (bytes, mt, _) = store.manifest(r.reference()).await?;
     let bytes = if is_index(&mt) {
         let index = Index::parse(&bytes, &r.to_string())?;

@@ -1,6 +1,10 @@
 //! A repository in an OCI registry, through `oci-client`: anonymous, basic or bearer-token
 //! auth (credentials from the docker config), plain HTTP only with `insecure`, and bounded
 //! retries with backoff for transient failures (5xx, 429, connection errors).
+//!
+//! No registry can hold a caller for ever: every connection has [`Timeouts::connect`], every
+//! answer may pause at most [`Timeouts::read`], a request (manifest, token, HEAD) must be
+//! complete within [`Timeouts::request`], and a blob within [`Timeouts::for_blob`] of its size.
 
 use crate::manifest::Descriptor;
 use crate::{OciError, Result};
@@ -15,6 +19,62 @@ use std::time::Duration;
 pub const ATTEMPTS: u32 = 4;
 /// First backoff delay; doubled after each failure.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait for a connection to a registry (TCP and TLS).
+pub const CONNECT_TIMEOUT_SECS: u64 = 10;
+/// Longest a registry may stay silent in the middle of an answer.
+pub const READ_TIMEOUT_SECS: u64 = 30;
+/// Longest one request (a manifest, a token, a HEAD) may take, its whole body included.
+pub const REQUEST_TIMEOUT_SECS: u64 = 60;
+/// Slowest average rate a blob may arrive at, beyond one request's time.
+pub const MIN_BLOB_RATE_BYTES_PER_SEC: u64 = 64 << 10;
+
+/// How long a registry may take: see the module's doc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub request: Duration,
+    pub min_blob_rate_bytes_per_sec: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(CONNECT_TIMEOUT_SECS),
+            read: Duration::from_secs(READ_TIMEOUT_SECS),
+            request: Duration::from_secs(REQUEST_TIMEOUT_SECS),
+            min_blob_rate_bytes_per_sec: MIN_BLOB_RATE_BYTES_PER_SEC,
+        }
+    }
+}
+
+impl Timeouts {
+    /// Every limit at most `request` (a mount's `timeout_secs`): a request must be complete
+    /// within it, and so must each connection and each pause.
+    pub fn within(request: Duration) -> Self {
+        let d = Timeouts::default();
+        Timeouts { connect: d.connect.min(request), read: d.read.min(request), request, ..d }
+    }
+
+    /// How long a blob of `size` bytes may take: one request's time, plus its size at
+    /// [`Timeouts::min_blob_rate_bytes_per_sec`].
+    pub fn for_blob(&self, size: u64) -> Duration {
+        self.request + Duration::from_secs(size / self.min_blob_rate_bytes_per_sec.max(1))
+    }
+}
+
+/// The error of a request not complete within `limit`.
+fn timed_out(image: String, what: &str, limit: Duration) -> OciError {
+    OciError::Registry {
+        image,
+        detail: format!(
+            "{what}: timed out: the registry did not answer completely within {} s",
+            limit.as_secs()
+        ),
+        // Asking again would only take as long again.
+        transient: false,
+    }
+}
 
 /// One repository of one registry.
 pub struct Repo {
@@ -22,24 +82,45 @@ pub struct Repo {
     auth: RegistryAuth,
     registry: String,
     repository: String,
+    timeouts: Timeouts,
 }
 
 impl Repo {
-    /// Connects (lazily) to `registry/repository`.
+    /// Connects (lazily) to `registry/repository`, with the default [`Timeouts`].
     pub fn new(registry: &str, repository: &str, insecure: bool) -> Self {
+        Repo::with_timeouts(registry, repository, insecure, Timeouts::default())
+    }
+
+    /// Connects (lazily) to `registry/repository`, within `timeouts`.
+    pub fn with_timeouts(
+        registry: &str,
+        repository: &str,
+        insecure: bool,
+        timeouts: Timeouts,
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let protocol = if insecure {
             ClientProtocol::HttpsExcept(vec![registry.to_string()])
         } else {
             ClientProtocol::Https
         };
-        let client = Client::new(ClientConfig { protocol, ..ClientConfig::default() });
+        let client = Client::new(ClientConfig {
+            protocol,
+            connect_timeout: Some(timeouts.connect),
+            read_timeout: Some(timeouts.read),
+            ..ClientConfig::default()
+        });
         let auth = match naiad_storage::credentials::credentials_for(registry) {
             naiad_storage::credentials::RegistryAuth::Anonymous => RegistryAuth::Anonymous,
             naiad_storage::credentials::RegistryAuth::Basic(u, p) => RegistryAuth::Basic(u, p),
             naiad_storage::credentials::RegistryAuth::Bearer(t) => RegistryAuth::Bearer(t),
         };
-        Repo { client, auth, registry: registry.into(), repository: repository.into() }
+        Repo { client, auth, registry: registry.into(), repository: repository.into(), timeouts }
+    }
+
+    /// Its limits.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     /// Whether both are on the same registry host.
@@ -123,7 +204,7 @@ impl Repo {
         }
     }
 
-    /// Runs `op` with retries on transient errors.
+    /// Runs `op` with retries on transient errors, each try within [`Timeouts::request`].
     async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -131,11 +212,15 @@ impl Repo {
     {
         let mut delay = FIRST_BACKOFF;
         let mut attempt = 1;
+        let limit = self.timeouts.request;
         loop {
-            match op().await {
+            let answer = tokio::time::timeout(limit, op())
+                .await
+                .map_err(|_| timed_out(self.name(), what, limit))
+                .and_then(|r| r.map_err(|e| self.map_err(what, e)));
+            match answer {
                 Ok(v) => return Ok(v),
-                Err(e) => {
-                    let err = self.map_err(what, e);
+                Err(err) => {
                     if attempt >= ATTEMPTS || !err.is_transient() {
                         return Err(err);
                     }
@@ -222,8 +307,9 @@ impl Repo {
             from_repository.to_string(),
             "latest".into(),
         );
-        self.client.mount_blob(&r, &src, digest).await.is_ok()
-            && self.has_blob(digest).await.unwrap_or(false)
+        let mounted =
+            tokio::time::timeout(self.timeouts.request, self.client.mount_blob(&r, &src, digest));
+        matches!(mounted.await, Ok(Ok(_))) && self.has_blob(digest).await.unwrap_or(false)
     }
 
     /// Uploads a file as a blob (streamed, 8 MiB pieces).
@@ -251,10 +337,17 @@ impl Repo {
                     }
                 }
             });
-            match self.client.push_blob_stream(&r, stream, digest, Some(size)).await {
+            let what = format!("upload of blob {digest}");
+            let limit = self.timeouts.for_blob(size);
+            let pushed = tokio::time::timeout(
+                limit,
+                self.client.push_blob_stream(&r, stream, digest, Some(size)),
+            )
+            .await
+            .map_err(|_| timed_out(self.name(), &what, limit));
+            match pushed.and_then(|r| r.map_err(|e| self.map_err(&what, e))) {
                 Ok(_) => return Ok(()),
-                Err(e) => {
-                    let err = self.map_err(&format!("upload of blob {digest}"), e);
+                Err(err) => {
                     if attempt == ATTEMPTS || !err.is_transient() {
                         return Err(err);
                     }

@@ -5,7 +5,7 @@
 use crate::layout::Layout;
 use crate::manifest::{sha256_digest, Descriptor};
 use crate::reference::ImageRef;
-use crate::registry::Repo;
+use crate::registry::{Repo, Timeouts};
 use crate::{OciError, Result};
 use futures_util::StreamExt;
 use sha2::Digest as _;
@@ -23,11 +23,22 @@ pub enum Store {
 pub type ProgressFn = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Store {
-    /// Opens the store holding `r`; `create` makes a missing OCI layout.
+    /// Opens the store holding `r`; `create` makes a missing OCI layout. A registry is
+    /// given the default [`Timeouts`].
     pub fn open(r: &ImageRef, insecure: bool, create: bool) -> Result<Self> {
+        Store::open_within(r, insecure, create, Timeouts::default())
+    }
+
+    /// [`Store::open`], a registry within `timeouts`.
+    pub fn open_within(
+        r: &ImageRef,
+        insecure: bool,
+        create: bool,
+        timeouts: Timeouts,
+    ) -> Result<Self> {
         Ok(match r {
             ImageRef::Registry { registry, repository, .. } => {
-                Store::Registry(Repo::new(registry, repository, insecure))
+                Store::Registry(Repo::with_timeouts(registry, repository, insecure, timeouts))
             }
             ImageRef::Layout { dir, .. } if create => Store::Layout(Layout::deferred(dir)),
             ImageRef::Layout { dir, .. } => Store::Layout(Layout::open(dir)?),
@@ -95,11 +106,20 @@ impl Store {
                 Box::new(f)
             }
             Store::Registry(r) => {
+                let limit = r.timeouts().for_blob(desc.size);
+                let deadline = tokio::time::Instant::now() + limit;
                 let mut stream = r.blob_stream(desc).await?;
                 let (tx, rx) = mpsc::sync_channel::<std::io::Result<bytes::Bytes>>(16);
+                let digest = desc.digest.clone();
                 tokio::spawn(async move {
-                    while let Some(item) = stream.next().await {
-                        if tx.send(item).is_err() {
+                    loop {
+                        let item = match tokio::time::timeout_at(deadline, stream.next()).await {
+                            Ok(Some(item)) => item,
+                            Ok(None) => break,
+                            Err(_) => Err(blob_timed_out(&digest, limit)),
+                        };
+                        let failed = item.is_err();
+                        if tx.send(item).is_err() || failed {
                             break;
                         }
                     }
@@ -203,6 +223,17 @@ impl Store {
                 .map(|_| ()),
         }
     }
+}
+
+/// The error of a blob not complete within `limit`.
+fn blob_timed_out(digest: &str, limit: std::time::Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "blob {digest}: timed out: not complete within {} s (the limit for its size)",
+            limit.as_secs()
+        ),
+    )
 }
 
 fn read_error(image: &str, desc: &Descriptor, e: std::io::Error) -> OciError {

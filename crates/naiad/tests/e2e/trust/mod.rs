@@ -4,4 +4,5 @@ mod api;
 mod bootstrap;
 mod cache;
 mod exposure;
+mod network;
 mod sockets;
