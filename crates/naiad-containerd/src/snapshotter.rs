@@ -17,10 +17,10 @@ use naiad_daemon::spec::{Mode, MountSpec};
 use naiad_daemon::DaemonError;
 use naiad_oci::manifest::Manifest;
 use naiad_oci::media::NAIAD_BLOB;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub const LABEL_REF: &str = "containerd.io/snapshot.ref";
@@ -74,9 +74,10 @@ pub struct Snapshotter {
     store: Store,
     runtime: tokio::runtime::Handle,
     images: Mutex<HashMap<String, Arc<ImageKind>>>,
-    /// Serializes mounting and unmounting of lazy images (rare, slow operations; the
-    /// snapshot reads and ordinary layers never take it).
-    mounting: Mutex<()>,
+    /// Serializes mounting and unmounting of each lazy image (rare, slow operations; the
+    /// snapshot reads and ordinary layers never take it). Per mount point: an image whose
+    /// registry is slow delays no other image's prepare or remove.
+    mounting: MountClaims,
     /// Held shared while a snapshot is being created (its record and its directory or mount
     /// come one after the other) and exclusively by `cleanup`, so that cleanup never takes
     /// a snapshot being made for an orphan.
@@ -95,7 +96,7 @@ impl Snapshotter {
             store,
             runtime,
             images: Mutex::new(HashMap::new()),
-            mounting: Mutex::new(()),
+            mounting: MountClaims::default(),
             creating: std::sync::RwLock::new(()),
         })
     }
@@ -184,12 +185,12 @@ impl Snapshotter {
         };
         let mut labels = labels.clone();
         let remote = if layer == bootstrap {
-            let _guard = self.mounting.lock().expect("mounting lock");
             let mountpoint = self
                 .cfg
                 .root
                 .join("images")
                 .join(&naiad_oci::manifest::sha256_digest(target.as_bytes())[7..39]);
+            let _claim = self.mounting.claim(&mountpoint);
             let remote = Remote::Image {
                 source: source.clone(),
                 mountpoint: mountpoint.clone(),
@@ -335,7 +336,7 @@ impl Snapshotter {
             {
                 return Err(Error::Invalid(format!("snapshot {key:?} has a child, {child:?}")));
             }
-            let _guard = self.mounting.lock().expect("mounting lock");
+            let _claim = self.mounting.claim(mountpoint);
             self.unmount_image(mountpoint)?;
             self.store.remove(key)?;
             self.collect_blobs(blobs)?;
@@ -453,7 +454,7 @@ impl Snapshotter {
         for e in std::fs::read_dir(&images).map_err(Error::io(images.display()))?.flatten() {
             let p = e.path();
             if !mounts.contains(&p) {
-                let _guard = self.mounting.lock().expect("mounting lock");
+                let _claim = self.mounting.claim(&p);
                 tracing::info!("cleanup: unmounting and removing {}", p.display());
                 self.unmount_image(&p)?;
                 let _ = std::fs::remove_dir(&p);
@@ -469,7 +470,7 @@ impl Snapshotter {
         if Mode::Auto.is_mounted(mountpoint) {
             return Ok(());
         }
-        let _guard = self.mounting.lock().expect("mounting lock");
+        let _claim = self.mounting.claim(mountpoint);
         if Mode::Auto.is_mounted(mountpoint) {
             return Ok(());
         }
@@ -596,6 +597,38 @@ fn daemon_error(e: DaemonError) -> Error {
     Error::Daemon(e.to_string())
 }
 
+/// The mount points being mounted or unmounted: one operation at a time on each.
+#[derive(Default)]
+struct MountClaims {
+    claimed: Mutex<HashSet<PathBuf>>,
+    released: Condvar,
+}
+
+impl MountClaims {
+    /// Waits until no one works on `mountpoint`, then claims it until the guard drops.
+    fn claim(&self, mountpoint: &Path) -> MountClaim<'_> {
+        let mut claimed = self.claimed.lock().expect("mount claims lock");
+        while claimed.contains(mountpoint) {
+            claimed = self.released.wait(claimed).expect("mount claims lock");
+        }
+        claimed.insert(mountpoint.to_path_buf());
+        MountClaim { claims: self, mountpoint: mountpoint.to_path_buf() }
+    }
+}
+
+/// A claim on one mount point ([`MountClaims::claim`]).
+struct MountClaim<'a> {
+    claims: &'a MountClaims,
+    mountpoint: PathBuf,
+}
+
+impl Drop for MountClaim<'_> {
+    fn drop(&mut self) {
+        self.claims.claimed.lock().expect("mount claims lock").remove(&self.mountpoint);
+        self.claims.released.notify_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,6 +703,49 @@ mod tests {
         }
         assert_eq!(std::fs::read_dir(&snaps).unwrap().count(), 0);
         assert!(matches!(sn.mounts("b"), Err(Error::NotFound(_))));
+    }
+
+    /// A committed snapshot standing for a lazy image mounted at `root/images/NAME`.
+    fn lazy_image(sn: &Snapshotter, key: &str) -> PathBuf {
+        let mountpoint = sn.cfg.root.join("images").join(key);
+        let remote = Remote::Image {
+            source: format!("docker://127.0.0.1:1/{key}:1"),
+            mountpoint: mountpoint.clone(),
+            blobs: Vec::new(),
+            insecure: false,
+        };
+        sn.store.create(key, Kind::Committed, "", BTreeMap::new(), Some(remote)).unwrap();
+        mountpoint
+    }
+
+    #[test]
+    fn an_image_being_mounted_delays_no_other_image_s_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sn, _rt) = snapshotter(dir.path());
+        let slow = lazy_image(&sn, "slow");
+        lazy_image(&sn, "other");
+        let held = sn.mounting.claim(&slow);
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let removal = scope.spawn(|| sn.remove("other"));
+            while !removal.is_finished() && started.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let done = removal.is_finished();
+            drop(held);
+            assert!(done, "the removal waited for another image's mount");
+            removal.join().unwrap().unwrap();
+        });
+        assert!(matches!(sn.store.get("other"), Ok(None)));
+        // The same mount point is still one operation at a time.
+        let held = sn.mounting.claim(&slow);
+        std::thread::scope(|scope| {
+            let again = scope.spawn(|| drop(sn.mounting.claim(&slow)));
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(!again.is_finished(), "a mount point was claimed twice");
+            drop(held);
+            again.join().unwrap();
+        });
     }
 
     #[test]
