@@ -39,6 +39,8 @@ pub async fn mount(
 ) -> Result<ActiveMount> {
     let src = resolve(&spec, runtime_dir).await?;
     let bs = Arc::new(Bootstrap::open(src.bootstrap_bytes)?);
+    // Everything the kernel will parse, checked before any mode mounts it.
+    bs.validate()?;
     let backend_name = src.backend.name();
     let fetcher = Arc::new(
         Fetcher::new(
@@ -64,7 +66,7 @@ pub async fn mount(
         spec: MountSpec {
             mountpoint,
             mode: handle.mode(),
-            bootstrap: src.image.is_some().then_some(src.bootstrap_path),
+            bootstrap: Some(src.bootstrap_path),
             ..spec
         },
         backend: backend_name,

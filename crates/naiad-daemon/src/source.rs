@@ -18,9 +18,8 @@ use std::time::Duration;
 
 /// A mount's source, resolved.
 pub(crate) struct Resolved {
-    /// The image reference, if the source is one.
-    pub image: Option<ImageRef>,
-    /// The bootstrap file the kernel mounts (for an image, kept in the runtime directory).
+    /// The bootstrap file the kernel mounts: a copy kept in the runtime directory, of an
+    /// image's fetched bootstrap or of the bootstrap file named, as it was read and checked.
     pub bootstrap_path: PathBuf,
     pub bootstrap_bytes: Vec<u8>,
     pub backend: Arc<dyn Backend>,
@@ -33,7 +32,7 @@ fn host_platform() -> &'static str {
     }
 }
 
-/// Resolves `spec`'s source; an image's bootstrap is kept in `runtime_dir/bootstraps`.
+/// Resolves `spec`'s source; the bootstrap is kept in `runtime_dir/bootstraps`.
 pub(crate) async fn resolve(spec: &MountSpec, runtime_dir: &Path) -> Result<Resolved> {
     let image = (spec.source.starts_with("docker://") || spec.source.starts_with("oci:"))
         .then(|| ImageRef::parse(&spec.source))
@@ -62,12 +61,18 @@ pub(crate) async fn resolve(spec: &MountSpec, runtime_dir: &Path) -> Result<Reso
                     ..S3Options::new(loc.clone())
                 })?),
             };
-            let path = PathBuf::from(&spec.source);
-            let bytes = read_bounded(&path)?;
-            (path, bytes, backend)
+            let bytes = read_bounded(Path::new(&spec.source))?;
+            // The kernel mounts a copy of what was read and checked, never the file named,
+            // which could change between the check and the mount.
+            (keep_bootstrap(runtime_dir, &bytes)?, bytes, backend)
         }
         Some(r) => {
-            let kept = spec.bootstrap.as_ref().and_then(|p| read_bounded(p).ok());
+            // Kept by this daemon under its SHA-256: used only if it still has those bytes.
+            let kept = spec.bootstrap.as_ref().and_then(|p| {
+                let bytes = read_bounded(p).ok()?;
+                let name = hex::encode(naiad_format::digest::sha256(&bytes));
+                (p.file_stem().and_then(|s| s.to_str()) == Some(name.as_str())).then_some(bytes)
+            });
             let bytes = match kept {
                 Some(b) => b,
                 None => {
@@ -105,7 +110,7 @@ pub(crate) async fn resolve(spec: &MountSpec, runtime_dir: &Path) -> Result<Reso
             (path, bytes, backend)
         }
     };
-    Ok(Resolved { image, bootstrap_path: path, bootstrap_bytes: bytes, backend })
+    Ok(Resolved { bootstrap_path: path, bootstrap_bytes: bytes, backend })
 }
 
 /// Where the bootstrap `bytes` is kept: `RUNTIME_DIR/bootstraps/<sha256>.boot`, written once

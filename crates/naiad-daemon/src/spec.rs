@@ -40,9 +40,10 @@ pub struct MountSpec {
     /// Registry mirrors (`host[:port]`, same repository), tried in order before the origin.
     #[serde(default)]
     pub mirrors: Vec<String>,
-    /// The image's bootstrap, already fetched and kept in the runtime directory. The daemon
-    /// sets it when it mounts an image reference, so that bringing the mount back after a
-    /// crash needs no registry; a bootstrap read from here is verified like a fetched one.
+    /// The bootstrap the kernel mounts, kept in the runtime directory: the daemon sets it
+    /// when it mounts (an image's fetched bootstrap, or a copy of the bootstrap file named),
+    /// so that bringing an image's mount back after a crash needs no registry, and removes the
+    /// file with the last mount using it. A request may not set it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<PathBuf>,
     /// Largest merged backend request, bytes (default 4 MiB).

@@ -604,6 +604,46 @@ impl Bootstrap {
         Ok(())
     }
 
+    /// Checks everything of the image the kernel's EROFS parser will read against what
+    /// Naiad's writer emits, beyond what [`Bootstrap::open`] checks: the superblock fields
+    /// the writer leaves zero (compat features, extension slots, shared xattr area, xattr
+    /// prefixes, packed inode, directory block bits, compression algorithms), and every
+    /// reachable inode with its directory entries, inline xattrs, symlink target and chunk
+    /// indexes (a layout Naiad does not write, compressed for one, is refused here rather
+    /// than reaching the kernel). Run before any mount; errors name the path.
+    pub fn validate(&self) -> Result<()> {
+        let sb = SuperBlock::read_from_bytes(&self.bytes[SUPER_OFFSET_BYTES as usize..][..128])
+            .map_err(|_| FormatError::invalid("superblock", "unreadable"))?;
+        let zero = [
+            ("feature_compat", u64::from(sb.feature_compat.get())),
+            ("sb_extslots", u64::from(sb.sb_extslots)),
+            ("xattr_blkaddr", u64::from(sb.xattr_blkaddr.get())),
+            ("available_compr_algs", u64::from(sb.available_compr_algs.get())),
+            ("dirblkbits", u64::from(sb.dirblkbits)),
+            ("xattr_prefix_count", u64::from(sb.xattr_prefix_count)),
+            ("xattr_prefix_start", u64::from(sb.xattr_prefix_start.get())),
+            ("packed_nid", sb.packed_nid.get()),
+        ];
+        if let Some((field, v)) = zero.iter().find(|(_, v)| *v != 0) {
+            return Err(FormatError::invalid(
+                "superblock",
+                format!("{field} is {v:#x}; Naiad images have 0 there"),
+            ));
+        }
+        self.walk(|path, _, ino| -> Result<()> {
+            let at = |e: FormatError| e.at_path(path);
+            self.xattrs(ino).map_err(at)?;
+            if ino.is_symlink() {
+                self.symlink_target(ino).map_err(at)?;
+            } else if ino.is_reg() && ino.is_chunk_based() {
+                for index in 0..ino.chunk_count() {
+                    self.chunk(ino, index).map_err(at)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Looks a path (`/a/b`) up without following symlinks.
     pub fn lookup(&self, path: &[u8]) -> Result<Inode> {
         let mut cur = self.inode(self.root_nid)?;

@@ -109,6 +109,7 @@ fn mount_local(a: &Args) -> Result<ExitCode> {
         .with_context(|| format!("reading {}", bootstrap_path.display()))?;
     let bs =
         Bootstrap::open(bytes).with_context(|| format!("bootstrap {} is not valid", a.source))?;
+    bs.validate().with_context(|| format!("bootstrap {} is not valid", a.source))?;
     let dirs = BlobDirs::new(a.blob_dirs.clone());
     let cache = ViewCache::new(a.cache_dir())?;
     let mut devices = Vec::new();

@@ -1,5 +1,6 @@
-//! The bootstraps the kernel mounts: a kept bootstrap is written once and never rewritten
-//! while a mount may read it, and is removed once no mount uses it.
+//! The bootstraps the kernel mounts: only metadata Naiad validated reaches the kernel's
+//! EROFS parser; a kept bootstrap is written once and never rewritten while a mount may read
+//! it, and is removed once no mount uses it.
 
 use crate::support as common;
 
@@ -65,6 +66,92 @@ fn a_kept_bootstrap_is_written_once_and_removed_with_its_last_mount() {
         let left = kept(&run).len();
         let want = usize::from(i + 1 < mnts.len());
         assert_eq!(left, want, "after {} of {} unmounts", i + 1, mnts.len());
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+/// Edits of a valid bootstrap that Naiad's writer never makes, each with the phrase its
+/// refusal must hold: a superblock field the writer leaves zero, and a file inode whose
+/// layout is compressed (the kernel would parse it; Naiad does not read such inodes).
+fn hostile_edits(bytes: &[u8]) -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    use naiad_format::bootstrap::Bootstrap;
+    use naiad_format::erofs::{SuperBlock, SUPER_OFFSET_BYTES};
+    let bs = Bootstrap::open(bytes.to_vec()).unwrap();
+    let erofs = bs.bytes()[..bs.erofs_len() as usize].to_vec();
+    let ext = bs.extension().clone();
+    let mut packed = erofs.clone();
+    let at = SUPER_OFFSET_BYTES as usize + std::mem::offset_of!(SuperBlock, packed_nid);
+    packed[at..at + 8].copy_from_slice(&5u64.to_le_bytes());
+    let mut compressed = erofs;
+    let ino = bs.lookup(b"/f").unwrap();
+    let at = ino.offset(&bs) as usize;
+    let format = u16::from_le_bytes([compressed[at], compressed[at + 1]]);
+    compressed[at..at + 2].copy_from_slice(&((format & !0b1110) | (1 << 1)).to_le_bytes());
+    vec![
+        ("packed_nid", super::reseal(packed, ext.clone()), "packed_nid"),
+        ("compressed layout", super::reseal(compressed, ext), "/f"),
+    ]
+}
+
+#[test]
+fn metadata_naiad_does_not_write_never_reaches_the_kernel() {
+    require!(Root);
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let _cleanup = BelowGuard(work.to_path_buf());
+    let src = work.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), noise(100_000, 5)).unwrap();
+    let img = work.join("img");
+    naiad_ok(args!["build", src, "-o", img]);
+    let good = std::fs::read(img.join("bootstrap")).unwrap();
+    let mut daemon = start_daemon(work);
+    let sock = work.join("run/api.sock");
+    for (what, bytes, phrase) in hostile_edits(&good) {
+        // Well formed as far as opening goes: the checks before a mount must catch it.
+        naiad_format::bootstrap::Bootstrap::open(bytes.clone()).expect(what);
+        let boot = work.join(format!("{}.boot", what.replace(' ', "-")));
+        std::fs::write(&boot, &bytes).unwrap();
+        for mode in ["local", "kernel", "fuse", "fanotify"] {
+            let mnt = work.join(format!("mnt-{}-{mode}", what.replace(' ', "-")));
+            std::fs::create_dir_all(&mnt).unwrap();
+            let out = if mode == "local" {
+                naiad(args![
+                    "mount",
+                    boot,
+                    mnt,
+                    "--blob-dir",
+                    img,
+                    "--mode",
+                    "local",
+                    "--cache-dir",
+                    work.join("cache")
+                ])
+            } else {
+                naiad(args![
+                    "ctl",
+                    "--api",
+                    sock,
+                    "mount",
+                    boot,
+                    mnt,
+                    "--blob-dir",
+                    img,
+                    "--mode",
+                    mode
+                ])
+            };
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{what}, {mode}: mounted");
+            if mode != "fanotify" || naiad_fs::fanotify::supported(&std::env::temp_dir()).is_ok() {
+                assert!(err.contains(phrase), "{what}, {mode}: {err}");
+            }
+            let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .contains(mnt.to_str().unwrap());
+            assert!(!mounted, "{what}, {mode}: something is mounted");
+        }
     }
     let _ = daemon.kill();
     let _ = daemon.wait();

@@ -8,8 +8,6 @@ use crate::support as common;
 use common::*;
 use naiad_format::bootstrap::Bootstrap;
 use naiad_format::digest::{to_hex, Digest32};
-use naiad_format::extension::{self, block_checksum};
-use naiad_format::BLOCK_SIZE_BYTES;
 use std::path::{Path, PathBuf};
 
 /// Who made an image.
@@ -67,12 +65,7 @@ fn renamed_blob(bytes: Vec<u8>, digest: &Digest32) -> Vec<u8> {
     let mut img = bs.bytes()[..bs.erofs_len() as usize].to_vec();
     let at = img.windows(64).position(|w| w == old.as_bytes()).expect("the device tag");
     img[at..at + 64].copy_from_slice(to_hex(digest).as_bytes());
-    ext.block_checksums = img.chunks(BLOCK_SIZE_BYTES as usize).map(block_checksum).collect();
-    let ext_bytes = ext.encode();
-    let ext_offset = img.len() as u64;
-    img.extend_from_slice(&ext_bytes);
-    img.extend_from_slice(&extension::encode_trailer(ext_offset, ext_bytes.len() as u64));
-    extension::seal(&mut img);
+    let img = super::reseal(img, ext);
     Bootstrap::open(img.clone()).expect("the forged bootstrap is well formed");
     img
 }
