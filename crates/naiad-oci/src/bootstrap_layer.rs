@@ -8,6 +8,9 @@ use std::io::{Read, Write};
 pub const BOOTSTRAP_PATH: &str = "naiad/bootstrap";
 /// Largest bootstrap unwrapped from a layer (bounds memory on hostile input).
 pub const MAX_BOOTSTRAP_BYTES: u64 = 1 << 30;
+/// Largest bootstrap layer once decompressed (its tar): the largest bootstrap and room for
+/// the tar's headers. A gzip bomb is refused once it has inflated this far.
+pub const MAX_BOOTSTRAP_LAYER_SIZE_BYTES: u64 = MAX_BOOTSTRAP_BYTES + (1 << 20);
 
 /// The layer bytes (gzip tar) and the sha256 of the uncompressed tar (its diff_id).
 pub fn wrap(bootstrap: &[u8]) -> Result<(Vec<u8>, [u8; 32])> {
@@ -25,9 +28,53 @@ pub fn wrap(bootstrap: &[u8]) -> Result<(Vec<u8>, [u8; 32])> {
     Ok((gz.finish().map_err(OciError::io("bootstrap layer"))?, diff_id))
 }
 
+/// The decompressed tar of a bootstrap layer, failing past [`MAX_BOOTSTRAP_LAYER_SIZE_BYTES`].
+fn inflate(layer: &[u8]) -> Bounded<flate2::read::GzDecoder<&[u8]>> {
+    Bounded { inner: flate2::read::GzDecoder::new(layer), left: MAX_BOOTSTRAP_LAYER_SIZE_BYTES }
+}
+
+/// A reader that fails (rather than ending) once it has given `left` bytes more.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX).max(1));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::other(format!(
+                "larger than MAX_BOOTSTRAP_LAYER_SIZE_BYTES ({MAX_BOOTSTRAP_LAYER_SIZE_BYTES} \
+                 bytes) once decompressed"
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The diff_id of a bootstrap layer: the sha256 of its tar, hashed as it is decompressed
+/// (never held whole), refused past [`MAX_BOOTSTRAP_LAYER_SIZE_BYTES`].
+pub fn diff_id(layer: &[u8], image: &str) -> Result<String> {
+    use sha2::Digest as _;
+    let mut tar = inflate(layer);
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = tar
+            .read(&mut buf)
+            .map_err(|e| OciError::invalid(image, format!("bootstrap layer: {e}")))?;
+        if n == 0 {
+            return Ok(format!("sha256:{}", hex::encode(hasher.finalize())));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
 /// The bootstrap inside a bootstrap layer.
 pub fn unwrap(layer: &[u8], image: &str) -> Result<Vec<u8>> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(layer));
+    let mut archive = tar::Archive::new(inflate(layer));
     let entries =
         archive.entries().map_err(|e| OciError::invalid(image, format!("bootstrap layer: {e}")))?;
     for entry in entries {
@@ -52,11 +99,28 @@ pub fn unwrap(layer: &[u8], image: &str) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     #[test]
     fn bootstrap_layers_round_trip() {
         let data = b"pretend bootstrap".repeat(100);
         let (layer, _) = super::wrap(&data).unwrap();
         assert_eq!(super::unwrap(&layer, "test").unwrap(), data);
         assert!(super::unwrap(b"garbage", "test").is_err());
+        let tar = super::inflate(&layer).bytes().count();
+        assert!(tar > data.len(), "{tar}");
+        assert!(super::diff_id(&layer, "test").unwrap().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn a_bootstrap_layer_is_refused_once_inflated_past_the_limit() {
+        let mut r = super::Bounded { inner: &[0u8; 100][..], left: 10 };
+        let mut buf = [0u8; 64];
+        assert_eq!(r.read(&mut buf).unwrap(), 10);
+        let e = r.read(&mut buf).unwrap_err();
+        assert!(e.to_string().contains("MAX_BOOTSTRAP_LAYER_SIZE_BYTES"), "{e}");
+        let mut exact = super::Bounded { inner: &[0u8; 10][..], left: 10 };
+        assert_eq!(exact.read(&mut buf).unwrap(), 10);
+        assert_eq!(exact.read(&mut buf).unwrap(), 0);
     }
 }

@@ -9,7 +9,6 @@ use crate::reference::ImageRef;
 use crate::registry::Timeouts;
 use crate::store::Store;
 use crate::{OciError, Result};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// One Naiad image (platform) fetched into a local directory.
@@ -85,11 +84,7 @@ pub async fn fetch_naiad(r: &ImageRef, insecure: bool, dir: &Path) -> Result<Vec
         }
         let wrapped = store.blob_bytes(&boot, bootstrap_layer::MAX_BOOTSTRAP_BYTES).await?;
         let bootstrap = bootstrap_layer::unwrap(&wrapped, &r.to_string())?;
-        let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(&wrapped[..])
-            .read_to_end(&mut tar)
-            .map_err(|e| OciError::invalid(r, format!("bootstrap layer: {e}")))?;
-        diff_ids.push(crate::manifest::sha256_digest(&tar));
+        diff_ids.push(bootstrap_layer::diff_id(&wrapped, &r.to_string())?);
         let want: Vec<String> = config["rootfs"]["diff_ids"]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())

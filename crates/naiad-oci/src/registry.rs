@@ -83,6 +83,11 @@ pub struct Repo {
     registry: String,
     repository: String,
     timeouts: Timeouts,
+    insecure: bool,
+    /// For manifests, read with a bound as they arrive (oci-client reads a whole body).
+    http: reqwest::Client,
+    /// The pull token, once asked for (`None` inside: the registry needs none).
+    token: tokio::sync::Mutex<Option<Option<String>>>,
 }
 
 impl Repo {
@@ -115,7 +120,21 @@ impl Repo {
             naiad_storage::credentials::RegistryAuth::Basic(u, p) => RegistryAuth::Basic(u, p),
             naiad_storage::credentials::RegistryAuth::Bearer(t) => RegistryAuth::Bearer(t),
         };
-        Repo { client, auth, registry: registry.into(), repository: repository.into(), timeouts }
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.read)
+            .build()
+            .unwrap_or_default();
+        Repo {
+            client,
+            auth,
+            registry: registry.into(),
+            repository: repository.into(),
+            timeouts,
+            insecure,
+            http,
+            token: tokio::sync::Mutex::new(None),
+        }
     }
 
     /// Its limits.
@@ -210,6 +229,19 @@ impl Repo {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
     {
+        self.retry_checked(what, || {
+            let answer = op();
+            async move { answer.await.map_err(|e| self.map_err(what, e)) }
+        })
+        .await
+    }
+
+    /// [`Repo::retry`] of an operation whose errors are already [`OciError`]s.
+    async fn retry_checked<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let mut delay = FIRST_BACKOFF;
         let mut attempt = 1;
         let limit = self.timeouts.request;
@@ -217,7 +249,7 @@ impl Repo {
             let answer = tokio::time::timeout(limit, op())
                 .await
                 .map_err(|_| timed_out(self.name(), what, limit))
-                .and_then(|r| r.map_err(|e| self.map_err(what, e)));
+                .and_then(|r| r);
             match answer {
                 Ok(v) => return Ok(v),
                 Err(err) => {
@@ -249,14 +281,8 @@ impl Repo {
             crate::media::DOCKER_MANIFEST,
             crate::media::DOCKER_LIST,
         ];
-        let (bytes, _registry_digest) = self
-            .retry(&format!("manifest {reference}"), || {
-                self.client.pull_manifest_raw(&r, &self.auth, &accepted)
-            })
-            .await?;
-        if bytes.len() > crate::manifest::MAX_MANIFEST_BYTES {
-            return Err(OciError::invalid(self.name(), "manifest is larger than 4 MiB"));
-        }
+        let what = format!("manifest {reference}");
+        let bytes = self.retry_checked(&what, || self.fetch_manifest(&what, &r, &accepted)).await?;
         let actual = crate::manifest::sha256_digest(&bytes);
         if reference.starts_with("sha256:") && actual != reference {
             return Err(OciError::Digest {
@@ -276,6 +302,85 @@ impl Repo {
                 }
             });
         Ok((bytes.to_vec(), media_type, actual))
+    }
+
+    /// The pull token for this repository (asked for once), `None` if it needs none.
+    async fn pull_token(&self, r: &Reference) -> Result<Option<String>> {
+        let mut token = self.token.lock().await;
+        if let Some(t) = &*token {
+            return Ok(t.clone());
+        }
+        let got = self
+            .client
+            .auth(r, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| self.map_err("authenticate", e))?;
+        *token = Some(got.clone());
+        Ok(got)
+    }
+
+    /// One GET of a manifest, its body read as it arrives and refused past
+    /// [`MAX_MANIFEST_BYTES`](crate::manifest::MAX_MANIFEST_BYTES) (a `Content-Length` over it
+    /// is refused before any of the body is read).
+    async fn fetch_manifest(
+        &self,
+        what: &str,
+        r: &Reference,
+        accepted: &[&str],
+    ) -> Result<Vec<u8>> {
+        use crate::manifest::MAX_MANIFEST_BYTES;
+        let scheme = if self.insecure { "http" } else { "https" };
+        let tag = r.digest().or(r.tag()).unwrap_or("latest");
+        let url =
+            format!("{scheme}://{}/v2/{}/manifests/{tag}", r.resolve_registry(), self.repository);
+        let mut req = self.http.get(&url).header(http::header::ACCEPT, accepted.join(", "));
+        req = match (self.pull_token(r).await?, &self.auth) {
+            (Some(token), _) => req.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => req.basic_auth(user, Some(password)),
+            (None, _) => req,
+        };
+        let sent = |e: reqwest::Error| self.request_error(what, e);
+        let mut answer = req.send().await.map_err(sent)?;
+        self.check_status(what, answer.status())?;
+        let too_big = || {
+            OciError::invalid(
+                self.name(),
+                format!("{what}: larger than MAX_MANIFEST_BYTES ({MAX_MANIFEST_BYTES} bytes)"),
+            )
+        };
+        if answer.content_length().is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::new();
+        while let Some(piece) = answer.chunk().await.map_err(sent)? {
+            if bytes.len() + piece.len() > MAX_MANIFEST_BYTES {
+                return Err(too_big());
+            }
+            bytes.extend_from_slice(&piece);
+        }
+        Ok(bytes)
+    }
+
+    /// The error of a manifest request that failed on the way (never naming its URL).
+    fn request_error(&self, what: &str, e: reqwest::Error) -> OciError {
+        let transient = e.is_connect() || e.is_timeout() || e.is_request() || e.is_body();
+        let detail = format!("{what}: {}", e.without_url());
+        OciError::Registry { image: self.name(), detail, transient }
+    }
+
+    /// The error an answer's status means, if it is not a success.
+    fn check_status(&self, what: &str, status: reqwest::StatusCode) -> Result<()> {
+        let image = self.name();
+        match status.as_u16() {
+            200..=299 => Ok(()),
+            404 => Err(OciError::NotFound { what: what.into(), image }),
+            401 | 403 => Err(OciError::Auth { image, detail: format!("{what}: access denied") }),
+            code => Err(OciError::Registry {
+                image,
+                detail: format!("{what}: the registry answered {status}"),
+                transient: code >= 500 || code == 429,
+            }),
+        }
     }
 
     /// Streams a blob: each item is a piece of its bytes (not yet verified).

@@ -35,6 +35,9 @@ pub enum Fault {
     Flip,
     /// Send the body at this many bytes per second.
     Trickle(u64),
+    /// Send the body followed by this many spaces (JSON stays valid), its `Content-Length`
+    /// grown to match: an answer as large as a hostile server likes, written as it goes.
+    Pad(u64),
 }
 
 impl Fault {
@@ -49,6 +52,7 @@ impl Fault {
             Fault::Truncate => "truncate",
             Fault::Flip => "flip",
             Fault::Trickle(_) => "trickle",
+            Fault::Pad(_) => "pad",
         }
     }
 }
@@ -264,6 +268,21 @@ fn without_connection(head: &str) -> String {
     out
 }
 
+/// `head` with its `Content-Length` (added if missing) set to `len`, not chunked.
+fn with_content_length(head: &str, len: u64) -> String {
+    let mut out: String = head
+        .trim_end_matches("\r\n")
+        .split("\r\n")
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            !l.starts_with("content-length:") && !l.starts_with("transfer-encoding:")
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    out.push_str(&format!("\r\nContent-Length: {len}\r\n\r\n"));
+    out
+}
+
 /// Serves one client connection, request after request.
 fn serve(s: &Shared, mut client: TcpStream) {
     let mut buf = Vec::new();
@@ -365,6 +384,20 @@ fn serve(s: &Shared, mut client: TcpStream) {
                     ok = client.write_all(part).is_ok();
                 }
                 ok
+            }
+            Fault::Pad(n) => {
+                let total = body.len() as u64 + n;
+                let head = with_content_length(&out_head, total);
+                let mut ok =
+                    client.write_all(head.as_bytes()).is_ok() && client.write_all(&body).is_ok();
+                let spaces = [b' '; 64 << 10];
+                let mut left = n;
+                while ok && left > 0 && !s.stop.load(Ordering::SeqCst) {
+                    let piece = left.min(spaces.len() as u64) as usize;
+                    ok = client.write_all(&spaces[..piece]).is_ok();
+                    left -= piece as u64;
+                }
+                ok && left == 0
             }
             Fault::Refuse | Fault::Unavailable | Fault::TooMany(_) => {
                 unreachable!("answered above")

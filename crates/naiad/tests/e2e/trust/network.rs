@@ -102,3 +102,92 @@ fn a_trickling_registry_times_out_and_delays_no_other_image() {
     assert!(!slow_mnt.join("bin").exists(), "the trickled image is mounted");
     kill9(&mut daemon);
 }
+
+/// The highest resident set `child` reached (its VmHWM, polled) and its output.
+fn peak_rss(child: std::process::Child) -> (u64, std::process::Output) {
+    let status = format!("/proc/{}/status", child.id());
+    let waiting = std::thread::spawn(move || child.wait_with_output().unwrap());
+    let mut peak = 0;
+    while !waiting.is_finished() {
+        let kib = std::fs::read_to_string(&status).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix(" kB")?.parse().ok())
+        });
+        peak = peak.max(kib.unwrap_or(0) * 1024);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (peak, waiting.join().unwrap())
+}
+
+#[test]
+fn an_oversized_manifest_is_refused_before_it_is_read() {
+    let reg = Registry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    push_naiad_image(&reg, work.path(), &["naiad/big:1"]);
+    // A real registry refuses to store a manifest over 4 MiB, so the relay makes every answer
+    // 1 GiB larger (with spaces: the JSON stays valid), as a hostile registry would.
+    let relay = FaultyProxy::start(&reg.addr);
+    relay.set(Fault::Pad(1 << 30));
+    let started = Instant::now();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+        .args(["check", &format!("docker://{}/naiad/big:1", relay.addr), "--insecure"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (peak, out) = peak_rss(child);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("MAX_MANIFEST_BYTES (4194304 bytes)"), "{stderr}");
+    assert!(peak < 256 << 20, "naiad check reached {} MiB", peak >> 20);
+    assert!(started.elapsed() < SLACK, "refused after {:?}", started.elapsed());
+}
+
+#[test]
+fn a_gzip_bomb_as_the_bootstrap_layer_is_refused_in_bounded_memory() {
+    let reg = Registry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    push_naiad_image(&reg, work, &["naiad/ok:1"]);
+    let layout = work.join("naiad");
+    // The bootstrap layer rebuilt: its bootstrap first, then 1.5 GiB of zeros (1.5 MB gzipped).
+    let desc = tag_descriptor(&layout, "1");
+    let mut m = image_manifest(&layout, "1");
+    let layers = m["layers"].as_array_mut().unwrap();
+    let boot = layers.iter_mut().find(|l| l["mediaType"] == naiad_oci::media::NAIAD_BOOTSTRAP);
+    let boot = boot.expect("a bootstrap layer");
+    let wrapped = read_blob(&layout, boot["digest"].as_str().unwrap());
+    let tree = work.join("bomb");
+    std::fs::create_dir_all(tree.join("naiad")).unwrap();
+    let bootstrap = naiad_oci::bootstrap_layer::unwrap(&wrapped, "test").unwrap();
+    std::fs::write(tree.join("naiad/bootstrap"), bootstrap).unwrap();
+    std::fs::File::create(tree.join("zeros")).unwrap().set_len(3 << 29).unwrap();
+    let sh = format!("tar -C {} -cf - naiad/bootstrap zeros | gzip -1", tree.display());
+    let bomb = std::process::Command::new("sh").args(["-c", &sh]).output().unwrap().stdout;
+    assert!(bomb.len() < 8 << 20, "{} bytes", bomb.len());
+    let (digest, size) = write_blob(&layout, &bomb);
+    boot["digest"] = digest.into();
+    boot["size"] = size.into();
+    let (digest, size) = write_blob(&layout, &serde_json::to_vec(&m).unwrap());
+    let mut index = read_index(&layout);
+    for d in index["manifests"].as_array_mut().unwrap() {
+        if d["digest"] == desc["digest"] {
+            d["digest"] = digest.clone().into();
+            d["size"] = size.into();
+        }
+    }
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    skopeo_copy(&format!("oci:{}:1", layout.display()), &reg.docker_ref("naiad/bomb:1"), None);
+
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_naiad"))
+        .args(["check", &reg.docker_ref("naiad/bomb:1"), "--insecure"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (peak, out) = peak_rss(child);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("MAX_BOOTSTRAP_LAYER_SIZE_BYTES"), "{stderr}");
+    assert!(peak < 512 << 20, "naiad check reached {} MiB", peak >> 20);
+}
