@@ -630,7 +630,13 @@ impl Bootstrap {
                 format!("{field} is {v:#x}; Naiad images have 0 there"),
             ));
         }
+        // An inode is checked once, however many names it has: a hardlinked file of many
+        // chunks must not cost its chunk count times its names.
+        let mut seen = HashSet::new();
         self.walk(|path, _, ino| -> Result<()> {
+            if !seen.insert(ino.nid) {
+                return Ok(());
+            }
             let at = |e: FormatError| e.at_path(path);
             self.xattrs(ino).map_err(at)?;
             if ino.is_symlink() {

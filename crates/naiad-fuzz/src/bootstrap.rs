@@ -1,6 +1,7 @@
 //! Target `bootstrap`: [`Bootstrap::open`] on the input, then a walk of the whole tree that
 //! reads everything a reader can ask for (every inode, directory entry, xattr, symlink
-//! target, chunk index, prefetch path), as `naiad check` does.
+//! target, chunk index, prefetch path), as `naiad check` does, and [`Bootstrap::validate`],
+//! what every mount runs before the kernel sees the image.
 //!
 //! A bootstrap ends with the sha256 of its content, so nearly every mutation would be refused
 //! by the digest before the parser looks at anything. When the digest is all that is wrong,
@@ -84,6 +85,10 @@ pub fn walk(bs: &Bootstrap) {
     }
     for path in &ext.prefetch {
         let _ = bs.lookup(path);
+    }
+    // What every mount checks first: stricter than the walk, so what it passes walks.
+    if bs.validate().is_ok() {
+        assert!(walked.is_ok(), "validate passes an image the walk refuses");
     }
     if walked.is_ok() {
         remap(bs);
