@@ -15,7 +15,7 @@ use std::sync::mpsc;
 
 /// A repository of a registry, or an OCI layout.
 pub enum Store {
-    Registry(Repo),
+    Registry(Box<Repo>),
     Layout(Layout),
 }
 
@@ -37,9 +37,9 @@ impl Store {
         timeouts: Timeouts,
     ) -> Result<Self> {
         Ok(match r {
-            ImageRef::Registry { registry, repository, .. } => {
-                Store::Registry(Repo::with_timeouts(registry, repository, insecure, timeouts))
-            }
+            ImageRef::Registry { registry, repository, .. } => Store::Registry(Box::new(
+                Repo::with_timeouts(registry, repository, insecure, timeouts),
+            )),
             ImageRef::Layout { dir, .. } if create => Store::Layout(Layout::deferred(dir)),
             ImageRef::Layout { dir, .. } => Store::Layout(Layout::open(dir)?),
         })
