@@ -682,6 +682,7 @@ fn a_daemon_killed_during_prefetch_leaves_a_cache_that_verifies() {
 
     let mut daemon = DaemonGuard(start_daemon(dir));
     let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
     let _g = MountGuard(mnt.clone());
     // Prefetch everything at a quarter of the image per second: about four seconds.
     let view_bytes: u64 = img.bs.extension().chunks.iter().map(|c| u64::from(c.size)).sum();

@@ -396,6 +396,7 @@ fn the_daemon_serves_mounts_api_and_metrics() {
     };
     let image = reg.docker_ref("naiad/bb:1");
     let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
     let mnt_s = mnt.to_str().unwrap().to_string();
     let mounted: serde_json::Value =
         serde_json::from_str(&ctl(&["mount", &image, &mnt_s, "--insecure", "--no-prefetch"]))
@@ -543,6 +544,7 @@ fn a_killed_daemon_brings_its_mounts_back_served_from_its_cache() {
     let mnts = [("kernel", dir.path().join("mk")), ("fuse", dir.path().join("mf"))];
     let _guards: Vec<MountGuard> = mnts.iter().map(|(_, m)| MountGuard(m.clone())).collect();
     for (mode, mnt) in &mnts {
+        std::fs::create_dir_all(mnt).unwrap();
         ctl(args!["mount", image, mnt, "--insecure", "--no-prefetch", "--mode", mode]);
         assert_eq!(
             std::fs::read(mnt.join("bin/busybox")).unwrap(),

@@ -324,6 +324,7 @@ fn the_daemon_mounts_from_s3_fetching_only_what_is_read_with_credentials_from_it
     let mut listed = String::new();
     for mode in ["fanotify", "kernel", "fuse"] {
         let mnt = dir.join(format!("mnt-{mode}"));
+        std::fs::create_dir_all(&mnt).unwrap();
         let _g = MountGuard(mnt.clone());
         ctl(args![
             "mount",

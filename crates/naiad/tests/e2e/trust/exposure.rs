@@ -14,8 +14,7 @@ fn mount_options(mnt: &Path) -> Vec<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = info
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(at))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(at))
         .unwrap_or_else(|| panic!("nothing mounted at {at}"));
     line.split(' ').nth(5).unwrap().split(',').map(String::from).collect()
 }
@@ -32,7 +31,7 @@ fn images_mount_nosuid_nodev_on_the_host_unless_allowed() {
     std::fs::set_permissions(src.join("su"), std::fs::Permissions::from_mode(0o4755)).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("dev/mem"),
+        src.join("dev/mem"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o666),
         rustix::fs::makedev(1, 1),
