@@ -33,8 +33,8 @@ fn a_mount_point_must_be_an_empty_directory_unless_forced() {
     let work = work.path();
     let _cleanup = BelowGuard(work.to_path_buf());
     let img = image(work);
-    let mut daemon = start_daemon(work);
-    let sock = work.join("run/api.sock");
+    let daemon = super::Daemon::start(work);
+    let sock = daemon.sock.clone();
     let mount = |mnt: &Path, extra: &[&str]| {
         let mut a: Vec<std::ffi::OsString> = ["ctl", "--api"].map(Into::into).to_vec();
         a.push(sock.clone().into());
@@ -63,8 +63,6 @@ fn a_mount_point_must_be_an_empty_directory_unless_forced() {
     assert_eq!(std::fs::read(full.join("f")).unwrap(), noise(50_000, 7));
     naiad_ok(args!["ctl", "--api", sock, "umount", full]);
     assert_eq!(std::fs::read(full.join("precious")).unwrap(), b"keep");
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }
 
 #[test]
@@ -74,8 +72,8 @@ fn of_concurrent_mounts_of_one_path_exactly_one_wins_and_keeps_its_mount() {
     let work = work.path();
     let _cleanup = BelowGuard(work.to_path_buf());
     let img = image(work);
-    let mut daemon = start_daemon(work);
-    let sock = work.join("run/api.sock");
+    let daemon = super::Daemon::start(work);
+    let sock = daemon.sock.clone();
     for mode in ["fuse", "kernel"] {
         let mnt = work.join(format!("mnt-{mode}"));
         std::fs::create_dir_all(&mnt).unwrap();
@@ -111,8 +109,6 @@ fn of_concurrent_mounts_of_one_path_exactly_one_wins_and_keeps_its_mount() {
         naiad_ok(args!["ctl", "--api", sock, "umount", mnt]);
         assert_eq!(mounts_at(&mnt), 0, "{mode}");
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }
 
 #[test]
@@ -122,12 +118,9 @@ fn a_busy_mount_is_not_unmounted_and_the_caller_is_told() {
     let work = work.path();
     let _cleanup = BelowGuard(work.to_path_buf());
     let img = image(work);
-    let mut daemon = start_daemon(work);
-    let sock = work.join("run/api.sock");
-    let mut modes = vec!["kernel", "fuse"];
-    if naiad_fs::fanotify::supported(&std::env::temp_dir()).is_ok() {
-        modes.push("fanotify");
-    }
+    let daemon = super::Daemon::start(work);
+    let sock = daemon.sock.clone();
+    let modes = super::lazy_modes();
     for mode in modes {
         let mnt = work.join(format!("busy-{mode}"));
         std::fs::create_dir_all(&mnt).unwrap();
@@ -160,8 +153,6 @@ fn a_busy_mount_is_not_unmounted_and_the_caller_is_told() {
         naiad_ok(args!["ctl", "--api", sock, "umount", mnt]);
         assert_eq!(mounts_at(&mnt), 0, "{mode}");
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }
 
 #[test]
@@ -171,8 +162,8 @@ fn a_request_cannot_name_the_bootstrap_nor_a_huge_source() {
     let work = work.path();
     let _cleanup = BelowGuard(work.to_path_buf());
     let img = image(work);
-    let mut daemon = start_daemon(work);
-    let client = naiad_daemon::client::DaemonClient::new(work.join("run/api.sock"));
+    let daemon = super::Daemon::start(work);
+    let client = naiad_daemon::client::DaemonClient::new(&daemon.sock);
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     // The bootstrap field is the daemon's record of one it fetched and verified: a request
@@ -197,6 +188,4 @@ fn a_request_cannot_name_the_bootstrap_nor_a_huge_source() {
     };
     let err = client.mount(&spec).unwrap_err().to_string();
     assert!(err.contains("MAX_BOOTSTRAP_BYTES"), "{err}");
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }

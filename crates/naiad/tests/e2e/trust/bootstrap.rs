@@ -33,13 +33,10 @@ fn a_kept_bootstrap_is_written_once_and_removed_with_its_last_mount() {
     ]);
     skopeo_copy(&format!("oci:{}:1", naiad_layout.display()), &reg.docker_ref("naiad/bb:1"), None);
     let image = reg.docker_ref("naiad/bb:1");
-    let mut daemon = start_daemon(work);
-    let sock = work.join("run/api.sock");
+    let daemon = super::Daemon::start(work);
+    let sock = daemon.sock.clone();
     let run = work.join("run");
-    let mut modes = vec!["kernel", "fuse"];
-    if naiad_fs::fanotify::supported(&std::env::temp_dir()).is_ok() {
-        modes.insert(0, "fanotify");
-    }
+    let modes = super::lazy_modes();
     let mnts: Vec<PathBuf> = modes.iter().map(|m| work.join(format!("mnt-{m}"))).collect();
     let mut first: Option<(PathBuf, u64, i64, i64)> = None;
     for (mode, mnt) in modes.iter().zip(&mnts) {
@@ -67,8 +64,6 @@ fn a_kept_bootstrap_is_written_once_and_removed_with_its_last_mount() {
         let want = usize::from(i + 1 < mnts.len());
         assert_eq!(left, want, "after {} of {} unmounts", i + 1, mnts.len());
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }
 
 /// Edits of a valid bootstrap that Naiad's writer never makes, each with the phrase its
@@ -106,8 +101,8 @@ fn metadata_naiad_does_not_write_never_reaches_the_kernel() {
     let img = work.join("img");
     naiad_ok(args!["build", src, "-o", img]);
     let good = std::fs::read(img.join("bootstrap")).unwrap();
-    let mut daemon = start_daemon(work);
-    let sock = work.join("run/api.sock");
+    let daemon = super::Daemon::start(work);
+    let sock = daemon.sock.clone();
     for (what, bytes, phrase) in hostile_edits(&good) {
         // Well formed as far as opening goes: the checks before a mount must catch it.
         naiad_format::bootstrap::Bootstrap::open(bytes.clone()).expect(what);
@@ -153,6 +148,4 @@ fn metadata_naiad_does_not_write_never_reaches_the_kernel() {
             assert!(!mounted, "{what}, {mode}: something is mounted");
         }
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }

@@ -109,15 +109,6 @@ fn assert_reads_its_own(mnt: &Path, maker: Maker, paths: &[&str], what: &str) {
 
 const ALL: [&str; 3] = ["app/a", "app/b", "etc/conf"];
 
-fn modes() -> Vec<&'static str> {
-    let mut m = vec!["kernel", "fuse"];
-    match naiad_fs::fanotify::supported(&std::env::temp_dir()) {
-        Ok(()) => m.insert(0, "fanotify"),
-        Err(why) => eprintln!("fanotify mode not tested here: {why}"),
-    }
-    m
-}
-
 /// One daemon, both images mounted at once. `hostile_first`: the hostile image is mounted and
 /// read whole first (its bytes fill the cache before the honest image reads); else the honest
 /// image reads some of its files, the hostile one reads all, and the honest one the rest.
@@ -126,8 +117,8 @@ fn one_daemon(mode: &str, maker: Maker, hostile_first: bool) {
     let work = work.path();
     let _cleanup = BelowGuard(work.to_path_buf());
     let (honest, hostile) = images(work, maker);
-    let sock = work.join("run/api.sock");
-    let mut daemon = start_daemon(work);
+    let mut daemon = super::Daemon::start(work);
+    let sock = daemon.sock.clone();
     let mount = |img: &Built, mnt: &Path| {
         std::fs::create_dir_all(mnt).unwrap();
         naiad_ok(args![
@@ -167,8 +158,7 @@ fn one_daemon(mode: &str, maker: Maker, hostile_first: bool) {
     );
     // Across a restart (the kill gives the daemon no chance to tidy up): both mounts come
     // back from the daemon's state and its cache, and the honest one still reads its own.
-    kill9(&mut daemon);
-    let mut daemon = start_daemon(work);
+    daemon.kill9_and_restart();
     std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
     let what = format!("{what}, after a daemon restart");
     assert_reads_its_own(&mx, maker, &ALL, &what);
@@ -176,14 +166,12 @@ fn one_daemon(mode: &str, maker: Maker, hostile_first: bool) {
     for mnt in [&mh, &mx] {
         naiad_ok(args!["ctl", "--api", sock, "umount", mnt]);
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }
 
 #[test]
 fn a_hostile_image_naming_another_images_blob_never_changes_its_bytes_in_one_daemon() {
     require!(Root);
-    for mode in modes() {
+    for mode in super::lazy_modes() {
         for maker in [Maker::SameSizes, Maker::Resized] {
             for hostile_first in [true, false] {
                 one_daemon(mode, maker, hostile_first);
@@ -197,7 +185,7 @@ fn a_hostile_image_naming_another_images_blob_never_changes_its_bytes_in_one_dae
 fn a_hostile_image_naming_another_images_blob_never_changes_its_bytes_across_processes() {
     require!(Root);
     for (mode, maker) in
-        modes().into_iter().flat_map(|m| [(m, Maker::SameSizes), (m, Maker::Resized)])
+        super::lazy_modes().into_iter().flat_map(|m| [(m, Maker::SameSizes), (m, Maker::Resized)])
     {
         let work = tempfile::tempdir().unwrap();
         let work = work.path();
@@ -269,8 +257,8 @@ fn an_entry_a_keeper_serves_survives_cache_gc_while_its_daemon_is_dead() {
     let work = work.path();
     let _cleanup = BelowGuard(work.to_path_buf());
     let honest = build(work, "honest", Maker::Honest);
-    let sock = work.join("run/api.sock");
-    let mut daemon = start_daemon(work);
+    let mut daemon = super::Daemon::start(work);
+    let sock = daemon.sock.clone();
     let mnt = work.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     naiad_ok(args![
@@ -287,7 +275,7 @@ fn an_entry_a_keeper_serves_survives_cache_gc_while_its_daemon_is_dead() {
         "--no-prefetch"
     ]);
     assert_reads_its_own(&mnt, Maker::Honest, &["etc/conf"], "before the kill");
-    kill9(&mut daemon);
+    daemon.kill9();
     let entries = |what: &str| -> usize {
         let ls: serde_json::Value = serde_json::from_str(&naiad_ok(args![
             "cache",
@@ -304,10 +292,8 @@ fn an_entry_a_keeper_serves_survives_cache_gc_while_its_daemon_is_dead() {
     let before = entries("before gc");
     naiad_ok(args!["cache", "gc", "--cache-dir", work.join("cache")]);
     assert_eq!(entries("after gc"), before, "gc removed an entry a keeper serves");
-    let mut daemon = start_daemon(work);
+    let _daemon = super::Daemon::start(work);
     std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
     assert_reads_its_own(&mnt, Maker::Honest, &ALL, "after gc and a daemon restart");
     naiad_ok(args!["ctl", "--api", sock, "umount", mnt]);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }

@@ -39,12 +39,10 @@ fn images_mount_nosuid_nodev_on_the_host_unless_allowed() {
     .unwrap();
     let img = work.join("img");
     naiad_ok(args!["build", src, "-o", img]);
-    let mut modes = vec!["local", "kernel", "fuse"];
-    if naiad_fs::fanotify::supported(&std::env::temp_dir()).is_ok() {
-        modes.push("fanotify");
-    }
-    let mut daemon = start_daemon(work);
-    let sock = work.join("run/api.sock");
+    let mut modes = super::lazy_modes();
+    modes.insert(0, "local");
+    let daemon = super::Daemon::start(work);
+    let sock = daemon.sock.clone();
     for mode in &modes {
         for allow in [false, true] {
             let flags: &[&str] = if allow { &["--allow-setuid", "--allow-devices"] } else { &[] };
@@ -94,6 +92,4 @@ fn images_mount_nosuid_nodev_on_the_host_unless_allowed() {
             }
         }
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }
