@@ -125,7 +125,8 @@ pub(crate) fn keep_bootstrap(runtime_dir: &Path, bytes: &[u8]) -> Result<PathBuf
     if std::fs::read(&path).is_ok_and(|kept| kept == bytes) {
         return Ok(path);
     }
-    let tmp = dir.join(format!(".{hex}.{}.tmp", std::process::id()));
+    // A name of its own: two mounts of one image at once must not write one scratch file.
+    let tmp = naiad_fs::scratch::unique_sibling(&dir.join(format!(".{hex}.tmp")));
     let written = (|| {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;

@@ -121,11 +121,7 @@ pub(crate) fn mount(
     let Some(image) = &plan.image else {
         return crate::erofs_mount::mount_erofs(bootstrap_path, &plan.paths, mountpoint, exposure);
     };
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut name = scratch.as_os_str().to_owned();
-    name.push(format!(".{}-{n}", std::process::id()));
-    let path = std::path::PathBuf::from(name);
+    let path = crate::scratch::unique_sibling(scratch);
     let written = (|| {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;

@@ -23,6 +23,7 @@ pub mod fuse;
 pub mod keeper;
 pub mod mode;
 pub mod prefetch;
+pub mod scratch;
 pub mod socket;
 pub mod unpack;
 

@@ -49,9 +49,7 @@ pub fn bind_private(path: &Path, replace: Replace) -> Result<UnixListener> {
         Error::new(ErrorKind::InvalidInput, format!("{}: no file name", path.display()))
     })?;
     // A directory nobody else can enter: made by this mkdir (it fails if the name exists).
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let private = parent.join(format!(".bind-{}-{n}", std::process::id()));
+    let private = crate::scratch::unique_sibling(&parent.join(".bind"));
     std::fs::DirBuilder::new().mode(0o700).create(&private)?;
     let at = private.join(name);
     let bound = (|| -> Result<UnixListener> {
